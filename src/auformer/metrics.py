@@ -1,0 +1,123 @@
+"""Per-AU detection metrics: F1 of the positive class and friends, as the AU literature reports them.
+
+Counts (TP/FP/FN) are accumulated over all rows of an evaluation set per AU (ME-GraphAU
+style), then F1 is computed once per AU and averaged over AUs. Unknown labels (``-1``
+or NaN, i.e. ``mask = labels >= 0``) are excluded AU by AU.
+
+Undefined F1: an AU with no positive label and no positive prediction has F1 = 0/0.
+It is reported as ``f1 = 0.0`` with ``"undefined": True`` and counts as 0 in
+``mean_f1`` (what ME-GraphAU's F1 code and scikit-learn's ``zero_division=0`` give, so
+numbers stay comparable with the literature); ``undefined_aus`` lists such AUs so a
+table can mark them. An AU with no known label at all is undefined as well, with
+every score 0.0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from scipy.special import expit
+from sklearn.metrics import precision_recall_fscore_support
+
+from auformer.aus import au_column, au_name
+
+
+def au_metrics(
+    probs: np.ndarray | torch.Tensor,
+    labels: np.ndarray | torch.Tensor,
+    aus: list[int] | None = None,
+    threshold: float | Sequence[float] = 0.5,
+    from_logits: bool = False,
+) -> dict:
+    """Per-AU F1, precision, recall, accuracy and mean F1 of predictions ``probs >= threshold``.
+
+    probs: (M, N) probabilities in [0, 1], or logits with ``from_logits=True``.
+    labels: (M, N) with 1 (present), 0 (absent), -1 or NaN (unknown, excluded).
+    aus: the N FACS numbers, naming the per-AU keys ``AU01``...; None keys them "0", "1", ...
+    threshold: one threshold or one per AU (on probabilities).
+    Returns ``{"mean_f1", "undefined_aus", "per_au": {key: {"f1", "precision", "recall",
+    "accuracy", "support", "predicted_positive", "known", "undefined"}}}``; support counts
+    known positive labels, known counts known labels.
+    """
+    probs_np, labels_np = _as_float_array(probs, "probs"), _as_float_array(labels, "labels")
+    if probs_np.shape != labels_np.shape:
+        raise ValueError(f"probs and labels must have the same shape (M, N), got {probs_np.shape} and {labels_np.shape}")
+    num_aus = probs_np.shape[1]
+    if np.isnan(probs_np).any():
+        raise ValueError("probs contain NaN")
+    if from_logits:
+        probs_np = expit(probs_np)
+    elif probs_np.size and (probs_np.min() < 0 or probs_np.max() > 1):
+        raise ValueError("probs must lie in [0, 1]; pass from_logits=True for raw logits")
+    known = labels_np >= 0  # NaN >= 0 is False: unknown
+    if not np.isin(labels_np[known], (0.0, 1.0)).all():
+        raise ValueError("labels must be 1 (present), 0 (absent), or -1/NaN (unknown)")
+    keys = _au_keys(aus, num_aus)
+    thresholds = np.asarray(threshold, dtype=np.float64)
+    if thresholds.ndim == 0:
+        thresholds = np.full(num_aus, thresholds)
+    if thresholds.shape != (num_aus,) or not ((thresholds >= 0) & (thresholds <= 1)).all():
+        raise ValueError(f"threshold must be one value or {num_aus} values (one per AU) in [0, 1], got {threshold!r}")
+    predicted = probs_np >= thresholds  # (M, N)
+
+    per_au = {}
+    for column, key in enumerate(keys):
+        rows = known[:, column]
+        truth = labels_np[rows, column].astype(int)
+        guess = predicted[rows, column].astype(int)
+        # scikit-learn refuses empty input: an AU with no known label scores 0 (and is undefined).
+        precision, recall, f1, _ = (
+            precision_recall_fscore_support(truth, guess, average="binary", labels=[0, 1], zero_division=0.0)
+            if truth.size
+            else (0.0, 0.0, 0.0, None)
+        )
+        support, predicted_positive = int(truth.sum()), int(guess.sum())
+        per_au[key] = {
+            "f1": float(f1),
+            "precision": float(precision),
+            "recall": float(recall),
+            "accuracy": float((truth == guess).mean()) if truth.size else 0.0,
+            "support": support,
+            "predicted_positive": predicted_positive,
+            "known": int(truth.size),
+            "undefined": support == 0 and predicted_positive == 0,
+        }
+    mean_f1 = float(np.mean([scores["f1"] for scores in per_au.values()])) if per_au else 0.0
+    undefined = [key for key, scores in per_au.items() if scores["undefined"]]
+    return {"mean_f1": mean_f1, "undefined_aus": undefined, "per_au": per_au}
+
+
+def metrics_table_markdown(metrics: dict) -> str:
+    """A Markdown table of per-AU F1/precision/recall (percent, one decimal) and support, with a mean row."""
+    lines = ["| AU | Name | F1 (%) | Precision (%) | Recall (%) | Support |", "|---|---|---:|---:|---:|---:|"]
+    for key, scores in metrics["per_au"].items():
+        f1 = f"{100 * scores['f1']:.1f}" + ("*" if scores["undefined"] else "")
+        name = au_name(key) if key.startswith("AU") else ""
+        precision, recall = 100 * scores["precision"], 100 * scores["recall"]
+        lines.append(f"| {key} | {name} | {f1} | {precision:.1f} | {recall:.1f} | {scores['support']} |")
+    lines.append(f"| **Mean** | | **{100 * metrics['mean_f1']:.1f}** | | | |")
+    if metrics["undefined_aus"]:
+        lines.append("")
+        lines.append("\\* no positive label and no positive prediction: F1 undefined, counted as 0 in the mean.")
+    return "\n".join(lines) + "\n"
+
+
+def _au_keys(aus: list[int] | None, num_aus: int) -> list[str]:
+    """Per-AU dictionary keys: AU column names, or column indices as strings."""
+    if aus is None:
+        return [str(column) for column in range(num_aus)]
+    if len(aus) != num_aus:
+        raise ValueError(f"aus lists {len(aus)} AUs but probs have {num_aus} columns")
+    return [au_column(au) for au in aus]
+
+
+def _as_float_array(values: np.ndarray | torch.Tensor, name: str) -> np.ndarray:
+    """numpy float64 copy of an array or tensor (any device, with or without grad)."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().to("cpu", torch.float64).numpy()
+    array = np.asarray(values, dtype=np.float64)
+    if array.ndim != 2:
+        raise ValueError(f"{name} must have shape (M, N), got {array.shape}")
+    return array
