@@ -1,0 +1,257 @@
+"""Converters from the official raw releases to the prepared-dataset format (``auformer prepare``).
+
+Each converter (``bp4d.py``, ``disfa.py``, ``casme2.py``) only knows its raw layout: it
+turns labels and frame locations into :class:`Source` units. This module does the rest
+for all three: read each frame, align the face (or just resize), write the 256x256 JPEG
+crops, ``manifest.csv``, ``folds.json`` and ``prepare_report.json``. Frames that cannot
+be used (image missing, unreadable, no face found) are counted and listed in the
+report, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from itertools import repeat
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from auformer.aus import au_columns
+from auformer.data.manifest import AUTable, atomic_write_text, write_folds, write_manifest
+
+if TYPE_CHECKING:
+    from auformer.faces.detectors import FaceDetector
+
+REPORT_NAME = "prepare_report.json"
+IMAGES_DIR = "images"
+ALIGN_MODES = ("auto", "none")
+JPEG_QUALITY = 95
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+_FRAME_NUMBER = re.compile(r"(\d+)$")
+
+
+@dataclass
+class Frame:
+    """One labelled frame to convert."""
+
+    out_image: str  # path of the crop, relative to the output folder (images/F001/T1/0643.jpg)
+    subject: str
+    labels: np.ndarray  # (N,) float32: 1, 0, -1 = unknown
+    origin: str  # where it comes from, for the report (raw image path, or video#frame)
+
+
+@dataclass
+class Source:
+    """A unit of conversion work: frames read from image files, or from one video.
+
+    Exactly one of ``image_paths`` (one raw path per frame, ``None`` when the image is
+    missing) and ``video`` + ``video_frames`` (0-based frame indices, ascending) is set.
+    """
+
+    frames: list[Frame]
+    image_paths: list[Path | None] | None = None
+    video: Path | None = None
+    video_frames: list[int] | None = None
+
+    def read(self) -> Iterator[np.ndarray | str]:
+        """Yield each frame as a uint8 (H, W, 3) RGB array, or the string ``missing_image``/``unreadable_image``."""
+        if self.video is None:
+            for path in self.image_paths:
+                if path is None or not path.is_file():
+                    yield "missing_image"
+                    continue
+                image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+                yield "unreadable_image" if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+            return
+        capture = cv2.VideoCapture(str(self.video))
+        position, ok, image = 0, capture.isOpened(), None
+        failure = "missing_image" if ok else "unreadable_image"  # frames past the end / a video OpenCV cannot open
+        for wanted in self.video_frames:
+            while ok and position <= wanted:  # decode sequentially: seeking is unreliable in compressed videos
+                ok, image = capture.read()
+                position += 1
+            yield cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if ok and position == wanted + 1 else failure
+        capture.release()
+
+
+@dataclass
+class PrepareReport:
+    """What a conversion did: counts, unknown labels per AU, and every frame it could not use."""
+
+    dataset: str
+    raw_dir: str
+    out_dir: str
+    align: str
+    detector: str
+    size: int
+    frames_labelled: int = 0
+    written: int = 0
+    positives: dict[str, int] = field(default_factory=dict)  # per AU, over written frames
+    unknown_labels: dict[str, int] = field(default_factory=dict)  # per AU, over written frames
+    missing_image: list[str] = field(default_factory=list)
+    unreadable_image: list[str] = field(default_factory=list)
+    no_face: list[str] = field(default_factory=list)
+    bad_rows: list[str] = field(default_factory=list)  # label rows the converter could not use, with the reason
+    subjects_in_no_fold: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """A few human-readable lines."""
+        lines = [
+            f"{self.dataset}: {self.written} of {self.frames_labelled} labelled frames written to {self.out_dir}",
+            f"  missing image {len(self.missing_image)}, unreadable {len(self.unreadable_image)}, "
+            f"no face {len(self.no_face)}, bad label rows {len(self.bad_rows)}",
+            "  unknown labels: " + (", ".join(f"{au} {n}" for au, n in self.unknown_labels.items() if n) or "none"),
+        ]
+        if self.subjects_in_no_fold:
+            lines.append(f"  subjects in no fold (left out of CV): {', '.join(self.subjects_in_no_fold)}")
+        return "\n".join(lines)
+
+
+def search(raw_dir: Path, pattern: str) -> list[Path]:
+    """Matches of the glob ``pattern`` in RAW_DIR, else one or two folders deeper (archives unpack into extra folders)."""
+    for prefix in ("", "*/", "*/*/"):
+        matches = sorted(raw_dir.glob(prefix + pattern))
+        if matches:
+            return matches
+    return []
+
+
+def find_root(raw_dir: Path, relatives: Iterable[str]) -> Path:
+    """The folder holding the relative folders (``F001/T1``): RAW_DIR or up to two levels below it.
+
+    The first of ``relatives`` that exists fixes the root for all of them.
+    """
+    relatives = list(relatives)
+    for relative in relatives:
+        folders = [path for path in search(raw_dir, relative) if path.is_dir()]
+        if folders:
+            return Path(str(folders[0])[: -len(relative)])
+    shown = ", ".join(relatives[:3]) + (", ..." if len(relatives) > 3 else "")
+    raise FileNotFoundError(f"{raw_dir}: none of the folders {shown} is in it or up to two levels below")
+
+
+def find_dir(raw_dir: Path, relative: str) -> Path:
+    """``raw_dir/relative``, or the same path up to two folders deeper."""
+    return find_root(raw_dir, [relative]) / relative
+
+
+def numbered_images(folder: Path) -> dict[int, Path]:
+    """Frame number -> image file in one folder: the number ending the name (``0643.jpg``, ``img46.jpg``, ``reg_img46.png``)."""
+    if not folder.is_dir():
+        return {}
+    numbered = ((_FRAME_NUMBER.search(p.stem), p) for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    return {int(match.group(1)): p for match, p in numbered if match}
+
+
+def _crop(image_rgb: np.ndarray, align: str, detector: str | FaceDetector | None, size: int) -> np.ndarray | None:
+    """The ``(size, size, 3)`` face crop, or ``None`` when no face is found."""
+    if align == "none":
+        return cv2.resize(image_rgb, (size, size), interpolation=cv2.INTER_AREA)
+    from auformer.faces.align import align_faces  # lazy: only the auto path needs face detection
+    from auformer.faces.detectors import get_detector
+
+    faces = align_faces(image_rgb, get_detector(detector) if isinstance(detector, str) else detector, size=size)
+    return faces[0].crop if faces else None
+
+
+def convert_source(source: Source, out_dir: Path, align: str, detector: str | FaceDetector | None, size: int) -> list[str]:
+    """Convert one source; return the outcome of each frame: written, missing_image, unreadable_image or no_face."""
+    outcomes = []
+    for frame, image in zip(source.frames, source.read()):
+        if isinstance(image, str):
+            outcomes.append(image)
+            continue
+        crop = _crop(image, align, detector, size)
+        if crop is None:
+            outcomes.append("no_face")
+            continue
+        path = out_dir / frame.out_image
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not cv2.imwrite(str(path), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]):
+            raise OSError(f"{path}: could not write the crop (disk full or no permission?)")
+        outcomes.append("written")
+    return outcomes
+
+
+def _convert_all(
+    sources: list[Source], out_dir: Path, align: str, detector: str | FaceDetector | None, size: int, workers: int
+) -> list[list[str]]:
+    progress = tqdm(total=sum(len(source.frames) for source in sources), desc="frames", unit="frame")
+    with ProcessPoolExecutor(workers) if workers > 1 else nullcontext() as pool:
+        run = pool.map if pool else map
+        results = []
+        settings = (repeat(x) for x in (out_dir, align, detector, size))
+        for source, outcomes in zip(sources, run(convert_source, sources, *settings)):
+            results.append(outcomes)
+            progress.update(len(source.frames))
+    progress.close()
+    return results
+
+
+def run_prepare(
+    dataset: str,
+    raw_dir: Path,
+    out_dir: str | Path,
+    sources: list[Source],
+    aus: Sequence[int],
+    folds: list[list[str]],
+    align: str = "auto",
+    detector: str | FaceDetector | None = None,
+    size: int = 256,
+    workers: int = 1,
+    bad_rows: Sequence[str] = (),
+) -> PrepareReport:
+    """Convert ``sources`` and write the prepared dataset: crops, manifest, folds, report.
+
+    ``detector`` is a face-detector name (``auformer.faces.detectors``; default the
+    package default) or an object with ``detect(image_rgb) -> list[Face]``; it is only
+    used with ``align="auto"``. With ``workers > 1`` frames are converted in processes
+    (a detector object must then be picklable; a name is built once per process).
+    """
+    if align not in ALIGN_MODES:
+        raise ValueError(f"align must be one of {', '.join(ALIGN_MODES)}, got {align!r}")
+    if size < 16:
+        raise ValueError(f"crop size must be at least 16 pixels, got {size}")
+    if align == "auto" and detector is None:
+        from auformer.faces.detectors import DEFAULT_DETECTOR
+
+        detector = DEFAULT_DETECTOR
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    detector_name = "none" if align == "none" else getattr(detector, "name", str(detector))
+    report = PrepareReport(dataset, str(raw_dir), str(out_dir), align, detector_name, size, bad_rows=list(bad_rows))
+    outcomes = _convert_all(sources, out_dir, align, detector, size, workers)
+    written: list[Frame] = []
+    for source, source_outcomes in zip(sources, outcomes):
+        for frame, outcome in zip(source.frames, source_outcomes):
+            if outcome == "written":
+                written.append(frame)
+            else:
+                getattr(report, outcome).append(frame.origin)
+    report.frames_labelled = sum(len(source.frames) for source in sources)
+    report.written = len(written)
+    labels = np.stack([frame.labels for frame in written]) if written else np.zeros((0, len(aus)), np.float32)  # (M, N)
+    report.positives = dict(zip(au_columns(aus), (labels == 1).sum(axis=0).tolist()))
+    report.unknown_labels = dict(zip(au_columns(aus), (labels < 0).sum(axis=0).tolist()))
+    subjects = [frame.subject for frame in written]
+    report.subjects_in_no_fold = sorted(set(subjects) - {s for fold in folds for s in fold})
+    write_manifest(AUTable(out_dir, [frame.out_image for frame in written], subjects, labels, list(aus)), out_dir)
+    write_folds(out_dir, folds, aus)
+    atomic_write_text(out_dir / REPORT_NAME, json.dumps(asdict(report), indent=2) + "\n")
+    print(report.summary())
+    print(f"wrote {out_dir / 'manifest.csv'}, {out_dir / 'folds.json'} and {out_dir / REPORT_NAME}")
+    return report
+
+
+def default_workers() -> int:
+    """Worker processes for ``auformer prepare``: the CPU count, at most 8."""
+    return max(1, min(8, os.cpu_count() or 1))

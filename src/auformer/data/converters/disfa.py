@@ -1,0 +1,82 @@
+"""DISFA: per-AU intensity files + left-camera videos -> prepared dataset (8 AUs, 3 literature folds).
+
+Raw layout (either folder may sit up to two levels below RAW_DIR)::
+
+    ActionUnit_Labels/SN001/SN001_au1.txt        lines "frame,intensity", frame 1 = first video frame
+    Videos_LeftCamera/LeftVideoSN001_comp.avi    (.avi or .mp4, any letter case)
+
+Occurrence is intensity >= 2 (the literature's rule); frames are decoded with OpenCV.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from auformer.aus import DISFA_AUS
+from auformer.data.converters import Frame, PrepareReport, Source, find_dir, run_prepare
+from auformer.data.folds import DISFA_FOLDS
+
+OCCURRENCE_INTENSITY = 2
+_SUBJECT = re.compile(r"^SN\d{3}$", re.IGNORECASE)
+_VIDEO = re.compile(r"^LeftVideo(SN\d{3})_comp\.(avi|mp4)$", re.IGNORECASE)
+
+
+def read_intensity_file(path: Path) -> dict[int, int]:
+    """Frame number -> intensity (0-5) of one DISFA label file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: DISFA label file missing")
+    table = pd.read_csv(path, header=None, dtype=str, keep_default_na=False)
+    if table.shape[1] != 2:
+        raise ValueError(f"{path}: expected lines 'frame,intensity', found {table.shape[1]} columns")
+    values = table.apply(pd.to_numeric, errors="coerce").to_numpy()  # (M, 2)
+    bad = np.isnan(values).any(axis=1) | (values[:, 1] < 0) | (values[:, 1] > 5)
+    if bad.any():
+        line = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{path}: line {line + 1}: {','.join(table.iloc[line])!r} is not 'frame,intensity 0-5'")
+    return dict(zip(values[:, 0].astype(int).tolist(), values[:, 1].astype(int).tolist()))
+
+
+def subject_labels(label_dir: Path, subject: str, aus: tuple[int, ...] = DISFA_AUS) -> tuple[list[int], np.ndarray]:
+    """Frame numbers (ascending) and occurrence labels ``(M, N)``; a frame absent from one AU's file is unknown (-1)."""
+    intensities = [read_intensity_file(label_dir / f"{subject}_au{au}.txt") for au in aus]
+    frames = sorted(set().union(*intensities))
+    labels = np.full((len(frames), len(aus)), -1.0, dtype=np.float32)  # (M, N)
+    for column, per_frame in enumerate(intensities):
+        known = [row for row, frame in enumerate(frames) if frame in per_frame]
+        labels[known, column] = [float(per_frame[frames[row]] >= OCCURRENCE_INTENSITY) for row in known]
+    return frames, labels
+
+
+def collect_disfa(raw_dir: str | Path) -> list[Source]:
+    """One :class:`Source` per subject (its left-camera video)."""
+    raw_dir = Path(raw_dir)
+    labels_root = find_dir(raw_dir, "ActionUnit_Labels")
+    subjects = sorted(p.name.upper() for p in labels_root.iterdir() if p.is_dir() and _SUBJECT.match(p.name))
+    if not subjects:
+        raise FileNotFoundError(f"{labels_root}: no subject folders like SN001")
+    video_dir = find_dir(raw_dir, "Videos_LeftCamera")
+    videos = {m.group(1).upper(): p for p in video_dir.iterdir() if (m := _VIDEO.match(p.name))}
+    sources = []
+    for subject in subjects:
+        frames, labels = subject_labels(labels_root / subject, subject)
+        video = videos.get(subject)
+        origin = f"{video or video_dir / f'LeftVideo{subject}_comp.avi'}#"
+        items = [Frame(f"images/{subject}/{n:05d}.jpg", subject, row, f"{origin}{n}") for n, row in zip(frames, labels)]
+        if video is None:
+            sources.append(Source(items, image_paths=[None] * len(items)))
+        else:
+            sources.append(Source(items, video=video, video_frames=[n - 1 for n in frames]))
+    return sources
+
+
+def prepare_disfa(raw_dir: str | Path, out_dir: str | Path, **options: Any) -> PrepareReport:
+    """Convert a raw DISFA release into a prepared dataset folder.
+
+    ``options``: ``align``, ``detector``, ``size``, ``workers``, as in :func:`run_prepare`.
+    """
+    return run_prepare("disfa", Path(raw_dir), out_dir, collect_disfa(raw_dir), DISFA_AUS, DISFA_FOLDS, **options)

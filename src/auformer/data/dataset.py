@@ -1,0 +1,60 @@
+"""Torch datasets over AU tables: images on disk (:class:`AUDataset`) or in memory (:class:`ArrayAUDataset`).
+
+Both return ``(image, labels)``: the transformed image, a float tensor ``(3, H, W)``,
+and the labels, float32 ``(N,)`` with 1 / 0 / -1 (unknown, masked by losses and metrics).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from auformer.data.manifest import AUTable
+
+
+class AUDataset(torch.utils.data.Dataset):
+    """Images of an :class:`AUTable`, read with PIL (RGB) and passed through ``transform``."""
+
+    def __init__(self, table: AUTable, transform: Callable) -> None:
+        self.table = table
+        self.transform = transform
+        self.labels = torch.from_numpy(np.ascontiguousarray(table.labels, dtype=np.float32))  # (M, N)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def load_image(self, index: int) -> Image.Image:
+        """The RGB image of sample ``index``; a missing or unreadable file is an error naming it."""
+        path = self.table.image_path(index)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: image file not found (sample {index} of {self.table.root})")
+        try:
+            with Image.open(path) as image:
+                return image.convert("RGB")
+        except (UnidentifiedImageError, OSError, SyntaxError) as error:
+            raise ValueError(f"{path}: cannot decode image ({error})") from None
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.transform(self.load_image(index)), self.labels[index]
+
+
+class ArrayAUDataset(torch.utils.data.Dataset):
+    """Images held in memory: uint8 ``(M, H, W, 3)`` plus labels ``(M, N)`` (the synthetic default)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Callable) -> None:
+        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+            raise ValueError(f"images must be a uint8 (M, H, W, 3) array, got {images.dtype} {images.shape}")
+        if len(labels) != len(images):
+            raise ValueError(f"{len(images)} images but {len(labels)} label rows")
+        self.images = images
+        self.labels = torch.as_tensor(np.asarray(labels, dtype=np.float32))  # (M, N)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.transform(self.images[index]), self.labels[index]

@@ -1,0 +1,251 @@
+"""The prepared-dataset format: ``manifest.csv`` + ``folds.json``, and ME-GraphAU list files.
+
+A prepared dataset is a folder any tool can produce::
+
+    manifest.csv   image,subject,AU01,AU02,...   (1, 0, empty or -1 = unknown)
+    folds.json     {"folds": [{"test_subjects": [...]}, ...], "aus": ["AU01", ...]}
+    <images>       paths in manifest.csv are relative to the folder
+
+In memory a split is an :class:`AUTable`. Unknown labels stay ``-1`` all the way to
+the loss and the metrics, which mask them out; they are never turned into 0.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from auformer.aus import au_columns, parse_au
+
+MANIFEST_NAME = "manifest.csv"
+FOLDS_NAME = "folds.json"
+_AU_COLUMN = re.compile(r"^AU\d+$")
+# Subject ids of BP4D (F001, M012), DISFA (SN001) and CASME II (sub01) in list-file paths.
+_SUBJECT_IN_PATH = re.compile(r"^(?:[FM]\d{3}|SN\d{3}|sub\d+)$", re.IGNORECASE)
+
+
+@dataclass
+class AUTable:
+    """One dataset split in memory: images, their subjects and their AU labels.
+
+    ``labels`` is ``(M, N)`` float32 with 1 (present), 0 (absent) or -1 (unknown);
+    column ``j`` belongs to FACS AU ``aus[j]``. Image paths are relative to ``root``.
+    """
+
+    root: Path
+    images: list[str]
+    subjects: list[str]
+    labels: np.ndarray
+    aus: list[int]
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+        self.labels = np.asarray(self.labels, dtype=np.float32).reshape(len(self.images), len(self.aus))  # (M, N)
+        if len(self.subjects) != len(self.images):
+            raise ValueError(f"AUTable: {len(self.images)} images but {len(self.subjects)} subjects")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> AUTable:
+        """Rows ``indices`` (integer positions or a boolean mask of length M), in that order."""
+        rows = np.asarray(indices)
+        rows = np.flatnonzero(rows) if rows.dtype == bool else rows.astype(np.int64)
+        return AUTable(
+            root=self.root,
+            images=[self.images[i] for i in rows],
+            subjects=[self.subjects[i] for i in rows],
+            labels=self.labels[rows],
+            aus=list(self.aus),
+        )
+
+    def select_aus(self, aus: Sequence[int | str]) -> AUTable:
+        """Keep only the label columns of ``aus``, in that order (e.g. the 5 cross-domain AUs)."""
+        wanted = [parse_au(au) for au in aus]
+        missing = [au for au in wanted if au not in self.aus]
+        if missing:
+            raise ValueError(
+                f"AUs {', '.join(au_columns(missing))} are not in this dataset (it has {', '.join(au_columns(self.aus))})"
+            )
+        columns = [self.aus.index(au) for au in wanted]
+        return AUTable(self.root, list(self.images), list(self.subjects), self.labels[:, columns], wanted)
+
+    def image_path(self, index: int) -> Path:
+        """Absolute path of image ``index``."""
+        return self.root / self.images[index]
+
+
+def _manifest_file(path: str | Path) -> Path:
+    path = Path(path)
+    file = path / MANIFEST_NAME if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: no manifest here (expected a dataset folder holding {MANIFEST_NAME} or the csv itself)")
+    return file
+
+
+def _parse_au_header(file: Path, columns: list[str]) -> list[int]:
+    if columns[:2] != ["image", "subject"]:
+        raise ValueError(f"{file}: the first columns must be 'image,subject', found {','.join(columns[:2])!r}")
+    aus: list[int] = []
+    for column in columns[2:]:
+        if not _AU_COLUMN.match(column):
+            raise ValueError(f"{file}: column {column!r} is not an AU column (expected names like AU01, AU12)")
+        try:
+            au = parse_au(column)
+        except ValueError as error:
+            raise ValueError(f"{file}: column {column!r}: {error}") from None
+        if au in aus:
+            raise ValueError(f"{file}: AU{au} appears in two columns")
+        aus.append(au)
+    if not aus:
+        raise ValueError(f"{file}: no AU columns (expected image,subject,AU01,...)")
+    return aus
+
+
+def _report_missing_images(file: Path, root: Path, images: list[str], on_missing: str) -> np.ndarray:
+    """Boolean mask of the images that exist; raise or warn (with the count) about the others."""
+    exists = np.array([(root / image).is_file() for image in images], dtype=bool)
+    missing = [image for image, ok in zip(images, exists) if not ok]
+    if missing:
+        message = f"{file}: {len(missing)} of {len(images)} image files are missing (first: {missing[0]})"
+        if on_missing == "error":
+            raise FileNotFoundError(message + "; pass on_missing='skip' to drop them")
+        warnings.warn(message + "; skipped", stacklevel=3)
+    return exists
+
+
+def read_manifest(path: str | Path, on_missing: str = "error") -> AUTable:
+    """Read a prepared dataset (its folder or its ``manifest.csv``) into an :class:`AUTable`.
+
+    Labels must be ``1``, ``0``, empty or ``-1``; anything else (a stray ``9`` from raw
+    BP4D, an intensity ``3``) is an error naming the file, line, column and value, since
+    guessing its meaning would corrupt the training signal. Missing image files are
+    counted: ``on_missing="error"`` (default) raises, ``"skip"`` drops them with a warning
+    that gives the count.
+    """
+    if on_missing not in ("error", "skip"):
+        raise ValueError(f"on_missing must be 'error' or 'skip', got {on_missing!r}")
+    file = _manifest_file(path)
+    try:
+        frame = pd.read_csv(file, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise ValueError(f"{file}: not a readable CSV ({str(error).splitlines()[0]})") from None
+    aus = _parse_au_header(file, [str(c).strip() for c in frame.columns])
+    raw = frame.iloc[:, 2:].to_numpy(dtype=str)  # (M, N)
+    labels = np.full(raw.shape, -1.0, dtype=np.float32)
+    labels[(raw == "1") | (raw == "1.0")] = 1.0
+    labels[(raw == "0") | (raw == "0.0")] = 0.0
+    valid = np.isin(raw, ["1", "1.0", "0", "0.0", "", "-1", "-1.0"])
+    if not valid.all():
+        row, col = np.argwhere(~valid)[0]
+        raise ValueError(
+            f"{file}: line {row + 2}, column {frame.columns[col + 2]}: invalid label {str(raw[row, col])!r} "
+            "(allowed: 1, 0, empty or -1 for unknown)"
+        )
+    table = AUTable(file.parent, frame["image"].tolist(), frame["subject"].tolist(), labels, aus)
+    if any(not image for image in table.images):
+        raise ValueError(f"{file}: line {table.images.index('') + 2}: empty image path")
+    exists = _report_missing_images(file, table.root, table.images, on_missing)
+    return table if exists.all() else table.subset(exists)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """The engine's atomic write (temp file + rename), imported on use: the engine imports this package."""
+    from auformer.engine.checkpointing import atomic_write_text as write
+
+    write(path, text)
+
+
+def write_manifest(table: AUTable, out_dir: str | Path) -> Path:
+    """Write ``out_dir/manifest.csv`` atomically; unknown labels are written empty.
+
+    Image paths are rewritten relative to ``out_dir`` when the table's root is elsewhere,
+    so a subset saved in another folder still points at the same files.
+    """
+    out_dir = Path(out_dir)
+    if table.root.resolve() == out_dir.resolve():
+        images = table.images
+    else:
+        images = [os.path.relpath(table.root / image, out_dir) for image in table.images]
+    cells = np.where(table.labels > 0.5, "1", np.where(table.labels == 0, "0", ""))  # (M, N)
+
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["image", "subject", *au_columns(table.aus)])
+    writer.writerows([image, subject, *row] for image, subject, row in zip(images, table.subjects, cells.tolist()))
+    atomic_write_text(out_dir / MANIFEST_NAME, text.getvalue())
+    return out_dir / MANIFEST_NAME
+
+
+def read_folds(path: str | Path) -> tuple[list[list[str]], list[int]]:
+    """Read ``folds.json`` (or the folder holding it): (test subjects per fold, AU numbers)."""
+    path = Path(path)
+    file = path / FOLDS_NAME if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: no folds file here")
+    try:
+        data = json.loads(file.read_text())
+        folds = [[str(s) for s in fold["test_subjects"]] for fold in data["folds"]]
+        aus = [parse_au(au) for au in data["aus"]]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ValueError(
+            f'{file}: expected {{"folds": [{{"test_subjects": [...]}}, ...], "aus": ["AU01", ...]}} ({error!r})'
+        ) from None
+    return folds, aus
+
+
+def write_folds(out_dir: str | Path, folds: Sequence[Sequence[str]], aus: Sequence[int]) -> Path:
+    """Write ``out_dir/folds.json`` atomically."""
+    data = {"folds": [{"test_subjects": list(fold)} for fold in folds], "aus": au_columns(aus)}
+    atomic_write_text(Path(out_dir) / FOLDS_NAME, json.dumps(data, indent=2) + "\n")
+    return Path(out_dir) / FOLDS_NAME
+
+
+def subject_from_path(image: str) -> str:
+    """Subject id in an image path: a BP4D/DISFA/CASME II-style folder name, else the first folder."""
+    parts = Path(image).parts
+    for part in parts[:-1]:
+        if _SUBJECT_IN_PATH.match(part):
+            return part
+    return parts[0] if len(parts) > 1 else "unknown"
+
+
+def read_list_files(img_list: str | Path, label_list: str | Path, aus: Sequence[int], image_root: str | Path) -> AUTable:
+    """Read ME-GraphAU list files (``*_img_path_foldK.txt`` + ``*_label_foldK.txt``).
+
+    One image path per line (relative to ``image_root``) and, on the same line of the
+    label file, one space-separated ``1``/``0``/``-1`` per AU of ``aus``. Subjects are
+    parsed from the paths (:func:`subject_from_path`).
+    """
+    img_list, label_list = Path(img_list), Path(label_list)
+    for file in (img_list, label_list):
+        if not file.is_file():
+            raise FileNotFoundError(f"{file}: list file not found")
+    images = [line.strip() for line in img_list.read_text().splitlines() if line.strip()]
+    label_lines = [line for line in label_list.read_text().splitlines() if line.strip()]
+    if len(images) != len(label_lines):
+        raise ValueError(f"{label_list}: {len(label_lines)} label lines but {img_list} has {len(images)} images")
+    labels = np.empty((len(images), len(aus)), dtype=np.float32)  # (M, N)
+    for line_number, line in enumerate(label_lines, start=1):
+        values = line.split()
+        if len(values) != len(aus):
+            raise ValueError(f"{label_list}: line {line_number}: {len(values)} labels, expected {len(aus)} (one per AU)")
+        try:
+            labels[line_number - 1] = [float(v) for v in values]
+        except ValueError:
+            raise ValueError(f"{label_list}: line {line_number}: labels must be numbers, got {line.strip()!r}") from None
+    bad = ~np.isin(labels, [1.0, 0.0, -1.0])
+    if bad.any():
+        row = int(np.argwhere(bad)[0][0])
+        raise ValueError(f"{label_list}: line {row + 1}: labels must be 1, 0 or -1, got {label_lines[row].strip()!r}")
+    return AUTable(Path(image_root), images, [subject_from_path(image) for image in images], labels, [parse_au(a) for a in aus])
