@@ -1,0 +1,382 @@
+"""Detector: images, folders and videos -> a table of AU probabilities per face and frame.
+
+Pipeline per frame: face detection and five-point alignment (`auformer.faces`, the
+same code the dataset converters use), the training-time test transform, batched
+AUFormer inference. Every frame gives at least one row: frames without a face get
+one row with ``success=0`` and empty face and AU columns, never a silent gap.
+
+Table columns (``auformer`` format)::
+
+    input, frame, time_s, face, x, y, w, h, face_score, success, AU01, ..., AU01_c, ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from auformer.aus import au_column, au_columns
+from auformer.data.transforms import build_transform
+from auformer.faces import DEFAULT_DETECTOR, TEMPLATE_SIZE, AlignedFace, align_faces, get_detector
+from auformer.model.checkpoint import load_checkpoint, read_checkpoint_meta
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pgm", ".ppm"})
+VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"})
+FACE_COLUMNS = ["input", "frame", "time_s", "face", "x", "y", "w", "h", "face_score", "success"]
+# auformer name -> OpenFace name (OpenFace's frame numbers start at 1).
+OPENFACE_NAMES = {"face": "face_id", "time_s": "timestamp", "face_score": "confidence"}
+SYNTHETIC_WARNING = ("warning: this checkpoint was trained on synthetic faces: its AU predictions on real "
+                     "photos are not meaningful (it only shows that the pipeline runs)")
+
+
+@dataclass
+class Frame:
+    """One image to analyse: a photo, or one decoded video frame."""
+
+    input: str  # file path, or "<array>" for arrays passed to the API
+    index: int  # frame number in the video (0 for photos)
+    time_s: float  # seconds from the start of the video (0 for photos)
+    image: np.ndarray  # (H, W, 3) uint8 RGB
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as uint8 (H, W, 3) RGB (EXIF orientation applied by OpenCV)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    image_bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image_bgr is None:
+        raise ValueError(f"{path}: cannot read image (corrupt or unsupported format)")
+    return cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)
+
+
+def _frame_range(fps: float, start: float | None, end: float | None) -> tuple[int, int | None]:
+    """First and last (exclusive, None = to the end) frame numbers of ``start``-``end`` seconds."""
+    return round((start or 0.0) * fps), (round(end * fps) if end is not None else None)
+
+
+def video_frames(path: str | os.PathLike, every: int = 1, start: float | None = None,
+                 end: float | None = None) -> Iterator[Frame]:
+    """Decode every ``every``-th frame of a video between ``start`` and ``end`` seconds."""
+    if every < 1:
+        raise ValueError(f"every must be a positive integer, got {every}")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"video not found: {path}")
+    capture = cv2.VideoCapture(str(path))
+    fps = capture.get(cv2.CAP_PROP_FPS)
+    if not capture.isOpened() or not fps > 0:
+        capture.release()
+        raise ValueError(f"{path}: cannot open video (corrupt, unsupported codec, or no frame rate)")
+    first, last = _frame_range(fps, start, end)
+    if first > 0:
+        capture.set(cv2.CAP_PROP_POS_FRAMES, first)
+    index = first
+    try:
+        while last is None or index < last:
+            if (index - first) % every:
+                ok = capture.grab()  # skipped frame: advance without decoding the image
+            else:
+                ok, image_bgr = capture.read()
+                if ok:
+                    yield Frame(str(path), index, index / fps, cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB))
+            if not ok:
+                break
+            index += 1
+    finally:
+        capture.release()
+
+
+def count_video_frames(path: str | os.PathLike, every: int = 1, start: float | None = None,
+                       end: float | None = None) -> int | None:
+    """How many frames `video_frames` will yield, from the container's frame count (None if unknown)."""
+    capture = cv2.VideoCapture(str(path))
+    fps, total = capture.get(cv2.CAP_PROP_FPS), int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    capture.release()
+    if not fps > 0 or total <= 0:
+        return None
+    first, last = _frame_range(fps, start, end)
+    last = total if last is None else min(total, last)
+    return max(0, -(-(last - first) // every))  # ceil((last - first) / every)
+
+
+def parse_thresholds(values: Iterable[str]) -> float | dict[str, float]:
+    """CLI ``--threshold`` values: ``0.6`` (all AUs), ``AU12=0.4`` (one AU), or both (``default`` + overrides)."""
+    thresholds: dict[str, float] = {}
+    for value in values:
+        key, _, number = value.rpartition("=")
+        try:
+            threshold = float(number)
+        except ValueError:
+            raise ValueError(f"bad --threshold {value!r}: expected a number like 0.5 or AU12=0.4") from None
+        thresholds[au_column(key) if key else "default"] = threshold
+    if set(thresholds) <= {"default"}:
+        return thresholds.get("default", 0.5)
+    return thresholds
+
+
+class Detector:
+    """AU detection on photos and videos with an AUFormer checkpoint.
+
+    ``threshold`` is one number for every AU or a dict ``{"AU12": 0.4, "default": 0.5}``
+    (AUs left out use ``default``, itself 0.5 unless given). ``face_detector`` is a name of
+    `auformer.faces.get_detector` (``"none"`` for inputs that are already aligned face crops).
+    """
+
+    def __init__(self, checkpoint: str | os.PathLike, face_detector: str = DEFAULT_DETECTOR, device: str = "cpu",
+                 batch_size: int = 32, threshold: float | Mapping[str | int, float] = 0.5,
+                 backbone_weights: str | None = None) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+        meta = read_checkpoint_meta(checkpoint)
+        self.model = load_checkpoint(checkpoint, backbone_weights=backbone_weights, map_location=device).eval()
+        if not self.model.aus:
+            raise ValueError(f"{checkpoint}: checkpoint has no AU list; cannot name the output columns")
+        self.device = device
+        self.batch_size = batch_size
+        self.au_columns = au_columns(self.model.aus)
+        self.thresholds = self._resolve_thresholds(threshold)  # (N,)
+        self.face_detector = get_detector(face_detector)
+        data_config = self.model.data_config
+        self.transform = build_transform(False, data_config["input_size"][-1], data_config["mean"], data_config["std"])
+        weights = backbone_weights or self.model.config.get("backbone_weights")
+        self.synthetic = meta.get("extra", {}).get("dataset") == "synthetic" or weights == "synthetic"
+
+    def _resolve_thresholds(self, threshold: float | Mapping[str | int, float]) -> np.ndarray:
+        if not isinstance(threshold, Mapping):
+            return np.full(len(self.au_columns), float(threshold))
+        by_column = {("default" if key == "default" else au_column(key)): float(value) for key, value in threshold.items()}
+        unknown = set(by_column) - {"default", *self.au_columns}
+        if unknown:
+            raise ValueError(f"thresholds for {sorted(unknown)}, which the model does not predict ({', '.join(self.au_columns)})")
+        default = by_column.get("default", 0.5)
+        return np.array([by_column.get(column, default) for column in self.au_columns])
+
+    @torch.inference_mode()
+    def predict_crops(self, crops: list[np.ndarray]) -> np.ndarray:
+        """AU probabilities ``(F, N)`` of aligned uint8 (H, W, 3) RGB face crops, ``batch_size`` at a time."""
+        probabilities = [np.zeros((0, len(self.au_columns)), dtype=np.float32)]
+        for begin in range(0, len(crops), self.batch_size):
+            images = torch.stack([self.transform(crop) for crop in crops[begin:begin + self.batch_size]])  # (B, 3, S, S)
+            logits = self.model(images.to(self.device)).logits  # (B, N)
+            probabilities.append(torch.sigmoid(logits).float().cpu().numpy())
+        return np.concatenate(probabilities)
+
+    def iter_results(self, frames: Iterable[Frame]) -> Iterator[tuple[pd.DataFrame, list[AlignedFace]]]:
+        """Analyse ``frames``; yield ``(table, aligned faces)`` about every ``batch_size`` rows, in frame order.
+
+        The table holds one row per face (``face`` numbers them, best first) and one
+        ``success=0`` row per frame without a face; the faces list is in the order of the
+        table's ``success=1`` rows. Yielding batch by batch lets callers write long videos
+        as they go.
+        """
+        rows: list[dict] = []
+        faces: list[AlignedFace] = []
+        for frame in frames:
+            aligned = align_faces(frame.image, self.face_detector, size=TEMPLATE_SIZE)
+            base = {"input": frame.input, "frame": frame.index, "time_s": round(frame.time_s, 4)}
+            if not aligned:
+                rows.append({**base, "success": 0})
+            for number, face in enumerate(aligned):
+                x, y, w, h = face.face.box
+                rows.append({**base, "face": number, "x": x, "y": y, "w": w, "h": h,
+                             "face_score": face.face.score, "success": 1})
+            faces.extend(aligned)
+            if len(rows) >= self.batch_size:  # rows, not faces: a long stretch without faces is written too
+                yield self._table(rows, faces), faces
+                rows, faces = [], []
+        if rows:
+            yield self._table(rows, faces), faces
+
+    def _table(self, rows: list[dict], faces: list[AlignedFace]) -> pd.DataFrame:
+        """Rows plus the model's probabilities (``AU01``) and occurrences (``AU01_c``) for the face rows."""
+        table = pd.DataFrame(rows).reindex(columns=FACE_COLUMNS)
+        table = table.astype({"frame": "int64", "face": "Int64", "success": "int64"})
+        probabilities = np.full((len(table), len(self.au_columns)), np.nan)
+        probabilities[table["success"].to_numpy() == 1] = self.predict_crops([face.crop for face in faces])
+        occurrence_columns = [column + "_c" for column in self.au_columns]
+        occurrences = pd.DataFrame(probabilities >= self.thresholds, columns=occurrence_columns, dtype="Int64")
+        occurrences[np.isnan(probabilities)] = pd.NA
+        return pd.concat([table, pd.DataFrame(probabilities, columns=self.au_columns), occurrences], axis=1)
+
+    def detect(self, image: str | os.PathLike | np.ndarray) -> pd.DataFrame:
+        """AUs of every face in one image (a path, or a uint8 (H, W, 3) RGB array)."""
+        if isinstance(image, np.ndarray):
+            frame = Frame("<array>", 0, 0.0, image)
+        else:
+            frame = Frame(str(image), 0, 0.0, read_image(image))
+        return pd.concat([table for table, _ in self.iter_results([frame])], ignore_index=True)
+
+    def detect_video(self, path: str | os.PathLike, every: int = 1, start: float | None = None,
+                     end: float | None = None) -> pd.DataFrame:
+        """AUs of every face in every ``every``-th frame between ``start`` and ``end`` seconds."""
+        tables = [table for table, _ in self.iter_results(video_frames(path, every, start, end))]
+        if not tables:
+            raise ValueError(f"{path}: no frames decoded between start={start} and end={end}")
+        return pd.concat(tables, ignore_index=True)
+
+
+def to_openface(table: pd.DataFrame) -> pd.DataFrame:
+    """OpenFace-style column names: ``face_id``, ``timestamp``, ``confidence``, frames from 1.
+
+    Probabilities keep their ``AU01`` names (OpenFace's ``AU01_r`` are 0-5 intensities,
+    which this model does not predict); ``AU01_c`` are the same 0/1 occurrences.
+    """
+    table = table.rename(columns=OPENFACE_NAMES)
+    table["frame"] = table["frame"] + 1
+    return table
+
+
+def expand_inputs(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Path], int]:
+    """Split inputs into (images, videos, ignored); folders are searched recursively.
+
+    A missing input raises ``FileNotFoundError`` before any work starts; files in
+    folders with other extensions are counted as ignored; an explicitly named file
+    with an unknown extension is treated as an image (reading it reports it if it is not).
+    """
+    images: list[Path] = []
+    videos: list[Path] = []
+    ignored = 0
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files = sorted(p for p in item.rglob("*") if p.is_file())
+        elif item.is_file():
+            files = [item]
+        else:
+            raise FileNotFoundError(f"input not found: {item}")
+        for file in files:
+            suffix = file.suffix.lower()
+            if suffix in VIDEO_EXTENSIONS:
+                videos.append(file)
+            elif suffix in IMAGE_EXTENSIONS or not item.is_dir():
+                images.append(file)
+            else:
+                ignored += 1
+    return images, videos, ignored
+
+
+class _CsvWriter:
+    """Appends result tables to one CSV (header once): an interrupted run keeps what it wrote."""
+
+    def __init__(self, path: Path, openface: bool) -> None:
+        self.path = path
+        self.openface = openface
+        self.rows = 0
+        path.unlink(missing_ok=True)
+
+    def write(self, table: pd.DataFrame) -> None:
+        table = to_openface(table) if self.openface else table
+        table.to_csv(self.path, mode="a", header=self.rows == 0, index=False, float_format="%.6g")
+        self.rows += len(table)
+
+
+@dataclass
+class _Counts:
+    frames: int = 0
+    faces: int = 0
+    frames_without_face: int = 0
+    unreadable: int = 0
+
+
+def _run(detector: Detector, frames: Iterable[Frame], writer: _CsvWriter, progress: tqdm, counts: _Counts,
+         plot_dir: Path | None) -> None:
+    """Feed ``frames`` through ``detector`` into ``writer``, updating the progress bar and counts."""
+    from auformer.viz import plot_face_aus
+
+    started, faces_before = time.perf_counter(), counts.faces
+    for table, faces in detector.iter_results(frames):
+        writer.write(table)
+        new_frames = table.drop_duplicates(["input", "frame"])
+        counts.frames += len(new_frames)
+        counts.faces += len(faces)
+        counts.frames_without_face += int((table["success"] == 0).sum())
+        progress.update(len(new_frames))
+        progress.set_postfix(faces=counts.faces, faces_per_s=f"{(counts.faces - faces_before) / (time.perf_counter() - started):.1f}")
+        if plot_dir is not None:
+            for (_, row), face in zip(table[table["success"] == 1].iterrows(), faces):
+                probabilities = {column: row[column] for column in detector.au_columns}
+                thresholds = dict(zip(detector.au_columns, detector.thresholds))
+                title = f"{row['input']}, face {row['face']}"
+                title += " (synthetic checkpoint: not meaningful)" if detector.synthetic else ""
+                plot_path = plot_dir / f"{Path(row['input']).stem}_face{row['face']}.png"
+                plot_face_aus(face.crop, probabilities, thresholds, plot_path, title)
+
+
+def _image_frames(paths: list[Path], progress: tqdm, counts: _Counts) -> Iterator[Frame]:
+    """Photos as frames; unreadable files are reported, counted and skipped."""
+    for path in paths:
+        try:
+            yield Frame(str(path), 0, 0.0, read_image(path))
+        except (ValueError, FileNotFoundError) as error:
+            progress.write(f"skipped: {error}")
+            counts.unreadable += 1
+            progress.update(1)
+
+
+def _unique_csv(out: Path, stem: str, used: set[str]) -> Path:
+    """``out/STEM.csv``, suffixed ``_2``, ``_3`` ... when two inputs share a name."""
+    name, number = stem, 1
+    while name in used:
+        number += 1
+        name = f"{stem}_{number}"
+    used.add(name)
+    return out / f"{name}.csv"
+
+
+def run_detect(args: argparse.Namespace) -> None:
+    """``auformer detect``: photos into ``OUT/images.csv``, each video into ``OUT/<video>.csv``."""
+    from auformer.viz import plot_au_timeseries
+
+    images, videos, ignored = expand_inputs(args.inputs)
+    if not images and not videos:
+        raise ValueError(f"no images or videos found in {', '.join(map(str, args.inputs))}")
+    detector = Detector(args.checkpoint, face_detector=args.face_detector, device=args.device,
+                        batch_size=args.batch_size, threshold=parse_thresholds(args.threshold or ["0.5"]),
+                        backbone_weights=args.backbone_weights)
+    if detector.synthetic:
+        print(SYNTHETIC_WARNING)
+    out = Path(args.out)
+    plot_dir = out / "plots" if args.plot else None
+    for folder in (out, plot_dir):
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+    openface = args.format == "openface"
+    counts = _Counts()
+    written: list[Path] = []
+    used_names = {"images"}
+    if images:
+        writer = _CsvWriter(out / "images.csv", openface)
+        with tqdm(total=len(images), desc="images", unit="image") as progress:
+            _run(detector, _image_frames(images, progress, counts), writer, progress, counts, plot_dir)
+        written.append(writer.path)
+    for video in videos:
+        writer = _CsvWriter(_unique_csv(out, video.stem, used_names), openface)
+        total = count_video_frames(video, args.every, args.start, args.end)
+        with tqdm(total=total, desc=video.name, unit="frame") as progress:
+            try:
+                _run(detector, video_frames(video, args.every, args.start, args.end), writer, progress, counts, None)
+            except (ValueError, FileNotFoundError) as error:
+                progress.write(f"skipped: {error}")
+                counts.unreadable += 1
+                continue
+        written.append(writer.path)
+        if plot_dir is not None and writer.rows:
+            plot_au_timeseries(pd.read_csv(writer.path), plot_dir / f"{writer.path.stem}_aus.png",
+                               dict(zip(detector.au_columns, detector.thresholds)))
+    print(f"{counts.frames} frames ({len(images)} images, {len(videos)} videos): {counts.faces} faces, "
+          f"{counts.frames_without_face} frames without a face, {counts.unreadable} unreadable inputs skipped"
+          + (f", {ignored} files with other extensions ignored" if ignored else ""))
+    for path in written:
+        print(f"wrote {path}")
+    if plot_dir is not None:
+        print(f"plots in {plot_dir}")
+    if detector.synthetic:
+        print(SYNTHETIC_WARNING)
