@@ -1,0 +1,182 @@
+"""AUFormer: a frozen timm ViT with two MoKE groups per block, a main head and per-AU aux heads.
+
+Per block ``l`` (SPEC section 1, eqs. 2-4; LN is the block's own pre-norm)::
+
+    K_i^MHSA = MoKE_i^MHSA(LN1(X) + K_i^MLP(prev block))
+    X'       = X + MHSA(LN1(X)) + mean_i K_i^MHSA
+    K_i^MLP  = MoKE_i^MLP(LN2(X') + K_i^MHSA)
+    X        = X' + MLP(LN2(X')) + mean_i K_i^MLP
+
+Main head: final CLS token -> the ViT's own final norm -> Linear -> N logits.
+Aux head: CLS output of expert i of the last group -> its own Linear -> 1 logit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
+
+import timm.data
+import torch
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from auformer.aus import parse_au_list
+from auformer.model.backbone import create_backbone, weights_source
+from auformer.model.moke import MoKEGroup
+from auformer.model.moke_fused import FusedMoKEGroup
+
+MOKE_IMPLEMENTATIONS: dict[str, type[MoKEGroup]] = {"reference": MoKEGroup, "fused": FusedMoKEGroup}
+
+
+class AUFormerOutput(NamedTuple):
+    """Model output (a NamedTuple, so DDP, ONNX export and tracing handle it as a tuple)."""
+
+    logits: torch.Tensor  # (B, N) main head
+    aux_logits: torch.Tensor | None  # (B, N) per-AU projectors, None when aux_head=False
+    features: torch.Tensor  # (B, D) final CLS token after the ViT's norm (input of the main head)
+    expert_features: torch.Tensor  # (B, E, D) CLS outputs of the last group's experts (E = N, or 1 without collaboration)
+
+
+class AUFormer(nn.Module):
+    """The frozen ``backbone`` plus learnable MoKE groups and heads. Build it with `build_model`."""
+
+    def __init__(
+        self,
+        backbone: VisionTransformer,
+        num_aus: int,
+        *,
+        moke: str = "fused",
+        collaborate: bool = True,
+        aux_head: bool = True,
+        aus: list[int] | None = None,
+        config: dict | None = None,
+        **expert_options,
+    ) -> None:
+        """``expert_options``: ``d``, ``dilations``, ``ca_size``, ``use_mrf``, ``use_ca``, ``dropout``, ``scale`` (see `Expert`)."""
+        super().__init__()
+        self.backbone = backbone
+        self.num_aus = num_aus
+        self.aus = aus  # FACS numbers of the N outputs, or None (index names)
+        self.config = config or {}  # every build_model argument, JSON-able: build_model(**config) rebuilds
+        self.collaborate = collaborate
+        dim = backbone.embed_dim
+        group_class = MOKE_IMPLEMENTATIONS[moke]
+        grid = dict(grid_size=tuple(backbone.patch_embed.grid_size), num_prefix_tokens=backbone.num_prefix_tokens)
+        num_experts = num_aus if collaborate else 1  # "no Collab." ablation: one shared expert per group
+        self.attn_groups = nn.ModuleList(group_class(dim, num_experts, **grid, **expert_options) for _ in backbone.blocks)
+        self.mlp_groups = nn.ModuleList(group_class(dim, num_experts, **grid, **expert_options) for _ in backbone.blocks)
+        self.head = nn.Linear(dim, num_aus)
+        # N per-AU Linear(D, 1) projectors stored as one (N, D) weight; see forward.
+        self.aux_head = nn.Linear(dim, num_aus) if aux_head else None
+        self.data_config = self._data_config(backbone)
+
+    @staticmethod
+    def _data_config(backbone: VisionTransformer) -> dict:
+        """Normalisation and input size from timm's pretrained config, at the model's own input size."""
+        data_config = timm.data.resolve_data_config({}, model=backbone)
+        data_config["input_size"] = (3, *backbone.patch_embed.img_size)
+        return data_config
+
+    def train(self, mode: bool = True) -> AUFormer:
+        """Train the experts and heads; the frozen backbone stays in eval mode (its dropout/drop-path off)."""
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    def learnable_parameters(self) -> Iterator[nn.Parameter]:
+        return (p for p in self.parameters() if p.requires_grad)
+
+    def learnable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Experts and heads only (what an adapter checkpoint stores)."""
+        return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
+
+    def forward(self, images: torch.Tensor) -> AUFormerOutput:
+        """``images`` ``(B, 3, H, W)`` -> `AUFormerOutput`."""
+        vit = self.backbone
+        x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(images))))  # (B, T, D)
+        carry = None
+        for block, attn_group, mlp_group in zip(vit.blocks, self.attn_groups, self.mlp_groups):
+            x_norm = block.norm1(x)
+            knowledge, state = attn_group(x_norm, carry)  # (B, T, D) mean of the group, eqs. 2-3
+            x = x + block.drop_path1(block.ls1(block.attn(x_norm))) + knowledge  # eq. 4
+            carry = state if self.collaborate else None
+            x_norm = block.norm2(x)
+            knowledge, state = mlp_group(x_norm, carry)
+            x = x + block.drop_path2(block.ls2(block.mlp(x_norm))) + knowledge
+            carry = state if self.collaborate else None
+        features = vit.forward_head(vit.norm(x), pre_logits=True)  # (B, D) CLS token
+        expert_features = self.mlp_groups[-1].cls_outputs(state)  # (B, E, D)
+        aux_logits = None
+        if self.aux_head is not None:
+            # Row n of the weight is AU n's projector, applied to expert n's CLS (broadcast when E = 1).
+            aux_logits = (expert_features * self.aux_head.weight).sum(-1) + self.aux_head.bias  # (B, N)
+        return AUFormerOutput(self.head(features), aux_logits, features, expert_features)
+
+
+def _check_options(num_aus: int, moke: str, d: int, dilations: Sequence[int], ca_size: int, dropout: float,
+                   scale: float, backbone_kwargs: dict) -> None:
+    """Validate build arguments before anything is built (one clear line per problem)."""
+    if not isinstance(num_aus, int) or num_aus < 1:
+        raise ValueError(f"num_aus must be a positive integer, got {num_aus!r}")
+    if moke not in MOKE_IMPLEMENTATIONS:
+        raise ValueError(f"moke must be one of {sorted(MOKE_IMPLEMENTATIONS)}, got {moke!r}")
+    if not isinstance(d, int) or d < 1:
+        raise ValueError(f"d must be a positive integer, got {d!r}")
+    if not isinstance(dilations, (list, tuple)) or not dilations or any(not isinstance(r, int) or r < 1 for r in dilations):
+        raise ValueError(f"dilations must be a non-empty list of positive integers, got {dilations!r}")
+    if not isinstance(ca_size, int) or ca_size < 1 or ca_size % 2 == 0:
+        raise ValueError(f"ca_size must be an odd positive integer, got {ca_size!r}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    if not math.isfinite(scale):
+        raise ValueError(f"scale must be a finite number, got {scale!r}")
+    reserved = {"num_classes", "img_size", "pretrained"} & set(backbone_kwargs)
+    if reserved:
+        raise ValueError(f"backbone_kwargs must not set {sorted(reserved)}: build_model sets them")
+
+
+def build_model(
+    num_aus: int,
+    backbone: str = "vit_base_patch16_224",
+    backbone_weights: str | None = None,
+    img_size: int = 224,
+    moke: str = "fused",
+    *,
+    aus: list[int] | None = None,
+    d: int = 4,
+    dilations: Sequence[int] = (1, 3, 5),
+    ca_size: int = 3,
+    use_mrf: bool = True,
+    use_ca: bool = True,
+    collaborate: bool = True,
+    aux_head: bool = True,
+    dropout: float = 0.1,
+    scale: float = 1.0,
+    backbone_kwargs: dict | None = None,
+) -> AUFormer:
+    """Build AUFormer on a frozen timm ViT.
+
+    ``backbone_weights``: None (random init), a local weight file, ``"hub"`` (timm
+    download) or ``"synthetic"`` (the packaged synthetic-face ViT). ``moke``:
+    ``"fused"`` (fast, exact) or ``"reference"`` (literal per-expert form); both have
+    the same state-dict layout. ``collaborate=False`` uses one shared expert per group.
+    """
+    backbone_kwargs = dict(backbone_kwargs or {})
+    _check_options(num_aus, moke, d, dilations, ca_size, dropout, scale, backbone_kwargs)
+    if aus is not None:
+        aus = parse_au_list(aus)
+        if len(aus) != num_aus:
+            raise ValueError(f"aus lists {len(aus)} distinct AUs {aus} but num_aus is {num_aus}")
+    config = dict(
+        num_aus=num_aus, backbone=backbone, backbone_weights=weights_source(backbone_weights),
+        img_size=img_size, moke=moke, aus=aus, d=d, dilations=list(dilations), ca_size=ca_size, use_mrf=use_mrf,
+        use_ca=use_ca, collaborate=collaborate, aux_head=aux_head, dropout=dropout, scale=scale,
+        backbone_kwargs=backbone_kwargs,
+    )
+    vit = create_backbone(backbone, backbone_weights, img_size, **backbone_kwargs)
+    return AUFormer(
+        vit, num_aus, moke=moke, d=d, dilations=dilations, ca_size=ca_size, use_mrf=use_mrf, use_ca=use_ca,
+        collaborate=collaborate, aux_head=aux_head, dropout=dropout, scale=scale, aus=aus, config=config,
+    )

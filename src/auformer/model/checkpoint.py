@@ -1,0 +1,175 @@
+"""Adapter-only checkpoints: ``NAME.safetensors`` (learnable tensors) + ``NAME.json`` (how to rebuild).
+
+The safetensors file holds the experts and heads (about 9 MB for ViT-B/16 and 12
+AUs), plus the backbone's own weights only when the backbone was randomly
+initialised (it then has no file of its own, and the checkpoint must rebuild it).
+The JSON holds ``model.config``, the AU list, the backbone weights source with the
+file's sha256, the auformer version and the caller's ``extra``; the same JSON is
+also stored in the safetensors header, so the weights file alone is enough.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from auformer import __version__
+from auformer.model.auformer import AUFormer, build_model
+from auformer.model.backbone import describe_mismatch, resolve_weights
+
+FORMAT = "auformer-adapter/1"
+BACKBONE_PREFIX = "backbone."
+
+
+def checkpoint_paths(path: str | os.PathLike) -> tuple[Path, Path]:
+    """``run/best``, ``run/best.safetensors`` or ``run/best.json`` -> the (weights, config) file pair."""
+    path = Path(path)
+    if path.suffix in (".safetensors", ".json"):
+        path = path.with_suffix("")
+    return path.with_name(path.name + ".safetensors"), path.with_name(path.name + ".json")
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256(path: str, mtime_ns: int, size: int) -> str:
+    """sha256 of a file; cached on (path, mtime, size) since a run saves many checkpoints of one backbone."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    stat = os.stat(path)
+    return _sha256(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+def _write_atomic(path: Path, write: Callable[[str], None]) -> None:
+    """Write through a temporary file and os.replace, so a crash never leaves half a checkpoint."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_checkpoint(model: AUFormer, path: str | os.PathLike, extra: dict | None = None) -> Path:
+    """Write ``PATH.safetensors`` and ``PATH.json`` atomically; returns the safetensors path.
+
+    ``extra`` (JSON-able, e.g. epoch and scores) is stored as is in the JSON.
+    """
+    weights_path, json_path = checkpoint_paths(path)
+    source = model.config["backbone_weights"]
+    weights_file = resolve_weights(source) if source not in (None, "hub") else None
+    meta = {
+        "format": FORMAT,
+        "auformer_version": __version__,
+        "config": model.config,
+        "aus": model.aus,
+        "backbone": {
+            "name": model.config["backbone"],
+            "weights": source,
+            "sha256": file_sha256(weights_file) if weights_file else None,
+            "included": source is None,
+        },
+        "extra": extra or {},
+    }
+    try:
+        meta_text = json.dumps(meta, indent=2)
+    except TypeError as error:
+        raise ValueError(f"{json_path}: checkpoint extra is not JSON-serialisable: {error}") from None
+    tensors = model.learnable_state_dict()
+    if source is None:  # random backbone: the checkpoint must carry it to rebuild the same model
+        tensors.update({BACKBONE_PREFIX + k: v for k, v in model.backbone.state_dict().items()})
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    weights_path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(weights_path, lambda tmp: save_file(tensors, tmp, metadata={"auformer": meta_text}))
+    _write_atomic(json_path, lambda tmp: Path(tmp).write_text(meta_text + "\n"))
+    return weights_path
+
+
+def read_checkpoint_meta(path: str | os.PathLike) -> dict:
+    """The checkpoint's JSON (or, if the JSON was lost, its copy in the safetensors header)."""
+    weights_path, json_path = checkpoint_paths(path)
+    if json_path.is_file():
+        source, text = json_path, json_path.read_text()
+    elif weights_path.is_file():
+        with safe_open(str(weights_path), framework="pt") as file:
+            source, text = weights_path, (file.metadata() or {}).get("auformer")
+        if text is None:
+            raise ValueError(f"{weights_path}: not an auformer checkpoint (no 'auformer' metadata and no {json_path.name})")
+    else:
+        raise FileNotFoundError(f"checkpoint not found: {weights_path} (nor {json_path.name})")
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{source}: invalid checkpoint JSON: {error}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ValueError(f"{source}: not an auformer checkpoint (format must be {FORMAT!r})")
+    return meta
+
+
+def load_adapter_weights(model: AUFormer, path: str | os.PathLike) -> None:
+    """Load a checkpoint's experts and heads into an existing ``model``.
+
+    Fails with one line if the checkpoint was made for another AU set, backbone or
+    expert shapes. Backbone tensors in the file (random-init backbones) are loaded too.
+    """
+    weights_path, _ = checkpoint_paths(path)
+    meta = read_checkpoint_meta(path)
+    if not weights_path.is_file():
+        raise FileNotFoundError(f"checkpoint weights not found: {weights_path}")
+    if meta["aus"] != model.aus or meta["config"]["num_aus"] != model.num_aus:
+        raise ValueError(f"{weights_path}: adapters are for {meta['config']['num_aus']} AUs {meta['aus']}, "
+                         f"the model predicts {model.num_aus} AUs {model.aus}")
+    if meta["config"]["backbone"] != model.config.get("backbone"):
+        raise ValueError(f"{weights_path}: adapters are for backbone {meta['config']['backbone']!r}, "
+                         f"the model uses {model.config.get('backbone')!r}")
+    tensors = load_file(str(weights_path))
+    backbone_state = {k[len(BACKBONE_PREFIX):]: v for k, v in tensors.items() if k.startswith(BACKBONE_PREFIX)}
+    adapter_state = {k: v for k, v in tensors.items() if not k.startswith(BACKBONE_PREFIX)}
+    mismatch = describe_mismatch(model.learnable_state_dict(), adapter_state)
+    if backbone_state:
+        mismatch = mismatch or describe_mismatch(model.backbone.state_dict(), backbone_state)
+    if mismatch:
+        raise ValueError(f"{weights_path} does not fit the model: {mismatch}")
+    model.load_state_dict(adapter_state, strict=False)  # keys checked exactly above
+    if backbone_state:
+        model.backbone.load_state_dict(backbone_state)
+
+
+def load_checkpoint(path: str | os.PathLike, backbone_weights: str | None = None,
+                    map_location: str | torch.device = "cpu") -> AUFormer:
+    """Rebuild the model from ``PATH.json`` and load ``PATH.safetensors`` into it.
+
+    ``backbone_weights`` overrides the recorded backbone file (e.g. after moving it);
+    a file whose sha256 differs from the recorded one gives a warning. The model is
+    returned in eval mode (call ``.train()`` to resume training).
+    """
+    meta = read_checkpoint_meta(path)
+    config = dict(meta["config"])
+    recorded = meta["backbone"]
+    if backbone_weights is not None:
+        config["backbone_weights"] = backbone_weights
+    source = config["backbone_weights"]
+    if source not in (None, "hub", "synthetic") and not Path(source).is_file():
+        raise FileNotFoundError(f"{checkpoint_paths(path)[1]}: backbone weights {source} not found "
+                                "(moved? pass the new file as backbone_weights / --backbone-weights)")
+    if recorded.get("sha256") and source not in (None, "hub"):
+        actual = file_sha256(resolve_weights(source))
+        if actual != recorded["sha256"]:
+            warnings.warn(f"backbone weights {source} differ from the ones the checkpoint was trained with "
+                          f"(sha256 {actual[:12]} != {recorded['sha256'][:12]})", stacklevel=2)
+    model = build_model(**config)
+    load_adapter_weights(model, path)
+    return model.to(map_location).eval()

@@ -1,0 +1,20 @@
+"""Shared test fixtures: the tiny timm ViT every model test builds on (no downloads)."""
+
+from __future__ import annotations
+
+import pytest
+
+TINY_BACKBONE = "vit_tiny_patch16_224"
+TINY_IMG_SIZE = 32  # 4x4 patch grid with patch_size 8
+
+
+@pytest.fixture
+def tiny_backbone_kwargs() -> dict:
+    """timm kwargs that shrink a ViT to 2 blocks of width 32 (a fraction of a second per forward)."""
+    return dict(patch_size=8, embed_dim=32, depth=2, num_heads=2)
+
+
+@pytest.fixture
+def tiny_model_kwargs(tiny_backbone_kwargs: dict) -> dict:
+    """Keyword arguments for ``build_model(num_aus, **tiny_model_kwargs)``: a random-init tiny AUFormer."""
+    return dict(backbone=TINY_BACKBONE, img_size=TINY_IMG_SIZE, backbone_kwargs=tiny_backbone_kwargs)

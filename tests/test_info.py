@@ -1,0 +1,45 @@
+"""`auformer info` and the parameter/FLOP counters."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from auformer.cli import main
+from auformer.model import build_model
+from auformer.model.profile import count_flops, count_parameters
+
+TINY_KWARGS_JSON = '{"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}'
+
+
+def _tiny_vit_macs(tokens: int = 17, dim: int = 32, depth: int = 2, patches: int = 16, patch_pixels: int = 3 * 8 * 8) -> int:
+    """Multiply-accumulates of the tiny ViT by hand: patch embedding, then per block qkv, q.k, a.v, proj, MLP."""
+    per_block = tokens * dim * 3 * dim + 2 * tokens * tokens * dim + tokens * dim * dim + 2 * tokens * dim * 4 * dim
+    return patches * patch_pixels * dim + depth * per_block
+
+
+def test_count_flops_is_two_per_mac():
+    layer = torch.nn.Linear(10, 20)
+    assert count_flops(layer, torch.randn(3, 10)) == 2 * 3 * 10 * 20
+
+
+def test_info_json_for_a_tiny_backbone(capsys, tmp_path):
+    code = main(["info", "--backbone", "vit_tiny_patch16_224", "--num-aus", "3", "--img-size", "32",
+                 "--backbone-kwargs", TINY_KWARGS_JSON, "--json", "--out", str(tmp_path)])
+    assert code == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info == json.loads((tmp_path / "info.json").read_text())
+    assert info["backbone_gflops"] * 1e9 == pytest.approx(2 * _tiny_vit_macs())
+    assert info["gmacs"] == pytest.approx(info["gflops"] / 2)
+    assert info["gflops"] > info["backbone_gflops"]
+    model = build_model(3, "vit_tiny_patch16_224", img_size=32, backbone_kwargs=json.loads(TINY_KWARGS_JSON))
+    assert {"learnable": info["learnable_params"], "total": info["total_params"]} == count_parameters(model)
+
+
+def test_info_table_and_bad_kwargs(capsys):
+    assert main(["info", "--backbone", "vit_tiny_patch16_224", "--img-size", "32", "--backbone-kwargs", TINY_KWARGS_JSON]) == 0
+    assert "learnable_params" in capsys.readouterr().out
+    assert main(["info", "--backbone-kwargs", "{depth: 2}"]) == 2
+    assert "error: --backbone-kwargs is not valid JSON" in capsys.readouterr().err
