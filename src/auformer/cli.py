@@ -22,6 +22,11 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--num-aus", type=int, default=12, help="number of AUs N (default: %(default)s)")
     parser.add_argument("--img-size", type=int, default=224, help="input size in pixels (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--moke", default="fused", choices=("fused", "reference"),
+                        help="expert-group implementation to count (default: %(default)s)")
+    parser.add_argument("--backbone-kwargs", default=None, metavar="JSON",
+                        help='extra timm.create_model arguments as a JSON object, e.g. \'{"depth": 6}\'')
+    parser.add_argument("--out", default=None, metavar="DIR", help="also write DIR/info.json (default: print only)")
     parser.set_defaults(func=_run_info)
 
 
@@ -29,6 +34,292 @@ def _run_info(args: argparse.Namespace) -> None:
     from auformer.model.profile import run_info
 
     run_info(args)
+
+
+def _add_backbone_weights_flag(parser: argparse.ArgumentParser) -> None:
+    """--backbone-weights, shared by the commands that load a checkpoint for inference."""
+    parser.add_argument("--backbone-weights", default=None, metavar="FILE",
+                        help="backbone weights file, if it moved since training (default: the one the checkpoint records)")
+
+
+def _add_detect(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "detect",
+        help="detect AUs in photos, folders and videos",
+        description="Find and align every face, then write AU probabilities (AU01) and occurrences (AU01_c) "
+        "per face and frame: OUT/images.csv for photos, OUT/<video>.csv per video (written as it goes).",
+    )
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, video files or folders (searched recursively)")
+    parser.add_argument("--checkpoint", required=True, metavar="CKPT", help="AUFormer checkpoint (PATH, PATH.safetensors or PATH.json)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="folder for the CSV files (and plots/ with --plot)")
+    parser.add_argument("--face-detector", default="dlib", choices=("dlib", "haar", "none"),
+                        help="face detector; 'none' treats each image as an aligned face crop (default: %(default)s)")
+    parser.add_argument("--every", type=int, default=1, metavar="K", help="analyse every K-th video frame (default: %(default)s)")
+    parser.add_argument("--start", type=float, default=None, metavar="S", help="video start time in seconds (default: beginning)")
+    parser.add_argument("--end", type=float, default=None, metavar="S", help="video end time in seconds (default: end)")
+    parser.add_argument("--threshold", nargs="+", default=None, metavar="T",
+                        help="occurrence threshold: one number for all AUs and/or AU=VALUE per AU, e.g. 0.5 AU12=0.4 (default: 0.5)")
+    parser.add_argument("--format", default="auformer", choices=("auformer", "openface"),
+                        help="CSV column names: auformer (time_s, face_score) or OpenFace-style (timestamp, confidence) (default: %(default)s)")
+    parser.add_argument("--plot", action="store_true", help="also write OUT/plots: AU bars per face in photos, AU time series per video")
+    parser.add_argument("--batch-size", type=int, default=32, metavar="B", help="faces per model batch (default: %(default)s)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: %(default)s)")
+    _add_backbone_weights_flag(parser)
+    parser.set_defaults(func=_run_detect)
+
+
+def _run_detect(args: argparse.Namespace) -> None:
+    from auformer.detect import run_detect
+
+    run_detect(args)
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "export",
+        help="export a checkpoint to ONNX or TorchScript",
+        description="Write one self-contained model file (backbone + experts + head, fixed input size, free batch) "
+        "mapping normalised images to AU probabilities, checked against PyTorch (1e-4), plus a JSON describing it.",
+    )
+    parser.add_argument("checkpoint", metavar="CKPT", help="AUFormer checkpoint (PATH, PATH.safetensors or PATH.json)")
+    parser.add_argument("--format", default="onnx", choices=("onnx", "torchscript"), help="output format (default: %(default)s)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="folder for NAME.onnx / NAME.pt and its NAME.<ext>.json")
+    _add_backbone_weights_flag(parser)
+    parser.set_defaults(func=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> None:
+    from auformer.export import run_export
+
+    run_export(args)
+
+
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "prepare",
+        help="convert a raw BP4D / DISFA / CASME II release into a prepared dataset folder",
+        description="Read the official raw release, align faces (or only resize with --align none) and write "
+        "OUT_DIR/images/, manifest.csv, folds.json (the literature's folds) and prepare_report.json "
+        "(frames written, missing, unreadable, without a face; unknown labels per AU). Layouts: docs/datasets.md.",
+    )
+    parser.add_argument("dataset", choices=("bp4d", "disfa", "casme2"), help="which raw release RAW_DIR holds")
+    parser.add_argument("raw_dir", metavar="RAW_DIR", help="folder of the raw release (label files and images/videos)")
+    parser.add_argument("out_dir", metavar="OUT_DIR", help="folder to write the prepared dataset to")
+    parser.add_argument("--align", default="auto", choices=("auto", "none"),
+                        help="auto: detect and align faces; none: images are already face crops, only resized (default: %(default)s)")
+    parser.add_argument("--face-detector", default="dlib", choices=("dlib", "haar", "none"),
+                        help="face detector for --align auto (default: %(default)s)")
+    parser.add_argument("--size", type=int, default=256, metavar="PX", help="side of the square face crops in pixels (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=None, metavar="K",
+                        help="worker processes (default: the CPU count, at most 8)")
+    parser.set_defaults(func=_run_prepare)
+
+
+def _run_prepare(args: argparse.Namespace) -> None:
+    from auformer.data.converters import default_workers
+    from auformer.data.converters.bp4d import prepare_bp4d
+    from auformer.data.converters.casme2 import prepare_casme2
+    from auformer.data.converters.disfa import prepare_disfa
+
+    prepare = {"bp4d": prepare_bp4d, "disfa": prepare_disfa, "casme2": prepare_casme2}[args.dataset]
+    workers = default_workers() if args.workers is None else args.workers
+    prepare(args.raw_dir, args.out_dir, align=args.align, detector=args.face_detector, size=args.size, workers=workers)
+
+
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "synth",
+        help="write the built-in synthetic AU dataset (drawn faces, 12 AUs) as a prepared dataset folder",
+        description="Draw synthetic faces with 12 AUs and write OUT_DIR/images/*.png, manifest.csv, folds.json "
+        "(subject-exclusive), synthetic.npz (clean labels, landmarks, latents) and synthetic.json. See docs/synthetic.md.",
+    )
+    parser.add_argument("out_dir", metavar="OUT_DIR", help="folder to write the dataset to (created if missing)")
+    parser.add_argument("--num-images", type=int, default=3000, metavar="K", help="number of faces (default: %(default)s)")
+    parser.add_argument("--size", type=int, default=64, metavar="PX", help="image side in pixels, 16 to 1024 (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, metavar="S", help="generator seed; same seed, same dataset (default: %(default)s)")
+    parser.add_argument("--num-subjects", type=int, default=60, metavar="N", help="number of identities (default: %(default)s)")
+    parser.add_argument("--label-noise", type=float, default=0.0, metavar="R",
+                        help="fraction of labels flipped in manifest.csv, 0 to 1 (default: %(default)s)")
+    parser.add_argument("--folds", type=int, default=3, metavar="K", help="number of subject-exclusive folds (default: %(default)s)")
+    parser.set_defaults(func=_run_synth)
+
+
+def _run_synth(args: argparse.Namespace) -> None:
+    from auformer.data.synthetic import write_synthetic
+
+    out = write_synthetic(args.out_dir, num_images=args.num_images, size=args.size, seed=args.seed,
+                          num_subjects=args.num_subjects, label_noise=args.label_noise, num_folds=args.folds)
+    print(f"wrote {args.num_images} synthetic faces to {out} (manifest.csv, folds.json)")
+
+
+def _add_pretrain_synthetic(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "pretrain-synthetic",
+        help="pre-train the small synthetic-face ViT that the synthetic preset freezes",
+        description="Pre-train a small timm ViT on synthetic faces (landmark heatmaps and geometry regression, no AU "
+        "labels), probe it, and write OUT/synthetic_vit.safetensors + synthetic_vit.json. The package ships the "
+        "result of the defaults in auformer/assets. Unset flags take PretrainConfig's defaults. See docs/synthetic.md.",
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="folder to write synthetic_vit.safetensors/.json to")
+    parser.add_argument("--seed", type=int, metavar="S", help="weight init and batch order seed (default: 0)")
+    parser.add_argument("--epochs", type=int, metavar="E", help="passes over the faces (default: 4)")
+    parser.add_argument("--num-images", type=int, metavar="K", help="pre-training faces (default: 8000)")
+    parser.add_argument("--batch-size", type=int, metavar="B", help="faces per step (default: 64)")
+    parser.add_argument("--lr", type=float, help="AdamW peak learning rate (default: 0.002)")
+    parser.add_argument("--max-steps", type=int, metavar="N", help="stop after N steps (quick checks; default: all epochs)")
+    parser.add_argument("--no-validate", action="store_true", help="skip the linear-probe check against a random init")
+    parser.set_defaults(func=_run_pretrain_synthetic)
+
+
+def _run_pretrain_synthetic(args: argparse.Namespace) -> None:
+    from auformer.data.pretrain import PretrainConfig, run_pretrain
+
+    flags = {"seed": args.seed, "epochs": args.epochs, "num_images": args.num_images, "batch_size": args.batch_size,
+             "lr": args.lr, "max_steps": args.max_steps}
+    config = PretrainConfig(**{name: value for name, value in flags.items() if value is not None})
+    weights = run_pretrain(config, args.out, validate=not args.no_validate)
+    print(f"wrote {weights} and {weights.with_suffix('.json')}")
+
+
+def _add_run_flags(parser: argparse.ArgumentParser, default_preset: str, data_help: str) -> None:
+    """--preset / --set / --data / --out, shared by the training and protocol commands."""
+    parser.add_argument("--preset", default=default_preset, metavar="NAME|FILE.yaml",
+                        help="experiment preset: synthetic, bp4d, disfa, casme2, bp4d-to-disfa, disfa-to-bp4d, "
+                        "bp4d-data-efficiency, or a YAML file such as a run's config.yaml (default: %(default)s)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one config value, YAML syntax, repeatable (e.g. --set train.epochs=1 --set data.aus=[1,2])")
+    parser.add_argument("--data", default=None, metavar="DIR", help=data_help)
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="output folder (default: runs/<preset>-<UTC timestamp>)")
+
+
+def _run_config(args: argparse.Namespace, **data_values: object):
+    """The validated config of a command and its output folder."""
+    import time
+    from pathlib import Path
+
+    from auformer.config import apply_values, load_config, validate
+
+    config = load_config(args.preset, args.overrides, data_dir=args.data)
+    extra = {key: value for key, value in data_values.items() if value is not None}
+    if extra:
+        config = validate(apply_values({"data": extra}, config))
+    out = args.out or f"runs/{Path(args.preset).stem}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    return config, out
+
+
+_DATA_HELP = "prepared dataset folder (manifest.csv + folds.json, see `auformer prepare`); required by real-data presets"
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "train",
+        help="train AUFormer on one fold (default: the synthetic preset, CPU, minutes)",
+        description="Train on one split (test fold data.fold) and score the test split. The run folder gets "
+        "config.yaml, last/best checkpoints, train_state.pt (resume), metrics.json, per_au.csv/.md, "
+        "predictions.csv, metrics.csv/.jsonl, tensorboard/ and curves.png. Several processes: "
+        "torchrun --nproc-per-node K -m auformer train ...",
+    )
+    _add_run_flags(parser, "synthetic", _DATA_HELP)
+    parser.add_argument("--resume", default=None, metavar="RUN_DIR",
+                        help="continue a killed run from its folder, with its own config.yaml (not combinable with --set/--data/--out)")
+    parser.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> None:
+    from auformer.engine import trainer
+
+    if args.resume:
+        if args.overrides or args.data or args.out:
+            raise ValueError("--resume continues the run with its own config.yaml and folder: drop --set, --data and --out")
+        trainer.resume(args.resume)
+        return
+    config, out = _run_config(args)
+    trainer.train(config, out)
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "evaluate",
+        help="score a checkpoint on the test split of a dataset",
+        description="Score CHECKPOINT on the test fold of a preset's dataset and write metrics.json, per_au.csv/.md "
+        "and predictions.csv. Without --preset, the config.yaml of the checkpoint's run folder is used.",
+    )
+    parser.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint path without suffix, e.g. runs/x/best")
+    _add_run_flags(parser, None, _DATA_HELP)
+    parser.add_argument("--fold", type=int, default=None, metavar="K", help="test fold, 0-based (default: the config's data.fold)")
+    parser.add_argument("--target", default=None, metavar="DIR", help="score on the whole of this prepared dataset instead of a fold")
+    parser.add_argument("--list", nargs=2, default=None, metavar=("IMG_LIST", "LABEL_LIST"),
+                        help="score on ME-GraphAU list files instead (image paths; one 1/0/-1 per AU a line)")
+    parser.add_argument("--list-aus", default=None, metavar="AUS",
+                        help="AUs of the label list's columns, e.g. 1,2,4,6 (default: the checkpoint's AUs)")
+    parser.add_argument("--image-root", default=".", metavar="DIR", help="folder the list's image paths are relative to (default: .)")
+    parser.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from auformer.config import DEFAULT_PRESET
+    from auformer.engine import trainer
+
+    if args.preset is None:
+        run_config = Path(args.checkpoint).parent / "config.yaml"
+        args.preset = str(run_config) if run_config.is_file() else DEFAULT_PRESET
+    config, out = _run_config(args, fold=args.fold, target_root=args.target)
+    table = None
+    if args.list:
+        from auformer.aus import parse_au_list
+        from auformer.data import read_list_files
+        from auformer.model.checkpoint import read_checkpoint_meta
+
+        aus = parse_au_list(args.list_aus) if args.list_aus else read_checkpoint_meta(args.checkpoint)["aus"]
+        table = read_list_files(args.list[0], args.list[1], aus, args.image_root)
+    trainer.evaluate(args.checkpoint, config, out, table=table)
+
+
+def _add_protocol(sub: argparse._SubParsersAction, name: str, default_preset: str, data_help: str, **texts: str) -> argparse.ArgumentParser:
+    """A multi-run protocol command (cv, cross-domain, data-efficiency): run flags + ``_run_protocol``."""
+    parser = sub.add_parser(name, **texts)
+    _add_run_flags(parser, default_preset, data_help)
+    parser.set_defaults(func=_run_protocol)
+    return parser
+
+
+def _add_cv(sub: argparse._SubParsersAction) -> None:
+    _add_protocol(
+        sub, "cv", "synthetic", _DATA_HELP,
+        help="cross-validation: train and test every fold, then the per-AU F1 table",
+        description="Run every fold of the preset (data.cv_folds, default all) into OUT/fold<k>/, then write "
+        "the per-fold and mean per-AU F1 table (table.md), the mean metrics.json and runs.json.",
+    )  # fmt: skip
+
+
+def _add_cross_domain(sub: argparse._SubParsersAction) -> None:
+    parser = _add_protocol(
+        sub, "cross-domain", "bp4d-to-disfa", "prepared folder of the source dataset (trained on)",
+        help="train on two source folds, test on the whole target dataset (BP4D <-> DISFA)",
+        description="For each held-out source fold, train on the other source folds and test on all of the target "
+        "dataset, on the shared AUs 1, 2, 4, 6, 12; then the per-run and mean F1 table.",
+    )  # fmt: skip
+    parser.add_argument("--target", required=True, metavar="DIR", help="prepared folder of the target dataset (tested whole)")
+
+
+def _add_data_efficiency(sub: argparse._SubParsersAction) -> None:
+    _add_protocol(
+        sub, "data-efficiency", "bp4d-data-efficiency", _DATA_HELP,
+        help="cross-validation on equidistant subsets of the training lists (10/1/0.5/0.1%%)",
+        description="For each rate of data.data_efficiency_rates, subsample every fold's training list "
+        "equidistantly, keep the test folds, run cross-validation into OUT/rate<r>%%/; then the F1 table per rate.",
+    )  # fmt: skip
+
+
+def _run_protocol(args: argparse.Namespace) -> None:
+    from auformer.engine import trainer
+
+    config, out = _run_config(args, target_root=getattr(args, "target", None))
+    run = trainer.data_efficiency if args.command == "data-efficiency" else trainer.cross_validate
+    run(config, out)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"auformer {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_info,):
+    for add in (_add_info, _add_detect, _add_export, _add_prepare, _add_train, _add_evaluate, _add_cv, _add_cross_domain, _add_data_efficiency, _add_synth, _add_pretrain_synthetic,):
         add(sub)
     return parser
 

@@ -1,0 +1,579 @@
+"""The training recipe: ``setup()`` builds data, model, optimiser in dependency order,
+``train()`` runs the epochs, ``evaluate()`` scores a split (torchtune-recipe style).
+
+Protocols are loops over this one recipe: ``cross_validate`` (every fold, also used
+for cross-domain runs, where the preset names a target dataset) and
+``data_efficiency`` (cross-validation per subsampling rate).
+
+Resume is exact: the sampler order depends on (seed, epoch) only, the DataLoader has
+its own seeded generator, and ``train_state.pt`` holds the RNG states after the last
+optimiser step, so a resumed run skips the batches it already saw and continues with
+the same random numbers (with ``data.num_workers: 0``; worker processes draw their
+own augmentation randomness).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from auformer.aus import CROSS_DOMAIN_AUS, au_columns
+from auformer.config import Config, load_config, save_config
+from auformer.data import (
+    ArrayAUDataset,
+    AUDataset,
+    AUTable,
+    build_transform,
+    cross_domain_split,
+    equidistant_subsample,
+    occurrence_rate,
+    read_folds,
+    read_manifest,
+    split_fold,
+)
+from auformer.engine import checkpointing, distributed
+from auformer.engine.checkpointing import atomic_path, atomic_write_text
+from auformer.engine.logging import RunLogger
+from auformer.metrics import au_metrics, metrics_table_markdown
+
+METRIC_KEYS = ("f1", "precision", "recall", "support")  # per-AU fields of metrics.json
+
+
+# ---------------------------------------------------------------- data
+
+
+@dataclass
+class Source:
+    """A dataset in memory: its table, its folds and, for synthetic data, the pixels."""
+
+    table: AUTable  # all samples; synthetic images are named "synthetic/<row>.png"
+    folds: list[list[str]]  # test subjects per fold
+    pixels: np.ndarray | None = None  # (M, S, S, 3) uint8 for in-memory data, None for files
+
+
+@dataclass
+class Splits:
+    train: AUTable
+    test: AUTable
+    val: AUTable | None  # picks the best checkpoint when given
+
+
+def load_source(config: Config, root: str | None = None) -> Source:
+    """The preset's dataset: generated synthetic faces, or a prepared folder (manifest.csv + folds.json)."""
+    data = config.data
+    root = root or data.root
+    if root is None:
+        from auformer.data.synthetic import SYNTHETIC_AUS, generate_synthetic, synthetic_folds
+
+        faces = generate_synthetic(
+            num_images=data.synthetic_images, size=data.synthetic_size, seed=data.synthetic_seed, num_subjects=data.synthetic_subjects
+        )
+        subjects = [str(s) for s in faces.subjects]
+        names = [f"synthetic/{row:05d}.png" for row in range(len(subjects))]
+        table = AUTable(Path("."), names, subjects, faces.labels, list(SYNTHETIC_AUS))
+        return Source(table, synthetic_folds(subjects, k=data.synthetic_folds), faces.images)
+    folds, _ = read_folds(root)
+    return Source(read_manifest(root), folds)
+
+
+def make_dataset(source: Source, table: AUTable, transform: Any) -> Dataset:
+    """Torch dataset over ``table`` rows (a subset of ``source.table``)."""
+    if source.pixels is None:
+        return AUDataset(table, transform)
+    rows = [int(Path(name).stem) for name in table.images]
+    return ArrayAUDataset(source.pixels[rows], table.labels, transform)
+
+
+def build_splits(config: Config, source: Source, target: Source | None = None) -> Splits:
+    """Train/val/test tables of one run: fold ``data.fold`` held out (or, cross-domain, the whole target).
+
+    ``data.val_fold`` moves one more fold out of training to select the best checkpoint;
+    ``data.train_fraction`` < 1 subsamples the training list equidistantly.
+    """
+    data = config.data
+    table = source.table
+    if data.aus is not None:
+        table = table.select_aus(data.aus)
+    for name, fold in (("fold", data.fold), ("val_fold", data.val_fold)):
+        if fold is not None and not 0 <= fold < len(source.folds):
+            raise ValueError(f"config data.{name}: {fold} is not a fold of this dataset (0..{len(source.folds) - 1})")
+    if target is None:
+        train, test = split_fold(table, source.folds, data.fold)
+    else:
+        train_folds = tuple(k for k in range(len(source.folds)) if k != data.fold)
+        train, test = cross_domain_split(table, source.folds, target.table, data.aus or CROSS_DOMAIN_AUS, train_folds)
+    val = None
+    if data.val_fold is not None:
+        val_subjects = source.folds[data.val_fold]
+        val = train.subset(np.isin(train.subjects, val_subjects))
+        train = train.subset(~np.isin(train.subjects, val_subjects))
+    if data.train_fraction < 1:
+        train = equidistant_subsample(train, data.train_fraction)
+    if len(train) == 0:
+        raise ValueError(f"fold {data.fold}: the training split is empty")
+    return Splits(train, test, val)
+
+
+# ---------------------------------------------------------------- loss
+
+
+def build_loss(config: Config) -> Any:
+    """``loss(output, targets, rate) -> {"total", ...}`` from ``config.loss`` (the ablation switch).
+
+    Defaults give the paper's objective: MDWA(main) + WDI(main) + MDWA(aux).
+    """
+    from auformer import losses
+
+    cfg = config.loss
+    classify = {
+        "mdwa": partial(losses.mdwa_loss, margin=cfg.margin, gamma_bounds=tuple(cfg.gamma_bounds)),
+        "wa": losses.wa_loss,
+        "weighted_bce": losses.weighted_bce_loss,
+    }[cfg.name]
+
+    def loss(output: Any, targets: torch.Tensor, rate: torch.Tensor) -> dict[str, torch.Tensor]:
+        terms = {cfg.name: classify(output.logits, targets, rate)}
+        if cfg.wdi:
+            terms["wdi"] = losses.wdi_loss(output.logits, targets, rate, eps=cfg.eps)
+        if output.aux_logits is not None and cfg.aux_weight > 0:
+            terms[f"{cfg.name}_aux"] = cfg.aux_weight * classify(output.aux_logits, targets, rate)
+        terms["total"] = sum(terms.values())
+        return terms
+
+    return loss
+
+
+# ---------------------------------------------------------------- results
+
+
+def metrics_json(metrics: dict[str, Any]) -> dict[str, Any]:
+    """``metrics.json`` content from ``au_metrics`` output: ``{"mean_f1", "per_au": {"AU01": {f1, precision, recall, support}}}``."""
+    per_au = {au: {key: values[key] for key in METRIC_KEYS} for au, values in metrics["per_au"].items()}
+    return {"mean_f1": float(metrics["mean_f1"]), "per_au": per_au}
+
+
+def write_results(out_dir: Path, metrics: dict[str, Any], table: AUTable, probs: np.ndarray) -> None:
+    """metrics.json, per_au.csv, per_au.md and predictions.csv of one evaluation (``au_metrics`` output).
+
+    predictions.csv holds the raw probabilities (``AU01_prob``) beside the labels
+    (``AU01``, -1 unknown) so results can be re-scored at other thresholds.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "metrics.json", json.dumps(metrics_json(metrics), indent=2) + "\n")
+    per_au = pd.DataFrame.from_dict(metrics["per_au"], orient="index").rename_axis("au").reset_index()
+    atomic_write_text(out_dir / "per_au.csv", per_au.to_csv(index=False))
+    atomic_write_text(out_dir / "per_au.md", metrics_table_markdown(metrics))
+    columns = au_columns(table.aus)
+    frame = pd.DataFrame({"image": table.images, "subject": table.subjects})
+    frame[[f"{c}_prob" for c in columns]] = probs
+    frame[columns] = table.labels.astype(int)
+    with atomic_path(out_dir / "predictions.csv") as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.6f")
+
+
+def mean_metrics(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean over folds of each per-AU score (supports summed), same schema as one run."""
+    per_au = {}
+    for au in runs[0]["per_au"]:
+        rows = [run["per_au"][au] for run in runs]
+        per_au[au] = {key: float(np.mean([row[key] for row in rows])) for key in METRIC_KEYS[:3]}
+        per_au[au]["support"] = int(sum(row["support"] for row in rows))
+    return {"mean_f1": float(np.mean([run["mean_f1"] for run in runs])), "per_au": per_au}
+
+
+def cv_table_markdown(runs: dict[str, dict[str, Any]]) -> str:
+    """Per-AU F1 (%) of each run (fold, rate...) and their mean, as a Markdown table."""
+    names = list(runs)
+    aus = list(next(iter(runs.values()))["per_au"])
+    lines = ["| AU | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for au in aus:
+        lines.append(f"| {au} | " + " | ".join(f"{100 * runs[n]['per_au'][au]['f1']:.1f}" for n in names) + " |")
+    lines.append("| **Avg** | " + " | ".join(f"**{100 * runs[n]['mean_f1']:.1f}**" for n in names) + " |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- the recipe
+
+
+class Trainer:
+    """One training run of ``config`` into ``run_dir`` (``resume=True`` continues a killed one)."""
+
+    def __init__(self, config: Config, run_dir: str | Path, resume: bool = False, verbose: bool = True) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.resume = resume
+        self.verbose = verbose
+
+    def setup(self) -> None:
+        cfg, data = self.config, self.config.data
+        if not self.resume and (self.run_dir / checkpointing.TRAIN_STATE).exists():
+            raise ValueError(f"{self.run_dir} already holds a run: continue it with --resume {self.run_dir} or pick another --out")
+        self.dist = distributed.setup(cfg.train.device)
+        if cfg.train.amp == "fp16" and self.dist.device.type != "cuda":
+            raise ValueError("config train.amp: fp16 needs a CUDA device; use bf16 or none on CPU")
+        per_step = self.dist.world_size * cfg.train.grad_accum
+        if cfg.train.batch_size % per_step:
+            raise ValueError(f"config train.batch_size: {cfg.train.batch_size} is not divisible by processes x grad_accum = {per_step}")
+        self.micro_batch = cfg.train.batch_size // per_step
+
+        source = load_source(cfg)
+        target = load_source(cfg, data.target_root) if data.target_root else None
+        self.splits = build_splits(cfg, source, target)
+        self.aus = list(self.splits.train.aus)
+        rate = occurrence_rate(self.splits.train.labels)  # (N,)
+        self.rate = torch.from_numpy(rate).to(self.dist.device)
+
+        torch.manual_seed(cfg.train.seed)  # identical model init on every rank
+        self.model = self._build_model().to(self.dist.device)
+        mean, std = self.model.data_config["mean"], self.model.data_config["std"]
+        train_tf = build_transform(True, data.img_size, mean, std, data.resize_size, data.color_jitter, data.hflip)
+        test_tf = build_transform(False, data.img_size, mean, std, data.resize_size)
+        self.train_set = make_dataset(source, self.splits.train, train_tf)
+        self.test_set = make_dataset(target or source, self.splits.test, test_tf)
+        self.val_set = make_dataset(source, self.splits.val, test_tf) if self.splits.val is not None else None
+        self.sampler = distributed.sampler(self.train_set, self.dist, shuffle=True, seed=cfg.train.seed)
+
+        self.optimizer = torch.optim.AdamW(self._param_groups(), betas=tuple(cfg.train.betas), weight_decay=cfg.train.weight_decay)
+        self.micro_per_epoch = math.ceil(len(self.sampler) / self.micro_batch)
+        self.steps_per_epoch = math.ceil(self.micro_per_epoch / cfg.train.grad_accum)
+        self.scheduler = self._build_scheduler()
+        self.loss_fn = build_loss(cfg)
+        self.scaler = torch.amp.GradScaler(self.dist.device.type, enabled=cfg.train.amp == "fp16")
+        self.network = distributed.wrap(self.model, self.dist)  # self.model stays the plain module that gets saved
+        if cfg.train.compile:
+            self.network = torch.compile(self.network)  # compile after DDP wrapping, as PyTorch recommends
+
+        self.epoch, self.micro_done, self.global_step, self.best_f1 = 0, 0, 0, -1.0
+        self.loss_sum, self.loss_count = 0.0, 0  # running training loss of the current epoch
+        state = checkpointing.load_train_state(self.run_dir) if self.resume else None
+        self.logger = RunLogger(self.run_dir, enabled=self.dist.is_main, resume_epoch=state["epoch"] if state else None)
+        if self.dist.is_main:
+            save_config(cfg, self.run_dir / "config.yaml")
+        if state is not None:
+            self._load_state(state)
+        else:
+            seed = cfg.train.seed + self.dist.rank  # different augmentation/dropout per rank
+            torch.manual_seed(seed)
+            np.random.seed(seed)
+            random.seed(seed)
+
+    def _build_model(self) -> torch.nn.Module:
+        from auformer import build_model
+
+        m = self.config.model
+        return build_model(
+            len(self.aus), backbone=m.backbone, backbone_weights=m.backbone_weights, img_size=self.config.data.img_size,
+            moke=m.moke, aus=self.aus, d=m.d, dilations=tuple(m.dilations), ca_size=m.ca_size, use_mrf=m.use_mrf,
+            use_ca=m.use_ca, collaborate=m.collaborate, aux_head=m.aux_head, dropout=m.dropout, scale=m.scale,
+            backbone_kwargs=m.backbone_kwargs or None,
+        )  # fmt: skip
+
+    def _param_groups(self) -> list[dict[str, Any]]:
+        """Experts at ``train.lr``, the linear heads (``head``, ``aux_head``) at ``train.head_lr``.
+
+        A linear head on frozen features often wants a larger step than the adapters.
+        """
+        train = self.config.train
+        groups = {False: [], True: []}  # is a head -> parameters
+        for name, param in self.model.named_parameters():
+            if param.requires_grad:
+                groups[name.startswith(("head.", "aux_head."))].append(param)
+        return [{"params": groups[False], "lr": train.lr}, {"params": groups[True], "lr": train.head_lr or train.lr}]
+
+    def _build_scheduler(self) -> Any:
+        """Per-step cosine decay after a linear warm-up (timm), stepped after every optimiser step."""
+        from timm.scheduler import CosineLRScheduler
+
+        train = self.config.train
+        total = train.epochs * self.steps_per_epoch
+        warmup = min(round(train.warmup_epochs * self.steps_per_epoch), total - 1)
+        return CosineLRScheduler(
+            self.optimizer, t_initial=total - warmup, lr_min=train.min_lr, warmup_t=warmup,
+            warmup_lr_init=train.min_lr, warmup_prefix=True, t_in_epochs=False,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------ state
+
+    def _save_state(self) -> None:
+        """Resume point after the current optimiser step: written atomically by rank 0."""
+        rngs = distributed.gather_objects(checkpointing.rng_state(), self.dist)
+        if self.dist.is_main:
+            state = {
+                "model": self.model.learnable_state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "rng": rngs,
+                "epoch": self.epoch,
+                "micro_done": self.micro_done,
+                "loss_sum": self.loss_sum,
+                "loss_count": self.loss_count,
+                "global_step": self.global_step,
+                "best_f1": self.best_f1,
+                "world_size": self.dist.world_size,
+                "seed": self.config.train.seed,
+            }
+            checkpointing.save_train_state(self.run_dir, state)
+            checkpointing.save_model_checkpoint(self.model, self.run_dir / "last", extra=self._extra())
+        distributed.barrier(self.dist)
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        if state["world_size"] != self.dist.world_size:
+            raise ValueError(f"{self.run_dir}: run was started with {state['world_size']} processes; resume it with the same number")
+        missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
+        learnable = set(self.model.learnable_state_dict())
+        if unexpected or learnable & set(missing):
+            raise ValueError(f"{self.run_dir}/train_state.pt does not match the model of config.yaml")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.micro_done = state["epoch"], state["micro_done"]
+        self.loss_sum, self.loss_count = state["loss_sum"], state["loss_count"]
+        self.global_step, self.best_f1 = state["global_step"], state["best_f1"]
+        checkpointing.set_rng_state(state["rng"][self.dist.rank])
+        self._print(f"resuming {self.run_dir} at epoch {self.epoch + 1}, batch {self.micro_done} (step {self.global_step})")
+
+    def _extra(self) -> dict[str, Any]:
+        """Stored in the checkpoint JSON: where the weights came from."""
+        data = self.config.data
+        return {
+            "dataset": data.dataset, "preset": self.config.preset, "fold": data.fold,
+            "train_samples": len(self.splits.train), "epochs_completed": self.epoch,
+        }  # fmt: skip
+
+    # ------------------------------------------------------------ loops
+
+    def train(self) -> dict[str, Any]:
+        """Run the remaining epochs, then score the test split; returns its metrics (main process writes them)."""
+        cfg = self.config.train
+        test_metrics = None
+        while self.epoch < cfg.epochs:
+            loss, images_per_s, seconds = self._train_epoch()
+            evaluate_now = (self.epoch + 1) % cfg.eval_every == 0 or self.epoch + 1 == cfg.epochs
+            split_name, eval_metrics = None, None
+            if evaluate_now:
+                split_name = "val" if self.val_set is not None else "test"
+                eval_metrics, probs = self.evaluate(self.val_set or self.test_set)
+                if split_name == "test":
+                    test_metrics, test_probs = eval_metrics, probs
+            record = {
+                "epoch": self.epoch + 1, "train_loss": loss, "lr": self.optimizer.param_groups[0]["lr"],
+                "images_per_s": images_per_s, "eval_split": split_name, "seconds": seconds,
+                "eval_mean_f1": eval_metrics["mean_f1"] if eval_metrics else None,
+            }  # fmt: skip
+            self.logger.epoch(record, {au: v["f1"] for au, v in eval_metrics["per_au"].items()} if eval_metrics else None)
+            f1_text = f", {split_name} mean F1 {eval_metrics['mean_f1']:.3f}" if eval_metrics else ""
+            self._print(f"epoch {self.epoch + 1}/{cfg.epochs}: loss {loss:.4f}, {images_per_s:.0f} images/s{f1_text}")
+            improved = split_name == "val" and eval_metrics["mean_f1"] > self.best_f1
+            if improved:
+                self.best_f1 = eval_metrics["mean_f1"]
+                if self.dist.is_main:
+                    checkpointing.save_model_checkpoint(self.model, self.run_dir / "best", extra=self._extra())
+            self.epoch, self.micro_done, self.loss_sum, self.loss_count = self.epoch + 1, 0, 0.0, 0
+            self._save_state()
+
+        if self.val_set is not None:  # score the best-on-validation weights on the test split
+            from auformer.model.checkpoint import load_adapter_weights
+
+            load_adapter_weights(self.model, self.run_dir / "best")
+            test_metrics, test_probs = self.evaluate(self.test_set)
+        elif self.dist.is_main:  # no validation split: the final weights are the ones kept
+            checkpointing.save_model_checkpoint(self.model, self.run_dir / "best", extra=self._extra())
+        if test_metrics is None:  # resumed after the last epoch had finished
+            test_metrics, test_probs = self.evaluate(self.test_set)
+        if self.dist.is_main:
+            write_results(self.run_dir, test_metrics, self.splits.test, test_probs)
+        self.logger.close()
+        self._print(f"{metrics_table_markdown(test_metrics)}\nmean F1 {test_metrics['mean_f1']:.3f}; outputs written to {self.run_dir}")
+        return metrics_json(test_metrics)
+
+    def _train_epoch(self) -> tuple[float, float, float]:
+        """One epoch from ``self.micro_done`` on; returns (mean loss, images/s, seconds)."""
+        cfg = self.config.train
+        self.sampler.set_epoch(self.epoch)
+        order = list(self.sampler)[self.micro_done * self.micro_batch :]  # skip the batches seen before a resume
+        generator = torch.Generator().manual_seed(cfg.seed + self.epoch)  # keeps the global RNG untouched
+        loader = DataLoader(
+            self.train_set, batch_size=self.micro_batch, sampler=order, num_workers=self.config.data.num_workers,
+            generator=generator, pin_memory=self.dist.device.type == "cuda",
+        )  # fmt: skip
+        self.network.train()
+        start, seen = time.perf_counter(), 0
+        bar = self.logger.progress(loader, total=len(loader), desc=f"epoch {self.epoch + 1}/{cfg.epochs}")
+        for images, targets in bar:
+            images, targets = images.to(self.dist.device, non_blocking=True), targets.to(self.dist.device, non_blocking=True)
+            with torch.autocast(self.dist.device.type, dtype=self._amp_dtype(), enabled=cfg.amp != "none"):
+                output = self.network(images)
+            loss = self.loss_fn(output, targets, self.rate)["total"]
+            self.scaler.scale(loss / cfg.grad_accum).backward()
+            self.micro_done += 1
+            seen += len(images) * self.dist.world_size
+            self.loss_sum, self.loss_count = self.loss_sum + loss.item(), self.loss_count + 1
+            if self.micro_done % cfg.grad_accum == 0 or self.micro_done == self.micro_per_epoch:
+                self._optimizer_step(loss.item())
+                bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
+                if self.global_step % cfg.checkpoint_every == 0 and self.micro_done < self.micro_per_epoch:
+                    self._save_state()
+        seconds = time.perf_counter() - start
+        mean_loss = distributed.mean_across(self.loss_sum / max(self.loss_count, 1), self.dist)
+        return mean_loss, seen / max(seconds, 1e-9), seconds
+
+    def _optimizer_step(self, loss: float) -> None:
+        cfg = self.config.train
+        if cfg.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.learnable_parameters(), cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.global_step += 1
+        self.scheduler.step_update(self.global_step)
+        self.logger.step(self.global_step, loss, self.optimizer.param_groups[0]["lr"])
+
+    def _amp_dtype(self) -> torch.dtype:
+        return torch.float16 if self.config.train.amp == "fp16" else torch.bfloat16
+
+    @torch.no_grad()
+    def evaluate(self, dataset: Dataset) -> tuple[dict[str, Any], np.ndarray]:
+        """Score ``dataset`` (sharded over ranks, gathered): (metrics, probabilities (M, N))."""
+        return evaluate_model(self.network, dataset, self.aus, self.dist, self.config)
+
+    def _print(self, text: str) -> None:
+        if self.dist.is_main and self.verbose:
+            print(text, flush=True)
+
+
+@torch.no_grad()
+def evaluate_model(
+    network: torch.nn.Module, dataset: Dataset, aus: list[int], info: distributed.DistInfo, config: Config
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Probabilities of every sample of ``dataset`` (each rank scores its shard) and their ``au_metrics``."""
+    sampler = distributed.sampler(dataset, info, shuffle=False, seed=0)
+    indices = np.array(list(sampler))  # (M_rank,) this rank's rows
+    loader = DataLoader(dataset, batch_size=config.train.batch_size, sampler=indices.tolist(), num_workers=config.data.num_workers)
+    network.eval()
+    chunks = []
+    for images, _ in tqdm(loader, desc="evaluate", disable=not info.is_main, leave=False, dynamic_ncols=True):
+        with torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=config.train.amp != "none"):
+            logits = network(images.to(info.device)).logits
+        chunks.append(torch.sigmoid(logits.float()).cpu().numpy())  # (B, N)
+    probs = distributed.gather_rows(indices, np.concatenate(chunks), info, total=len(dataset))  # (M, N)
+    labels = dataset.labels.numpy()  # (M, N)
+    return au_metrics(probs, labels, aus, threshold=config.train.threshold), probs
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def train(config: Config, out_dir: str | Path, resume: bool = False, verbose: bool = True) -> dict[str, Any]:
+    """Train one split of ``config`` into ``out_dir``; returns the test ``metrics.json`` content."""
+    trainer = Trainer(config, out_dir, resume=resume, verbose=verbose)
+    trainer.setup()
+    return trainer.train()
+
+
+def resume(run_dir: str | Path, verbose: bool = True) -> dict[str, Any]:
+    """Continue a killed ``auformer train`` run from its folder (config.yaml + train_state.pt)."""
+    run_dir = Path(run_dir)
+    config_file = run_dir / "config.yaml"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"cannot resume: {config_file} does not exist")
+    return train(load_config(str(config_file)), run_dir, resume=True, verbose=verbose)
+
+
+def evaluate(
+    checkpoint: str | Path, config: Config, out_dir: str | Path, table: AUTable | None = None, verbose: bool = True
+) -> dict[str, Any]:
+    """Score a checkpoint on ``table`` (e.g. from ME-GraphAU list files) or on the test split of ``config``
+    (fold ``data.fold``, or the whole cross-domain target).
+
+    The model's own AU list, input size and normalisation are used; the labels are
+    reduced to the model's AUs. Writes the same result files as ``train``.
+    """
+    from auformer import load_checkpoint
+
+    out_dir = Path(out_dir)
+    info = distributed.setup(config.train.device)
+    model = load_checkpoint(checkpoint).to(info.device)
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, aus=list(model.aus)))
+    if table is not None:
+        source, test = Source(table, []), table.select_aus(model.aus)
+    elif config.data.target_root:  # cross-domain: the whole target dataset
+        source = load_source(config, config.data.target_root)
+        test = source.table.select_aus(model.aus)
+    else:
+        source = load_source(config)
+        test = build_splits(config, source).test
+    size = model.config["img_size"]
+    transform = build_transform(False, size, model.data_config["mean"], model.data_config["std"], config.data.resize_size)
+    metrics, probs = evaluate_model(model, make_dataset(source, test, transform), list(model.aus), info, config)
+    if info.is_main:
+        write_results(out_dir, metrics, test, probs)
+        if verbose:
+            print(f"{metrics_table_markdown(metrics)}\nmean F1 {metrics['mean_f1']:.3f}; outputs written to {out_dir}", flush=True)
+    return metrics_json(metrics)
+
+
+def cross_validate(config: Config, out_dir: str | Path, verbose: bool = True) -> dict[str, Any]:
+    """Train and test every fold of ``data.cv_folds`` (all by default) into ``out_dir/fold<k>``.
+
+    Writes each fold's results, their mean (``metrics.json``, same schema) and
+    ``cv_table.md`` (per-fold and mean per-AU F1). Cross-domain presets (with
+    ``data.target_root``) hold out each source fold in turn and test on the target.
+    """
+    out_dir = Path(out_dir)
+    folds = config.data.cv_folds
+    if folds is None:
+        folds = range(len(load_source(config).folds)) if config.data.root else range(config.data.synthetic_folds)
+    runs = {}
+    for fold in folds:
+        fold_config = dataclasses.replace(config, data=dataclasses.replace(config.data, fold=fold))
+        if verbose:
+            print(f"== fold {fold} ==", flush=True)
+        runs[f"fold{fold}"] = train(fold_config, out_dir / f"fold{fold}", verbose=verbose)
+    mean = mean_metrics(list(runs.values()))
+    _write_protocol({**runs, "mean": mean}, config, out_dir, mean, verbose)
+    return mean
+
+
+def data_efficiency(config: Config, out_dir: str | Path, verbose: bool = True) -> dict[str, Any]:
+    """Cross-validation at every rate of ``data.data_efficiency_rates`` (training list subsampled, test unchanged)."""
+    out_dir = Path(out_dir)
+    runs = {}
+    for rate in config.data.data_efficiency_rates:
+        name = f"rate{100 * rate:g}%"
+        rate_config = dataclasses.replace(config, data=dataclasses.replace(config.data, train_fraction=rate))
+        if verbose:
+            print(f"=== training on {100 * rate:g}% of the training list ===", flush=True)
+        runs[name] = cross_validate(rate_config, out_dir / name, verbose=verbose)
+    _write_protocol(runs, config, out_dir, None, verbose)
+    return runs
+
+
+def _write_protocol(
+    runs: dict[str, dict[str, Any]], config: Config, out_dir: Path, mean: dict[str, Any] | None, verbose: bool
+) -> None:
+    """The Markdown table across ``runs`` (``table.md``), ``runs.json`` and, given a mean, its ``metrics.json``."""
+    table = cv_table_markdown(runs)
+    if not distributed.setup(config.train.device).is_main:
+        return
+    if mean is not None:
+        atomic_write_text(out_dir / "metrics.json", json.dumps(mean, indent=2) + "\n")
+    save_config(config, out_dir / "config.yaml")
+    atomic_write_text(out_dir / "runs.json", json.dumps(runs, indent=2) + "\n")
+    atomic_write_text(out_dir / "table.md", table + "\n")
+    if verbose:
+        print(f"{table}\n\noutputs written to {out_dir}", flush=True)
