@@ -146,7 +146,9 @@ class Detector:
         self.thresholds = self._resolve_thresholds(threshold)  # (N,)
         self.face_detector = get_detector(face_detector)
         data_config = self.model.data_config
-        self.transform = build_transform(False, data_config["input_size"][-1], data_config["mean"], data_config["std"])
+        # The training run's own test resize (recorded by the trainer), else the default 256/224 ratio.
+        resize_size = meta.get("extra", {}).get("resize_size")
+        self.transform = build_transform(False, data_config["input_size"][-1], data_config["mean"], data_config["std"], resize_size)
         weights = backbone_weights or self.model.config.get("backbone_weights")
         self.synthetic = meta.get("extra", {}).get("dataset") == "synthetic" or weights == "synthetic"
 

@@ -347,11 +347,13 @@ class Trainer:
         self._print(f"resuming {self.run_dir} at epoch {self.epoch + 1}, batch {self.micro_done} (step {self.global_step})")
 
     def _extra(self) -> dict[str, Any]:
-        """Stored in the checkpoint JSON: where the weights came from."""
+        """Stored in the checkpoint JSON: where the weights came from, and the test-time resize
+        that detection must repeat (it can differ from the default 256/224 ratio)."""
         data = self.config.data
         return {
             "dataset": data.dataset, "preset": self.config.preset, "fold": data.fold,
             "train_samples": len(self.splits.train), "epochs_completed": self.epoch,
+            "img_size": data.img_size, "resize_size": data.resize_size,
         }  # fmt: skip
 
     # ------------------------------------------------------------ loops
