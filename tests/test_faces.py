@@ -83,3 +83,10 @@ def test_lfw_subset_detection_rates(name, min_faces_found, min_nonfaces_rejected
     found = np.array([len(detector.detect(image)) > 0 for image in lfw_images()])
     assert found[:100].mean() >= min_faces_found
     assert 1.0 - found[100:].mean() >= min_nonfaces_rejected
+
+
+def test_cli_face_detector_choices_match_the_registry():
+    from auformer.cli import FACE_DETECTORS
+    from auformer.faces.detectors import DETECTORS
+
+    assert FACE_DETECTORS == tuple(DETECTORS)
