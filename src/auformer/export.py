@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from auformer.aus import au_columns
-from auformer.model.checkpoint import checkpoint_paths, load_checkpoint
+from auformer.data.transforms import default_resize_size
+from auformer.model.checkpoint import checkpoint_paths, load_checkpoint, read_checkpoint_meta
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 TOLERANCE = 1e-4  # max |probability difference| between the export and PyTorch
@@ -93,13 +94,14 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, form
     finally:
         tmp.unlink(missing_ok=True)
     data_config = model.data_config
+    resize_size = read_checkpoint_meta(checkpoint).get("extra", {}).get("resize_size") or default_resize_size(size)
     description = {
         "model": path.name,
         "format": format,
         "checkpoint": str(checkpoint_paths(checkpoint)[0]),
         "input": {"name": "images", "shape": ["batch", 3, size, size], "layout": "RGB, float32, normalised",
                   "mean": list(data_config["mean"]), "std": list(data_config["std"]),
-                  "preprocessing": "auformer.faces.align_faces crop (256 px), resize to round(S*256/224), centre crop S"},
+                  "preprocessing": f"auformer.faces.align_faces crop (256 px), resize to {resize_size}, centre crop {size}"},
         "output": {"name": "probabilities", "shape": ["batch", len(model.aus)], "columns": au_columns(model.aus)},
         "max_abs_difference_vs_pytorch": difference,
     }
