@@ -261,6 +261,6 @@ def validate(config: Config) -> Config:
 
 def save_config(config: Config, path: str | Path) -> None:
     """Write the resolved config as YAML (what `--preset path.yaml` reads back)."""
-    from auformer.engine.checkpointing import atomic_write_text
+    from auformer.files import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -20,6 +20,7 @@ from torch import nn
 
 from auformer.aus import au_columns
 from auformer.data.transforms import default_resize_size
+from auformer.files import atomic_path
 from auformer.model.checkpoint import checkpoint_paths, load_checkpoint, read_checkpoint_meta
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -84,15 +85,11 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, form
     out_dir.mkdir(parents=True, exist_ok=True)
     name = checkpoint_paths(checkpoint)[0].stem
     path = out_dir / f"{name}{FORMATS[format]}"
-    tmp = out_dir / f".{name}.{os.getpid()}.tmp{FORMATS[format]}"
-    try:
+    with atomic_path(path) as tmp:  # a model that fails the check never replaces the file
         (_export_onnx if format == "onnx" else _export_torchscript)(module, images[:2], tmp)
         difference = float(np.abs(_run_export(format, tmp, images) - expected).max())
         if not difference <= TOLERANCE:
             raise ValueError(f"{path}: exported model differs from PyTorch by {difference:.2e} (> {TOLERANCE:.0e})")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     data_config = model.data_config
     resize_size = read_checkpoint_meta(checkpoint).get("extra", {}).get("resize_size") or default_resize_size(size)
     description = {

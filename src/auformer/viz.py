@@ -15,6 +15,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from auformer.aus import au_label
+from auformer.files import atomic_path
 
 OCCURS_COLOR = "#d1495b"  # probability at or above the AU's threshold
 ABSENT_COLOR = "#8d99ae"
@@ -27,15 +28,10 @@ def _thresholds(columns: list[str], threshold: float | Mapping[str, float]) -> l
 
 
 def _save(figure: Figure, out_path: str | os.PathLike) -> Path:
-    """Save through a temporary file and os.replace, so an interrupted run leaves no half PNG."""
+    """Save atomically, so an interrupted run leaves no half PNG."""
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.stem}.{os.getpid()}.tmp{out_path.suffix}")
-    try:
+    with atomic_path(out_path) as tmp:
         figure.savefig(tmp, dpi=150)
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return out_path
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from auformer.aus import au_columns, parse_au
+from auformer.files import atomic_write_text
 
 MANIFEST_NAME = "manifest.csv"
 FOLDS_NAME = "folds.json"
@@ -157,13 +158,6 @@ def read_manifest(path: str | Path, on_missing: str = "error") -> AUTable:
         raise ValueError(f"{file}: line {table.images.index('') + 2}: empty image path")
     exists = _report_missing_images(file, table.root, table.images, on_missing)
     return table if exists.all() else table.subset(exists)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """The engine's atomic write (temp file + rename), imported on use: the engine imports this package."""
-    from auformer.engine.checkpointing import atomic_write_text as write
-
-    write(path, text)
 
 
 def write_manifest(table: AUTable, out_dir: str | Path) -> Path:

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from auformer.aus import au_columns
 from auformer.data.synthetic import FACE_UNIT, LANDMARK_NAMES, LATENT_NAMES, SYNTHETIC_AUS, SyntheticData, generate_synthetic, synthetic_folds
-from auformer.engine.checkpointing import atomic_path, atomic_write_text
+from auformer.files import atomic_path, atomic_write_text
 from auformer.metrics import au_metrics
 
 ASSET_NAME = "synthetic_vit"  # the package ships assets/synthetic_vit.safetensors + .json
@@ -261,8 +261,6 @@ def save_backbone(model: torch.nn.Module, config: PretrainConfig, out_dir: str |
         **report,
     }
     atomic_write_text(out / f"{ASSET_NAME}.json", json.dumps(description, indent=2) + "\n")
-    for written in (weights, out / f"{ASSET_NAME}.json"):
-        written.chmod(0o644)  # the atomic temp files are private (0600); package data must be readable by all
     return weights
 
 

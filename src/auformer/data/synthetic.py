@@ -19,7 +19,6 @@ per-image Python loop only calls OpenCV, which is what makes it fast.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import NormalDist
@@ -29,7 +28,8 @@ import numpy as np
 from tqdm import tqdm
 
 from auformer.aus import au_columns
-from auformer.data.manifest import AUTable, atomic_write_text, write_folds, write_manifest
+from auformer.data.manifest import AUTable, write_folds, write_manifest
+from auformer.files import atomic_path, atomic_write_text
 
 SYNTHETIC_AUS: list[int] = [1, 2, 4, 6, 7, 10, 12, 14, 15, 17, 25, 26]
 
@@ -505,10 +505,9 @@ def write_synthetic(out_dir: str | Path, num_images: int = 3000, size: int = 64,
         if not cv2.imwrite(str(out / name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
             raise OSError(f"could not write {out / name}")
     extras = out / "synthetic.npz"
-    with open(extras.with_suffix(".tmp"), "wb") as file:  # temp file + rename: never half an archive
-        np.savez(file, clean_labels=data.clean_labels, landmarks=data.landmarks, latents=data.latents,
+    with atomic_path(extras) as tmp:
+        np.savez(tmp, clean_labels=data.clean_labels, landmarks=data.landmarks, latents=data.latents,
                  landmark_names=np.array(LANDMARK_NAMES), latent_names=np.array(LATENT_NAMES))
-    os.replace(extras.with_suffix(".tmp"), extras)
     settings = {"generator": "auformer.data.synthetic", "num_images": num_images, "size": size, "seed": seed,
                 "num_subjects": num_subjects, "label_noise": label_noise, "aus": au_columns(SYNTHETIC_AUS)}
     atomic_write_text(out / "synthetic.json", json.dumps(settings, indent=2) + "\n")

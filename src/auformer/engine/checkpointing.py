@@ -1,4 +1,4 @@
-"""Atomic file writes and the resumable training state of a run folder.
+"""The resumable training state of a run folder.
 
 A run folder holds two kinds of checkpoint:
 
@@ -13,55 +13,16 @@ A run folder holds two kinds of checkpoint:
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from auformer.files import atomic_path
+
 TRAIN_STATE = "train_state.pt"
-
-
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it onto ``path``.
-
-    The rename is atomic on POSIX, so readers see the old file or the new one,
-    never half a file, even if the process is killed mid-write.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write a text file atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-
-
-def save_model_checkpoint(model: torch.nn.Module, path: str | Path, extra: dict[str, Any] | None = None) -> None:
-    """``auformer.save_checkpoint`` made atomic: ``path.safetensors`` and ``path.json`` replace the old pair."""
-    from auformer import save_checkpoint
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp_dir:
-        save_checkpoint(model, Path(tmp_dir) / path.name, extra=extra)
-        for written in sorted(Path(tmp_dir).iterdir()):
-            os.replace(written, path.parent / written.name)
 
 
 def rng_state() -> dict[str, Any]:

@@ -14,6 +14,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from auformer.files import atomic_path, atomic_write_text
+
 # Columns of metrics.csv / keys of each metrics.jsonl line (one per epoch).
 EPOCH_FIELDS = ("epoch", "train_loss", "lr", "images_per_s", "eval_split", "eval_mean_f1", "seconds")
 
@@ -77,8 +79,6 @@ class RunLogger:
 
     def _rewrite_history(self) -> None:
         """Rewrite both history files whole (a few dozen lines), so they always agree."""
-        from auformer.engine.checkpointing import atomic_path, atomic_write_text
-
         atomic_write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in self.history))
         with atomic_path(self.run_dir / "metrics.csv") as tmp, open(tmp, "w", newline="") as file:
             writer = csv.DictWriter(file, fieldnames=EPOCH_FIELDS)

@@ -45,9 +45,11 @@ from auformer.data import (
     split_fold,
 )
 from auformer.engine import checkpointing, distributed
-from auformer.engine.checkpointing import atomic_path, atomic_write_text
 from auformer.engine.logging import RunLogger
+from auformer.files import atomic_path, atomic_write_text
 from auformer.metrics import au_metrics, metrics_table_markdown
+from auformer.model.auformer import build_model
+from auformer.model.checkpoint import load_adapter_weights, load_checkpoint, save_checkpoint
 
 METRIC_KEYS = ("f1", "precision", "recall", "support")  # per-AU fields of metrics.json
 
@@ -271,8 +273,6 @@ class Trainer:
             random.seed(seed)
 
     def _build_model(self) -> torch.nn.Module:
-        from auformer import build_model
-
         m = self.config.model
         return build_model(
             len(self.aus), backbone=m.backbone, backbone_weights=m.backbone_weights, img_size=self.config.data.img_size,
@@ -327,7 +327,7 @@ class Trainer:
                 "seed": self.config.train.seed,
             }
             checkpointing.save_train_state(self.run_dir, state)
-            checkpointing.save_model_checkpoint(self.model, self.run_dir / "last", extra=self._extra())
+            save_checkpoint(self.model, self.run_dir / "last", extra=self._extra())
         distributed.barrier(self.dist)
 
     def _load_state(self, state: dict[str, Any]) -> None:
@@ -383,17 +383,15 @@ class Trainer:
             if improved:
                 self.best_f1 = eval_metrics["mean_f1"]
                 if self.dist.is_main:
-                    checkpointing.save_model_checkpoint(self.model, self.run_dir / "best", extra=self._extra())
+                    save_checkpoint(self.model, self.run_dir / "best", extra=self._extra())
             self.epoch, self.micro_done, self.loss_sum, self.loss_count = self.epoch + 1, 0, 0.0, 0
             self._save_state()
 
         if self.val_set is not None:  # score the best-on-validation weights on the test split
-            from auformer.model.checkpoint import load_adapter_weights
-
             load_adapter_weights(self.model, self.run_dir / "best")
             test_metrics, test_probs = self.evaluate(self.test_set)
         elif self.dist.is_main:  # no validation split: the final weights are the ones kept
-            checkpointing.save_model_checkpoint(self.model, self.run_dir / "best", extra=self._extra())
+            save_checkpoint(self.model, self.run_dir / "best", extra=self._extra())
         if test_metrics is None:  # resumed after the last epoch had finished
             test_metrics, test_probs = self.evaluate(self.test_set)
         if self.dist.is_main:
@@ -505,8 +503,6 @@ def evaluate(
     The model's own AU list, input size and normalisation are used; the labels are
     reduced to the model's AUs. Writes the same result files as ``train``.
     """
-    from auformer import load_checkpoint
-
     out_dir = Path(out_dir)
     info = distributed.setup(config.train.device)
     model = load_checkpoint(checkpoint).to(info.device)

@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -23,6 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from auformer import __version__
+from auformer.files import atomic_path, atomic_write_text
 from auformer.model.auformer import AUFormer, build_model
 from auformer.model.backbone import describe_mismatch, resolve_weights
 
@@ -51,16 +51,6 @@ def _sha256(path: str, mtime_ns: int, size: int) -> str:
 def file_sha256(path: str | os.PathLike) -> str:
     stat = os.stat(path)
     return _sha256(str(path), stat.st_mtime_ns, stat.st_size)
-
-
-def _write_atomic(path: Path, write: Callable[[str], None]) -> None:
-    """Write through a temporary file and os.replace, so a crash never leaves half a checkpoint."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def save_checkpoint(model: AUFormer, path: str | os.PathLike, extra: dict | None = None) -> Path:
@@ -92,9 +82,9 @@ def save_checkpoint(model: AUFormer, path: str | os.PathLike, extra: dict | None
     if source is None:  # random backbone: the checkpoint must carry it to rebuild the same model
         tensors.update({BACKBONE_PREFIX + k: v for k, v in model.backbone.state_dict().items()})
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    weights_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(weights_path, lambda tmp: save_file(tensors, tmp, metadata={"auformer": meta_text}))
-    _write_atomic(json_path, lambda tmp: Path(tmp).write_text(meta_text + "\n"))
+    with atomic_path(weights_path) as tmp:
+        save_file(tensors, str(tmp), metadata={"auformer": meta_text})
+    atomic_write_text(json_path, meta_text + "\n")
     return weights_path
 
 

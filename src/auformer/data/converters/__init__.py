@@ -26,7 +26,8 @@ import numpy as np
 from tqdm import tqdm
 
 from auformer.aus import au_columns
-from auformer.data.manifest import AUTable, atomic_write_text, write_folds, write_manifest
+from auformer.data.manifest import AUTable, write_folds, write_manifest
+from auformer.files import atomic_write_text
 
 if TYPE_CHECKING:
     from auformer.faces.detectors import FaceDetector
