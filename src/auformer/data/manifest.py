@@ -86,11 +86,12 @@ class AUTable:
         return self.root / self.images[index]
 
 
-def _manifest_file(path: str | Path) -> Path:
+def _dataset_file(path: str | Path, name: str) -> Path:
+    """``path`` itself, or ``path/name`` when ``path`` is a dataset folder; an error when it is missing."""
     path = Path(path)
-    file = path / MANIFEST_NAME if path.is_dir() else path
+    file = path / name if path.is_dir() else path
     if not file.is_file():
-        raise FileNotFoundError(f"{file}: no manifest here (expected a dataset folder holding {MANIFEST_NAME} or the csv itself)")
+        raise FileNotFoundError(f"{file}: no {name} here (expected a dataset folder holding {name} or the file itself)")
     return file
 
 
@@ -136,7 +137,7 @@ def read_manifest(path: str | Path, on_missing: str = "error") -> AUTable:
     """
     if on_missing not in ("error", "skip"):
         raise ValueError(f"on_missing must be 'error' or 'skip', got {on_missing!r}")
-    file = _manifest_file(path)
+    file = _dataset_file(path, MANIFEST_NAME)
     try:
         frame = pd.read_csv(file, dtype=str, keep_default_na=False, skipinitialspace=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
@@ -183,10 +184,7 @@ def write_manifest(table: AUTable, out_dir: str | Path) -> Path:
 
 def read_folds(path: str | Path) -> tuple[list[list[str]], list[int]]:
     """Read ``folds.json`` (or the folder holding it): (test subjects per fold, AU numbers)."""
-    path = Path(path)
-    file = path / FOLDS_NAME if path.is_dir() else path
-    if not file.is_file():
-        raise FileNotFoundError(f"{file}: no folds file here")
+    file = _dataset_file(path, FOLDS_NAME)
     try:
         data = json.loads(file.read_text())
         folds = [[str(s) for s in fold["test_subjects"]] for fold in data["folds"]]
