@@ -128,3 +128,14 @@ def test_vit_base_adapter_file_size_is_about_9_mb():
         model = build_model(12)
     size_mb = sum(p.numel() * p.element_size() for p in model.learnable_parameters()) / 1e6
     assert 8.5 < size_mb < 9.5
+
+
+def test_checkpoint_files_get_the_normal_file_mode(tmp_path, tiny_model_kwargs):
+    # safetensors' save_file writes private 0600 files; checkpoints must be shareable like any file.
+    import os
+
+    from auformer.files import FILE_MODE
+
+    weights = save_checkpoint(build_model(2, aus=[1, 2], **tiny_model_kwargs), tmp_path / "ckpt")
+    assert os.stat(weights).st_mode & 0o777 == FILE_MODE
+    assert os.stat(weights.with_suffix(".json")).st_mode & 0o777 == FILE_MODE

@@ -13,13 +13,24 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def _file_mode() -> int:
+    """The mode a new file gets under this process's umask (read once: os.umask can only be read by setting it)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+FILE_MODE = _file_mode()
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; when the block succeeds, rename it onto ``path``.
 
     The temporary name keeps the suffix (``.png``, ``.onnx``, ``.npz``), since writers such
-    as matplotlib and numpy pick the format from it. It is created with the normal
-    umask (not ``mkstemp``'s private 0600), so the result is readable like any file.
+    as matplotlib and numpy pick the format from it. Before the rename the file gets the
+    umask's normal mode: some writers (safetensors' ``save_file``) create private 0600
+    files, and checkpoints and package data must be readable like any file.
     On an error the temporary file is removed and ``path`` is left untouched.
     """
     path = Path(path)
@@ -27,6 +38,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
         yield tmp
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
