@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-from fake_raw import BP4D_SUBJECTS, make_fake_bp4d, make_fake_casme2, make_fake_disfa
 
 from auformer.aus import BP4D_AUS, CASME2_AUS, DISFA_AUS
 from auformer.cli import main
@@ -13,6 +12,7 @@ from auformer.data.converters.bp4d import prepare_bp4d, read_occurrence_csv
 from auformer.data.converters.casme2 import prepare_casme2
 from auformer.data.converters.disfa import prepare_disfa
 from auformer.faces.detectors import BoxCrop, Face
+from fake_raw import BP4D_SUBJECTS, make_fake_bp4d, make_fake_casme2, make_fake_disfa
 
 
 class DarkMeansNoFace:

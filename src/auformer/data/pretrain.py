@@ -32,7 +32,15 @@ from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
 from auformer.aus import au_columns
-from auformer.data.synthetic import FACE_UNIT, LANDMARK_NAMES, LATENT_NAMES, SYNTHETIC_AUS, SyntheticData, generate_synthetic, synthetic_folds
+from auformer.data.synthetic import (
+    FACE_UNIT,
+    LANDMARK_NAMES,
+    LATENT_NAMES,
+    SYNTHETIC_AUS,
+    SyntheticData,
+    generate_synthetic,
+    synthetic_folds,
+)
 from auformer.files import atomic_path, atomic_write_text
 from auformer.metrics import au_metrics
 

@@ -155,7 +155,7 @@ DETECTORS: dict[str, type] = {"dlib": DlibDetector, "haar": HaarDetector, "none"
 DEFAULT_DETECTOR = "dlib"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def get_detector(name: str = DEFAULT_DETECTOR) -> FaceDetector:
     """The face detector called ``name`` (built once per process and shared: loading dlib takes ~1 s)."""
     if name not in DETECTORS:
