@@ -2,8 +2,8 @@
 
 Each sub-command has one ``_add_<command>`` function that declares its flags and
 points ``func`` at a small runner; the runners import the library lazily so that
-``auformer --help`` stays fast. User errors (``ValueError``, ``FileNotFoundError``)
-are printed as one ``error: ...`` line with exit status 2.
+``auformer --help`` stays fast. User errors (``ValueError``, ``FileNotFoundError``,
+``ConnectionError`` from the Hub) are printed as one ``error: ...`` line with exit status 2.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
         "per face and frame: OUT/images.csv for photos, OUT/<video>.csv per video (written as it goes).",
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, video files or folders (searched recursively)")
-    parser.add_argument("--checkpoint", required=True, metavar="CKPT", help="AUFormer checkpoint (PATH, PATH.safetensors or PATH.json)")
+    parser.add_argument("--checkpoint", required=True, metavar="CKPT", help="AUFormer checkpoint (PATH, PATH.safetensors or PATH.json) or Hugging Face Hub repo id user/name[@revision]")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for the CSV files (and plots/ with --plot)")
     parser.add_argument("--face-detector", default="dlib", choices=FACE_DETECTORS,
                         help="face detector; 'none' treats each image as an aligned face crop (default: %(default)s)")
@@ -84,7 +84,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         description="Write one self-contained model file (backbone + experts + head, fixed input size, free batch) "
         "mapping normalised images to AU probabilities, checked against PyTorch (1e-4), plus a JSON describing it.",
     )
-    parser.add_argument("checkpoint", metavar="CKPT", help="AUFormer checkpoint (PATH, PATH.safetensors or PATH.json)")
+    parser.add_argument("checkpoint", metavar="CKPT",
+                        help="AUFormer checkpoint (PATH, PATH.safetensors or PATH.json) or Hugging Face Hub repo id user/name[@revision]")
     parser.add_argument("--format", default="onnx", choices=("onnx", "torchscript"), help="output format (default: %(default)s)")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for NAME.onnx / NAME.pt and its NAME.<ext>.json")
     _add_backbone_weights_flag(parser)
@@ -325,6 +326,28 @@ def _run_protocol(args: argparse.Namespace) -> None:
     run(config, out)
 
 
+def _add_push(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "push",
+        help="share a checkpoint's adapters on the Hugging Face Hub",
+        description="Upload CKPT's adapter-only files (as adapter.safetensors + adapter.json) and a model card "
+        "(README.md) to the Hub repo REPO_ID, created if missing; the frozen backbone is not uploaded. "
+        "Log in first (`hf auth login` or HF_TOKEN). Others then load it with --checkpoint REPO_ID. See docs/sharing.md.",
+    )
+    parser.add_argument("checkpoint", metavar="CKPT", help="local AUFormer checkpoint (PATH, PATH.safetensors or PATH.json)")
+    parser.add_argument("repo_id", metavar="REPO_ID", help="Hub model repo, user/name or organisation/name")
+    parser.add_argument("--private", action="store_true", help="create the repo private (an existing repo keeps its visibility)")
+    parser.add_argument("--message", default="Upload auformer adapters", help="commit message (default: %(default)s)")
+    parser.set_defaults(func=_run_push)
+
+
+def _run_push(args: argparse.Namespace) -> None:
+    from auformer.hub import push_checkpoint
+
+    url = push_checkpoint(args.checkpoint, args.repo_id, private=args.private, message=args.message)
+    print(f"pushed {args.checkpoint} to https://huggingface.co/{args.repo_id} (commit {url})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="auformer",
@@ -334,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"auformer {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_info, _add_detect, _add_export, _add_prepare, _add_train, _add_evaluate, _add_cv, _add_cross_domain, _add_data_efficiency, _add_synth, _add_pretrain_synthetic,):
+    for add in (_add_info, _add_detect, _add_export, _add_prepare, _add_train, _add_evaluate, _add_cv, _add_cross_domain, _add_data_efficiency, _add_synth, _add_pretrain_synthetic, _add_push,):
         add(sub)
     return parser
 
@@ -347,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, ConnectionError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from auformer.aus import au_column, au_columns
 from auformer.data.transforms import build_transform
 from auformer.faces import DEFAULT_DETECTOR, TEMPLATE_SIZE, AlignedFace, align_faces, get_detector
-from auformer.model.checkpoint import load_checkpoint, read_checkpoint_meta
+from auformer.model.checkpoint import load_checkpoint, read_checkpoint_meta, resolve_checkpoint
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pgm", ".ppm"})
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"})
@@ -136,6 +136,7 @@ class Detector:
                  backbone_weights: str | None = None) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+        checkpoint = resolve_checkpoint(checkpoint)  # a Hub repo id is fetched once, here
         meta = read_checkpoint_meta(checkpoint)
         self.model = load_checkpoint(checkpoint, backbone_weights=backbone_weights, map_location=device).eval()
         if not self.model.aus:

@@ -21,7 +21,7 @@ from torch import nn
 from auformer.aus import au_columns
 from auformer.data.transforms import default_resize_size
 from auformer.files import atomic_path
-from auformer.model.checkpoint import checkpoint_paths, load_checkpoint, read_checkpoint_meta
+from auformer.model.checkpoint import checkpoint_paths, load_checkpoint, read_checkpoint_meta, resolve_checkpoint
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 TOLERANCE = 1e-4  # max |probability difference| between the export and PyTorch
@@ -75,6 +75,7 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, form
     """
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}: valid formats are {', '.join(FORMATS)}")
+    checkpoint = resolve_checkpoint(checkpoint)  # a Hub repo id -> its cached files
     model = load_checkpoint(checkpoint, backbone_weights=backbone_weights).eval()
     module = AUProbabilities(model).eval()
     size = model.data_config["input_size"][-1]

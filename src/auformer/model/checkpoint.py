@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from auformer import __version__
 from auformer.files import atomic_path, atomic_write_text
+from auformer.hub import download_checkpoint, parse_repo_id
 from auformer.model.auformer import AUFormer, build_model
 from auformer.model.backbone import describe_mismatch, resolve_weights
 
@@ -36,6 +37,19 @@ def checkpoint_paths(path: str | os.PathLike) -> tuple[Path, Path]:
     if path.suffix in (".safetensors", ".json"):
         path = path.with_suffix("")
     return path.with_name(path.name + ".safetensors"), path.with_name(path.name + ".json")
+
+
+def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
+    """A local checkpoint path as given; a Hugging Face Hub repo id ``user/name[@revision]`` -> its cached files.
+
+    A local checkpoint wins over a Hub repo of the same name (``runs/best`` is both a
+    path and a valid repo id), so the Hub is only asked when no local file exists.
+    """
+    weights_path, json_path = checkpoint_paths(name_or_path)
+    repo = parse_repo_id(str(name_or_path))
+    if weights_path.exists() or json_path.exists() or repo is None:
+        return Path(name_or_path)
+    return download_checkpoint(*repo)
 
 
 @functools.lru_cache(maxsize=8)
@@ -90,7 +104,7 @@ def save_checkpoint(model: AUFormer, path: str | os.PathLike, extra: dict | None
 
 def read_checkpoint_meta(path: str | os.PathLike) -> dict:
     """The checkpoint's JSON (or, if the JSON was lost, its copy in the safetensors header)."""
-    weights_path, json_path = checkpoint_paths(path)
+    weights_path, json_path = checkpoint_paths(resolve_checkpoint(path))
     if json_path.is_file():
         source, text = json_path, json_path.read_text()
     elif weights_path.is_file():
@@ -115,6 +129,7 @@ def load_adapter_weights(model: AUFormer, path: str | os.PathLike) -> None:
     Fails with one line if the checkpoint was made for another AU set, backbone or
     expert shapes. Backbone tensors in the file (random-init backbones) are loaded too.
     """
+    path = resolve_checkpoint(path)
     weights_path, _ = checkpoint_paths(path)
     meta = read_checkpoint_meta(path)
     if not weights_path.is_file():
@@ -142,10 +157,12 @@ def load_checkpoint(path: str | os.PathLike, backbone_weights: str | None = None
                     map_location: str | torch.device = "cpu") -> AUFormer:
     """Rebuild the model from ``PATH.json`` and load ``PATH.safetensors`` into it.
 
-    ``backbone_weights`` overrides the recorded backbone file (e.g. after moving it);
+    ``path`` may also be a Hugging Face Hub repo id, ``user/name`` or ``user/name@revision``
+    (see `auformer.hub`). ``backbone_weights`` overrides the recorded backbone file (e.g. after moving it);
     a file whose sha256 differs from the recorded one gives a warning. The model is
     returned in eval mode (call ``.train()`` to resume training).
     """
+    path = resolve_checkpoint(path)
     meta = read_checkpoint_meta(path)
     config = dict(meta["config"])
     recorded = meta["backbone"]
