@@ -16,8 +16,15 @@ import nox
 PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
 FULL_SUITE_PYTHON = "3.11"  # the version .ci/run tests in full, with constraints.txt
 # Import, config, model, checkpoint (hub loading included), CLI and the packaged synthetic ViT.
-FAST_SUBSET = ["tests/test_aus.py", "tests/test_config.py", "tests/test_model.py", "tests/test_checkpoint.py",
-               "tests/test_hub.py", "tests/test_info.py", "tests/test_backbone_weights.py"]
+FAST_SUBSET = [
+    "tests/test_aus.py",
+    "tests/test_config.py",
+    "tests/test_model.py",
+    "tests/test_checkpoint.py",
+    "tests/test_hub.py",
+    "tests/test_info.py",
+    "tests/test_backbone_weights.py",
+]
 
 nox.options.sessions = ["lint", "tests"]
 
@@ -33,8 +40,14 @@ def tests(session: nox.Session) -> None:
     full = session.python == FULL_SUITE_PYTHON or "--full" in session.posargs
     args = [arg for arg in session.posargs if arg != "--full"]
     # src/ is never on sys.path (an emptied PYTHONPATH), so the tests import the installed wheel.
-    session.run("pytest", "-q", "-p", "no:cacheprovider", *(args or ([] if full else FAST_SUBSET)),
-                env={"OMP_NUM_THREADS": "1", "PYTHONPATH": ""})
+    session.run(
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        *(args or ([] if full else FAST_SUBSET)),
+        env={"OMP_NUM_THREADS": "1", "PYTHONPATH": ""},
+    )
 
 
 @nox.session(python=FULL_SUITE_PYTHON)

@@ -54,11 +54,16 @@ class FakeHfApi:
         assert exist_ok
 
     def create_commit(self, repo_id, operations, commit_message):
-        FakeHfApi.uploads[repo_id] = {op.path_in_repo: Path(op.path_or_fileobj).read_bytes()
-                                      if isinstance(op.path_or_fileobj, str) else op.path_or_fileobj
-                                      for op in operations}
-        return huggingface_hub.CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/{COMMIT}", commit_message=commit_message,
-                                          commit_description="", oid=COMMIT)
+        FakeHfApi.uploads[repo_id] = {
+            op.path_in_repo: Path(op.path_or_fileobj).read_bytes() if isinstance(op.path_or_fileobj, str) else op.path_or_fileobj
+            for op in operations
+        }
+        return huggingface_hub.CommitInfo(
+            commit_url=f"https://huggingface.co/{repo_id}/commit/{COMMIT}",
+            commit_message=commit_message,
+            commit_description="",
+            oid=COMMIT,
+        )
 
 
 @pytest.fixture
@@ -71,18 +76,28 @@ def pushed(tmp_path, hub_cache, tiny_model_kwargs, monkeypatch, capsys):
     save_checkpoint(model, tmp_path / "run" / "best", extra={"epoch": 2, "mean_f1": 0.5})
     monkeypatch.setattr("auformer.hub.HfApi", FakeHfApi)
     assert main(["push", str(tmp_path / "run" / "best"), "user/tiny-aus"]) == 0
-    assert capsys.readouterr().out == (f"pushed {tmp_path / 'run' / 'best'} to https://huggingface.co/user/tiny-aus "
-                                       f"(commit https://huggingface.co/user/tiny-aus/commit/{COMMIT})\n")
+    assert capsys.readouterr().out == (
+        f"pushed {tmp_path / 'run' / 'best'} to https://huggingface.co/user/tiny-aus "
+        f"(commit https://huggingface.co/user/tiny-aus/commit/{COMMIT})\n"
+    )
     put_in_cache(hub_cache, "user/tiny-aus", FakeHfApi.uploads["user/tiny-aus"], refs=("main", "v1"))
     return model
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("user/name", ("user/name", None)),
-    ("org-1/AU.adapters_v2@v1.0", ("org-1/AU.adapters_v2", "v1.0")),
-    (f"user/name@{COMMIT}", ("user/name", COMMIT)),
-    ("best", None), ("runs/x/best", None), ("/abs/best", None), ("./best", None), ("user/name@", None), ("a/..", None),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("user/name", ("user/name", None)),
+        ("org-1/AU.adapters_v2@v1.0", ("org-1/AU.adapters_v2", "v1.0")),
+        (f"user/name@{COMMIT}", ("user/name", COMMIT)),
+        ("best", None),
+        ("runs/x/best", None),
+        ("/abs/best", None),
+        ("./best", None),
+        ("user/name@", None),
+        ("a/..", None),
+    ],
+)
 def test_parse_repo_id(text, expected):
     assert parse_repo_id(text) == expected
 
@@ -111,10 +126,16 @@ def test_local_checkpoint_wins_over_a_repo_of_the_same_name(tmp_path, hub_cache,
     assert load_checkpoint("user/name").aus == [1, 2, 4]
 
 
-@pytest.mark.parametrize("checkpoint, message", [
-    ("user/missing", "error: checkpoint user/missing: no such local file, and the Hugging Face Hub cannot be reached"),
-    ("user/tiny-aus@v2", "error: checkpoint user/tiny-aus@v2: no such local file, and the Hugging Face Hub cannot be reached"),
-])
+@pytest.mark.parametrize(
+    "checkpoint, message",
+    [
+        ("user/missing", "error: checkpoint user/missing: no such local file, and the Hugging Face Hub cannot be reached"),
+        (
+            "user/tiny-aus@v2",
+            "error: checkpoint user/tiny-aus@v2: no such local file, and the Hugging Face Hub cannot be reached",
+        ),
+    ],
+)
 def test_unreachable_repo_is_one_line(pushed, tmp_path, capsys, checkpoint, message):
     Image.new("RGB", (32, 32)).save(tmp_path / "face.png")
     assert main(["detect", str(tmp_path / "face.png"), "--checkpoint", checkpoint, "--out", str(tmp_path / "out")]) == 2
@@ -122,12 +143,15 @@ def test_unreachable_repo_is_one_line(pushed, tmp_path, capsys, checkpoint, mess
     assert err.startswith(message) and err.count("\n") == 1
 
 
-@pytest.mark.parametrize("args, message", [
-    (["CKPT", "not a repo"], "error: REPO_ID must look like user/name"),
-    (["CKPT", "user/name@v1"], "error: REPO_ID must look like user/name"),
-    (["missing", "user/name"], "error: checkpoint weights not found: missing.safetensors"),
-    (["CKPT", "user/name"], "error: push to Hugging Face Hub repo user/name failed: Cannot reach https://huggingface.co"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["CKPT", "not a repo"], "error: REPO_ID must look like user/name"),
+        (["CKPT", "user/name@v1"], "error: REPO_ID must look like user/name"),
+        (["missing", "user/name"], "error: checkpoint weights not found: missing.safetensors"),
+        (["CKPT", "user/name"], "error: push to Hugging Face Hub repo user/name failed: Cannot reach https://huggingface.co"),
+    ],
+)
 def test_push_argument_errors_and_offline_failure(tmp_path, hub_cache, tiny_model_kwargs, capsys, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
     save_checkpoint(build_model(3, aus=[1, 2, 4], **tiny_model_kwargs), tmp_path / "CKPT")

@@ -47,16 +47,21 @@ def download_checkpoint(repo_id: str, revision: str | None = None) -> Path:
         for suffix in (".json", ".safetensors"):  # both land in one snapshot folder: snapshots/<commit>/
             path = hf_hub_download(repo_id, REPO_STEM + suffix, revision=revision)
     except LocalEntryNotFoundError:  # offline, or the Hub unreachable, and not in the cache
-        raise FileNotFoundError(f"checkpoint {name}: no such local file, and the Hugging Face Hub cannot be reached "
-                                "(offline?) with no copy in the local cache") from None
+        raise FileNotFoundError(
+            f"checkpoint {name}: no such local file, and the Hugging Face Hub cannot be reached "
+            "(offline?) with no copy in the local cache"
+        ) from None
     except RevisionNotFoundError:
         raise FileNotFoundError(f"checkpoint {name}: Hub repo {repo_id} has no revision {revision!r}") from None
     except RepositoryNotFoundError:
-        raise FileNotFoundError(f"checkpoint {name}: no such local file or Hub repo "
-                                "(a private or gated repo needs `hf auth login` or HF_TOKEN)") from None
+        raise FileNotFoundError(
+            f"checkpoint {name}: no such local file or Hub repo (a private or gated repo needs `hf auth login` or HF_TOKEN)"
+        ) from None
     except EntryNotFoundError:
-        raise FileNotFoundError(f"checkpoint {name}: Hub repo has no {REPO_STEM}.json/.safetensors "
-                                "(not an auformer adapter repo; see `auformer push`)") from None
+        raise FileNotFoundError(
+            f"checkpoint {name}: Hub repo has no {REPO_STEM}.json/.safetensors "
+            "(not an auformer adapter repo; see `auformer push`)"
+        ) from None
     except OSError as error:  # other HTTP and connection errors
         raise FileNotFoundError(f"checkpoint {name}: Hugging Face Hub download failed: {str(error).splitlines()[0]}") from None
     return Path(path).with_suffix("")
@@ -94,8 +99,9 @@ Training record: `{json.dumps(extra)}`
 """
 
 
-def push_checkpoint(checkpoint: str | os.PathLike, repo_id: str, private: bool = False,
-                    message: str = "Upload auformer adapters") -> str:
+def push_checkpoint(
+    checkpoint: str | os.PathLike, repo_id: str, private: bool = False, message: str = "Upload auformer adapters"
+) -> str:
     """Upload a local checkpoint's two files (as ``adapter.*``) and a model card; returns the commit URL.
 
     The repo is created if missing. Bad arguments are ``ValueError``/``FileNotFoundError``;
