@@ -26,7 +26,7 @@ TINY = {
         "synthetic_images": 240, "synthetic_size": 64, "synthetic_subjects": 12,
     },
     "model": {
-        "backbone": "vit_tiny_patch16_224", "dropout": 0.0,
+        "backbone": "vit_tiny_patch16_224", "backbone_weights": "random", "dropout": 0.0,
         "backbone_kwargs": {"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2},
     },
     "train": {"epochs": 2, "batch_size": 16, "lr": 3.0e-3, "warmup_epochs": 0.0, "checkpoint_every": 3},

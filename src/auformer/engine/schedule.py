@@ -1,0 +1,60 @@
+"""How long a run is, in optimiser steps: length, warm-up and evaluation points.
+
+One pure function of the training config and the number of micro-batches an epoch
+has, shared by the trainer and by ``--dry-run`` (which prints it without training).
+Length is ``train.epochs`` passes, or ``train.steps`` optimiser steps when given: small
+sets (CASME II, data-efficiency subsets) then get a step budget instead of a handful of
+epochs' worth of steps, and the last epoch stops at the budget.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from auformer.config import TrainConfig
+
+# A warm-up given in epochs takes at most this fraction of the run: one epoch of a large
+# set is a sensible warm-up for 20 epochs, not for a 100-step --set train.steps=100 run.
+MAX_WARMUP_FRACTION = 0.1
+
+
+@dataclass(frozen=True)
+class Schedule:
+    steps_per_epoch: int  # optimiser steps in a full epoch
+    total_steps: int  # optimiser steps of the whole run
+    warmup_steps: int  # linear warm-up steps before the cosine decay
+    epochs: int  # epochs started; the last one may stop early at total_steps
+    eval_every: int  # evaluate every this many epochs (epoch-length runs)
+    eval_every_steps: int | None  # step-length runs: evaluate after the epoch reaching each multiple; None = end only
+    by_steps: bool  # whether the length was given in steps
+
+    def evaluates_after(self, epoch: int) -> bool:
+        """Whether the run scores its validation/test split after ``epoch`` (0-based); always after the last."""
+        if epoch + 1 >= self.epochs:
+            return True
+        if not self.by_steps:
+            return (epoch + 1) % self.eval_every == 0
+        if self.eval_every_steps is None:
+            return False
+        start, end = epoch * self.steps_per_epoch, (epoch + 1) * self.steps_per_epoch
+        return end // self.eval_every_steps > start // self.eval_every_steps
+
+    def eval_points(self) -> list[int]:
+        """The optimiser steps after which the run evaluates."""
+        return [min((e + 1) * self.steps_per_epoch, self.total_steps) for e in range(self.epochs) if self.evaluates_after(e)]
+
+
+def plan_schedule(train: TrainConfig, micro_per_epoch: int) -> Schedule:
+    """The schedule of a run whose epoch has ``micro_per_epoch`` micro-batches (per process)."""
+    steps_per_epoch = math.ceil(micro_per_epoch / train.grad_accum)
+    total = train.steps if train.steps is not None else train.epochs * steps_per_epoch
+    if train.warmup_steps is not None:
+        warmup = min(train.warmup_steps, total - 1)
+    else:
+        warmup = min(round(train.warmup_epochs * steps_per_epoch), int(MAX_WARMUP_FRACTION * total))
+    return Schedule(
+        steps_per_epoch=steps_per_epoch, total_steps=total, warmup_steps=warmup,
+        epochs=math.ceil(total / steps_per_epoch), eval_every=train.eval_every,
+        eval_every_steps=train.eval_every_steps, by_steps=train.steps is not None,
+    )  # fmt: skip
