@@ -4,11 +4,15 @@ One pure function of the training config and the number of micro-batches an epoc
 has, shared by the trainer and by ``--dry-run`` (which prints it without training).
 Length is ``train.epochs`` passes, or ``train.steps`` optimiser steps when given: small
 sets (CASME II, data-efficiency subsets) then get a step budget instead of a handful of
-epochs' worth of steps, and the last epoch stops at the budget.
+epochs' worth of steps, and the last epoch stops at the budget. A subsampled training
+list (data efficiency) without ``train.steps`` gets exactly the steps of the full-data
+run of the same fold (``train.epochs`` passes over the full list), as is usual for
+data-efficiency curves.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -58,3 +62,19 @@ def plan_schedule(train: TrainConfig, micro_per_epoch: int) -> Schedule:
         epochs=math.ceil(total / steps_per_epoch), eval_every=train.eval_every,
         eval_every_steps=train.eval_every_steps, by_steps=train.steps is not None,
     )  # fmt: skip
+
+
+def plan_run(train: TrainConfig, train_size: int, full_train_size: int, micro_batch: int, world_size: int = 1) -> Schedule:
+    """The schedule of a run on ``train_size`` samples, subsampled from ``full_train_size``.
+
+    Each of the ``world_size`` processes sees ``ceil(size / world_size)`` samples an epoch
+    (the distributed sampler pads) in micro-batches of ``micro_batch``.
+    """
+
+    def micro_per_epoch(samples: int) -> int:
+        return math.ceil(math.ceil(samples / world_size) / micro_batch)
+
+    if train.steps is None and train_size < full_train_size:  # data efficiency: the full-data run's steps
+        full = plan_schedule(train, micro_per_epoch(full_train_size))
+        train = dataclasses.replace(train, steps=full.total_steps, warmup_steps=full.warmup_steps)
+    return plan_schedule(train, micro_per_epoch(train_size))

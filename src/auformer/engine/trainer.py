@@ -47,7 +47,7 @@ from auformer.data import (
 )
 from auformer.engine import checkpointing, distributed
 from auformer.engine.logging import RunLogger
-from auformer.engine.schedule import plan_schedule
+from auformer.engine.schedule import plan_run
 from auformer.files import atomic_path, atomic_write_text
 from auformer.metrics import au_metrics, metrics_table_markdown
 from auformer.model.auformer import build_model
@@ -74,6 +74,7 @@ class Splits:
     train: AUTable
     test: AUTable
     val: AUTable | None  # picks the best checkpoint when given
+    full_train_size: int  # training samples before data.train_fraction subsampling
 
 
 def load_source(config: Config, root: str | None = None) -> Source:
@@ -125,11 +126,12 @@ def build_splits(config: Config, source: Source, target: Source | None = None) -
         val_subjects = source.folds[data.val_fold]
         val = train.subset(np.isin(train.subjects, val_subjects))
         train = train.subset(~np.isin(train.subjects, val_subjects))
+    full_train_size = len(train)
     if data.train_fraction < 1:
         train = equidistant_subsample(train, data.train_fraction)
     if len(train) == 0:
         raise ValueError(f"fold {data.fold}: the training split is empty")
-    return Splits(train, test, val)
+    return Splits(train, test, val, full_train_size)
 
 
 def check_backbone_weights(config: Config, verbose: bool = True) -> str:
@@ -273,7 +275,7 @@ class Trainer:
 
         self.optimizer = torch.optim.AdamW(self._param_groups(), betas=tuple(cfg.train.betas), weight_decay=cfg.train.weight_decay)
         self.micro_per_epoch = math.ceil(len(self.sampler) / self.micro_batch)
-        self.schedule = plan_schedule(cfg.train, self.micro_per_epoch)
+        self.schedule = plan_run(cfg.train, len(self.splits.train), self.splits.full_train_size, self.micro_batch, self.dist.world_size)
         self.scheduler = self._build_scheduler()
         self.loss_fn = build_loss(cfg)
         self.scaler = torch.amp.GradScaler(self.dist.device.type, enabled=cfg.train.amp == "fp16")

@@ -31,7 +31,8 @@ def hub_repo(tag: str) -> str:
 
 def _unavailable(tag: str, repo: str, why: str) -> FileNotFoundError:
     return FileNotFoundError(
-        f"backbone weights for timm tag {tag} are not available ({why}): download {repo}/{HUB_FILENAMES[0]} "
+        f"backbone weights for timm tag {tag} are not available ({why}): download {HUB_FILENAMES[0]} of the "
+        f"Hugging Face repo {repo} "
         f"(`auformer weights download {tag} --out DIR` on a machine with a network) and pass "
         f"--set model.backbone_weights=PATH, or fill the Hugging Face cache and set HF_HUB_OFFLINE=1"
     )
@@ -60,7 +61,7 @@ def hub_weights(tag: str) -> Path:
 def download_weights(tag: str, out_dir: str | Path | None = None) -> Path:
     """Download the tag's weight file into ``out_dir`` (or the Hugging Face cache when None)."""
     from huggingface_hub import constants, hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     repo = hub_repo(tag)
     if constants.HF_HUB_OFFLINE:
@@ -69,9 +70,25 @@ def download_weights(tag: str, out_dir: str | Path | None = None) -> Path:
     for filename in HUB_FILENAMES:
         try:
             return Path(hf_hub_download(repo, filename, local_dir=local_dir))
+        except LocalEntryNotFoundError:  # (a subclass of EntryNotFoundError) no connection to the hub
+            raise _unavailable(tag, repo, "not in the Hugging Face cache and the hub is unreachable") from None
         except EntryNotFoundError:
             continue  # an older repository with only pytorch_model.bin
         except Exception as error:  # network, proxy, auth and disk errors all mean "cannot have it"
             raise _unavailable(tag, repo, f"not in the Hugging Face cache and the download failed: "
                                           f"{type(error).__name__}") from None
     raise _unavailable(tag, repo, f"the repository has none of {', '.join(HUB_FILENAMES)}")
+
+
+def remote_size(tag: str) -> int:
+    """Size in bytes of the tag's weight file on the hub (one metadata request, no download);
+    the one-line FileNotFoundError when offline or unreachable. Used by ``--dry-run``."""
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+
+    repo = hub_repo(tag)
+    if constants.HF_HUB_OFFLINE:
+        raise _unavailable(tag, repo, "not in the Hugging Face cache and HF_HUB_OFFLINE=1")
+    try:
+        return get_hf_file_metadata(hf_hub_url(repo, HUB_FILENAMES[0])).size or 0
+    except Exception as error:  # network, proxy and auth errors all mean "cannot have it"
+        raise _unavailable(tag, repo, f"not in the Hugging Face cache and the hub is unreachable: {type(error).__name__}") from None
