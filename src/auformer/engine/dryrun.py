@@ -125,7 +125,7 @@ def dry_run(config: Config, out_dir: str | Path, command: str) -> list[str]:
                          f"accumulation = batch {config.train.batch_size}")
     source = check("data", lambda: load_source(config))
     target = check("target", lambda: load_source(config, config.data.target_root)) if config.data.target_root else None
-    plans, au_problems = [], 0
+    plans, au_problems, checked_tests = [], 0, set()
     if source is not None:
         table = source.table
         ok("data", f"{config.data.root or 'synthetic (generated in memory)'}: {len(table)} samples, "
@@ -136,6 +136,10 @@ def dry_run(config: Config, out_dir: str | Path, command: str) -> list[str]:
             if splits is None:
                 continue
             for split, part in (("training", splits.train), ("test", splits.test)):
+                if split == "test":
+                    if run_config.data.fold in checked_tests:
+                        continue  # data-efficiency rates share each fold's test split
+                    checked_tests.add(run_config.data.fold)
                 empty = [c for c, n in zip(au_columns(part.aus), (part.labels == 1).sum(0)) if n == 0]
                 if empty and (split == "test" or run_config.data.train_fraction == 1):
                     au_problems += 1

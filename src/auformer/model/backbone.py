@@ -34,9 +34,6 @@ def resolve_weights(weights: str, backbone: str | None = None) -> str:
     """
     if weights == "random":
         return weights
-    if weights is None:
-        raise ValueError("backbone_weights None is not a weight source: pass a file path or one of "
-                         f"{', '.join(WEIGHT_SOURCES)} (a random backbone is asked for as 'random')")
     if weights == "hub":
         if backbone is None:
             raise ValueError("backbone_weights 'hub' needs the timm tag of the backbone")
@@ -123,6 +120,9 @@ def create_backbone(name: str, weights: str = "random", img_size: int = 224, **k
 
 def weights_source(weights: str) -> str:
     """How a checkpoint records the backbone weights: ``"hub"``, ``"synthetic"``, ``"random"`` or an absolute path."""
+    if not isinstance(weights, str):
+        raise ValueError(f"backbone_weights {weights!r} is not a weight source: pass a file path or one of "
+                         f"{', '.join(WEIGHT_SOURCES)} (a random backbone is asked for as 'random')")
     if weights in WEIGHT_SOURCES:
         return weights
     return str(Path(weights).expanduser().resolve())
