@@ -83,7 +83,7 @@ class TrainConfig:
     head_lr: float | None = None  # peak learning rate of the classification heads; None = lr
     min_lr: float = 1e-6  # learning rate at the end of the cosine decay
     warmup_epochs: float = 1.0  # linear warm-up length in epochs (per-step schedule), at most 10% of the run
-    warmup_steps: int | None = None  # linear warm-up in optimiser steps (overrides warmup_epochs; at most 10% of the run)
+    warmup_steps: int | None = None  # linear warm-up in optimiser steps (overrides warmup_epochs; at most the run minus one step)
     weight_decay: float = 5e-4  # AdamW decoupled weight decay
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW betas
     grad_accum: int = 1  # micro-batches per optimiser step
