@@ -1,4 +1,4 @@
-"""The frozen timm ViT: creation, local weight files or timm's hub download, freezing.
+"""The frozen timm ViT: creation, its weights (a file, the Hugging Face cache or hub, synthetic or random), freezing.
 
 ``weights`` is a local file (timm-format ``.safetensors``, ``.pth``/``.bin``/``.pt``
 read with ``weights_only=True``, or the original ViT ``.npz``), ``"hub"`` (the timm
