@@ -132,7 +132,7 @@ def dry_run(config: Config, out_dir: str | Path, command: str) -> list[str]:
                    f"{len(set(table.subjects))} subjects, AUs {', '.join(au_columns(table.aus))}")
         ok("folds", f"{len(source.folds)} folds of {', '.join(str(len(f)) for f in source.folds)} test subjects")
         for name, run_config in protocol_runs(config, command, len(source.folds)):
-            splits = check(name, lambda: build_splits(run_config, source, target))
+            splits = check(name, lambda run_config=run_config: build_splits(run_config, source, target))
             if splits is None:
                 continue
             for split, part in (("training", splits.train), ("test", splits.test)):
