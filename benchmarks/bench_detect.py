@@ -93,7 +93,7 @@ def main() -> None:
                "lfw_subset": lfw_rates()}
     print(json.dumps(results["lfw_subset"], indent=2))
     torch.manual_seed(0)
-    model = auformer.build_model(12, aus=list(auformer.aus.BP4D_AUS), **MODELS[args.model])
+    model = auformer.build_model(12, backbone_weights="random", aus=list(auformer.aus.BP4D_AUS), **MODELS[args.model])
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = Path(folder) / "bench"
         auformer.save_checkpoint(model, checkpoint)

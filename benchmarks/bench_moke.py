@@ -70,7 +70,7 @@ def bench(args: argparse.Namespace, images: torch.Tensor) -> dict[str, dict]:
     models, results = {}, {}
     for name in args.variants.split(","):
         torch.manual_seed(0)
-        models[name] = build_model(args.num_aus, args.backbone, img_size=args.img_size,
+        models[name] = build_model(args.num_aus, args.backbone, "random", img_size=args.img_size,
                                    backbone_kwargs=args.backbone_kwargs, **VARIANTS[name]).to(args.device).train()
         results[name] = {"variant": name, "saved_activation_mb": saved_activation_bytes(models[name], images) / 1e6,
                          "times_s": [], "cpu_times_s": []}

@@ -17,4 +17,4 @@ def tiny_backbone_kwargs() -> dict:
 @pytest.fixture
 def tiny_model_kwargs(tiny_backbone_kwargs: dict) -> dict:
     """Keyword arguments for ``build_model(num_aus, **tiny_model_kwargs)``: a random-init tiny AUFormer."""
-    return dict(backbone=TINY_BACKBONE, img_size=TINY_IMG_SIZE, backbone_kwargs=tiny_backbone_kwargs)
+    return dict(backbone=TINY_BACKBONE, backbone_weights="random", img_size=TINY_IMG_SIZE, backbone_kwargs=tiny_backbone_kwargs)

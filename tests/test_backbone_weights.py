@@ -59,7 +59,7 @@ def test_safetensors_file_loads_and_head_keys_are_ignored(tmp_path, tiny_model_k
     source = _source_vit(tiny_backbone_kwargs)
     path = tmp_path / "vit.safetensors"
     save_file(source.state_dict(), str(path))  # includes head.weight / head.bias
-    model = build_model(2, backbone_weights=str(path), **tiny_model_kwargs)
+    model = build_model(2, **(tiny_model_kwargs | {"backbone_weights": str(path)}))
     _assert_backbone_equals(model, source)
     assert model.config["backbone_weights"] == str(path.resolve())
     assert all(not p.requires_grad for p in model.backbone.parameters())
@@ -70,21 +70,21 @@ def test_pth_file_loads_plain_or_wrapped(tmp_path, tiny_model_kwargs, tiny_backb
     source = _source_vit(tiny_backbone_kwargs)
     path = tmp_path / "vit.pth"
     torch.save(source.state_dict() if wrapper is None else {wrapper: source.state_dict()}, path)
-    _assert_backbone_equals(build_model(2, backbone_weights=str(path), **tiny_model_kwargs), source)
+    _assert_backbone_equals(build_model(2, **(tiny_model_kwargs | {"backbone_weights": str(path)})), source)
 
 
 def test_npz_original_vit_format_loads(tmp_path, tiny_model_kwargs, tiny_backbone_kwargs):
     source = _source_vit(tiny_backbone_kwargs)
     path = tmp_path / "vit.npz"
     _write_jax_npz(source, path)
-    _assert_backbone_equals(build_model(2, backbone_weights=str(path), **tiny_model_kwargs), source)
+    _assert_backbone_equals(build_model(2, **(tiny_model_kwargs | {"backbone_weights": str(path)})), source)
 
 
 def test_position_embeddings_are_resampled_to_another_grid(tmp_path, tiny_model_kwargs, tiny_backbone_kwargs):
     source = _source_vit(tiny_backbone_kwargs, img_size=32)  # 4x4 grid
     path = tmp_path / "vit.safetensors"
     save_file(source.state_dict(), str(path))
-    model = build_model(2, backbone_weights=str(path), **{**tiny_model_kwargs, "img_size": 48})  # 6x6 grid
+    model = build_model(2, **(tiny_model_kwargs | {"backbone_weights": str(path), "img_size": 48}))  # 6x6 grid
     assert model.backbone.pos_embed.shape == (1, 1 + 36, 32)
     torch.testing.assert_close(model.backbone.pos_embed[:, 0], source.pos_embed[:, 0])  # CLS position kept
     torch.testing.assert_close(model.backbone.blocks[1].mlp.fc2.weight, source.blocks[1].mlp.fc2.weight)
@@ -95,10 +95,10 @@ def test_synthetic_alias_resolves_to_the_packaged_asset(tmp_path, monkeypatch, t
     asset = tmp_path / "synthetic_vit.safetensors"
     monkeypatch.setattr(backbone_module, "SYNTHETIC_WEIGHTS", asset)
     with pytest.raises(FileNotFoundError, match="synthetic backbone asset is missing"):
-        build_model(2, backbone_weights="synthetic", **tiny_model_kwargs)
+        build_model(2, **(tiny_model_kwargs | {"backbone_weights": "synthetic"}))
     source = _source_vit(tiny_backbone_kwargs)
     save_file(source.state_dict(), str(asset))
-    model = build_model(2, backbone_weights="synthetic", **tiny_model_kwargs)
+    model = build_model(2, **(tiny_model_kwargs | {"backbone_weights": "synthetic"}))
     _assert_backbone_equals(model, source)
     assert model.config["backbone_weights"] == "synthetic"
 
@@ -123,22 +123,22 @@ def _edited_file(tmp_path, tiny_backbone_kwargs, edit) -> str:
 def test_file_that_does_not_fit_names_file_and_keys(tmp_path, tiny_model_kwargs, tiny_backbone_kwargs, edit, message):
     path = _edited_file(tmp_path, tiny_backbone_kwargs, edit)
     with pytest.raises(ValueError, match=message) as error:
-        build_model(2, backbone_weights=path, **tiny_model_kwargs)
+        build_model(2, **(tiny_model_kwargs | {"backbone_weights": path}))
     assert path in str(error.value) and "\n" not in str(error.value)
 
 
 def test_unusable_files_raise_clear_errors(tmp_path, tiny_model_kwargs):
     with pytest.raises(FileNotFoundError, match="backbone weights file not found"):
-        build_model(2, backbone_weights=str(tmp_path / "nope.safetensors"), **tiny_model_kwargs)
+        build_model(2, **(tiny_model_kwargs | {"backbone_weights": str(tmp_path / "nope.safetensors")}))
     text = tmp_path / "weights.txt"
     text.write_text("hello")
     with pytest.raises(ValueError, match="unsupported backbone weights format"):
-        build_model(2, backbone_weights=str(text), **tiny_model_kwargs)
+        build_model(2, **(tiny_model_kwargs | {"backbone_weights": str(text)}))
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes(b"\x00" * 64)
     with pytest.raises(ValueError, match="cannot read backbone weights"):
-        build_model(2, backbone_weights=str(corrupt), **tiny_model_kwargs)
+        build_model(2, **(tiny_model_kwargs | {"backbone_weights": str(corrupt)}))
     empty_npz = tmp_path / "empty.npz"
     np.savez(empty_npz, something=np.zeros(2))
     with pytest.raises(ValueError, match="not an original-ViT .npz"):
-        build_model(2, backbone_weights=str(empty_npz), **tiny_model_kwargs)
+        build_model(2, **(tiny_model_kwargs | {"backbone_weights": str(empty_npz)}))

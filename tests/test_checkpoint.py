@@ -38,7 +38,7 @@ def test_round_trip_with_random_backbone_stores_the_backbone(tmp_path, tiny_mode
     assert weights_path == tmp_path / "run" / "best.safetensors"
     meta = json.loads((tmp_path / "run" / "best.json").read_text())
     assert meta["aus"] == [1, 2, 4] and meta["extra"] == {"epoch": 3} and meta["auformer_version"] == __version__
-    assert meta["backbone"] == {"name": TINY_BACKBONE, "weights": None, "sha256": None, "included": True}
+    assert meta["backbone"] == {"name": TINY_BACKBONE, "weights": "random", "sha256": None, "included": True}
     with safe_open(str(weights_path), framework="pt") as file:
         assert any(k.startswith("backbone.") for k in file.keys())
         assert json.loads(file.metadata()["auformer"]) == meta  # self-describing without the JSON
@@ -54,7 +54,7 @@ def test_round_trip_with_random_backbone_stores_the_backbone(tmp_path, tiny_mode
 
 def test_backbone_file_is_referenced_not_copied(tmp_path, tiny_model_kwargs, tiny_backbone_kwargs):
     backbone_path = _backbone_file(tmp_path, tiny_backbone_kwargs)
-    model = _trained_like(build_model(2, backbone_weights=backbone_path, **tiny_model_kwargs))
+    model = _trained_like(build_model(2, **(tiny_model_kwargs | {"backbone_weights": backbone_path})))
     weights_path = save_checkpoint(model, tmp_path / "adapters")
     with safe_open(str(weights_path), framework="pt") as file:
         assert set(file.keys()) == set(model.learnable_state_dict())
@@ -69,7 +69,7 @@ def test_backbone_file_is_referenced_not_copied(tmp_path, tiny_model_kwargs, tin
 
 def test_moved_backbone_needs_the_override(tmp_path, tiny_model_kwargs, tiny_backbone_kwargs):
     backbone_path = _backbone_file(tmp_path, tiny_backbone_kwargs)
-    model = _trained_like(build_model(2, backbone_weights=backbone_path, **tiny_model_kwargs))
+    model = _trained_like(build_model(2, **(tiny_model_kwargs | {"backbone_weights": backbone_path})))
     save_checkpoint(model, tmp_path / "adapters")
     moved = tmp_path / "moved.safetensors"
     (tmp_path / "backbone.safetensors").rename(moved)
@@ -125,7 +125,7 @@ def test_missing_or_foreign_checkpoint_files(tmp_path, tiny_model_kwargs):
 def test_vit_base_adapter_file_size_is_about_9_mb():
     """2.21 M float32 learnable values: an adapter file of ~8.9 MB, not the 350 MB of ViT-B."""
     with torch.device("meta"):
-        model = build_model(12)
+        model = build_model(12, backbone_weights="random")
     size_mb = sum(p.numel() * p.element_size() for p in model.learnable_parameters()) / 1e6
     assert 8.5 < size_mb < 9.5
 

@@ -25,7 +25,7 @@ FACE_FRAMES, BLANK_FRAMES = 6, 3
 def checkpoint(tmp_path_factory) -> Path:
     """A tiny random AUFormer marked as trained on the synthetic dataset."""
     torch.manual_seed(0)
-    model = auformer.build_model(len(AUS), backbone="vit_tiny_patch16_224", img_size=32, aus=AUS,
+    model = auformer.build_model(len(AUS), backbone="vit_tiny_patch16_224", backbone_weights="random", img_size=32, aus=AUS,
                                  backbone_kwargs=dict(patch_size=8, embed_dim=32, depth=2, num_heads=2))
     torch.nn.init.normal_(model.head.weight, std=0.5)  # spread the probabilities away from 0.5
     path = tmp_path_factory.mktemp("ckpt") / "tiny"

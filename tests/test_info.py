@@ -34,7 +34,7 @@ def test_info_json_for_a_tiny_backbone(capsys, tmp_path):
     assert info["backbone_gflops"] * 1e9 == pytest.approx(2 * _tiny_vit_macs())
     assert info["gmacs"] == pytest.approx(info["gflops"] / 2)
     assert info["gflops"] > info["backbone_gflops"]
-    model = build_model(3, "vit_tiny_patch16_224", img_size=32, backbone_kwargs=json.loads(TINY_KWARGS_JSON))
+    model = build_model(3, "vit_tiny_patch16_224", "random", img_size=32, backbone_kwargs=json.loads(TINY_KWARGS_JSON))
     assert {"learnable": info["learnable_params"], "total": info["total_params"]} == count_parameters(model)
 
 

@@ -37,12 +37,20 @@ MDWA_ENTRIES = [
 ]
 MDWA_EXPECTED = 2.60974339 / 6  # batch mean of (1/N) sum_i = sum of the six entries / 6
 
-# WDI, eps 1, per entry omega_i * (1 - (2yp + 1) / (y^2 + p^2 + 1)):
+# WDI per (sample, AU) (reduction="sample"), eps 1, per entry omega_i * (1 - (2yp + 1) / (y^2 + p^2 + 1)):
 WDI_ENTRIES = [
     [0.6 * (1 - 2.6 / 2.64), 1.2 * (1 - 1 / 1.09), 1.2 * (1 - 1 / 1.0025)],  # 0.00909091, 0.09908257, 0.00299252
     [0.6 * (1 - 1 / 1.36), 1.2 * (1 - 2 / 2.25), 1.2 * (1 - 1 / 1.81)],  # 0.15882353, 0.13333333, 0.53701657
 ]
 WDI_EXPECTED = 0.94033943 / 6
+
+# WDI over the batch (reduction="batch", the default), eps 1, per AU omega_i * (1 - (2 sum py + 1) / (sum p^2 + sum y^2 + 1)):
+WDI_BATCH_AUS = [
+    0.6 * (1 - (2 * 0.8 + 1) / (0.64 + 0.36 + 1 + 1)),  # p (0.8, 0.6), y (1, 0): 0.6 * 0.4/3 = 0.08
+    1.2 * (1 - (2 * 0.5 + 1) / (0.09 + 0.25 + 1 + 1)),  # p (0.3, 0.5), y (0, 1): 1.2 * 0.34/2.34 = 0.17435897
+    1.2 * (1 - 1 / (0.0025 + 0.81 + 1)),  # p (0.05, 0.9), y (0, 0): 1.2 * 0.8125/1.8125 = 0.53793103
+]
+WDI_BATCH_EXPECTED = 0.79229001 / 3  # mean over the 3 AUs
 
 
 def test_au_weights_hand_values_and_floor():
@@ -68,7 +76,41 @@ def test_mdwa_hand_example():
 
 def test_wdi_hand_example():
     assert sum(map(sum, WDI_ENTRIES)) == pytest.approx(0.94033943, abs=1e-7)
-    assert wdi_loss(LOGITS, TARGETS, RATES).item() == pytest.approx(WDI_EXPECTED, abs=1e-7)
+    assert sum(WDI_BATCH_AUS) == pytest.approx(0.79229001, abs=1e-7)
+    assert wdi_loss(LOGITS, TARGETS, RATES, reduction="sample").item() == pytest.approx(WDI_EXPECTED, abs=1e-7)
+    assert wdi_loss(LOGITS, TARGETS, RATES).item() == pytest.approx(WDI_BATCH_EXPECTED, abs=1e-7)  # batch by default
+
+
+def _dice_grad(p, y, overlap, squares, eps=1.0):
+    """d/dp of 1 - (2 overlap + eps) / (squares + eps), where overlap has slope y and squares slope 2p in p."""
+    return -(2 * y * (squares + eps) - (2 * overlap + eps) * 2 * p) / (squares + eps) ** 2
+
+
+def test_wdi_gradients_match_hand_formulas():
+    """dL/dz = omega_i / N * dl/dp * p (1 - p) (batch) and omega_i / (B N) * dl/dp * p (1 - p) (sample)."""
+    omega, p, y = torch.tensor([0.6, 1.2, 1.2], dtype=torch.float64), PROBS, TARGETS
+    batch = _dice_grad(p, y, (p * y).sum(0), (p * p).sum(0) + (y * y).sum(0)) * omega / 3 * p * (1 - p)
+    sample = _dice_grad(p, y, p * y, p * p + y * y) * omega / 6 * p * (1 - p)
+    # AU1 by hand: overlap 0.8, squares 2, so for p=0.8, y=1: -(2*3 - 2.6*1.6)/9 = -0.20444444; * 0.2 * 0.16 = -0.00654222
+    assert batch[0, 0].item() == pytest.approx(-(2 * 3 - 2.6 * 1.6) / 9 * 0.2 * 0.16, abs=1e-12)
+    for reduction, expected in (("batch", batch), ("sample", sample)):
+        logits = LOGITS.clone().requires_grad_()
+        wdi_loss(logits, TARGETS, RATES, reduction=reduction).backward()
+        torch.testing.assert_close(logits.grad, expected, rtol=1e-6, atol=1e-12)  # omega is float32
+
+
+def test_wdi_batch_form_costs_a_missed_rare_positive_more_than_a_false_positive():
+    """One positive among ten (a rare AU). Missing it: batch 1 - 1/2 = 0.5, per sample 0.5/10 = 0.05.
+    One false positive instead: batch 1 - 3/4 = 0.25, per sample also 0.05. Only the batch form
+    makes missing the rare positive the costlier error (the bias toward "absent" it counters)."""
+    y = torch.tensor([[1.0]] + [[0.0]] * 9)
+    missed = torch.logit(torch.tensor([[1e-6]] + [[1e-6]] * 9), eps=0).double()
+    false_positive = torch.logit(torch.tensor([[1 - 1e-6]] + [[1 - 1e-6]] + [[1e-6]] * 8)).double()
+    rate = [0.1]
+    assert wdi_loss(missed, y, rate).item() == pytest.approx(1 - 1 / 2, abs=1e-4)  # 1 - (0 + 1) / (0 + 1 + 1)
+    assert wdi_loss(false_positive, y, rate).item() == pytest.approx(1 - 3 / 4, abs=1e-4)  # 1 - (2 + 1) / (2 + 1 + 1)
+    assert wdi_loss(missed, y, rate, reduction="sample").item() == pytest.approx(0.05, abs=1e-4)
+    assert wdi_loss(false_positive, y, rate, reduction="sample").item() == pytest.approx(0.05, abs=1e-4)
 
 
 def test_weighted_bce_hand_example():
@@ -85,10 +127,10 @@ def test_auformer_loss_is_sum_of_terms():
     aux = LOGITS.flip(0)
     parts = auformer_loss(LOGITS, aux, TARGETS, RATES, margin=0.1)
     assert parts["mdwa"].item() == pytest.approx(MDWA_EXPECTED, abs=1e-7)
-    assert parts["wdi"].item() == pytest.approx(WDI_EXPECTED, abs=1e-7)
+    assert parts["wdi"].item() == pytest.approx(WDI_BATCH_EXPECTED, abs=1e-7)
     assert parts["mdwa_aux"].item() == pytest.approx(mdwa_loss(aux, TARGETS, RATES, margin=0.1).item())
-    assert parts["total"].item() == pytest.approx(MDWA_EXPECTED + WDI_EXPECTED + parts["mdwa_aux"].item())
-    no_aux = auformer_loss(LOGITS, None, TARGETS, RATES, margin=0.1)
+    assert parts["total"].item() == pytest.approx(MDWA_EXPECTED + WDI_BATCH_EXPECTED + parts["mdwa_aux"].item())
+    no_aux = auformer_loss(LOGITS, None, TARGETS, RATES, margin=0.1, wdi_reduction="sample")
     assert no_aux["mdwa_aux"].item() == 0.0
     assert no_aux["total"].item() == pytest.approx(MDWA_EXPECTED + WDI_EXPECTED)
 
@@ -135,6 +177,7 @@ def _all_losses(logits, targets, mask=None):
     return {
         "mdwa": mdwa_loss(logits, targets, RATES, margin=0.1, mask=mask),
         "wdi": wdi_loss(logits, targets, RATES, mask=mask),
+        "wdi_sample": wdi_loss(logits, targets, RATES, mask=mask, reduction="sample"),
         "wa": wa_loss(logits, targets, RATES, mask=mask),
         "wbce": weighted_bce_loss(logits, targets, RATES, mask=mask),
     }
@@ -154,7 +197,7 @@ def test_masked_entries_change_nothing_even_with_junk():
     clean_logits = LOGITS.clone().requires_grad_()
     junk_logits = torch.where(mask > 0, LOGITS, torch.full_like(LOGITS, 1e4)).requires_grad_()
     junk_targets = torch.where(mask > 0, TARGETS, torch.tensor(float("nan"), dtype=torch.float64))
-    for name in ("mdwa", "wdi", "wa", "wbce"):
+    for name in ("mdwa", "wdi", "wdi_sample", "wa", "wbce"):
         clean = _all_losses(clean_logits, TARGETS, mask)[name]
         junk = _all_losses(junk_logits, junk_targets, mask)[name]
         clean_grad, junk_grad = torch.autograd.grad(clean, clean_logits)[0], torch.autograd.grad(junk, junk_logits)[0]
@@ -219,6 +262,7 @@ def test_gradcheck_float64(margin, gamma_bounds):
     assert ((p - margin).abs() > 1e-3).all()  # away from the kink at p = m
     assert torch.autograd.gradcheck(lambda z: mdwa_loss(z, targets, rates, margin, gamma_bounds, mask), (logits,))
     assert torch.autograd.gradcheck(lambda z: wdi_loss(z, targets, rates, mask=mask), (logits,))
+    assert torch.autograd.gradcheck(lambda z: wdi_loss(z, targets, rates, mask=mask, reduction="sample"), (logits,))
     assert torch.autograd.gradcheck(lambda z: weighted_bce_loss(z, targets, rates, mask=mask), (logits,))
 
 

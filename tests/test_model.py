@@ -51,7 +51,7 @@ def test_expert_parameter_count_matches_paper():
 def test_vit_base_learnable_parameters_on_meta_device():
     """ViT-B/16, 12 AUs: 24 groups x 12 experts x 7620 + two 768 -> 12 heads = 2.21 M (SPEC: about 2.2 M)."""
     with torch.device("meta"):
-        model = build_model(12)
+        model = build_model(12, backbone_weights="random")
     learnable = sum(p.numel() for p in model.learnable_parameters())
     assert learnable == 24 * 12 * 7620 + 2 * (768 * 12 + 12) == 2_213_016
 

@@ -22,7 +22,7 @@ ONE_EPOCH = ["train.epochs=1", "train.checkpoint_every=1000"]
 
 def _tiny_overrides(*extra: str) -> list[str]:
     """TINY's model/input/train sections as --set strings (for real-data presets)."""
-    sections = {"model": {**TINY["model"], "backbone_weights": None}, "train": TINY["train"]}
+    sections = {"model": TINY["model"], "train": TINY["train"]}
     sections["data"] = {key: TINY["data"][key] for key in ("img_size", "resize_size", "color_jitter", "hflip", "num_workers")}
     return [f"{s}.{k}={json.dumps(v)}" for s, values in sections.items() for k, v in values.items()] + ONE_EPOCH + list(extra)
 

@@ -17,8 +17,9 @@ import torch
 
 from test_train import write_tiny_preset
 
-# 160 training faces at batch 16: 10 steps an epoch, a resume point every 3 steps.
-UPDATES = {"train": {"epochs": 2, "checkpoint_every": 3}}
+# 160 training faces at batch 16: 10 steps an epoch, a resume point every 3 steps. The step
+# budget (16 steps) ends the second epoch after 6 of its 10 batches.
+LENGTHS = {"epochs": {"epochs": 2}, "steps": {"steps": 16}}
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # same arithmetic in every process
 
 
@@ -41,8 +42,9 @@ def _wait_for_mid_epoch_state(process: subprocess.Popen, state_file: Path, epoch
 
 
 @pytest.mark.slow
-def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path):
-    preset = write_tiny_preset(tmp_path / "tiny.yaml", **UPDATES)
+@pytest.mark.parametrize("length", LENGTHS)
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path, length):
+    preset = write_tiny_preset(tmp_path / "tiny.yaml", train={**LENGTHS[length], "checkpoint_every": 3})
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     uninterrupted = _train(preset, reference)
 
@@ -70,3 +72,5 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path):
     history_a, history_b = pd.read_csv(reference / "metrics.csv"), pd.read_csv(killed / "metrics.csv")
     assert history_b["epoch"].tolist() == [1, 2]
     np.testing.assert_allclose(history_b["train_loss"], history_a["train_loss"], rtol=1e-6)
+    steps = {"epochs": 20, "steps": 16}[length]
+    assert json.loads((killed / "best.json").read_text())["extra"]["steps_completed"] == steps

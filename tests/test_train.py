@@ -26,7 +26,7 @@ TINY = {
         "synthetic_images": 240, "synthetic_size": 64, "synthetic_subjects": 12,
     },
     "model": {
-        "backbone": "vit_tiny_patch16_224", "dropout": 0.0,
+        "backbone": "vit_tiny_patch16_224", "backbone_weights": "random", "dropout": 0.0,
         "backbone_kwargs": {"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2},
     },
     "train": {"epochs": 2, "batch_size": 16, "lr": 3.0e-3, "warmup_epochs": 0.0, "checkpoint_every": 3},
@@ -62,7 +62,9 @@ def test_metrics_json_has_the_documented_schema(tiny_run):
     run_dir, returned = tiny_run
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics == returned
-    assert set(metrics) == {"mean_f1", "per_au"}
+    assert set(metrics) == {"mean_f1", "per_au", "backbone_weights"}
+    assert metrics["backbone_weights"] == "random"  # what the scores stand on, recorded
+    assert json.loads((run_dir / "best.json").read_text())["backbone"]["weights"] == "random"
     assert len(metrics["per_au"]) == 12
     for scores in metrics["per_au"].values():
         assert set(scores) == {"f1", "precision", "recall", "support"}
@@ -143,7 +145,7 @@ def test_fold_mean_and_table_by_hand():
     def run(f1_a: float, f1_b: float, support: int) -> dict:
         per_au = {"AU01": {"f1": f1_a, "precision": 0.5, "recall": 1.0, "support": support},
                   "AU02": {"f1": f1_b, "precision": 0.0, "recall": 0.0, "support": support}}  # fmt: skip
-        return {"mean_f1": (f1_a + f1_b) / 2, "per_au": per_au}
+        return {"mean_f1": (f1_a + f1_b) / 2, "per_au": per_au, "backbone_weights": "random"}
 
     mean = trainer.mean_metrics([run(0.6, 0.2, 3), run(0.8, 0.0, 5)])
     assert mean["mean_f1"] == pytest.approx(0.4)

@@ -98,17 +98,8 @@ def _run_export(args: argparse.Namespace) -> None:
     run_export(args)
 
 
-def _add_prepare(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser(
-        "prepare",
-        help="convert a raw BP4D / DISFA / CASME II release into a prepared dataset folder",
-        description="Read the official raw release, align faces (or only resize with --align none) and write "
-        "OUT_DIR/images/, manifest.csv, folds.json (the literature's folds) and prepare_report.json "
-        "(frames written, missing, unreadable, without a face; unknown labels per AU). Layouts: docs/datasets.md.",
-    )
-    parser.add_argument("dataset", choices=("bp4d", "disfa", "casme2"), help="which raw release RAW_DIR holds")
-    parser.add_argument("raw_dir", metavar="RAW_DIR", help="folder of the raw release (label files and images/videos)")
-    parser.add_argument("out_dir", metavar="OUT_DIR", help="folder to write the prepared dataset to")
+def _add_prepare_flags(parser: argparse.ArgumentParser) -> None:
+    """--align / --face-detector / --size / --workers, shared by every `prepare` source."""
     parser.add_argument("--align", default="auto", choices=("auto", "none"),
                         help="auto: detect and align faces; none: images are already face crops, only resized (default: %(default)s)")
     parser.add_argument("--face-detector", default="dlib", choices=FACE_DETECTORS,
@@ -116,6 +107,36 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--size", type=int, default=256, metavar="PX", help="side of the square face crops in pixels (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=None, metavar="K",
                         help="worker processes (default: the CPU count, at most 8)")
+
+
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "prepare",
+        help="convert a raw BP4D / DISFA / CASME II release, or your own labelled faces, into a prepared dataset folder",
+        description="Read the official raw release (or a folder of photos/videos with a label CSV), align faces (or only "
+        "resize with --align none) and write OUT_DIR/images/, manifest.csv, folds.json and prepare_report.json "
+        "(frames written, missing, unreadable, without a face; unknown labels per AU). Layouts: docs/datasets.md.",
+    )
+    sources = parser.add_subparsers(dest="dataset", metavar="SOURCE", required=True)
+    for name in ("bp4d", "disfa", "casme2"):
+        release = sources.add_parser(name, help=f"the official {name.upper()} release (the protocol's folds, docs/datasets.md)",
+                                     description=f"Convert the official raw {name.upper()} release; folds.json holds the protocol's folds.")
+        release.add_argument("raw_dir", metavar="RAW_DIR", help="folder of the raw release (label files and images/videos)")
+        release.add_argument("out_dir", metavar="OUT_DIR", help="folder to write the prepared dataset to")
+        _add_prepare_flags(release)
+    folder = sources.add_parser(
+        "folder", help="your own photos/videos with a label CSV (subject-exclusive folds)",
+        description="INPUT holds photos and/or videos; LABELS.csv has columns file, frame (0-based, videos only), "
+        "subject and AU columns (AU12, 12, AU12_c = occurrence 1/0; AU12_r, AU12_int = intensity 0-5; empty, -1 "
+        "or 9 = unknown). Files without a face, missing or unreadable, and unusable rows go to prepare_report.json.",
+    )  # fmt: skip
+    folder.add_argument("raw_dir", metavar="INPUT", help="folder the label file's paths are relative to")
+    folder.add_argument("labels", metavar="LABELS.csv", help="label file (one row per photo or video frame)")
+    folder.add_argument("out_dir", metavar="OUT_DIR", help="folder to write the prepared dataset to")
+    folder.add_argument("--folds", type=int, default=3, metavar="K", help="number of subject-exclusive folds (default: %(default)s)")
+    folder.add_argument("--intensity-threshold", type=float, default=None, metavar="T",
+                        help="occurrence = intensity >= T for intensity columns (AU12_r, AU12_int), e.g. 2 (required with them)")
+    _add_prepare_flags(folder)
     parser.set_defaults(func=_run_prepare)
 
 
@@ -124,10 +145,38 @@ def _run_prepare(args: argparse.Namespace) -> None:
     from auformer.data.converters.bp4d import prepare_bp4d
     from auformer.data.converters.casme2 import prepare_casme2
     from auformer.data.converters.disfa import prepare_disfa
+    from auformer.data.converters.folder import prepare_folder
 
+    options = dict(align=args.align, detector=args.face_detector, size=args.size,
+                   workers=default_workers() if args.workers is None else args.workers)
+    if args.dataset == "folder":
+        prepare_folder(args.raw_dir, args.labels, args.out_dir, folds=args.folds,
+                       intensity_threshold=args.intensity_threshold, **options)
+        return
     prepare = {"bp4d": prepare_bp4d, "disfa": prepare_disfa, "casme2": prepare_casme2}[args.dataset]
-    workers = default_workers() if args.workers is None else args.workers
-    prepare(args.raw_dir, args.out_dir, align=args.align, detector=args.face_detector, size=args.size, workers=workers)
+    prepare(args.raw_dir, args.out_dir, **options)
+
+
+def _add_weights(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "weights",
+        help="download pre-trained backbone weights once, for offline compute nodes",
+        description="Download a timm tag's weight file from the Hugging Face Hub into a folder (run it on a machine "
+        "with a network), then train with --set model.backbone_weights=DIR/model.safetensors. See docs/training.md.",
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    download = actions.add_parser("download", help="download TAG's weight file into --out",
+                                  description="Download TAG's weight file (model.safetensors) into DIR and print its path.")
+    download.add_argument("tag", metavar="TAG", help="timm pretrained tag, e.g. vit_base_patch16_224.augreg_in1k")
+    download.add_argument("--out", required=True, metavar="DIR", help="folder to write the weight file to")
+    parser.set_defaults(func=_run_weights)
+
+
+def _run_weights(args: argparse.Namespace) -> None:
+    from auformer.model.hub import download_weights
+
+    path = download_weights(args.tag, args.out)
+    print(f"wrote {path}; train with --set model.backbone_weights={path}")
 
 
 def _add_synth(sub: argparse._SubParsersAction) -> None:
@@ -197,6 +246,24 @@ def _add_run_flags(parser: argparse.ArgumentParser, default_preset: str, data_he
                         help="output folder (default: runs/<preset>-<UTC timestamp>)")
 
 
+def _add_dry_run_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check data, folds, AUs per fold, weights, device, output folder and disk space, print the "
+                        "plan (runs, steps, warm-up, evaluations) and stop without training")
+
+
+def _dry_run(args: argparse.Namespace, config, out: str) -> bool:
+    """Run the dry run when asked; True when it did (failures raise one line)."""
+    if not args.dry_run:
+        return False
+    from auformer.engine.dryrun import dry_run
+
+    problems = dry_run(config, out, args.command)
+    if problems:
+        raise ValueError(f"dry run found {len(problems)} problem(s); first: {problems[0]}")
+    return True
+
+
 def _run_config(args: argparse.Namespace, **data_values: object):
     """The validated config of a command and its output folder."""
     import time
@@ -227,6 +294,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     _add_run_flags(parser, "synthetic", _DATA_HELP)
     parser.add_argument("--resume", default=None, metavar="RUN_DIR",
                         help="continue a killed run from its folder, with its own config.yaml (not combinable with --set/--data/--out)")
+    _add_dry_run_flag(parser)
     parser.set_defaults(func=_run_train)
 
 
@@ -239,7 +307,8 @@ def _run_train(args: argparse.Namespace) -> None:
         trainer.resume(args.resume)
         return
     config, out = _run_config(args)
-    trainer.train(config, out)
+    if not _dry_run(args, config, out):
+        trainer.train(config, out)
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -286,6 +355,7 @@ def _add_protocol(sub: argparse._SubParsersAction, name: str, default_preset: st
     """A multi-run protocol command (cv, cross-domain, data-efficiency): run flags + ``_run_protocol``."""
     parser = sub.add_parser(name, **texts)
     _add_run_flags(parser, default_preset, data_help)
+    _add_dry_run_flag(parser)
     parser.set_defaults(func=_run_protocol)
     return parser
 
@@ -322,6 +392,8 @@ def _run_protocol(args: argparse.Namespace) -> None:
     from auformer.engine import trainer
 
     config, out = _run_config(args, target_root=getattr(args, "target", None))
+    if _dry_run(args, config, out):
+        return
     run = trainer.data_efficiency if args.command == "data-efficiency" else trainer.cross_validate
     run(config, out)
 
@@ -357,7 +429,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"auformer {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_info, _add_detect, _add_export, _add_prepare, _add_train, _add_evaluate, _add_cv, _add_cross_domain, _add_data_efficiency, _add_synth, _add_pretrain_synthetic, _add_push,):
+    commands = (
+        _add_info, _add_detect, _add_export, _add_prepare, _add_train, _add_evaluate, _add_cv, _add_cross_domain,
+        _add_data_efficiency, _add_synth, _add_pretrain_synthetic, _add_push, _add_weights,
+    )
+    for add in commands:
         add(sub)
     return parser
 

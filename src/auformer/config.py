@@ -49,7 +49,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     backbone: str = "vit_base_patch16_224"  # timm ViT name
-    backbone_weights: str | None = None  # local .safetensors/.pth file, "hub", "synthetic" or None (random)
+    backbone_weights: str = "hub"  # "hub" (timm tag's weights, HF cache first), a local .safetensors/.pth/.npz file, "synthetic" or "random"
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm create_model kwargs
     moke: str = "fused"  # expert-group implementation: "fused" (fast) or "reference" (literal)
     d: int = 4  # expert width after the down-projection
@@ -71,16 +71,19 @@ class LossConfig:
     margin: float = 0.1  # MDWA truncation margin m (BP4D 0.1, DISFA 0.15, CASME II 0.3)
     gamma_bounds: list[float] = field(default_factory=lambda: [1.0, 2.0])  # MDWA [B_L, B_R]
     eps: float = 1.0  # WDI smoothing term
+    wdi_reduction: str = "batch"  # WDI dice per AU over the batch (JAA-Net, default) or per (sample, AU): batch or sample
 
 
 @dataclass
 class TrainConfig:
     epochs: int = 20  # passes over the training split
+    steps: int | None = None  # length in optimiser steps (overrides epochs; the last epoch stops at the budget)
     batch_size: int = 64  # global batch size (split across DDP processes)
     lr: float = 5e-4  # peak AdamW learning rate
     head_lr: float | None = None  # peak learning rate of the classification heads; None = lr
     min_lr: float = 1e-6  # learning rate at the end of the cosine decay
-    warmup_epochs: float = 1.0  # linear warm-up length in epochs (per-step schedule)
+    warmup_epochs: float = 1.0  # linear warm-up length in epochs (per-step schedule), at most 10% of the run
+    warmup_steps: int | None = None  # linear warm-up in optimiser steps (overrides warmup_epochs; at most the run minus one step)
     weight_decay: float = 5e-4  # AdamW decoupled weight decay
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW betas
     grad_accum: int = 1  # micro-batches per optimiser step
@@ -90,7 +93,8 @@ class TrainConfig:
     device: str = "auto"  # auto (cuda if available), cpu or cuda
     seed: int = 0  # seeds model init, sampling order, augmentation and dropout
     threshold: float = 0.5  # probability threshold for F1
-    eval_every: int = 1  # evaluate every this many epochs (and always after the last)
+    eval_every: int = 1  # evaluate every this many epochs (and always after the last); ignored with train.steps
+    eval_every_steps: int | None = None  # with train.steps: evaluate at the end of the epoch reaching each multiple; None = at the end only
     checkpoint_every: int = 50  # write a resumable checkpoint every this many optimiser steps
 
 
@@ -110,6 +114,7 @@ class Config:
 _CHOICES = {
     ("model", "moke"): ("fused", "reference"),
     ("loss", "name"): ("mdwa", "wa", "weighted_bce"),
+    ("loss", "wdi_reduction"): ("batch", "sample"),
     ("train", "amp"): ("none", "bf16", "fp16"),
     ("train", "device"): ("auto", "cpu", "cuda"),
 }
@@ -256,7 +261,41 @@ def validate(config: Config) -> Config:
             raise ValueError(f"config train.{name}: {getattr(train, name)} must be >= 1")
     if train.lr <= 0:
         raise ValueError(f"config train.lr: {train.lr} must be > 0")
+    for name, low in (("steps", 1), ("warmup_steps", 0), ("eval_every_steps", 1)):
+        value = getattr(train, name)
+        if value is not None and value < low:
+            raise ValueError(f"config train.{name}: {value} must be >= {low} (or null)")
+    _validate_weights(config.model.backbone_weights)
+    _validate_switches(config)
     return config
+
+
+def _validate_weights(weights: str) -> None:
+    """A weight source by name, or something that looks like a weight file (its existence is checked at setup)."""
+    from auformer.model.backbone import WEIGHT_SOURCES, WEIGHT_SUFFIXES
+
+    if weights not in WEIGHT_SOURCES and not weights.endswith(WEIGHT_SUFFIXES):
+        raise ValueError(f"config model.backbone_weights: {weights!r} is not one of {', '.join(WEIGHT_SOURCES)} "
+                         f"nor a weight file ({', '.join(WEIGHT_SUFFIXES)})")
+
+
+def _validate_switches(config: Config) -> None:
+    """Refuse ablation-switch combinations that have no meaning (docs/training.md, "Ablation switches")."""
+    model, loss = config.model, config.loss
+    if not model.collaborate and (model.aux_head or loss.aux_weight > 0):
+        raise ValueError("config model.collaborate: false (the paper's no-collaboration rows: one shared expert per group) "
+                         "has no per-AU experts for auxiliary heads; also pass --set model.aux_head=false --set loss.aux_weight=0")
+    if not model.aux_head and loss.aux_weight > 0:
+        raise ValueError(f"config loss.aux_weight: {loss.aux_weight} weights an auxiliary loss, but model.aux_head is false; "
+                         "pass --set loss.aux_weight=0 (or keep the heads)")
+    if loss.aux_weight < 0:
+        raise ValueError(f"config loss.aux_weight: {loss.aux_weight} must be >= 0")
+    if loss.eps <= 0:
+        raise ValueError(f"config loss.eps: {loss.eps} must be > 0 (it keeps the WDI ratio finite)")
+    if not 0 <= loss.margin < 1:
+        raise ValueError(f"config loss.margin: {loss.margin} must be in [0, 1)")
+    if len(loss.gamma_bounds) != 2 or min(loss.gamma_bounds) <= 0:
+        raise ValueError(f"config loss.gamma_bounds: {loss.gamma_bounds} must be two positive numbers [B_L, B_R]")
 
 
 def save_config(config: Config, path: str | Path) -> None:

@@ -1,7 +1,8 @@
 """AUFormer losses (SPEC section 2, paper eqs. 6-9) and the baselines they are compared to.
 
 All losses take raw logits ``(B, N)`` and targets ``(B, N)`` in ``{0, 1}`` and return a
-scalar: the batch mean of the per-sample loss ``(1/N) sum_i omega_i * l_i``.
+scalar: the batch mean of the per-sample loss ``(1/N) sum_i omega_i * l_i``. The exception
+is WDI's default batch form, one dice per AU over the whole batch (see ``wdi_loss``).
 
 Masking: ``mask`` (same shape, 1 = known label, 0 = unknown) removes entries. The
 loss is the sum of ``omega_i * l[b, i]`` over known entries divided by the number of
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 # Occurrence rates are clamped to at least this before 1/r: an AU that never occurs in
 # the training split gets a large but finite weight instead of inf/NaN.
 MIN_OCCURRENCE_RATE = 1e-3
+WDI_REDUCTIONS = ("batch", "sample")  # dice per AU over the batch (JAA-Net), or per (sample, AU)
 
 
 def au_weights(occurrence_rate: torch.Tensor | Sequence[float]) -> torch.Tensor:
@@ -94,17 +96,33 @@ def wdi_loss(
     occurrence_rate: torch.Tensor | Sequence[float],
     eps: float = 1.0,
     mask: torch.Tensor | None = None,
+    reduction: str = "batch",
 ) -> torch.Tensor:
-    """Weighted multi-label dice loss (paper eq. 8): ``1 - (2 y p + eps) / (y^2 + p^2 + eps)`` per entry.
+    """Weighted multi-label dice loss (paper eq. 8), ``(1/N) sum_i omega_i l_i``.
 
-    Counters the bias towards predicting absence that the asymmetric loss alone leaves.
+    ``reduction="batch"`` (default, JAA-Net's dice that the paper cites): one dice per AU
+    over the known entries of the batch, ``l_i = 1 - (2 sum_b p y + eps) / (sum_b p^2 +
+    sum_b y^2 + eps)``. With eps = 1 this counters the bias towards "absent": the batch
+    sums dwarf eps, so a missed positive costs as much as a false positive.
+    ``reduction="sample"``: eq. 8 read per (sample, AU), ``1 - (2 y p + eps) / (y^2 + p^2 + eps)``
+    averaged over known entries like the other losses; there eps = 1 is as large as the
+    terms, so negatives (y = 0: ``p^2 / (p^2 + 1)``) are pushed harder than positives.
+    Under DDP the batch is the process's local batch (docs/losses.md).
+    logits, targets, mask: (B, N); occurrence_rate: (N,). Returns a scalar.
     """
     if eps <= 0:
         raise ValueError(f"wdi_loss: eps must be > 0 (it keeps the ratio finite), got {eps}")
+    if reduction not in WDI_REDUCTIONS:
+        raise ValueError(f"wdi_loss: reduction must be one of {', '.join(WDI_REDUCTIONS)}, got {reduction!r}")
     logits, targets, weights, mask = _prepare(logits, targets, occurrence_rate, mask)
-    prob = torch.sigmoid(logits)
-    per_entry = 1.0 - (2.0 * targets * prob + eps) / (targets.square() + prob.square() + eps)  # (B, N)
-    return _masked_weighted_mean(per_entry, weights, mask)
+    prob = torch.where(mask, torch.sigmoid(logits), torch.zeros_like(logits))  # unknown entries add nothing
+    if reduction == "sample":
+        per_entry = 1.0 - (2.0 * targets * prob + eps) / (targets.square() + prob.square() + eps)  # (B, N)
+        return _masked_weighted_mean(per_entry, weights, mask)
+    overlap = (targets * prob).sum(0)  # (N,)
+    squares = prob.square().sum(0) + targets.square().sum(0)  # (N,)
+    per_au = 1.0 - (2.0 * overlap + eps) / (squares + eps)  # (N,); an AU without known entries gives 0
+    return (weights * per_au).mean()
 
 
 def auformer_loss(
@@ -116,6 +134,7 @@ def auformer_loss(
     gamma_bounds: tuple[float, float] = (1.0, 2.0),
     eps: float = 1.0,
     mask: torch.Tensor | None = None,
+    wdi_reduction: str = "batch",
 ) -> dict[str, torch.Tensor]:
     """The AUFormer objective (paper eq. 9): MDWA(main) + WDI(main) + MDWA(aux).
 
@@ -124,7 +143,7 @@ def auformer_loss(
     every run logs the same keys.
     """
     mdwa = mdwa_loss(logits, targets, occurrence_rate, margin, gamma_bounds, mask)
-    wdi = wdi_loss(logits, targets, occurrence_rate, eps, mask)
+    wdi = wdi_loss(logits, targets, occurrence_rate, eps, mask, wdi_reduction)
     if aux_logits is None:
         mdwa_aux = torch.zeros((), dtype=mdwa.dtype, device=mdwa.device)
     else:

@@ -18,6 +18,7 @@ import dataclasses
 import json
 import math
 import random
+import sys
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -46,9 +47,11 @@ from auformer.data import (
 )
 from auformer.engine import checkpointing, distributed
 from auformer.engine.logging import RunLogger
+from auformer.engine.schedule import plan_run
 from auformer.files import atomic_path, atomic_write_text
 from auformer.metrics import au_metrics, metrics_table_markdown
 from auformer.model.auformer import build_model
+from auformer.model.backbone import resolve_weights
 from auformer.model.checkpoint import load_adapter_weights, load_checkpoint, save_checkpoint
 
 METRIC_KEYS = ("f1", "precision", "recall", "support")  # per-AU fields of metrics.json
@@ -71,6 +74,7 @@ class Splits:
     train: AUTable
     test: AUTable
     val: AUTable | None  # picks the best checkpoint when given
+    full_train_size: int  # training samples before data.train_fraction subsampling
 
 
 def load_source(config: Config, root: str | None = None) -> Source:
@@ -122,11 +126,26 @@ def build_splits(config: Config, source: Source, target: Source | None = None) -
         val_subjects = source.folds[data.val_fold]
         val = train.subset(np.isin(train.subjects, val_subjects))
         train = train.subset(~np.isin(train.subjects, val_subjects))
+    full_train_size = len(train)
     if data.train_fraction < 1:
         train = equidistant_subsample(train, data.train_fraction)
     if len(train) == 0:
         raise ValueError(f"fold {data.fold}: the training split is empty")
-    return Splits(train, test, val)
+    return Splits(train, test, val, full_train_size)
+
+
+def check_backbone_weights(config: Config, verbose: bool = True) -> str:
+    """Resolve ``model.backbone_weights`` before any data is read: the file to load, or ``"random"``.
+
+    ``hub`` is looked up in the Hugging Face cache, else downloaded; when neither works
+    this raises the one-line error of ``auformer.model.hub``. ``random`` only warns.
+    """
+    model = config.model
+    resolved = resolve_weights(model.backbone_weights, model.backbone)
+    if resolved == "random" and verbose:
+        print(f"warning: backbone_weights is 'random': {model.backbone} keeps its random init, frozen; the scores will "
+              "not reflect a pre-trained backbone (recorded in metrics.json and the checkpoint JSON)", file=sys.stderr, flush=True)
+    return resolved
 
 
 # ---------------------------------------------------------------- loss
@@ -149,7 +168,7 @@ def build_loss(config: Config) -> Any:
     def loss(output: Any, targets: torch.Tensor, rate: torch.Tensor) -> dict[str, torch.Tensor]:
         terms = {cfg.name: classify(output.logits, targets, rate)}
         if cfg.wdi:
-            terms["wdi"] = losses.wdi_loss(output.logits, targets, rate, eps=cfg.eps)
+            terms["wdi"] = losses.wdi_loss(output.logits, targets, rate, eps=cfg.eps, reduction=cfg.wdi_reduction)
         if output.aux_logits is not None and cfg.aux_weight > 0:
             terms[f"{cfg.name}_aux"] = cfg.aux_weight * classify(output.aux_logits, targets, rate)
         terms["total"] = sum(terms.values())
@@ -161,20 +180,25 @@ def build_loss(config: Config) -> Any:
 # ---------------------------------------------------------------- results
 
 
-def metrics_json(metrics: dict[str, Any]) -> dict[str, Any]:
-    """``metrics.json`` content from ``au_metrics`` output: ``{"mean_f1", "per_au": {"AU01": {f1, precision, recall, support}}}``."""
+def metrics_json(metrics: dict[str, Any], backbone_weights: str) -> dict[str, Any]:
+    """``metrics.json`` content from ``au_metrics`` output:
+    ``{"mean_f1", "per_au": {"AU01": {f1, precision, recall, support}}, "backbone_weights"}``.
+
+    ``backbone_weights`` (hub, synthetic, random or the file) says what the scores stand on:
+    a ``random`` there means the adapters sat on a random frozen ViT.
+    """
     per_au = {au: {key: values[key] for key in METRIC_KEYS} for au, values in metrics["per_au"].items()}
-    return {"mean_f1": float(metrics["mean_f1"]), "per_au": per_au}
+    return {"mean_f1": float(metrics["mean_f1"]), "per_au": per_au, "backbone_weights": backbone_weights}
 
 
-def write_results(out_dir: Path, metrics: dict[str, Any], table: AUTable, probs: np.ndarray) -> None:
+def write_results(out_dir: Path, metrics: dict[str, Any], table: AUTable, probs: np.ndarray, backbone_weights: str) -> None:
     """metrics.json, per_au.csv, per_au.md and predictions.csv of one evaluation (``au_metrics`` output).
 
     predictions.csv holds the raw probabilities (``AU01_prob``) beside the labels
     (``AU01``, -1 unknown) so results can be re-scored at other thresholds.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "metrics.json", json.dumps(metrics_json(metrics), indent=2) + "\n")
+    atomic_write_text(out_dir / "metrics.json", json.dumps(metrics_json(metrics, backbone_weights), indent=2) + "\n")
     per_au = pd.DataFrame.from_dict(metrics["per_au"], orient="index").rename_axis("au").reset_index()
     atomic_write_text(out_dir / "per_au.csv", per_au.to_csv(index=False))
     atomic_write_text(out_dir / "per_au.md", metrics_table_markdown(metrics))
@@ -193,7 +217,7 @@ def mean_metrics(runs: list[dict[str, Any]]) -> dict[str, Any]:
         rows = [run["per_au"][au] for run in runs]
         per_au[au] = {key: float(np.mean([row[key] for row in rows])) for key in METRIC_KEYS[:3]}
         per_au[au]["support"] = int(sum(row["support"] for row in rows))
-    return {"mean_f1": float(np.mean([run["mean_f1"] for run in runs])), "per_au": per_au}
+    return {"mean_f1": float(np.mean([run["mean_f1"] for run in runs])), "per_au": per_au, "backbone_weights": runs[0]["backbone_weights"]}
 
 
 def cv_table_markdown(runs: dict[str, dict[str, Any]]) -> str:
@@ -224,6 +248,7 @@ class Trainer:
         if not self.resume and (self.run_dir / checkpointing.TRAIN_STATE).exists():
             raise ValueError(f"{self.run_dir} already holds a run: continue it with --resume {self.run_dir} or pick another --out")
         self.dist = distributed.setup(cfg.train.device)
+        check_backbone_weights(cfg, verbose=self.verbose and self.dist.is_main)
         if cfg.train.amp == "fp16" and self.dist.device.type != "cuda":
             raise ValueError("config train.amp: fp16 needs a CUDA device; use bf16 or none on CPU")
         per_step = self.dist.world_size * cfg.train.grad_accum
@@ -250,7 +275,7 @@ class Trainer:
 
         self.optimizer = torch.optim.AdamW(self._param_groups(), betas=tuple(cfg.train.betas), weight_decay=cfg.train.weight_decay)
         self.micro_per_epoch = math.ceil(len(self.sampler) / self.micro_batch)
-        self.steps_per_epoch = math.ceil(self.micro_per_epoch / cfg.train.grad_accum)
+        self.schedule = plan_run(cfg.train, len(self.splits.train), self.splits.full_train_size, self.micro_batch, self.dist.world_size)
         self.scheduler = self._build_scheduler()
         self.loss_fn = build_loss(cfg)
         self.scaler = torch.amp.GradScaler(self.dist.device.type, enabled=cfg.train.amp == "fp16")
@@ -297,9 +322,7 @@ class Trainer:
         """Per-step cosine decay after a linear warm-up (timm), stepped after every optimiser step."""
         from timm.scheduler import CosineLRScheduler
 
-        train = self.config.train
-        total = train.epochs * self.steps_per_epoch
-        warmup = min(round(train.warmup_epochs * self.steps_per_epoch), total - 1)
+        train, total, warmup = self.config.train, self.schedule.total_steps, self.schedule.warmup_steps
         return CosineLRScheduler(
             self.optimizer, t_initial=total - warmup, lr_min=train.min_lr, warmup_t=warmup,
             warmup_lr_init=train.min_lr, warmup_prefix=True, t_in_epochs=False,
@@ -352,19 +375,19 @@ class Trainer:
         data = self.config.data
         return {
             "dataset": data.dataset, "preset": self.config.preset, "fold": data.fold,
-            "train_samples": len(self.splits.train), "epochs_completed": self.epoch,
-            "img_size": data.img_size, "resize_size": data.resize_size,
+            "train_samples": len(self.splits.train), "epochs_completed": self.epoch, "steps_completed": self.global_step,
+            "img_size": data.img_size, "resize_size": data.resize_size, "backbone_weights": self.config.model.backbone_weights,
         }  # fmt: skip
 
     # ------------------------------------------------------------ loops
 
     def train(self) -> dict[str, Any]:
         """Run the remaining epochs, then score the test split; returns its metrics (main process writes them)."""
-        cfg = self.config.train
+        schedule = self.schedule
         test_metrics = None
-        while self.epoch < cfg.epochs:
+        while self.epoch < schedule.epochs:
             loss, images_per_s, seconds = self._train_epoch()
-            evaluate_now = (self.epoch + 1) % cfg.eval_every == 0 or self.epoch + 1 == cfg.epochs
+            evaluate_now = schedule.evaluates_after(self.epoch)
             split_name, eval_metrics = None, None
             if evaluate_now:
                 split_name = "val" if self.val_set is not None else "test"
@@ -378,7 +401,9 @@ class Trainer:
             }  # fmt: skip
             self.logger.epoch(record, {au: v["f1"] for au, v in eval_metrics["per_au"].items()} if eval_metrics else None)
             f1_text = f", {split_name} mean F1 {eval_metrics['mean_f1']:.3f}" if eval_metrics else ""
-            self._print(f"epoch {self.epoch + 1}/{cfg.epochs}: loss {loss:.4f}, {images_per_s:.0f} images/s{f1_text}")
+            if evaluate_now or not schedule.by_steps:  # step budgets on tiny sets run thousands of short epochs
+                self._print(f"epoch {self.epoch + 1}/{schedule.epochs} (step {self.global_step}/{schedule.total_steps}): "
+                            f"loss {loss:.4f}, {images_per_s:.0f} images/s{f1_text}")
             improved = split_name == "val" and eval_metrics["mean_f1"] > self.best_f1
             if improved:
                 self.best_f1 = eval_metrics["mean_f1"]
@@ -395,10 +420,10 @@ class Trainer:
         if test_metrics is None:  # resumed after the last epoch had finished
             test_metrics, test_probs = self.evaluate(self.test_set)
         if self.dist.is_main:
-            write_results(self.run_dir, test_metrics, self.splits.test, test_probs)
+            write_results(self.run_dir, test_metrics, self.splits.test, test_probs, self.config.model.backbone_weights)
         self.logger.close()
         self._print(f"{metrics_table_markdown(test_metrics)}\nmean F1 {test_metrics['mean_f1']:.3f}; outputs written to {self.run_dir}")
-        return metrics_json(test_metrics)
+        return metrics_json(test_metrics, self.config.model.backbone_weights)
 
     def _train_epoch(self) -> tuple[float, float, float]:
         """One epoch from ``self.micro_done`` on; returns (mean loss, images/s, seconds)."""
@@ -412,7 +437,7 @@ class Trainer:
         )  # fmt: skip
         self.network.train()
         start, seen = time.perf_counter(), 0
-        bar = self.logger.progress(loader, total=len(loader), desc=f"epoch {self.epoch + 1}/{cfg.epochs}")
+        bar = self.logger.progress(loader, total=len(loader), desc=f"epoch {self.epoch + 1}/{self.schedule.epochs}")
         for images, targets in bar:
             images, targets = images.to(self.dist.device, non_blocking=True), targets.to(self.dist.device, non_blocking=True)
             with torch.autocast(self.dist.device.type, dtype=self._amp_dtype(), enabled=cfg.amp != "none"):
@@ -425,6 +450,8 @@ class Trainer:
             if self.micro_done % cfg.grad_accum == 0 or self.micro_done == self.micro_per_epoch:
                 self._optimizer_step(loss.item())
                 bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
+                if self.global_step == self.schedule.total_steps:
+                    break  # the step budget ends inside this epoch
                 if self.global_step % cfg.checkpoint_every == 0 and self.micro_done < self.micro_per_epoch:
                     self._save_state()
         seconds = time.perf_counter() - start
@@ -519,10 +546,10 @@ def evaluate(
     transform = build_transform(False, size, model.data_config["mean"], model.data_config["std"], config.data.resize_size)
     metrics, probs = evaluate_model(model, make_dataset(source, test, transform), list(model.aus), info, config)
     if info.is_main:
-        write_results(out_dir, metrics, test, probs)
+        write_results(out_dir, metrics, test, probs, model.config["backbone_weights"])
         if verbose:
             print(f"{metrics_table_markdown(metrics)}\nmean F1 {metrics['mean_f1']:.3f}; outputs written to {out_dir}", flush=True)
-    return metrics_json(metrics)
+    return metrics_json(metrics, model.config["backbone_weights"])
 
 
 def cross_validate(config: Config, out_dir: str | Path, verbose: bool = True) -> dict[str, Any]:
@@ -533,6 +560,7 @@ def cross_validate(config: Config, out_dir: str | Path, verbose: bool = True) ->
     ``data.target_root``) hold out each source fold in turn and test on the target.
     """
     out_dir = Path(out_dir)
+    check_backbone_weights(config, verbose=False)  # before the folds are read; each fold's run warns on random
     folds = config.data.cv_folds
     if folds is None:
         folds = range(len(load_source(config).folds)) if config.data.root else range(config.data.synthetic_folds)

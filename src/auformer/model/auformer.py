@@ -140,7 +140,7 @@ def _check_options(num_aus: int, moke: str, d: int, dilations: Sequence[int], ca
 def build_model(
     num_aus: int,
     backbone: str = "vit_base_patch16_224",
-    backbone_weights: str | None = None,
+    backbone_weights: str = "hub",
     img_size: int = 224,
     moke: str = "fused",
     *,
@@ -158,8 +158,9 @@ def build_model(
 ) -> AUFormer:
     """Build AUFormer on a frozen timm ViT.
 
-    ``backbone_weights``: None (random init), a local weight file, ``"hub"`` (timm
-    download) or ``"synthetic"`` (the packaged synthetic-face ViT). ``moke``:
+    ``backbone_weights``: ``"hub"`` (the timm tag's weights, Hugging Face cache first),
+    a local weight file, ``"synthetic"`` (the packaged synthetic-face ViT) or ``"random"``
+    (random init, by name only). ``moke``:
     ``"fused"`` (fast, exact) or ``"reference"`` (literal per-expert form); both have
     the same state-dict layout. ``collaborate=False`` uses one shared expert per group.
     """

@@ -1,9 +1,10 @@
-"""The frozen timm ViT: creation, local weight files or timm's hub download, freezing.
+"""The frozen timm ViT: creation, its weights (a file, the Hugging Face cache or hub, synthetic or random), freezing.
 
-``weights`` is None (random init), a local file (timm-format ``.safetensors``,
-``.pth``/``.bin``/``.pt`` read with ``weights_only=True``, or the original ViT
-``.npz``), ``"hub"`` (timm's own download; only when the user asks) or
-``"synthetic"`` (the small synthetic-face ViT shipped in ``auformer/assets``).
+``weights`` is a local file (timm-format ``.safetensors``, ``.pth``/``.bin``/``.pt``
+read with ``weights_only=True``, or the original ViT ``.npz``), ``"hub"`` (the timm
+tag's file from the Hugging Face cache or hub, see ``hub.py``), ``"synthetic"`` (the
+small synthetic-face ViT shipped in ``auformer/assets``) or ``"random"`` (timm's random
+init; asked for by name, so that no run trains adapters on a random ViT by accident).
 """
 
 from __future__ import annotations
@@ -22,10 +23,23 @@ CLASSIFIER_PREFIXES = ("head.", "fc_norm.", "pre_logits.")
 BLOCK_PARTS = ("norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2")
 
 
-def resolve_weights(weights: str | None) -> str | None:
-    """Map the ``"synthetic"`` alias to the packaged file and check that a weight file exists."""
-    if weights in (None, "hub"):
+WEIGHT_SOURCES = ("hub", "synthetic", "random")  # the names backbone_weights takes besides a file path
+
+
+def resolve_weights(weights: str, backbone: str | None = None) -> str:
+    """The weight file to load (``"random"`` stays as is): ``"synthetic"`` -> the packaged file,
+    ``"hub"`` -> the timm tag ``backbone``'s file in the Hugging Face cache (downloaded if needed).
+
+    Fails with one line when the file does not exist or cannot be had.
+    """
+    if weights == "random":
         return weights
+    if weights == "hub":
+        if backbone is None:
+            raise ValueError("backbone_weights 'hub' needs the timm tag of the backbone")
+        from auformer.model.hub import hub_weights
+
+        return str(hub_weights(backbone))
     path = SYNTHETIC_WEIGHTS if weights == "synthetic" else Path(weights).expanduser()
     if not path.is_file():
         if weights == "synthetic":
@@ -77,15 +91,15 @@ def load_backbone_weights(model: VisionTransformer, path: str) -> None:
     model.load_state_dict({k: state_dict[k] for k in own})
 
 
-def create_backbone(name: str, weights: str | None = None, img_size: int = 224, **kwargs) -> VisionTransformer:
+def create_backbone(name: str, weights: str = "random", img_size: int = 224, **kwargs) -> VisionTransformer:
     """A frozen, headless timm ViT (``num_classes=0``) in eval mode.
 
     ``kwargs`` go to ``timm.create_model`` (e.g. ``patch_size``, ``embed_dim``,
     ``depth``, ``num_heads`` for tiny test models).
     """
-    weights = resolve_weights(weights)
+    weights = resolve_weights(weights, name)
     try:
-        model = timm.create_model(name, pretrained=weights == "hub", num_classes=0, img_size=img_size, **kwargs)
+        model = timm.create_model(name, pretrained=False, num_classes=0, img_size=img_size, **kwargs)
     except RuntimeError as error:
         if "Unknown model" not in str(error):
             raise
@@ -98,15 +112,18 @@ def create_backbone(name: str, weights: str | None = None, img_size: int = 224, 
     block = model.blocks[0]
     if not all(hasattr(block, part) for part in BLOCK_PARTS):
         raise ValueError(f"backbone {name!r} uses {type(block).__name__} blocks; AUFormer needs timm's pre-norm Block")
-    if weights not in (None, "hub"):
+    if weights != "random":
         load_backbone_weights(model, weights)
     model.requires_grad_(False)
     return model.eval()
 
 
-def weights_source(weights: str | None) -> str | None:
-    """How a checkpoint records the backbone weights: None, ``"hub"``, ``"synthetic"`` or an absolute path."""
-    if weights in (None, "hub", "synthetic"):
+def weights_source(weights: str) -> str:
+    """How a checkpoint records the backbone weights: ``"hub"``, ``"synthetic"``, ``"random"`` or an absolute path."""
+    if not isinstance(weights, str):
+        raise ValueError(f"backbone_weights {weights!r} is not a weight source: pass a file path or one of "
+                         f"{', '.join(WEIGHT_SOURCES)} (a random backbone is asked for as 'random')")
+    if weights in WEIGHT_SOURCES:
         return weights
     return str(Path(weights).expanduser().resolve())
 

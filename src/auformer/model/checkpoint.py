@@ -25,7 +25,7 @@ from auformer import __version__
 from auformer.files import atomic_path, atomic_write_text
 from auformer.hub import download_checkpoint, parse_repo_id
 from auformer.model.auformer import AUFormer, build_model
-from auformer.model.backbone import describe_mismatch, resolve_weights
+from auformer.model.backbone import WEIGHT_SOURCES, describe_mismatch, resolve_weights
 
 FORMAT = "auformer-adapter/1"
 BACKBONE_PREFIX = "backbone."
@@ -74,7 +74,7 @@ def save_checkpoint(model: AUFormer, path: str | os.PathLike, extra: dict | None
     """
     weights_path, json_path = checkpoint_paths(path)
     source = model.config["backbone_weights"]
-    weights_file = resolve_weights(source) if source not in (None, "hub") else None
+    weights_file = resolve_weights(source) if source not in ("random", "hub") else None
     meta = {
         "format": FORMAT,
         "auformer_version": __version__,
@@ -84,7 +84,7 @@ def save_checkpoint(model: AUFormer, path: str | os.PathLike, extra: dict | None
             "name": model.config["backbone"],
             "weights": source,
             "sha256": file_sha256(weights_file) if weights_file else None,
-            "included": source is None,
+            "included": source == "random",
         },
         "extra": extra or {},
     }
@@ -93,7 +93,7 @@ def save_checkpoint(model: AUFormer, path: str | os.PathLike, extra: dict | None
     except TypeError as error:
         raise ValueError(f"{json_path}: checkpoint extra is not JSON-serialisable: {error}") from None
     tensors = model.learnable_state_dict()
-    if source is None:  # random backbone: the checkpoint must carry it to rebuild the same model
+    if source == "random":  # random backbone: the checkpoint must carry it to rebuild the same model
         tensors.update({BACKBONE_PREFIX + k: v for k, v in model.backbone.state_dict().items()})
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     with atomic_path(weights_path) as tmp:
@@ -169,10 +169,10 @@ def load_checkpoint(path: str | os.PathLike, backbone_weights: str | None = None
     if backbone_weights is not None:
         config["backbone_weights"] = backbone_weights
     source = config["backbone_weights"]
-    if source not in (None, "hub", "synthetic") and not Path(source).is_file():
+    if source not in WEIGHT_SOURCES and not Path(source).is_file():
         raise FileNotFoundError(f"{checkpoint_paths(path)[1]}: backbone weights {source} not found "
                                 "(moved? pass the new file as backbone_weights / --backbone-weights)")
-    if recorded.get("sha256") and source not in (None, "hub"):
+    if recorded.get("sha256") and source not in ("random", "hub"):
         actual = file_sha256(resolve_weights(source))
         if actual != recorded["sha256"]:
             warnings.warn(f"backbone weights {source} differ from the ones the checkpoint was trained with "

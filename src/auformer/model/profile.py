@@ -43,7 +43,7 @@ def model_info(num_aus: int, backbone: str = "vit_base_patch16_224", img_size: i
                backbone_kwargs: dict | None = None) -> dict:
     """Parameter and FLOP counts of AUFormer and of its plain ViT at batch 1 (random init, meta device)."""
     with torch.device("meta"):
-        model = build_model(num_aus, backbone, img_size=img_size, moke=moke, backbone_kwargs=backbone_kwargs).eval()
+        model = build_model(num_aus, backbone, "random", img_size, moke, backbone_kwargs=backbone_kwargs).eval()
         images = torch.empty(1, 3, img_size, img_size)
     params = count_parameters(model)
     flops = count_flops(model, images)
