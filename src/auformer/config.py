@@ -61,6 +61,7 @@ class ModelConfig:
     aux_head: bool = True  # per-AU auxiliary heads on the last expert group
     dropout: float = 0.1  # dropout inside the experts
     scale: float = 1.0  # output scale s of the experts
+    task: str = "occurrence"  # heads: occurrence (the paper), intensity (0-5 per AU) or both (docs/intensity.md)
 
 
 @dataclass
@@ -71,6 +72,7 @@ class LossConfig:
     margin: float = 0.1  # MDWA truncation margin m (BP4D 0.1, DISFA 0.15, CASME II 0.3)
     gamma_bounds: list[float] = field(default_factory=lambda: [1.0, 2.0])  # MDWA [B_L, B_R]
     eps: float = 1.0  # WDI smoothing term
+    intensity_weight: float = 1.0  # weight of the intensity loss (masked MSE on the 0-1 scale), main + aux heads
 
 
 @dataclass
@@ -109,6 +111,7 @@ class Config:
 # Values checked against these so that YAML typos fail early instead of deep in training.
 _CHOICES = {
     ("model", "moke"): ("fused", "reference"),
+    ("model", "task"): ("occurrence", "intensity", "both"),
     ("loss", "name"): ("mdwa", "wa", "weighted_bce"),
     ("train", "amp"): ("none", "bf16", "fp16"),
     ("train", "device"): ("auto", "cpu", "cuda"),
