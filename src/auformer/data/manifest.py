@@ -195,7 +195,7 @@ def _read_intensity_columns(file: Path, frame: pd.DataFrame, aus: list[int]) -> 
         bad = ~((values == -1) | ((values >= 0) & (values <= MAX_INTENSITY)))  # NaN (not a number) is bad too
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
-            raise ValueError(f"{file}: line {row + 2}, column {column}: invalid intensity {raw[row]!r} "
+            raise ValueError(f"{file}: line {row + 2}, column {column}: invalid intensity {str(raw[row])!r} "
                              "(allowed: 0 to 5, empty or -1 for unknown)")
         intensity[:, aus.index(au)] = values
     return intensity
