@@ -33,7 +33,8 @@ class AUOutputs(nn.Module):
     """AUFormer reduced to what deployment needs: images -> the main heads' outputs, named in ``self.names``.
 
     ``probabilities`` = sigmoid of the occurrence head, ``intensity`` = the 0-5 intensity head;
-    a tuple in that order, of the ones the model has.
+    a tuple in that order of the ones the model has, or the tensor itself when there is one
+    (so single-head TorchScript files give a tensor, as before intensity heads existed).
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -41,10 +42,11 @@ class AUOutputs(nn.Module):
         self.model = model
         self.names = ["probabilities"] * (model.head is not None) + ["intensity"] * (model.intensity is not None)
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         output = self.model(images)
         heads = {"probabilities": output.logits, "intensity": output.intensity}
-        return tuple(torch.sigmoid(heads[n]) if n == "probabilities" else heads[n] for n in self.names)  # each (B, N)
+        results = tuple(torch.sigmoid(heads[n]) if n == "probabilities" else heads[n] for n in self.names)  # each (B, N)
+        return results if len(results) > 1 else results[0]
 
 
 def _export_onnx(module: AUOutputs, example: torch.Tensor, path: Path) -> None:
@@ -72,7 +74,13 @@ def _run_export(format: str, path: Path, images: torch.Tensor, names: list[str])
         return session.run(names, {"images": images.numpy()})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        return [t.detach().numpy() for t in torch.jit.load(str(path)).eval()(images)]
+        results = torch.jit.load(str(path)).eval()(images)
+    return _arrays(results)
+
+
+def _arrays(results: torch.Tensor | tuple[torch.Tensor, ...]) -> list[np.ndarray]:
+    """One array per output of an `AUOutputs` (a tensor alone, or a tuple)."""
+    return [t.detach().numpy() for t in ((results,) if isinstance(results, torch.Tensor) else results)]
 
 
 def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, format: str = "onnx",
@@ -91,7 +99,7 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, form
     size = model.data_config["input_size"][-1]
     images = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))  # (3, 3, S, S)
     with torch.no_grad():
-        expected = [t.numpy() for t in module(images)]  # each (B, N)
+        expected = _arrays(module(images))  # each (B, N)
     scales = [1.0 if name == "probabilities" else 5.0 for name in module.names]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
