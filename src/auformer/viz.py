@@ -10,10 +10,9 @@ plotting works headless and from worker threads.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
-
-import re
 
 import numpy as np
 import pandas as pd

@@ -26,7 +26,13 @@ from torch import nn
 
 from auformer.aus import parse_au_list
 from auformer.model.backbone import create_backbone, weights_source
-from auformer.model.heads import TASKS, IntensityHeads, has_intensity, has_occurrence, per_expert
+from auformer.model.heads import (
+    TASKS,
+    IntensityHeads,
+    has_intensity,
+    has_occurrence,
+    per_expert,
+)
 from auformer.model.moke import MoKEGroup
 from auformer.model.moke_fused import FusedMoKEGroup
 
