@@ -272,3 +272,15 @@ def test_export_carries_both_heads(both_checkpoint, tmp_path, format):
             probabilities, intensity = (t.numpy() for t in torch.jit.load(str(path))(images))
     np.testing.assert_allclose(probabilities, torch.sigmoid(output.logits).numpy(), atol=1e-4)
     np.testing.assert_allclose(intensity, output.intensity.numpy(), atol=5e-4)
+
+
+def test_fold_mean_of_intensity_scores_and_cv_table():
+    def run(icc: float | None, known: int) -> dict:
+        per_au = {"AU12": {"icc": icc, "pearson": 0.5, "mae": 1.0, "known": known}}
+        return {"intensity": {"mean_icc": icc, "mean_pearson": 0.5, "mean_mae": 1.0, "per_au": per_au}}
+
+    mean = trainer.mean_metrics([run(0.6, 3), run(None, 0), run(0.8, 5)])  # an undefined fold is left out
+    assert mean["intensity"]["mean_icc"] == pytest.approx(0.7)
+    assert mean["intensity"]["per_au"]["AU12"] == {"icc": pytest.approx(0.7), "pearson": 0.5, "mae": 1.0, "known": 8}
+    table = trainer.cv_table_markdown({"fold0": run(0.6, 3), "fold1": run(None, 0), "mean": mean})
+    assert "| **ICC(3,1)** | 0.600 | n/a | 0.700 |" in table

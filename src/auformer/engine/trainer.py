@@ -261,15 +261,19 @@ def mean_metrics(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def cv_table_markdown(runs: dict[str, dict[str, Any]]) -> str:
-    """Per-AU F1 (%) of each run (fold, rate...) and their mean, as a Markdown table."""
+    """Per-AU F1 (%) of each run (fold, rate...) and their mean, as a Markdown table; with intensity
+    heads, rows of mean ICC(3,1), Pearson r and MAE follow (per-AU intensity scores are in each run's files)."""
     names = list(runs)
-    if "per_au" not in runs[names[0]]:  # intensity-only runs: their metrics.json files hold the ICC tables
-        return "| run | mean ICC(3,1) |\n|---|---|\n" + "\n".join(f"| {n} | {runs[n]['intensity']['mean_icc']} |" for n in names)
-    aus = list(next(iter(runs.values()))["per_au"])
+    first = runs[names[0]]
     lines = ["| AU | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-    for au in aus:
+    for au in first.get("per_au", {}):
         lines.append(f"| {au} | " + " | ".join(f"{100 * runs[n]['per_au'][au]['f1']:.1f}" for n in names) + " |")
-    lines.append("| **Avg** | " + " | ".join(f"**{100 * runs[n]['mean_f1']:.1f}**" for n in names) + " |")
+    if "mean_f1" in first:
+        lines.append("| **Avg** | " + " | ".join(f"**{100 * runs[n]['mean_f1']:.1f}**" for n in names) + " |")
+    if "intensity" in first:
+        for key, label in (("mean_icc", "ICC(3,1)"), ("mean_pearson", "Pearson r"), ("mean_mae", "MAE")):
+            values = (runs[n]["intensity"][key] for n in names)
+            lines.append(f"| **{label}** | " + " | ".join("n/a" if v is None else f"{v:.3f}" for v in values) + " |")
     return "\n".join(lines)
 
 
