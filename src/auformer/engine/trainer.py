@@ -49,8 +49,8 @@ from auformer.engine.logging import RunLogger
 from auformer.files import atomic_path, atomic_write_text
 from auformer.metrics import au_metrics, intensity_metrics, intensity_table_markdown, metrics_table_markdown
 from auformer.model.auformer import build_model
-from auformer.model.heads import has_intensity
 from auformer.model.checkpoint import load_adapter_weights, load_checkpoint, save_checkpoint
+from auformer.model.heads import has_intensity
 
 METRIC_KEYS = ("f1", "precision", "recall", "support")  # per-AU fields of metrics.json
 
@@ -97,7 +97,9 @@ def make_dataset(source: Source, table: AUTable, transform: Any, with_intensity:
     if source.pixels is None:
         return AUDataset(table, transform, with_intensity)
     rows = [int(Path(name).stem) for name in table.images]
-    intensity = (table.intensity if table.intensity is not None else np.full(table.labels.shape, -1.0)) if with_intensity else None
+    intensity = None
+    if with_intensity:  # all unknown (-1) when the table has none
+        intensity = table.intensity if table.intensity is not None else np.full(table.labels.shape, -1.0, np.float32)
     return ArrayAUDataset(source.pixels[rows], table.labels, transform, intensity)
 
 
