@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from auformer.aus import BP4D_AUS, CASME2_AUS, DISFA_AUS
+from auformer.aus import BP4D_AUS, BP4D_INTENSITY_AUS, CASME2_AUS, DISFA_CODED_AUS
 from auformer.data.folds import BP4D_FOLDS
 
 BP4D_SUBJECTS: tuple[str, ...] = tuple(s for fold in BP4D_FOLDS for s in fold)  # all 41
@@ -27,6 +27,7 @@ class FakeRaw:
 
     root: Path
     labels: dict[str, np.ndarray] = field(default_factory=dict)  # usable frames -> (N,) 1 / 0 / -1
+    intensity: dict[str, np.ndarray] = field(default_factory=dict)  # usable frames -> (N,) 0-5 / -1 (intensity releases)
     missing: list[str] = field(default_factory=list)  # labelled, but image/frame absent
     unreadable: list[str] = field(default_factory=list)  # labelled, image file corrupt
     faceless: list[str] = field(default_factory=list)  # labelled, image all black (written only with align="none")
@@ -54,12 +55,16 @@ def make_fake_bp4d(
     corrupt: int = 0,
     faceless: int = 0,
     seed: int = 0,
+    intensity: bool = False,
 ) -> FakeRaw:
     """BP4D: ``AUCoding/AU_OCC/F001_T1.csv`` + ``2DFaces/F001/T1/0640.jpg`` (frames from 640).
 
     The CSVs code more AUs than the 12 of the protocol (5 and 28 too) and use 9 for
     unknown. The first ``missing``/``corrupt``/``faceless`` frames of the first sequence
     are left out / written as garbage / drawn black. All 41 subjects by default.
+    ``intensity``: also write FERA 2015 ``AUCoding/AU_INT/AU06/F001_T1_AU06.csv`` files
+    (codes 0-5 and 9; the AU06 files start with a header line, the AU17 file of the first
+    sequence is absent and its last frame lacks an AU10 line: all unknown).
     """
     root, rng = Path(root), np.random.default_rng(seed)
     fake = FakeRaw(root)
@@ -73,7 +78,10 @@ def make_fake_bp4d(
             codes = rng.choice([0, 1, 9], p=[0.6, 0.3, 0.1], size=(frames, len(coded_aus)))  # (F, A)
             rows = [[n, *row] for n, row in zip(frame_numbers, codes.tolist())]
             pd.DataFrame(rows, columns=["Frame", *map(str, coded_aus)]).to_csv(label_dir / f"{subject}_{task}.csv", index=False)
-            for n, row in zip(frame_numbers, codes):
+            levels = np.full((frames, len(BP4D_AUS)), -1.0, np.float32)  # (F, N) expected intensities
+            if intensity:
+                levels = _write_fera_intensity(root, subject, task, frame_numbers, rng, first=not fake.labels and not fake.missing)
+            for n, row, level in zip(frame_numbers, codes, levels):
                 key = f"images/{subject}/{task}/{n:04d}.jpg"
                 path = root / "2DFaces" / subject / task / (f"{n:04d}.jpg" if zero_pad else f"{n}.jpg")
                 kind = special.pop(0) if special else "ok"
@@ -91,7 +99,29 @@ def make_fake_bp4d(
                     fake.faceless.append(key)
                 coded = dict(zip(coded_aus, row.tolist()))
                 fake.labels[key] = np.array([-1.0 if coded[au] == 9 else float(coded[au]) for au in BP4D_AUS], np.float32)
+                if intensity:
+                    fake.intensity[key] = level
     return fake
+
+
+def _write_fera_intensity(root: Path, subject: str, task: str, frame_numbers: list[int], rng: np.random.Generator,
+                          first: bool) -> np.ndarray:
+    """Write one sequence's AU_INT files; return the expected intensities (F, 12) over BP4D_AUS (-1 unknown)."""
+    levels = np.full((len(frame_numbers), len(BP4D_AUS)), -1.0, np.float32)
+    for au in BP4D_INTENSITY_AUS:
+        if first and au == 17:
+            continue  # no file: unknown
+        codes = rng.choice([0, 1, 2, 3, 4, 5, 9], size=len(frame_numbers))
+        lines = [f"{n},{code}" for n, code in zip(frame_numbers, codes)]
+        column = BP4D_AUS.index(au)
+        levels[:, column] = np.where(codes == 9, -1.0, codes)
+        if first and au == 10:
+            lines, levels[-1, column] = lines[:-1], -1.0  # last frame not coded
+        header = ["Frame,AU06"] if au == 6 else []
+        path = root / "AUCoding" / "AU_INT" / f"AU{au:02d}" / f"{subject}_{task}_AU{au:02d}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(header + lines) + "\n")
+    return levels
 
 
 def make_fake_disfa(
@@ -103,8 +133,8 @@ def make_fake_disfa(
 ) -> FakeRaw:
     """DISFA: ``ActionUnit_Labels/SN001/SN001_au1.txt`` + ``Videos_LeftCamera/LeftVideoSN001_comp.avi`` (MJPG).
 
-    Label files cover ``extra_label_frames`` frames past the video's end (reported
-    missing), and the AU9 file of the first subject lacks frame 2 (unknown label).
+    Label files (all 12 coded AUs) cover ``extra_label_frames`` frames past the video's end
+    (reported missing), and the AU9 file of the first subject lacks frame 2 (unknown label).
     """
     root, rng = Path(root), np.random.default_rng(seed)
     fake = FakeRaw(root)
@@ -116,10 +146,10 @@ def make_fake_disfa(
         for _ in range(frames):
             writer.write(_face_image(rng, 24, 32))
         writer.release()
-        intensity = rng.integers(0, 6, size=(len(labelled), len(DISFA_AUS)))  # (F, N)
+        intensity = rng.integers(0, 6, size=(len(labelled), len(DISFA_CODED_AUS)))  # (F, N)
         label_dir = root / "ActionUnit_Labels" / subject
         label_dir.mkdir(parents=True, exist_ok=True)
-        for column, au in enumerate(DISFA_AUS):
+        for column, au in enumerate(DISFA_CODED_AUS):
             lines = [f"{n},{intensity[n - 1, column]}" for n in labelled if not (index == 0 and au == 9 and n == 2)]
             (label_dir / f"{subject}_au{au}.txt").write_text("\n".join(lines) + "\n")
         for n in labelled:
@@ -128,9 +158,10 @@ def make_fake_disfa(
                 fake.missing.append(key)
                 continue
             row = (intensity[n - 1] >= 2).astype(np.float32)
+            level = intensity[n - 1].astype(np.float32)
             if index == 0 and n == 2:
-                row[DISFA_AUS.index(9)] = -1.0
-            fake.labels[key] = row
+                row[DISFA_CODED_AUS.index(9)] = level[DISFA_CODED_AUS.index(9)] = -1.0
+            fake.labels[key], fake.intensity[key] = row, level
     return fake
 
 

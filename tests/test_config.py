@@ -6,7 +6,8 @@ import pytest
 
 from auformer.config import Config, load_config, parse_overrides, preset_names, save_config
 
-REAL_PRESETS = ("bp4d", "disfa", "casme2", "bp4d-to-disfa", "disfa-to-bp4d", "bp4d-data-efficiency")
+REAL_PRESETS = ("bp4d", "disfa", "casme2", "bp4d-to-disfa", "disfa-to-bp4d", "bp4d-data-efficiency", "disfa-intensity",
+                "bp4d-intensity")
 
 
 def test_every_paper_experiment_has_a_preset():
@@ -34,6 +35,18 @@ def test_own_data_under_the_synthetic_preset_is_named_after_its_folder():
     assert load_config("synthetic").data.dataset == "synthetic"
     config = load_config("synthetic", data_dir="data/my_faces")
     assert (config.data.dataset, config.data.root) == ("my_faces", "data/my_faces")
+
+
+@pytest.mark.parametrize(("preset", "aus"), [("disfa-intensity", [1, 2, 4, 5, 6, 9, 12, 15, 17, 20, 25, 26]),
+                                             ("bp4d-intensity", [6, 10, 12, 14, 17])])
+def test_intensity_presets_name_the_coded_aus(preset, aus):
+    config = load_config(preset, data_dir="d")
+    assert config.data.aus == aus and config.model.task == "intensity"
+
+
+def test_task_is_validated():
+    with pytest.raises(ValueError, match="config model.task: 'intensities' is not one of occurrence, intensity, both"):
+        load_config("synthetic", ["model.task=intensities"])
 
 
 def test_data_efficiency_preset_has_the_paper_rates():

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from auformer.aus import BP4D_AUS, CASME2_AUS, DISFA_AUS
+from auformer.aus import BP4D_AUS, BP4D_INTENSITY_AUS, CASME2_AUS, DISFA_CODED_AUS
 from auformer.cli import main
 from auformer.data import BP4D_FOLDS, DISFA_FOLDS, read_folds, read_manifest
 from auformer.data.converters.bp4d import prepare_bp4d, read_occurrence_csv
@@ -30,9 +30,12 @@ def _check_manifest(out_dir, fake, aus, size):
     table = read_manifest(out_dir)
     assert table.aus == list(aus)
     assert sorted(table.images) == sorted(fake.labels)
-    for image, subject, row in zip(table.images, table.subjects, table.labels):
+    for index, (image, subject, row) in enumerate(zip(table.images, table.subjects, table.labels)):
         np.testing.assert_array_equal(row, fake.labels[image], err_msg=image)
+        if fake.intensity:
+            np.testing.assert_array_equal(table.intensity[index], fake.intensity[image], err_msg=image)
         assert image.split("/")[1] == subject
+    assert (table.intensity is None) == (not fake.intensity)
     from PIL import Image
 
     with Image.open(table.image_path(0)) as first:
@@ -83,15 +86,33 @@ def test_bp4d_bad_label_files(tmp_path):
         prepare_bp4d(tmp_path, tmp_path / "out", align="none")
 
 
+def test_bp4d_fera_intensity_codes(tmp_path):
+    fake = make_fake_bp4d(tmp_path / "raw", subjects=("F001", "M001"), frames=4, intensity=True)
+    report = prepare_bp4d(tmp_path / "raw", tmp_path / "out", align="none", size=24)
+    table = _check_manifest(tmp_path / "out", fake, BP4D_AUS, 24)
+    header = (tmp_path / "out/manifest.csv").read_text().splitlines()[0]
+    assert header.endswith(",AU06_int,AU10_int,AU12_int,AU14_int,AU17_int")  # only the coded AUs get a column
+    coded = [BP4D_AUS.index(au) for au in BP4D_INTENSITY_AUS]
+    assert (np.delete(table.intensity, coded, axis=1) == -1).all()
+    assert set(np.unique(table.intensity[:, coded])) <= {-1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0}
+    assert report.intensity_known["AU17"] == 4  # F001's AU17 file is absent: only M001's 4 frames (no 9 drawn there)
+    bad = tmp_path / "raw/AUCoding/AU_INT/AU12/F001_T1_AU12.csv"
+    bad.write_text("640,3\n641,6\n")
+    with pytest.raises(ValueError, match=r"F001_T1_AU12.csv: line 2: '641,6' is not 'frame,intensity' \(0-5, or 9 = unknown\)"):
+        prepare_bp4d(tmp_path / "raw", tmp_path / "out2", align="none", size=24)
+
+
 def test_disfa_intensity_rule_and_frames_past_video_end(tmp_path):
     fake = make_fake_disfa(tmp_path / "raw", frames=5, extra_label_frames=2)
     report = prepare_disfa(tmp_path / "raw", tmp_path / "out", align="none", size=32, workers=2)
-    table = _check_manifest(tmp_path / "out", fake, DISFA_AUS, 32)
+    table = _check_manifest(tmp_path / "out", fake, DISFA_CODED_AUS, 32)
     assert len(table) == 15 and report.frames_labelled == 21
     assert sorted(report.missing_image) == sorted(
         str(tmp_path / f"raw/Videos_LeftCamera/LeftVideo{s}_comp.avi#{n}") for s in ("SN001", "SN003", "SN006") for n in (6, 7)
     )
     assert report.unknown_labels["AU09"] == 1 and sum(report.unknown_labels.values()) == 1
+    assert report.intensity_known["AU09"] == 14 and report.intensity_known["AU20"] == 15  # all 12 AUs with 0-5 intensity
+    assert (table.labels == np.where(table.intensity < 0, -1, table.intensity >= 2)).all()  # occurrence = intensity >= 2
     assert read_folds(tmp_path / "out")[0] == DISFA_FOLDS
     # the frames are the video's frames, in order: frame 1 differs from frame 2
     assert table.images[0] == "images/SN001/00001.jpg"

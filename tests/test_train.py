@@ -133,7 +133,7 @@ def test_default_loss_is_the_paper_objective_and_the_choice_is_a_switch():
     targets = torch.randint(0, 2, (8, 5)).float()
     targets[0, 0] = -1.0  # unknown label, masked
     rate = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5])
-    output = SimpleNamespace(logits=logits, aux_logits=aux)  # the fields the loss reads
+    output = SimpleNamespace(logits=logits, aux_logits=aux, intensity=None)  # the fields the loss reads
     config = load_config("synthetic", ["loss.margin=0.15"])
     expected = auformer_loss(logits, aux, targets, rate, margin=0.15)["total"]
     torch.testing.assert_close(trainer.build_loss(config)(output, targets, rate)["total"], expected)

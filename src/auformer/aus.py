@@ -75,6 +75,10 @@ BP4D_AUS: tuple[int, ...] = (1, 2, 4, 6, 7, 10, 12, 14, 15, 17, 23, 24)
 DISFA_AUS: tuple[int, ...] = (1, 2, 4, 6, 9, 12, 25, 26)
 CASME2_AUS: tuple[int, ...] = (1, 2, 4, 7, 12, 14, 15, 17)
 CROSS_DOMAIN_AUS: tuple[int, ...] = (1, 2, 4, 6, 12)
+# AU intensity (0-5): DISFA codes 12 AUs, all with intensity (the occurrence protocol uses 8 of them);
+# BP4D's intensity codes are the FERA 2015 sub-challenge's 5 AUs (docs/intensity.md).
+DISFA_CODED_AUS: tuple[int, ...] = (1, 2, 4, 5, 6, 9, 12, 15, 17, 20, 25, 26)
+BP4D_INTENSITY_AUS: tuple[int, ...] = (6, 10, 12, 14, 17)
 
 # "AU1", "AU01", "au 12", "1", "R12", "L1", "AU12R", "12.0": optional side prefix,
 # optional "AU", the number, optional side suffix; intensity letters (A-E) are ignored.

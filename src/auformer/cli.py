@@ -236,9 +236,11 @@ def _run_pretrain_synthetic(args: argparse.Namespace) -> None:
 
 def _add_run_flags(parser: argparse.ArgumentParser, default_preset: str, data_help: str) -> None:
     """--preset / --set / --data / --out, shared by the training and protocol commands."""
+    from auformer.config import preset_names  # light: PyYAML only
+
     parser.add_argument("--preset", default=default_preset, metavar="NAME|FILE.yaml",
-                        help="experiment preset: synthetic, bp4d, disfa, casme2, bp4d-to-disfa, disfa-to-bp4d, "
-                        "bp4d-data-efficiency, or a YAML file such as a run's config.yaml (default: %(default)s)")
+                        help=f"experiment preset: {', '.join(preset_names())}, "
+                        "or a YAML file such as a run's config.yaml (default: %(default)s)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one config value, YAML syntax, repeatable (e.g. --set train.epochs=1 --set data.aus=[1,2])")
     parser.add_argument("--data", default=None, metavar="DIR", help=data_help)
@@ -287,7 +289,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "train",
         help="train AUFormer on one fold (default: the synthetic preset, CPU, minutes)",
         description="Train on one split (test fold data.fold) and score the test split. The run folder gets "
-        "config.yaml, last/best checkpoints, train_state.pt (resume), metrics.json, per_au.csv/.md, "
+        "config.yaml, last/best checkpoints, train_state.pt (resume), metrics.json, per_au.csv/.md "
+        "(and per_au_intensity.csv/.md when model.task is intensity or both), "
         "predictions.csv, metrics.csv/.jsonl, tensorboard/ and curves.png. Several processes: "
         "torchrun --nproc-per-node K -m auformer train ...",
     )
@@ -316,7 +319,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "evaluate",
         help="score a checkpoint on the test split of a dataset",
         description="Score CHECKPOINT on the test fold of a preset's dataset and write metrics.json, per_au.csv/.md "
-        "and predictions.csv. Without --preset, the config.yaml of the checkpoint's run folder is used.",
+        "(per_au_intensity.csv/.md for intensity checkpoints) and predictions.csv. Without --preset, the config.yaml of the checkpoint's run folder is used.",
     )
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint path without suffix, e.g. runs/x/best")
     _add_run_flags(parser, None, _DATA_HELP)

@@ -61,6 +61,7 @@ class ModelConfig:
     aux_head: bool = True  # per-AU auxiliary heads on the last expert group
     dropout: float = 0.1  # dropout inside the experts
     scale: float = 1.0  # output scale s of the experts
+    task: str = "occurrence"  # heads: occurrence (the paper), intensity (0-5 per AU) or both (docs/intensity.md)
 
 
 @dataclass
@@ -72,6 +73,7 @@ class LossConfig:
     gamma_bounds: list[float] = field(default_factory=lambda: [1.0, 2.0])  # MDWA [B_L, B_R]
     eps: float = 1.0  # WDI smoothing term
     wdi_reduction: str = "batch"  # WDI dice per AU over the batch (JAA-Net, default) or per (sample, AU): batch or sample
+    intensity_weight: float = 1.0  # weight of the intensity loss (masked MSE on the 0-1 scale), main + aux heads
 
 
 @dataclass
@@ -113,6 +115,7 @@ class Config:
 # Values checked against these so that YAML typos fail early instead of deep in training.
 _CHOICES = {
     ("model", "moke"): ("fused", "reference"),
+    ("model", "task"): ("occurrence", "intensity", "both"),
     ("loss", "name"): ("mdwa", "wa", "weighted_bce"),
     ("loss", "wdi_reduction"): ("batch", "sample"),
     ("train", "amp"): ("none", "bf16", "fp16"),

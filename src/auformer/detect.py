@@ -7,7 +7,10 @@ one row with ``success=0`` and empty face and AU columns, never a silent gap.
 
 Table columns (``auformer`` format)::
 
-    input, frame, time_s, face, x, y, w, h, face_score, success, AU01, ..., AU01_c, ...
+    input, frame, time_s, face, x, y, w, h, face_score, success, AU01, ..., AU01_c, ..., AU01_r, ...
+
+``AU01`` probabilities and ``AU01_c`` occurrences come from occurrence heads, ``AU01_r``
+intensities (0-5, OpenFace's name) from intensity heads (``model.task``).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from auformer.model.checkpoint import load_checkpoint, read_checkpoint_meta, res
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pgm", ".ppm"})
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"})
 FACE_COLUMNS = ["input", "frame", "time_s", "face", "x", "y", "w", "h", "face_score", "success"]
+INTENSITY_SUFFIX = "_r"  # AU12_r: intensity 0-5, as OpenFace names it
 # auformer name -> OpenFace name (OpenFace's frame numbers start at 1).
 OPENFACE_NAMES = {"face": "face_id", "time_s": "timestamp", "face_score": "confidence"}
 SYNTHETIC_WARNING = ("warning: this checkpoint was trained on synthetic faces: its AU predictions on real "
@@ -144,6 +148,8 @@ class Detector:
         self.device = device
         self.batch_size = batch_size
         self.au_columns = au_columns(self.model.aus)
+        self.occurrence = self.model.head is not None  # AU01 probabilities and AU01_c occurrences
+        self.intensity = self.model.intensity is not None  # AU01_r intensities, 0-5
         self.thresholds = self._resolve_thresholds(threshold)  # (N,)
         self.face_detector = get_detector(face_detector)
         data_config = self.model.data_config
@@ -164,14 +170,25 @@ class Detector:
         return np.array([by_column.get(column, default) for column in self.au_columns])
 
     @torch.inference_mode()
-    def predict_crops(self, crops: list[np.ndarray]) -> np.ndarray:
-        """AU probabilities ``(F, N)`` of aligned uint8 (H, W, 3) RGB face crops, ``batch_size`` at a time."""
-        probabilities = [np.zeros((0, len(self.au_columns)), dtype=np.float32)]
+    def predict(self, crops: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """Outputs for aligned uint8 (H, W, 3) RGB face crops, ``batch_size`` at a time: ``"probs"`` (F, N)
+        for occurrence checkpoints, ``"intensity"`` (F, N) in [0, 5] for intensity checkpoints."""
+        names = ["probs"] * self.occurrence + ["intensity"] * self.intensity
+        parts = {name: [np.zeros((0, len(self.au_columns)), dtype=np.float32)] for name in names}
         for begin in range(0, len(crops), self.batch_size):
             images = torch.stack([self.transform(crop) for crop in crops[begin:begin + self.batch_size]])  # (B, 3, S, S)
-            logits = self.model(images.to(self.device)).logits  # (B, N)
-            probabilities.append(torch.sigmoid(logits).float().cpu().numpy())
-        return np.concatenate(probabilities)
+            output = self.model(images.to(self.device))
+            if self.occurrence:
+                parts["probs"].append(torch.sigmoid(output.logits).float().cpu().numpy())  # (B, N)
+            if self.intensity:
+                parts["intensity"].append(output.intensity.float().cpu().numpy())  # (B, N)
+        return {name: np.concatenate(values) for name, values in parts.items()}
+
+    def predict_crops(self, crops: list[np.ndarray]) -> np.ndarray:
+        """AU probabilities ``(F, N)`` of aligned face crops (occurrence checkpoints; see `predict`)."""
+        if not self.occurrence:
+            raise ValueError("this checkpoint predicts intensity only (model.task='intensity'): use predict()")
+        return self.predict(crops)["probs"]
 
     def iter_results(self, frames: Iterable[Frame]) -> Iterator[tuple[pd.DataFrame, list[AlignedFace]]]:
         """Analyse ``frames``; yield ``(table, aligned faces)`` about every ``batch_size`` rows, in frame order.
@@ -200,15 +217,23 @@ class Detector:
             yield self._table(rows, faces), faces
 
     def _table(self, rows: list[dict], faces: list[AlignedFace]) -> pd.DataFrame:
-        """Rows plus the model's probabilities (``AU01``) and occurrences (``AU01_c``) for the face rows."""
+        """Rows plus the model's probabilities (``AU01``), occurrences (``AU01_c``) and intensities (``AU01_r``)
+        for the face rows, as the checkpoint has them."""
         table = pd.DataFrame(rows).reindex(columns=FACE_COLUMNS)
         table = table.astype({"frame": "int64", "face": "Int64", "success": "int64"})
-        probabilities = np.full((len(table), len(self.au_columns)), np.nan)
-        probabilities[table["success"].to_numpy() == 1] = self.predict_crops([face.crop for face in faces])
-        occurrence_columns = [column + "_c" for column in self.au_columns]
-        occurrences = pd.DataFrame(probabilities >= self.thresholds, columns=occurrence_columns, dtype="Int64")
-        occurrences[np.isnan(probabilities)] = pd.NA
-        return pd.concat([table, pd.DataFrame(probabilities, columns=self.au_columns), occurrences], axis=1)
+        found = table["success"].to_numpy() == 1
+        outputs = self.predict([face.crop for face in faces])
+        parts = [table]
+        for name, values in outputs.items():
+            full = np.full((len(table), len(self.au_columns)), np.nan)  # (rows, N), NaN on rows without a face
+            full[found] = values
+            if name == "probs":
+                occurrences = pd.DataFrame(full >= self.thresholds, columns=[c + "_c" for c in self.au_columns], dtype="Int64")
+                occurrences[np.isnan(full)] = pd.NA
+                parts += [pd.DataFrame(full, columns=self.au_columns), occurrences]
+            else:
+                parts.append(pd.DataFrame(full, columns=[c + INTENSITY_SUFFIX for c in self.au_columns]))
+        return pd.concat(parts, axis=1)
 
     def detect(self, image: str | os.PathLike | np.ndarray) -> pd.DataFrame:
         """AUs of every face in one image (a path, or a uint8 (H, W, 3) RGB array)."""
@@ -230,12 +255,16 @@ class Detector:
 def to_openface(table: pd.DataFrame) -> pd.DataFrame:
     """OpenFace-style column names: ``face_id``, ``timestamp``, ``confidence``, frames from 1.
 
-    Probabilities keep their ``AU01`` names (OpenFace's ``AU01_r`` are 0-5 intensities,
-    which this model does not predict); ``AU01_c`` are the same 0/1 occurrences.
+    Probabilities keep their ``AU01`` names; ``AU01_c`` (0/1 occurrence) and ``AU01_r``
+    (0-5 intensity, from checkpoints with intensity heads) already have OpenFace's names.
     """
     table = table.rename(columns=OPENFACE_NAMES)
     table["frame"] = table["frame"] + 1
-    return table
+    # OpenFace's order: intensities (_r) before occurrences (_c); the probabilities, which it lacks, last.
+    kinds = [[c for c in table.columns if not c.startswith("AU")]] + [
+        [c for c in table.columns if c.startswith("AU") and c.endswith(suffix)] for suffix in (INTENSITY_SUFFIX, "_c")]
+    kinds.append([c for c in table.columns if c not in {c for kind in kinds for c in kind}])
+    return table[[c for kind in kinds for c in kind]]
 
 
 def expand_inputs(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Path], int]:
@@ -305,12 +334,13 @@ def _run(detector: Detector, frames: Iterable[Frame], writer: _CsvWriter, progre
         progress.set_postfix(faces=counts.faces, faces_per_s=f"{(counts.faces - faces_before) / (time.perf_counter() - started):.1f}")
         if plot_dir is not None:
             for (_, row), face in zip(table[table["success"] == 1].iterrows(), faces):
-                probabilities = {column: row[column] for column in detector.au_columns}
+                probabilities = {column: row[column] for column in detector.au_columns} if detector.occurrence else {}
+                intensity = {column: row[column + INTENSITY_SUFFIX] for column in detector.au_columns} if detector.intensity else None
                 thresholds = dict(zip(detector.au_columns, detector.thresholds))
                 title = f"{row['input']}, face {row['face']}"
                 title += " (synthetic checkpoint: not meaningful)" if detector.synthetic else ""
                 plot_path = plot_dir / f"{Path(row['input']).stem}_face{row['face']}.png"
-                plot_face_aus(face.crop, probabilities, thresholds, plot_path, title)
+                plot_face_aus(face.crop, probabilities, thresholds, plot_path, title, intensity)
 
 
 def _image_frames(paths: list[Path], progress: tqdm, counts: _Counts) -> Iterator[Frame]:

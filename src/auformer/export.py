@@ -1,9 +1,11 @@
 """Export a checkpoint to ONNX or TorchScript: one self-contained file, checked against PyTorch.
 
-The exported graph holds the backbone, the experts and the main head and maps
+The exported graph holds the backbone, the experts and the main heads and maps
 normalised images ``(B, 3, S, S)`` (S fixed, the model's input size; B free) to AU
-probabilities ``(B, N)``. A JSON file beside it records the AU names and the
-preprocessing (aligned face crop, resize + centre crop, mean/std) a caller must apply.
+probabilities ``(B, N)`` (output ``probabilities``) and, for checkpoints with intensity
+heads, AU intensities 0-5 ``(B, N)`` (output ``intensity``). A JSON file beside it records
+the outputs, the AU names and the preprocessing (aligned face crop, resize + centre crop,
+mean/std) a caller must apply.
 """
 
 from __future__ import annotations
@@ -27,24 +29,34 @@ FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 TOLERANCE = 1e-4  # max |probability difference| between the export and PyTorch
 
 
-class AUProbabilities(nn.Module):
-    """AUFormer reduced to what deployment needs: images -> sigmoid of the main head."""
+class AUOutputs(nn.Module):
+    """AUFormer reduced to what deployment needs: images -> the main heads' outputs, named in ``self.names``.
+
+    ``probabilities`` = sigmoid of the occurrence head, ``intensity`` = the 0-5 intensity head;
+    a tuple in that order of the ones the model has, or the tensor itself when there is one
+    (so single-head TorchScript files give a tensor, as before intensity heads existed).
+    """
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        self.names = ["probabilities"] * (model.head is not None) + ["intensity"] * (model.intensity is not None)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.model(images).logits)  # (B, N)
+    def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        output = self.model(images)
+        heads = {"probabilities": output.logits, "intensity": output.intensity}
+        results = tuple(torch.sigmoid(heads[n]) if n == "probabilities" else heads[n] for n in self.names)  # each (B, N)
+        return results if len(results) > 1 else results[0]
 
 
-def _export_onnx(module: nn.Module, example: torch.Tensor, path: Path) -> None:
+def _export_onnx(module: AUOutputs, example: torch.Tensor, path: Path) -> None:
     # The TorchScript-based exporter (dynamo=False): 10x faster than the dynamo exporter on
     # CPU (5 s against 50 s for a tiny ViT, measured); export_model checks its output anyway.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (example,), str(path), input_names=["images"], output_names=["probabilities"],
-                          dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}}, opset_version=18, dynamo=False)
+        axes = {name: {0: "batch"} for name in ["images", *module.names]}
+        torch.onnx.export(module, (example,), str(path), input_names=["images"], output_names=module.names,
+                          dynamic_axes=axes, opset_version=18, dynamo=False)
 
 
 def _export_torchscript(module: nn.Module, example: torch.Tensor, path: Path) -> None:
@@ -53,16 +65,22 @@ def _export_torchscript(module: nn.Module, example: torch.Tensor, path: Path) ->
         torch.jit.save(torch.jit.trace(module, example, check_trace=False), str(path))
 
 
-def _run_export(format: str, path: Path, images: torch.Tensor) -> np.ndarray:
-    """Probabilities from the exported file, loaded fresh (ONNX Runtime for ONNX)."""
+def _run_export(format: str, path: Path, images: torch.Tensor, names: list[str]) -> list[np.ndarray]:
+    """The outputs ``names`` of the exported file, loaded fresh (ONNX Runtime for ONNX)."""
     if format == "onnx":
         import onnxruntime
 
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return session.run(["probabilities"], {"images": images.numpy()})[0]
+        return session.run(names, {"images": images.numpy()})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        return torch.jit.load(str(path)).eval()(images).detach().numpy()
+        results = torch.jit.load(str(path)).eval()(images)
+    return _arrays(results)
+
+
+def _arrays(results: torch.Tensor | tuple[torch.Tensor, ...]) -> list[np.ndarray]:
+    """One array per output of an `AUOutputs` (a tensor alone, or a tuple)."""
+    return [t.detach().numpy() for t in ((results,) if isinstance(results, torch.Tensor) else results)]
 
 
 def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, format: str = "onnx",
@@ -70,29 +88,35 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, form
     """Write ``OUT_DIR/NAME.onnx`` (or ``.pt``) and its description ``NAME.onnx.json``; returns the model path.
 
     The model is exported with a batch of 2 and run on a batch of 3 random images,
-    which must match PyTorch within ``TOLERANCE`` (this also checks the free batch
-    size), else ``ValueError`` and no file is left behind.
+    which must match PyTorch within ``TOLERANCE`` (probabilities; intensities within
+    5 x ``TOLERANCE``, their scale being 0-5) (this also checks the free batch size),
+    else ``ValueError`` and no file is left behind.
     """
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}: valid formats are {', '.join(FORMATS)}")
     checkpoint = resolve_checkpoint(checkpoint)  # a Hub repo id -> its cached files
     model = load_checkpoint(checkpoint, backbone_weights=backbone_weights).eval()
-    module = AUProbabilities(model).eval()
+    module = AUOutputs(model).eval()
     size = model.data_config["input_size"][-1]
     images = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))  # (3, 3, S, S)
     with torch.no_grad():
-        expected = module(images).numpy()  # (B, N)
+        expected = _arrays(module(images))  # each (B, N)
+    scales = [1.0 if name == "probabilities" else 5.0 for name in module.names]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     name = checkpoint_paths(checkpoint)[0].stem
     path = out_dir / f"{name}{FORMATS[format]}"
     with atomic_path(path) as tmp:  # a model that fails the check never replaces the file
         (_export_onnx if format == "onnx" else _export_torchscript)(module, images[:2], tmp)
-        difference = float(np.abs(_run_export(format, tmp, images) - expected).max())
+        exported = _run_export(format, tmp, images, module.names)
+        difference = max(float(np.abs(a - b).max()) / scale for a, b, scale in zip(exported, expected, scales))
         if not difference <= TOLERANCE:
             raise ValueError(f"{path}: exported model differs from PyTorch by {difference:.2e} (> {TOLERANCE:.0e})")
     data_config = model.data_config
     resize_size = read_checkpoint_meta(checkpoint).get("extra", {}).get("resize_size") or default_resize_size(size)
+    outputs = [{"name": name, "shape": ["batch", len(model.aus)], "range": [0, scale],
+                "columns": [c + ("" if name == "probabilities" else "_r") for c in au_columns(model.aus)]}
+               for name, scale in zip(module.names, scales)]
     description = {
         "model": path.name,
         "format": format,
@@ -100,8 +124,9 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, form
         "input": {"name": "images", "shape": ["batch", 3, size, size], "layout": "RGB, float32, normalised",
                   "mean": list(data_config["mean"]), "std": list(data_config["std"]),
                   "preprocessing": f"auformer.faces.align_faces crop (256 px), resize to {resize_size}, centre crop {size}"},
-        "output": {"name": "probabilities", "shape": ["batch", len(model.aus)], "columns": au_columns(model.aus)},
-        "max_abs_difference_vs_pytorch": difference,
+        "output": outputs[0],  # the first of "outputs" (kept for readers of single-output files)
+        "outputs": outputs,
+        "max_abs_difference_vs_pytorch": difference,  # over outputs, each divided by its range (1 or 5)
     }
     path.with_name(path.name + ".json").write_text(json.dumps(description, indent=2) + "\n")
     return path
@@ -112,5 +137,5 @@ def run_export(args: argparse.Namespace) -> None:
     path = export_model(args.checkpoint, args.out, args.format, backbone_weights=args.backbone_weights)
     description_path = path.with_name(path.name + ".json")
     difference = json.loads(description_path.read_text())["max_abs_difference_vs_pytorch"]
-    print(f"wrote {path} (max |probability - PyTorch| = {difference:.1e})")
+    print(f"wrote {path} (max |output - PyTorch| / output range = {difference:.1e})")
     print(f"wrote {description_path}")

@@ -151,6 +151,28 @@ def auformer_loss(
     return {"total": mdwa + wdi + mdwa_aux, "mdwa": mdwa, "wdi": wdi, "mdwa_aux": mdwa_aux}
 
 
+def intensity_loss(
+    intensity: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None, max_intensity: float = 5.0
+) -> torch.Tensor:
+    """Masked mean squared error of AU intensities on the 0-1 scale: ``((pred - y) / 5)^2``.
+
+    intensity: (B, N) predictions in [0, max_intensity]; targets: (B, N) in [0, max_intensity],
+    ``-1`` or NaN = unknown (``mask=None`` means ``targets >= 0``). Returns the mean over known
+    entries, 0 (with a graph) when none is known. Scaling by the maximum keeps the term on the
+    same order as the classification losses (a constant 0.5 prediction costs at most 0.25).
+    Why MSE and not an ordinal loss over the six levels: ICC and MAE, the metrics the literature
+    reports, are squared/absolute errors on the numeric scale (docs/intensity.md).
+    """
+    if intensity.ndim != 2 or targets.shape != intensity.shape:
+        raise ValueError(f"intensity and targets must both have shape (B, N), got {tuple(intensity.shape)} and {tuple(targets.shape)}")
+    dtype = torch.float64 if intensity.dtype == torch.float64 else torch.float32
+    intensity = intensity.to(dtype)
+    targets = targets.to(device=intensity.device, dtype=dtype)
+    known = targets >= 0 if mask is None else mask.to(intensity.device).bool()
+    error = (intensity - torch.where(known, targets, intensity.detach())) / max_intensity  # 0 at unknown entries
+    return torch.where(known, error.square(), torch.zeros_like(error)).sum() / known.sum().clamp(min=1)
+
+
 def _asymmetric_loss(
     logits: torch.Tensor,
     targets: torch.Tensor,

@@ -89,6 +89,76 @@ def au_metrics(
     return {"mean_f1": mean_f1, "undefined_aus": undefined, "per_au": per_au}
 
 
+def icc_3_1(pred: np.ndarray, target: np.ndarray) -> float:
+    """ICC(3,1) (Shrout & Fleiss 1979): two-way mixed, consistency, single rater; NaN when undefined.
+
+    The two "raters" are the model and the annotation, the ``M`` "targets" the frames.
+    ``(MS_rows - MS_error) / (MS_rows + (k - 1) MS_error)`` with k = 2, from the two-way
+    ANOVA of the (M, 2) table. Written out here: it is a few lines of numpy, and the
+    statistics packages that have it (pingouin) pull in far more than it needs.
+    """
+    table = np.stack([pred, target], axis=1).astype(np.float64)  # (M, k)
+    rows, k = table.shape
+    if rows < 2:
+        return float("nan")
+    grand = table.mean()
+    ss_rows = k * ((table.mean(axis=1) - grand) ** 2).sum()
+    ss_columns = rows * ((table.mean(axis=0) - grand) ** 2).sum()
+    ss_error = ((table - grand) ** 2).sum() - ss_rows - ss_columns
+    ms_rows, ms_error = ss_rows / (rows - 1), ss_error / ((rows - 1) * (k - 1))
+    denominator = ms_rows + (k - 1) * ms_error
+    return float((ms_rows - ms_error) / denominator) if denominator > 0 else float("nan")
+
+
+def intensity_metrics(
+    pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor, aus: list[int] | None = None
+) -> dict:
+    """Per-AU ICC(3,1), Pearson r and MAE of intensities, averaged over AUs (the intensity literature's table).
+
+    pred: (M, N) predicted intensities (0-5). target: (M, N) annotated intensities, -1 or
+    NaN = unknown (excluded AU by AU). Returns ``{"mean_icc", "mean_pearson", "mean_mae",
+    "per_au": {"AU12": {"icc", "pearson", "mae", "known"}}}`` (keys as in `au_metrics`).
+    An AU with no known target (e.g. a BP4D AU that FERA 2015 did not code for intensity)
+    has NaN scores, ``known = 0``, and is left out of the means. An AU whose ICC or r is
+    undefined (constant predictions or targets) gets NaN for it and counts as 0 in that
+    mean, as an undefined F1 does in `au_metrics`.
+    """
+    pred_np, target_np = _as_float_array(pred, "pred"), _as_float_array(target, "target")
+    if pred_np.shape != target_np.shape:
+        raise ValueError(f"pred and target must have the same shape (M, N), got {pred_np.shape} and {target_np.shape}")
+    if np.isnan(pred_np).any():
+        raise ValueError("pred contains NaN")
+    per_au = {}
+    for column, key in enumerate(_au_keys(aus, pred_np.shape[1])):
+        rows = target_np[:, column] >= 0  # NaN >= 0 is False: unknown
+        guess, truth = pred_np[rows, column], target_np[rows, column]
+        defined = truth.size >= 2 and guess.std() > 0 and truth.std() > 0
+        per_au[key] = {
+            "icc": icc_3_1(guess, truth) if truth.size else float("nan"),
+            "pearson": float(np.corrcoef(guess, truth)[0, 1]) if defined else float("nan"),
+            "mae": float(np.abs(guess - truth).mean()) if truth.size else float("nan"),
+            "known": int(truth.size),
+        }
+    scored = [scores for scores in per_au.values() if scores["known"]]
+
+    def mean(name: str) -> float:
+        return float(np.mean([np.nan_to_num(scores[name]) for scores in scored])) if scored else float("nan")
+
+    return {"mean_icc": mean("icc"), "mean_pearson": mean("pearson"), "mean_mae": mean("mae"), "per_au": per_au}
+
+
+def intensity_table_markdown(metrics: dict) -> str:
+    """A Markdown table of per-AU ICC(3,1), Pearson r and MAE with a mean row (AUs without known targets marked)."""
+    lines = ["| AU | Name | ICC(3,1) | Pearson r | MAE | Known |", "|---|---|---:|---:|---:|---:|"]
+    for key, scores in metrics["per_au"].items():
+        name = au_name(key) if key.startswith("AU") else ""
+        values = " | ".join("n/a" if np.isnan(scores[n]) else f"{scores[n]:.3f}" for n in ("icc", "pearson", "mae"))
+        lines.append(f"| {key} | {name} | {values} | {scores['known']} |")
+    means = " | ".join(f"**{metrics[n]:.3f}**" for n in ("mean_icc", "mean_pearson", "mean_mae"))
+    lines.append(f"| **Mean** | | {means} | |")
+    return "\n".join(lines) + "\n"
+
+
 def metrics_table_markdown(metrics: dict) -> str:
     """A Markdown table of per-AU F1/precision/recall (percent, one decimal) and support, with a mean row."""
     lines = ["| AU | Name | F1 (%) | Precision (%) | Recall (%) | Support |", "|---|---|---:|---:|---:|---:|"]

@@ -1,5 +1,8 @@
 """Plots of detection results: one face with its AU bars, and AU time series of a video.
 
+Occurrence probabilities (0-1, with thresholds) and intensities (0-5, ``AU12_r``) get
+panels of their own, drawn for whichever the checkpoint predicts.
+
 Figures are built with `matplotlib.figure.Figure` (Agg canvas, no pyplot state), so
 plotting works headless and from worker threads.
 """
@@ -7,6 +10,7 @@ plotting works headless and from worker threads.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -19,6 +23,10 @@ from auformer.files import atomic_path
 
 OCCURS_COLOR = "#d1495b"  # probability at or above the AU's threshold
 ABSENT_COLOR = "#8d99ae"
+INTENSITY_COLOR = "#2e86ab"
+MAX_INTENSITY = 5.0
+_PROBABILITY_COLUMN = re.compile(r"^AU\d+$")
+_INTENSITY_COLUMN = re.compile(r"^AU\d+_r$")
 
 
 def _thresholds(columns: list[str], threshold: float | Mapping[str, float]) -> list[float]:
@@ -36,23 +44,48 @@ def _save(figure: Figure, out_path: str | os.PathLike) -> Path:
 
 
 def plot_face_aus(aligned_crop: np.ndarray, probs: Mapping[str, float], threshold: float | Mapping[str, float],
-                  out_path: str | os.PathLike, title: str | None = None) -> Path:
+                  out_path: str | os.PathLike, title: str | None = None,
+                  intensity: Mapping[str, float] | None = None) -> Path:
     """The aligned face beside a horizontal bar per AU (FACS name, probability, threshold tick).
 
     ``probs`` maps ``AU01``-style names to probabilities; bars at or above their
-    threshold are red, the others grey. ``title`` (e.g. the input file) goes on top.
-    Returns the written path.
+    threshold are red, the others grey (an empty mapping: no probability panel, for
+    intensity-only checkpoints). ``intensity`` (same keys, 0-5) adds a panel of intensity
+    bars. ``title`` (e.g. the input file) goes on top. Returns the written path.
     """
-    columns = list(probs)
-    values = np.array([probs[column] for column in columns], dtype=float)
-    thresholds = _thresholds(columns, threshold)
-    figure = Figure(figsize=(10, max(4.0, 0.42 * len(columns) + 1.2)), layout="constrained")
-    face_axes, bar_axes = figure.subplots(1, 2, width_ratios=[1, 1.5])
+    columns = list(probs) or list(intensity or {})
+    widths = [1] + [1.5] * bool(probs) + [1.2] * (intensity is not None)
+    figure = Figure(figsize=(4 + 6 * (len(widths) - 1), max(4.0, 0.42 * len(columns) + 1.2)), layout="constrained")
+    face_axes, *panels = figure.subplots(1, len(widths), width_ratios=widths)
     if title:
         figure.suptitle(title, fontsize=11)
     face_axes.imshow(aligned_crop)
     face_axes.set_axis_off()
     face_axes.set_title("aligned face")
+    if probs:
+        _probability_bars(panels.pop(0), columns, np.array([probs[c] for c in columns], dtype=float), _thresholds(columns, threshold))
+    if intensity is not None:
+        _intensity_bars(panels.pop(0), columns, np.array([intensity[c] for c in columns], dtype=float))
+    return _save(figure, out_path)
+
+
+def _intensity_bars(bar_axes, columns: list[str], values: np.ndarray) -> None:
+    """Horizontal intensity bars on the 0-5 scale, value printed right of each."""
+    positions = np.arange(len(columns))
+    bar_axes.barh(positions, values, color=INTENSITY_COLOR, height=0.7)
+    for position, value in zip(positions, values):
+        bar_axes.text(MAX_INTENSITY * 1.03, position, f"{value:.1f}", va="center", fontsize=10)
+    bar_axes.set_yticks(positions, [au_label(column) for column in columns], fontsize=10)
+    bar_axes.invert_yaxis()
+    bar_axes.set_xlim(0, MAX_INTENSITY * 1.12)
+    bar_axes.set_xticks(range(6))
+    bar_axes.set_xlabel("intensity  (0 absent, 1-5 = FACS A-E)")
+    bar_axes.spines[["top", "right"]].set_visible(False)
+    bar_axes.set_title("AU intensity")
+
+
+def _probability_bars(bar_axes, columns: list[str], values: np.ndarray, thresholds: list[float]) -> None:
+    """Horizontal probability bars, red at or above the threshold tick, grey below."""
     positions = np.arange(len(columns))
     colors = [OCCURS_COLOR if value >= limit else ABSENT_COLOR for value, limit in zip(values, thresholds)]
     bar_axes.barh(positions, values, color=colors, height=0.7)
@@ -67,37 +100,43 @@ def plot_face_aus(aligned_crop: np.ndarray, probs: Mapping[str, float], threshol
     bar_axes.set_xlabel("probability  (black tick: threshold)")
     bar_axes.spines[["top", "right"]].set_visible(False)
     bar_axes.set_title(f"{int(sum(value >= limit for value, limit in zip(values, thresholds)))} of {len(columns)} AUs present")
-    return _save(figure, out_path)
 
 
 def plot_au_timeseries(df: pd.DataFrame, out_path: str | os.PathLike, threshold: float | Mapping[str, float]) -> Path:
-    """One small panel per AU: probability over time, occurrence (at or above threshold) shaded.
+    """One small panel per AU: probability over time, occurrence (at or above threshold) shaded;
+    then, for checkpoints with intensity, one panel per AU of the 0-5 intensity (``AU12_r``).
 
     ``df`` is a detection table (``auformer`` or ``openface`` columns). Only the best
     face of each frame (``face`` 0) is drawn; frames without a face leave gaps.
     """
     time_column = "time_s" if "time_s" in df else "timestamp"
     face_column = "face" if "face" in df else "face_id"
-    columns = [column for column in df.columns if column.startswith("AU") and not column.endswith("_c")]
-    if not columns:
-        raise ValueError(f"{out_path}: the table has no AU probability columns")
+    columns = [column for column in df.columns if _PROBABILITY_COLUMN.match(column)]
+    intensity_columns = [column for column in df.columns if _INTENSITY_COLUMN.match(column)]
+    if not columns and not intensity_columns:
+        raise ValueError(f"{out_path}: the table has no AU probability or intensity columns")
     frames = df[(df[face_column] == 0) | df[face_column].isna()].drop_duplicates(time_column).sort_values(time_column)
     times = frames[time_column].to_numpy(dtype=float)
-    no_face = frames[columns[0]].isna().to_numpy()
-    thresholds = _thresholds(columns, threshold)
-    figure = Figure(figsize=(10, 0.75 * len(columns) + 1.0), layout="constrained")
-    axes_list = np.atleast_1d(figure.subplots(len(columns), 1, sharex=True))
-    for axes, column, limit in zip(axes_list, columns, thresholds):
+    no_face = frames[(columns or intensity_columns)[0]].isna().to_numpy()
+    thresholds = _thresholds(columns, threshold) + [None] * len(intensity_columns)
+    panels = columns + intensity_columns
+    figure = Figure(figsize=(10, 0.75 * len(panels) + 1.0), layout="constrained")
+    axes_list = np.atleast_1d(figure.subplots(len(panels), 1, sharex=True))
+    for axes, column, limit in zip(axes_list, panels, thresholds):
         values = frames[column].to_numpy(dtype=float)
-        axes.fill_between(times, 0, 1, where=values >= limit, color=OCCURS_COLOR, alpha=0.2, linewidth=0, step="mid")
-        axes.fill_between(times, 0, 1, where=no_face, color=ABSENT_COLOR, alpha=0.25, linewidth=0, step="mid", hatch="//")
-        axes.plot(times, values, color=OCCURS_COLOR, linewidth=1.2)
-        axes.axhline(limit, color="black", linewidth=0.6, linestyle=":")
-        axes.set_ylim(0, 1)
-        axes.set_yticks([0, 1])
-        axes.set_ylabel(au_label(column), rotation=0, ha="right", va="center", fontsize=9)
+        top, color = (1.0, OCCURS_COLOR) if limit is not None else (MAX_INTENSITY, INTENSITY_COLOR)
+        if limit is not None:
+            axes.fill_between(times, 0, 1, where=values >= limit, color=OCCURS_COLOR, alpha=0.2, linewidth=0, step="mid")
+            axes.axhline(limit, color="black", linewidth=0.6, linestyle=":")
+        axes.fill_between(times, 0, top, where=no_face, color=ABSENT_COLOR, alpha=0.25, linewidth=0, step="mid", hatch="//")
+        axes.plot(times, values, color=color, linewidth=1.2)
+        axes.set_ylim(0, top)
+        axes.set_yticks([0, top])
+        label = au_label(column.removesuffix("_r")) + (" intensity" if limit is None else "")
+        axes.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
         axes.spines[["top", "right"]].set_visible(False)
     axes_list[-1].set_xlabel("time (s)")
     axes_list[-1].set_xlim(times.min(), max(times.max(), times.min() + 1e-3))
-    axes_list[0].set_title("AU probability of the best face per frame (red: present; grey hatched: no face; dotted: threshold)", fontsize=10)
+    axes_list[0].set_title("AU probability (red: present; dotted: threshold) and intensity 0-5 (blue) of the best face "
+                           "per frame; grey hatched: no face", fontsize=10)
     return _save(figure, out_path)

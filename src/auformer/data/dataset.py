@@ -2,6 +2,7 @@
 
 Both return ``(image, labels)``: the transformed image, a float tensor ``(3, H, W)``,
 and the labels, float32 ``(N,)`` with 1 / 0 / -1 (unknown, masked by losses and metrics).
+Given intensities (``(M, N)``, 0-5 or -1 unknown) they return ``(image, labels, intensity)``.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from auformer.data.manifest import AUTable
 class AUDataset(torch.utils.data.Dataset):
     """Images of an :class:`AUTable`, read with PIL (RGB) and passed through ``transform``."""
 
-    def __init__(self, table: AUTable, transform: Callable) -> None:
+    def __init__(self, table: AUTable, transform: Callable, with_intensity: bool = False) -> None:
+        """``with_intensity``: also return the table's intensities (all unknown when it has none)."""
         self.table = table
         self.transform = transform
         self.labels = torch.from_numpy(np.ascontiguousarray(table.labels, dtype=np.float32))  # (M, N)
+        self.intensity = _intensity_tensor(table.intensity, self.labels) if with_intensity else None
 
     def __len__(self) -> int:
         return len(self.table)
@@ -37,24 +40,36 @@ class AUDataset(torch.utils.data.Dataset):
         except (UnidentifiedImageError, OSError, SyntaxError) as error:
             raise ValueError(f"{path}: cannot decode image ({error})") from None
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.transform(self.load_image(index)), self.labels[index]
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        image = self.transform(self.load_image(index))
+        return (image, self.labels[index]) if self.intensity is None else (image, self.labels[index], self.intensity[index])
 
 
 class ArrayAUDataset(torch.utils.data.Dataset):
     """Images held in memory: uint8 ``(M, H, W, 3)`` plus labels ``(M, N)`` (the synthetic default)."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Callable) -> None:
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Callable, intensity: np.ndarray | None = None) -> None:
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
             raise ValueError(f"images must be a uint8 (M, H, W, 3) array, got {images.dtype} {images.shape}")
         if len(labels) != len(images):
             raise ValueError(f"{len(images)} images but {len(labels)} label rows")
         self.images = images
         self.labels = torch.as_tensor(np.asarray(labels, dtype=np.float32))  # (M, N)
+        self.intensity = None if intensity is None else _intensity_tensor(intensity, self.labels)
         self.transform = transform
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.transform(self.images[index]), self.labels[index]
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        image = self.transform(self.images[index])
+        return (image, self.labels[index]) if self.intensity is None else (image, self.labels[index], self.intensity[index])
+
+
+def _intensity_tensor(intensity: np.ndarray | None, labels: torch.Tensor) -> torch.Tensor:
+    """float32 ``(M, N)`` intensities; -1 everywhere (unknown) when the data has none."""
+    if intensity is None:
+        return torch.full_like(labels, -1.0)
+    if intensity.shape != tuple(labels.shape):
+        raise ValueError(f"intensity shape {intensity.shape} does not match labels shape {tuple(labels.shape)}")
+    return torch.as_tensor(np.asarray(intensity, dtype=np.float32))

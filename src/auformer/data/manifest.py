@@ -3,6 +3,7 @@
 A prepared dataset is a folder any tool can produce::
 
     manifest.csv   image,subject,AU01,AU02,...   (1, 0, empty or -1 = unknown)
+                   optional AU12_int,... columns: intensity 0-5 (empty or -1 = unknown)
     folds.json     {"folds": [{"test_subjects": [...]}, ...], "aus": ["AU01", ...]}
     <images>       paths in manifest.csv are relative to the folder
 
@@ -31,6 +32,8 @@ from auformer.files import atomic_write_text
 MANIFEST_NAME = "manifest.csv"
 FOLDS_NAME = "folds.json"
 _AU_COLUMN = re.compile(r"^AU\d+$")
+INTENSITY_SUFFIX = "_int"  # manifest intensity columns: AU12_int beside AU12
+MAX_INTENSITY = 5.0
 # Subject ids of BP4D (F001, M012), DISFA (SN001) and CASME II (sub01) in list-file paths.
 _SUBJECT_IN_PATH = re.compile(r"^(?:[FM]\d{3}|SN\d{3}|sub\d+)$", re.IGNORECASE)
 
@@ -41,6 +44,8 @@ class AUTable:
 
     ``labels`` is ``(M, N)`` float32 with 1 (present), 0 (absent) or -1 (unknown);
     column ``j`` belongs to FACS AU ``aus[j]``. Image paths are relative to ``root``.
+    ``intensity`` is ``None`` (no intensity annotation) or ``(M, N)`` float32 with 0-5 or
+    -1 (unknown, also for AUs the dataset does not code for intensity).
     """
 
     root: Path
@@ -48,10 +53,13 @@ class AUTable:
     subjects: list[str]
     labels: np.ndarray
     aus: list[int]
+    intensity: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
         self.labels = np.asarray(self.labels, dtype=np.float32).reshape(len(self.images), len(self.aus))  # (M, N)
+        if self.intensity is not None:
+            self.intensity = np.asarray(self.intensity, dtype=np.float32).reshape(self.labels.shape)  # (M, N)
         if len(self.subjects) != len(self.images):
             raise ValueError(f"AUTable: {len(self.images)} images but {len(self.subjects)} subjects")
 
@@ -68,6 +76,7 @@ class AUTable:
             subjects=[self.subjects[i] for i in rows],
             labels=self.labels[rows],
             aus=list(self.aus),
+            intensity=None if self.intensity is None else self.intensity[rows],
         )
 
     def select_aus(self, aus: Sequence[int | str]) -> AUTable:
@@ -79,7 +88,8 @@ class AUTable:
                 f"AUs {', '.join(au_columns(missing))} are not in this dataset (it has {', '.join(au_columns(self.aus))})"
             )
         columns = [self.aus.index(au) for au in wanted]
-        return AUTable(self.root, list(self.images), list(self.subjects), self.labels[:, columns], wanted)
+        intensity = None if self.intensity is None else self.intensity[:, columns]
+        return AUTable(self.root, list(self.images), list(self.subjects), self.labels[:, columns], wanted, intensity)
 
     def image_path(self, index: int) -> Path:
         """Absolute path of image ``index``."""
@@ -96,10 +106,13 @@ def _dataset_file(path: str | Path, name: str) -> Path:
 
 
 def _parse_au_header(file: Path, columns: list[str]) -> list[int]:
+    """AU numbers of the occurrence columns (``AU12``); intensity columns (``AU12_int``) are checked by the caller."""
     if columns[:2] != ["image", "subject"]:
         raise ValueError(f"{file}: the first columns must be 'image,subject', found {','.join(columns[:2])!r}")
     aus: list[int] = []
     for column in columns[2:]:
+        if column.endswith(INTENSITY_SUFFIX):
+            continue
         if not _AU_COLUMN.match(column):
             raise ValueError(f"{file}: column {column!r} is not an AU column (expected names like AU01, AU12)")
         try:
@@ -142,7 +155,10 @@ def read_manifest(path: str | Path, on_missing: str = "error") -> AUTable:
         frame = pd.read_csv(file, dtype=str, keep_default_na=False, skipinitialspace=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         raise ValueError(f"{file}: not a readable CSV ({str(error).splitlines()[0]})") from None
-    aus = _parse_au_header(file, [str(c).strip() for c in frame.columns])
+    frame.columns = [str(c).strip() for c in frame.columns]
+    aus = _parse_au_header(file, list(frame.columns))
+    intensity = _read_intensity_columns(file, frame, aus)
+    frame = frame[["image", "subject", *(c for c in frame.columns[2:] if not c.endswith(INTENSITY_SUFFIX))]]
     raw = frame.iloc[:, 2:].to_numpy(dtype=str)  # (M, N)
     labels = np.full(raw.shape, -1.0, dtype=np.float32)
     labels[(raw == "1") | (raw == "1.0")] = 1.0
@@ -154,15 +170,42 @@ def read_manifest(path: str | Path, on_missing: str = "error") -> AUTable:
             f"{file}: line {row + 2}, column {frame.columns[col + 2]}: invalid label {str(raw[row, col])!r} "
             "(allowed: 1, 0, empty or -1 for unknown)"
         )
-    table = AUTable(file.parent, frame["image"].tolist(), frame["subject"].tolist(), labels, aus)
+    table = AUTable(file.parent, frame["image"].tolist(), frame["subject"].tolist(), labels, aus, intensity)
     if any(not image for image in table.images):
         raise ValueError(f"{file}: line {table.images.index('') + 2}: empty image path")
     exists = _report_missing_images(file, table.root, table.images, on_missing)
     return table if exists.all() else table.subset(exists)
 
 
+def _read_intensity_columns(file: Path, frame: pd.DataFrame, aus: list[int]) -> np.ndarray | None:
+    """``(M, N)`` intensities from the ``AU12_int`` columns (-1 unknown or not coded), None without such columns."""
+    columns = [c for c in frame.columns[2:] if c.endswith(INTENSITY_SUFFIX)]
+    if not columns:
+        return None
+    intensity = np.full((len(frame), len(aus)), -1.0, dtype=np.float32)  # (M, N)
+    for column in columns:
+        try:
+            au = parse_au(column.removesuffix(INTENSITY_SUFFIX))
+        except ValueError as error:
+            raise ValueError(f"{file}: column {column!r}: {error}") from None
+        if au not in aus:
+            raise ValueError(f"{file}: intensity column {column!r} has no occurrence column {au_columns([au])[0]}")
+        raw = frame[column].to_numpy(dtype=str)
+        values = pd.to_numeric(pd.Series(raw).replace("", "-1"), errors="coerce").to_numpy(dtype=np.float64)
+        bad = ~((values == -1) | ((values >= 0) & (values <= MAX_INTENSITY)))  # NaN (not a number) is bad too
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"{file}: line {row + 2}, column {column}: invalid intensity {str(raw[row])!r} "
+                             "(allowed: 0 to 5, empty or -1 for unknown)")
+        intensity[:, aus.index(au)] = values
+    return intensity
+
+
 def write_manifest(table: AUTable, out_dir: str | Path) -> Path:
     """Write ``out_dir/manifest.csv`` atomically; unknown labels are written empty.
+
+    With ``table.intensity``, an ``AU12_int`` column follows the occurrence columns for each
+    AU with at least one known intensity (an AU never coded for intensity gets no column).
 
     Image paths are rewritten relative to ``out_dir`` when the table's root is elsewhere,
     so a subset saved in another folder still points at the same files.
@@ -173,10 +216,16 @@ def write_manifest(table: AUTable, out_dir: str | Path) -> Path:
     else:
         images = [os.path.relpath(table.root / image, out_dir) for image in table.images]
     cells = np.where(table.labels > 0.5, "1", np.where(table.labels == 0, "0", ""))  # (M, N)
+    header = ["image", "subject", *au_columns(table.aus)]
+    if table.intensity is not None:
+        coded = (table.intensity >= 0).any(axis=0)  # (N,)
+        values = np.vectorize(lambda v: f"{v:g}" if v >= 0 else "", otypes=[str])(table.intensity[:, coded]).reshape(len(table), -1)
+        cells = np.concatenate([cells, values], axis=1)  # (M, N + coded)
+        header += [column + INTENSITY_SUFFIX for column in np.array(au_columns(table.aus))[coded]]
 
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["image", "subject", *au_columns(table.aus)])
+    writer.writerow(header)
     writer.writerows([image, subject, *row] for image, subject, row in zip(images, table.subjects, cells.tolist()))
     atomic_write_text(out_dir / MANIFEST_NAME, text.getvalue())
     return out_dir / MANIFEST_NAME

@@ -50,6 +50,7 @@ EXPRESSION_FACTORS: dict[str, dict[int, float]] = {
     "mouth_open": {25: 0.8, 26: 0.7},
 }
 
+INTENSITY_SCALE = 5.0  # drawn intensities (0-1) times this = the FACS 0-5 scale of DISFA/BP4D and OpenFace
 ACTIVE_INTENSITY = (0.8, 1.0)  # an active AU's intensity is drawn uniformly from this range (weaker ones
 # made the default 3,000-image run unlearnable in a few CPU minutes: a small CNN stayed near the label prior)
 
@@ -113,6 +114,7 @@ class SyntheticData:
     clean_labels: np.ndarray  # (M, 12) float32 0/1 before label noise
     landmarks: np.ndarray  # (M, K, 2) float32 in [0, 1] image coords (x, y), see LANDMARK_NAMES
     latents: np.ndarray  # (M, L) float32 identity, pose and lighting parameters, see LATENT_NAMES
+    intensities: np.ndarray  # (M, 12) float32 drawn AU intensity on the FACS 0-5 scale (0 = absent), no label noise
 
 
 # ---------------------------------------------------------------- labels
@@ -475,6 +477,7 @@ def generate_synthetic(num_images: int = 3000, size: int = 64, seed: int = 0, nu
         clean_labels=clean,
         landmarks=landmarks,
         latents=latents,
+        intensities=INTENSITY_SCALE * intensities,
     )
 
 
@@ -492,7 +495,7 @@ def write_synthetic(out_dir: str | Path, num_images: int = 3000, size: int = 64,
 
     Layout (the same as real prepared data, see docs/architecture.md):
     ``images/000000.png ...``, ``manifest.csv`` (``image,subject,AU01,...``, the
-    labels after label noise), ``folds.json`` (subject-exclusive folds), plus
+    labels after label noise, then ``AU01_int,...``, the drawn 0-5 intensities), ``folds.json`` (subject-exclusive folds), plus
     ``synthetic.npz`` (clean_labels, landmarks, latents, in manifest order) and
     ``synthetic.json`` (the generator settings).
     """
@@ -512,5 +515,5 @@ def write_synthetic(out_dir: str | Path, num_images: int = 3000, size: int = 64,
                 "num_subjects": num_subjects, "label_noise": label_noise, "aus": au_columns(SYNTHETIC_AUS)}
     atomic_write_text(out / "synthetic.json", json.dumps(settings, indent=2) + "\n")
     write_folds(out, folds, SYNTHETIC_AUS)
-    write_manifest(AUTable(out, names, data.subjects, data.labels, SYNTHETIC_AUS), out)
+    write_manifest(AUTable(out, names, data.subjects, data.labels, SYNTHETIC_AUS, data.intensities.round(3)), out)
     return out

@@ -49,10 +49,11 @@ from auformer.engine import checkpointing, distributed
 from auformer.engine.logging import RunLogger
 from auformer.engine.schedule import plan_run
 from auformer.files import atomic_path, atomic_write_text
-from auformer.metrics import au_metrics, metrics_table_markdown
+from auformer.metrics import au_metrics, intensity_metrics, intensity_table_markdown, metrics_table_markdown
 from auformer.model.auformer import build_model
 from auformer.model.backbone import resolve_weights
 from auformer.model.checkpoint import load_adapter_weights, load_checkpoint, save_checkpoint
+from auformer.model.heads import has_intensity
 
 METRIC_KEYS = ("f1", "precision", "recall", "support")  # per-AU fields of metrics.json
 
@@ -89,18 +90,21 @@ def load_source(config: Config, root: str | None = None) -> Source:
         )
         subjects = [str(s) for s in faces.subjects]
         names = [f"synthetic/{row:05d}.png" for row in range(len(subjects))]
-        table = AUTable(Path("."), names, subjects, faces.labels, list(SYNTHETIC_AUS))
+        table = AUTable(Path("."), names, subjects, faces.labels, list(SYNTHETIC_AUS), faces.intensities)
         return Source(table, synthetic_folds(subjects, k=data.synthetic_folds), faces.images)
     folds, _ = read_folds(root)
     return Source(read_manifest(root), folds)
 
 
-def make_dataset(source: Source, table: AUTable, transform: Any) -> Dataset:
-    """Torch dataset over ``table`` rows (a subset of ``source.table``)."""
+def make_dataset(source: Source, table: AUTable, transform: Any, with_intensity: bool = False) -> Dataset:
+    """Torch dataset over ``table`` rows (a subset of ``source.table``); intensities too when asked."""
     if source.pixels is None:
-        return AUDataset(table, transform)
+        return AUDataset(table, transform, with_intensity)
     rows = [int(Path(name).stem) for name in table.images]
-    return ArrayAUDataset(source.pixels[rows], table.labels, transform)
+    intensity = None
+    if with_intensity:  # all unknown (-1) when the table has none
+        intensity = table.intensity if table.intensity is not None else np.full(table.labels.shape, -1.0, np.float32)
+    return ArrayAUDataset(source.pixels[rows], table.labels, transform, intensity)
 
 
 def build_splits(config: Config, source: Source, target: Source | None = None) -> Splits:
@@ -154,7 +158,9 @@ def check_backbone_weights(config: Config, verbose: bool = True) -> str:
 def build_loss(config: Config) -> Any:
     """``loss(output, targets, rate) -> {"total", ...}`` from ``config.loss`` (the ablation switch).
 
-    Defaults give the paper's objective: MDWA(main) + WDI(main) + MDWA(aux).
+    Defaults give the paper's objective: MDWA(main) + WDI(main) + MDWA(aux). Models with
+    intensity heads add ``intensity_weight`` x (MSE(main) + aux_weight x MSE(aux)); an
+    intensity-only model has only those terms.
     """
     from auformer import losses
 
@@ -165,12 +171,18 @@ def build_loss(config: Config) -> Any:
         "weighted_bce": losses.weighted_bce_loss,
     }[cfg.name]
 
-    def loss(output: Any, targets: torch.Tensor, rate: torch.Tensor) -> dict[str, torch.Tensor]:
-        terms = {cfg.name: classify(output.logits, targets, rate)}
-        if cfg.wdi:
-            terms["wdi"] = losses.wdi_loss(output.logits, targets, rate, eps=cfg.eps, reduction=cfg.wdi_reduction)
-        if output.aux_logits is not None and cfg.aux_weight > 0:
-            terms[f"{cfg.name}_aux"] = cfg.aux_weight * classify(output.aux_logits, targets, rate)
+    def loss(output: Any, targets: torch.Tensor, rate: torch.Tensor, intensity: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        terms = {}
+        if output.logits is not None:
+            terms[cfg.name] = classify(output.logits, targets, rate)
+            if cfg.wdi:
+                terms["wdi"] = losses.wdi_loss(output.logits, targets, rate, eps=cfg.eps, reduction=cfg.wdi_reduction)
+            if output.aux_logits is not None and cfg.aux_weight > 0:
+                terms[f"{cfg.name}_aux"] = cfg.aux_weight * classify(output.aux_logits, targets, rate)
+        if output.intensity is not None:
+            terms["intensity"] = cfg.intensity_weight * losses.intensity_loss(output.intensity, intensity)
+            if output.aux_intensity is not None and cfg.aux_weight > 0:
+                terms["intensity_aux"] = cfg.intensity_weight * cfg.aux_weight * losses.intensity_loss(output.aux_intensity, intensity)
         terms["total"] = sum(terms.values())
         return terms
 
@@ -181,53 +193,114 @@ def build_loss(config: Config) -> Any:
 
 
 def metrics_json(metrics: dict[str, Any], backbone_weights: str) -> dict[str, Any]:
-    """``metrics.json`` content from ``au_metrics`` output:
-    ``{"mean_f1", "per_au": {"AU01": {f1, precision, recall, support}}, "backbone_weights"}``.
+    """``metrics.json`` content from `evaluate_model` metrics: ``{"mean_f1", "per_au": {"AU01": {f1, precision,
+    recall, support}}}`` for occurrence, ``"intensity": intensity_metrics(...)`` for intensity (NaN written as null),
+    and ``"backbone_weights"`` (hub, synthetic, random or the file): what the scores stand on; ``random`` means
+    the adapters sat on a random frozen ViT."""
+    result = {}
+    if "mean_f1" in metrics:
+        per_au = {au: {key: values[key] for key in METRIC_KEYS} for au, values in metrics["per_au"].items()}
+        result = {"mean_f1": float(metrics["mean_f1"]), "per_au": per_au}
+    if "intensity" in metrics:
+        result["intensity"] = _nan_to_none(metrics["intensity"])
+    result["backbone_weights"] = backbone_weights
+    return result
 
-    ``backbone_weights`` (hub, synthetic, random or the file) says what the scores stand on:
-    a ``random`` there means the adapters sat on a random frozen ViT.
-    """
-    per_au = {au: {key: values[key] for key in METRIC_KEYS} for au, values in metrics["per_au"].items()}
-    return {"mean_f1": float(metrics["mean_f1"]), "per_au": per_au, "backbone_weights": backbone_weights}
+
+def _nan_to_none(value: Any) -> Any:
+    """NaN -> None, recursively (strict JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {key: _nan_to_none(item) for key, item in value.items()}
+    return None if isinstance(value, float) and math.isnan(value) else value
 
 
-def write_results(out_dir: Path, metrics: dict[str, Any], table: AUTable, probs: np.ndarray, backbone_weights: str) -> None:
-    """metrics.json, per_au.csv, per_au.md and predictions.csv of one evaluation (``au_metrics`` output).
+def main_score(metrics: dict[str, Any]) -> float:
+    """The number that picks the best checkpoint and heads the log: mean F1, or mean ICC for intensity-only models."""
+    return metrics["mean_f1"] if "mean_f1" in metrics else float(np.nan_to_num(metrics["intensity"]["mean_icc"], nan=-1.0))
+
+
+def results_text(metrics: dict[str, Any]) -> str:
+    """The tables printed after a run: per-AU F1 and/or per-AU ICC, r, MAE."""
+    parts = []
+    if "mean_f1" in metrics:
+        parts.append(f"{metrics_table_markdown(metrics)}\nmean F1 {metrics['mean_f1']:.3f}")
+    if "intensity" in metrics:
+        scores = metrics["intensity"]
+        parts.append(f"{intensity_table_markdown(scores)}\nintensity: mean ICC(3,1) {scores['mean_icc']:.3f}, "
+                     f"mean Pearson r {scores['mean_pearson']:.3f}, mean MAE {scores['mean_mae']:.3f}")
+    return "\n\n".join(parts)
+
+
+def write_results(
+    out_dir: Path, metrics: dict[str, Any], table: AUTable, predictions: dict[str, np.ndarray], backbone_weights: str
+) -> None:
+    """metrics.json, per_au.csv/.md (occurrence), per_au_intensity.csv/.md (intensity) and predictions.csv.
 
     predictions.csv holds the raw probabilities (``AU01_prob``) beside the labels
-    (``AU01``, -1 unknown) so results can be re-scored at other thresholds.
+    (``AU01``, -1 unknown) so results can be re-scored at other thresholds, and for
+    intensity models the predicted (``AU01_int_pred``) and annotated (``AU01_int``, -1 unknown) intensities.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics_json(metrics, backbone_weights), indent=2) + "\n")
-    per_au = pd.DataFrame.from_dict(metrics["per_au"], orient="index").rename_axis("au").reset_index()
-    atomic_write_text(out_dir / "per_au.csv", per_au.to_csv(index=False))
-    atomic_write_text(out_dir / "per_au.md", metrics_table_markdown(metrics))
+    for name, scores, markdown in (("per_au", metrics, metrics_table_markdown),
+                                   ("per_au_intensity", metrics.get("intensity"), intensity_table_markdown)):
+        if scores is not None and "per_au" in scores:
+            per_au = pd.DataFrame.from_dict(scores["per_au"], orient="index").rename_axis("au").reset_index()
+            atomic_write_text(out_dir / f"{name}.csv", per_au.to_csv(index=False))
+            atomic_write_text(out_dir / f"{name}.md", markdown(scores))
     columns = au_columns(table.aus)
     frame = pd.DataFrame({"image": table.images, "subject": table.subjects})
-    frame[[f"{c}_prob" for c in columns]] = probs
+    if "probs" in predictions:
+        frame[[f"{c}_prob" for c in columns]] = predictions["probs"]
     frame[columns] = table.labels.astype(int)
+    if "intensity" in predictions:
+        frame[[f"{c}_int_pred" for c in columns]] = predictions["intensity"]
+        frame[[f"{c}_int" for c in columns]] = table.intensity if table.intensity is not None else -1.0
     with atomic_path(out_dir / "predictions.csv") as tmp:
         frame.to_csv(tmp, index=False, float_format="%.6f")
 
 
 def mean_metrics(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean over folds of each per-AU score (supports summed), same schema as one run."""
-    per_au = {}
-    for au in runs[0]["per_au"]:
-        rows = [run["per_au"][au] for run in runs]
-        per_au[au] = {key: float(np.mean([row[key] for row in rows])) for key in METRIC_KEYS[:3]}
-        per_au[au]["support"] = int(sum(row["support"] for row in rows))
-    return {"mean_f1": float(np.mean([run["mean_f1"] for run in runs])), "per_au": per_au, "backbone_weights": runs[0]["backbone_weights"]}
+    """Mean over folds of each per-AU score (supports and known counts summed), same schema as one run."""
+    result = {}
+    if "mean_f1" in runs[0]:
+        per_au = {}
+        for au in runs[0]["per_au"]:
+            rows = [run["per_au"][au] for run in runs]
+            per_au[au] = {key: float(np.mean([row[key] for row in rows])) for key in METRIC_KEYS[:3]}
+            per_au[au]["support"] = int(sum(row["support"] for row in rows))
+        result = {"mean_f1": float(np.mean([run["mean_f1"] for run in runs])), "per_au": per_au}
+    if "intensity" in runs[0]:
+        folds = [run["intensity"] for run in runs]
+
+        def mean(values: list[float | None]) -> float | None:  # folds where a score is undefined (null) are left out
+            known = [v for v in values if v is not None]
+            return float(np.mean(known)) if known else None
+
+        per_au = {au: {key: mean([fold["per_au"][au][key] for fold in folds]) for key in ("icc", "pearson", "mae")}
+                  for au in folds[0]["per_au"]}
+        for au in per_au:
+            per_au[au]["known"] = int(sum(fold["per_au"][au]["known"] for fold in folds))
+        result["intensity"] = {**{key: mean([fold[key] for fold in folds]) for key in ("mean_icc", "mean_pearson", "mean_mae")},
+                               "per_au": per_au}
+    result["backbone_weights"] = runs[0]["backbone_weights"]
+    return result
 
 
 def cv_table_markdown(runs: dict[str, dict[str, Any]]) -> str:
-    """Per-AU F1 (%) of each run (fold, rate...) and their mean, as a Markdown table."""
+    """Per-AU F1 (%) of each run (fold, rate...) and their mean, as a Markdown table; with intensity
+    heads, rows of mean ICC(3,1), Pearson r and MAE follow (per-AU intensity scores are in each run's files)."""
     names = list(runs)
-    aus = list(next(iter(runs.values()))["per_au"])
+    first = runs[names[0]]
     lines = ["| AU | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-    for au in aus:
+    for au in first.get("per_au", {}):
         lines.append(f"| {au} | " + " | ".join(f"{100 * runs[n]['per_au'][au]['f1']:.1f}" for n in names) + " |")
-    lines.append("| **Avg** | " + " | ".join(f"**{100 * runs[n]['mean_f1']:.1f}**" for n in names) + " |")
+    if "mean_f1" in first:
+        lines.append("| **Avg** | " + " | ".join(f"**{100 * runs[n]['mean_f1']:.1f}**" for n in names) + " |")
+    if "intensity" in first:
+        for key, label in (("mean_icc", "ICC(3,1)"), ("mean_pearson", "Pearson r"), ("mean_mae", "MAE")):
+            values = (runs[n]["intensity"][key] for n in names)
+            lines.append(f"| **{label}** | " + " | ".join("n/a" if v is None else f"{v:.3f}" for v in values) + " |")
     return "\n".join(lines)
 
 
@@ -260,6 +333,10 @@ class Trainer:
         target = load_source(cfg, data.target_root) if data.target_root else None
         self.splits = build_splits(cfg, source, target)
         self.aus = list(self.splits.train.aus)
+        train_intensity = self.splits.train.intensity
+        if has_intensity(cfg.model.task) and (train_intensity is None or not (train_intensity >= 0).any()):
+            raise ValueError(f"config model.task: {cfg.model.task!r} needs intensity annotations, and the training split "
+                             "has none (manifest.csv AU12_int columns, see docs/intensity.md)")
         rate = occurrence_rate(self.splits.train.labels)  # (N,)
         self.rate = torch.from_numpy(rate).to(self.dist.device)
 
@@ -268,9 +345,10 @@ class Trainer:
         mean, std = self.model.data_config["mean"], self.model.data_config["std"]
         train_tf = build_transform(True, data.img_size, mean, std, data.resize_size, data.color_jitter, data.hflip)
         test_tf = build_transform(False, data.img_size, mean, std, data.resize_size)
-        self.train_set = make_dataset(source, self.splits.train, train_tf)
-        self.test_set = make_dataset(target or source, self.splits.test, test_tf)
-        self.val_set = make_dataset(source, self.splits.val, test_tf) if self.splits.val is not None else None
+        intensity = has_intensity(cfg.model.task)
+        self.train_set = make_dataset(source, self.splits.train, train_tf, intensity)
+        self.test_set = make_dataset(target or source, self.splits.test, test_tf, intensity)
+        self.val_set = make_dataset(source, self.splits.val, test_tf, intensity) if self.splits.val is not None else None
         self.sampler = distributed.sampler(self.train_set, self.dist, shuffle=True, seed=cfg.train.seed)
 
         self.optimizer = torch.optim.AdamW(self._param_groups(), betas=tuple(cfg.train.betas), weight_decay=cfg.train.weight_decay)
@@ -303,11 +381,11 @@ class Trainer:
             len(self.aus), backbone=m.backbone, backbone_weights=m.backbone_weights, img_size=self.config.data.img_size,
             moke=m.moke, aus=self.aus, d=m.d, dilations=tuple(m.dilations), ca_size=m.ca_size, use_mrf=m.use_mrf,
             use_ca=m.use_ca, collaborate=m.collaborate, aux_head=m.aux_head, dropout=m.dropout, scale=m.scale,
-            backbone_kwargs=m.backbone_kwargs or None,
+            backbone_kwargs=m.backbone_kwargs or None, task=m.task,
         )  # fmt: skip
 
     def _param_groups(self) -> list[dict[str, Any]]:
-        """Experts at ``train.lr``, the linear heads (``head``, ``aux_head``) at ``train.head_lr``.
+        """Experts at ``train.lr``, the linear heads (``head``, ``aux_head``, ``intensity``) at ``train.head_lr``.
 
         A linear head on frozen features often wants a larger step than the adapters.
         """
@@ -315,7 +393,7 @@ class Trainer:
         groups = {False: [], True: []}  # is a head -> parameters
         for name, param in self.model.named_parameters():
             if param.requires_grad:
-                groups[name.startswith(("head.", "aux_head."))].append(param)
+                groups[name.startswith(("head.", "aux_head.", "intensity."))].append(param)
         return [{"params": groups[False], "lr": train.lr}, {"params": groups[True], "lr": train.head_lr or train.lr}]
 
     def _build_scheduler(self) -> Any:
@@ -391,22 +469,25 @@ class Trainer:
             split_name, eval_metrics = None, None
             if evaluate_now:
                 split_name = "val" if self.val_set is not None else "test"
-                eval_metrics, probs = self.evaluate(self.val_set or self.test_set)
+                eval_metrics, predictions = self.evaluate(self.val_set or self.test_set)
                 if split_name == "test":
-                    test_metrics, test_probs = eval_metrics, probs
+                    test_metrics, test_predictions = eval_metrics, predictions
+            has_f1 = eval_metrics is not None and "mean_f1" in eval_metrics
             record = {
                 "epoch": self.epoch + 1, "train_loss": loss, "lr": self.optimizer.param_groups[0]["lr"],
                 "images_per_s": images_per_s, "eval_split": split_name, "seconds": seconds,
-                "eval_mean_f1": eval_metrics["mean_f1"] if eval_metrics else None,
+                "eval_mean_f1": eval_metrics["mean_f1"] if has_f1 else None,
             }  # fmt: skip
-            self.logger.epoch(record, {au: v["f1"] for au, v in eval_metrics["per_au"].items()} if eval_metrics else None)
-            f1_text = f", {split_name} mean F1 {eval_metrics['mean_f1']:.3f}" if eval_metrics else ""
+            self.logger.epoch(record, {au: v["f1"] for au, v in eval_metrics["per_au"].items()} if has_f1 else None)
+            f1_text = f", {split_name} mean F1 {eval_metrics['mean_f1']:.3f}" if has_f1 else ""
+            if eval_metrics is not None and "intensity" in eval_metrics:
+                f1_text += f", {split_name} mean ICC {eval_metrics['intensity']['mean_icc']:.3f}"
             if evaluate_now or not schedule.by_steps:  # step budgets on tiny sets run thousands of short epochs
                 self._print(f"epoch {self.epoch + 1}/{schedule.epochs} (step {self.global_step}/{schedule.total_steps}): "
                             f"loss {loss:.4f}, {images_per_s:.0f} images/s{f1_text}")
-            improved = split_name == "val" and eval_metrics["mean_f1"] > self.best_f1
+            improved = split_name == "val" and main_score(eval_metrics) > self.best_f1
             if improved:
-                self.best_f1 = eval_metrics["mean_f1"]
+                self.best_f1 = main_score(eval_metrics)
                 if self.dist.is_main:
                     save_checkpoint(self.model, self.run_dir / "best", extra=self._extra())
             self.epoch, self.micro_done, self.loss_sum, self.loss_count = self.epoch + 1, 0, 0.0, 0
@@ -414,15 +495,15 @@ class Trainer:
 
         if self.val_set is not None:  # score the best-on-validation weights on the test split
             load_adapter_weights(self.model, self.run_dir / "best")
-            test_metrics, test_probs = self.evaluate(self.test_set)
+            test_metrics, test_predictions = self.evaluate(self.test_set)
         elif self.dist.is_main:  # no validation split: the final weights are the ones kept
             save_checkpoint(self.model, self.run_dir / "best", extra=self._extra())
         if test_metrics is None:  # resumed after the last epoch had finished
-            test_metrics, test_probs = self.evaluate(self.test_set)
+            test_metrics, test_predictions = self.evaluate(self.test_set)
         if self.dist.is_main:
-            write_results(self.run_dir, test_metrics, self.splits.test, test_probs, self.config.model.backbone_weights)
+            write_results(self.run_dir, test_metrics, self.splits.test, test_predictions, self.config.model.backbone_weights)
         self.logger.close()
-        self._print(f"{metrics_table_markdown(test_metrics)}\nmean F1 {test_metrics['mean_f1']:.3f}; outputs written to {self.run_dir}")
+        self._print(f"{results_text(test_metrics)}\noutputs written to {self.run_dir}")
         return metrics_json(test_metrics, self.config.model.backbone_weights)
 
     def _train_epoch(self) -> tuple[float, float, float]:
@@ -438,11 +519,12 @@ class Trainer:
         self.network.train()
         start, seen = time.perf_counter(), 0
         bar = self.logger.progress(loader, total=len(loader), desc=f"epoch {self.epoch + 1}/{self.schedule.epochs}")
-        for images, targets in bar:
+        for images, targets, *intensity in bar:  # intensity: [(B, N)] for intensity models, else []
             images, targets = images.to(self.dist.device, non_blocking=True), targets.to(self.dist.device, non_blocking=True)
+            intensity = intensity[0].to(self.dist.device, non_blocking=True) if intensity else None
             with torch.autocast(self.dist.device.type, dtype=self._amp_dtype(), enabled=cfg.amp != "none"):
                 output = self.network(images)
-            loss = self.loss_fn(output, targets, self.rate)["total"]
+            loss = self.loss_fn(output, targets, self.rate, intensity)["total"]
             self.scaler.scale(loss / cfg.grad_accum).backward()
             self.micro_done += 1
             seen += len(images) * self.dist.world_size
@@ -474,8 +556,8 @@ class Trainer:
         return torch.float16 if self.config.train.amp == "fp16" else torch.bfloat16
 
     @torch.no_grad()
-    def evaluate(self, dataset: Dataset) -> tuple[dict[str, Any], np.ndarray]:
-        """Score ``dataset`` (sharded over ranks, gathered): (metrics, probabilities (M, N))."""
+    def evaluate(self, dataset: Dataset) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """Score ``dataset`` (sharded over ranks, gathered): (metrics, predictions), see `evaluate_model`."""
         return evaluate_model(self.network, dataset, self.aus, self.dist, self.config)
 
     def _print(self, text: str) -> None:
@@ -486,20 +568,33 @@ class Trainer:
 @torch.no_grad()
 def evaluate_model(
     network: torch.nn.Module, dataset: Dataset, aus: list[int], info: distributed.DistInfo, config: Config
-) -> tuple[dict[str, Any], np.ndarray]:
-    """Probabilities of every sample of ``dataset`` (each rank scores its shard) and their ``au_metrics``."""
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Predictions for every sample of ``dataset`` (each rank scores its shard) and their metrics.
+
+    Returns (metrics, predictions): ``predictions["probs"]`` (M, N) and the ``au_metrics``
+    keys for occurrence heads; ``predictions["intensity"]`` (M, N) and
+    ``metrics["intensity"] = intensity_metrics(...)`` for intensity heads.
+    """
     sampler = distributed.sampler(dataset, info, shuffle=False, seed=0)
     indices = np.array(list(sampler))  # (M_rank,) this rank's rows
     loader = DataLoader(dataset, batch_size=config.train.batch_size, sampler=indices.tolist(), num_workers=config.data.num_workers)
     network.eval()
-    chunks = []
-    for images, _ in tqdm(loader, desc="evaluate", disable=not info.is_main, leave=False, dynamic_ncols=True):
+    chunks: dict[str, list[np.ndarray]] = {"probs": [], "intensity": []}
+    for images, *_ in tqdm(loader, desc="evaluate", disable=not info.is_main, leave=False, dynamic_ncols=True):
         with torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=config.train.amp != "none"):
-            logits = network(images.to(info.device)).logits
-        chunks.append(torch.sigmoid(logits.float()).cpu().numpy())  # (B, N)
-    probs = distributed.gather_rows(indices, np.concatenate(chunks), info, total=len(dataset))  # (M, N)
-    labels = dataset.labels.numpy()  # (M, N)
-    return au_metrics(probs, labels, aus, threshold=config.train.threshold), probs
+            output = network(images.to(info.device))
+        if output.logits is not None:
+            chunks["probs"].append(torch.sigmoid(output.logits.float()).cpu().numpy())  # (B, N)
+        if output.intensity is not None:
+            chunks["intensity"].append(output.intensity.float().cpu().numpy())  # (B, N)
+    predictions = {name: distributed.gather_rows(indices, np.concatenate(parts), info, total=len(dataset))  # (M, N)
+                   for name, parts in chunks.items() if parts}
+    metrics = {}
+    if "probs" in predictions:
+        metrics = au_metrics(predictions["probs"], dataset.labels.numpy(), aus, threshold=config.train.threshold)
+    if "intensity" in predictions:
+        metrics["intensity"] = intensity_metrics(predictions["intensity"], dataset.intensity.numpy(), aus)
+    return metrics, predictions
 
 
 # ---------------------------------------------------------------- entry points
@@ -533,6 +628,9 @@ def evaluate(
     out_dir = Path(out_dir)
     info = distributed.setup(config.train.device)
     model = load_checkpoint(checkpoint).to(info.device)
+    if model.task != config.model.task:
+        raise ValueError(f"{checkpoint}: checkpoint was trained for task {model.task!r} but the config asks for "
+                         f"model.task={config.model.task!r} (pass --set model.task={model.task})")
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, aus=list(model.aus)))
     if table is not None:
         source, test = Source(table, []), table.select_aus(model.aus)
@@ -544,11 +642,12 @@ def evaluate(
         test = build_splits(config, source).test
     size = model.config["img_size"]
     transform = build_transform(False, size, model.data_config["mean"], model.data_config["std"], config.data.resize_size)
-    metrics, probs = evaluate_model(model, make_dataset(source, test, transform), list(model.aus), info, config)
+    dataset = make_dataset(source, test, transform, has_intensity(model.task))
+    metrics, predictions = evaluate_model(model, dataset, list(model.aus), info, config)
     if info.is_main:
-        write_results(out_dir, metrics, test, probs, model.config["backbone_weights"])
+        write_results(out_dir, metrics, test, predictions, model.config["backbone_weights"])
         if verbose:
-            print(f"{metrics_table_markdown(metrics)}\nmean F1 {metrics['mean_f1']:.3f}; outputs written to {out_dir}", flush=True)
+            print(f"{results_text(metrics)}\noutputs written to {out_dir}", flush=True)
     return metrics_json(metrics, model.config["backbone_weights"])
 
 

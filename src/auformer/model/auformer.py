@@ -9,6 +9,8 @@ Per block ``l`` (SPEC section 1, eqs. 2-4; LN is the block's own pre-norm)::
 
 Main head: final CLS token -> the ViT's own final norm -> Linear -> N logits.
 Aux head: CLS output of expert i of the last group -> its own Linear -> 1 logit.
+``task`` (``occurrence``, ``intensity``, ``both``) picks the heads: intensity heads
+(0-5, `auformer.model.heads`) read the same two feature sets.
 """
 
 from __future__ import annotations
@@ -24,6 +26,13 @@ from torch import nn
 
 from auformer.aus import parse_au_list
 from auformer.model.backbone import create_backbone, weights_source
+from auformer.model.heads import (
+    TASKS,
+    IntensityHeads,
+    has_intensity,
+    has_occurrence,
+    per_expert,
+)
 from auformer.model.moke import MoKEGroup
 from auformer.model.moke_fused import FusedMoKEGroup
 
@@ -33,10 +42,12 @@ MOKE_IMPLEMENTATIONS: dict[str, type[MoKEGroup]] = {"reference": MoKEGroup, "fus
 class AUFormerOutput(NamedTuple):
     """Model output (a NamedTuple, so DDP, ONNX export and tracing handle it as a tuple)."""
 
-    logits: torch.Tensor  # (B, N) main head
-    aux_logits: torch.Tensor | None  # (B, N) per-AU projectors, None when aux_head=False
+    logits: torch.Tensor | None  # (B, N) main head; None when task="intensity"
+    aux_logits: torch.Tensor | None  # (B, N) per-AU projectors, None when aux_head=False or task="intensity"
     features: torch.Tensor  # (B, D) final CLS token after the ViT's norm (input of the main head)
     expert_features: torch.Tensor  # (B, E, D) CLS outputs of the last group's experts (E = N, or 1 without collaboration)
+    intensity: torch.Tensor | None = None  # (B, N) in [0, 5]; None when task="occurrence"
+    aux_intensity: torch.Tensor | None = None  # (B, N) per-expert intensities; None without aux or intensity heads
 
 
 class AUFormer(nn.Module):
@@ -50,6 +61,7 @@ class AUFormer(nn.Module):
         moke: str = "fused",
         collaborate: bool = True,
         aux_head: bool = True,
+        task: str = "occurrence",
         aus: list[int] | None = None,
         config: dict | None = None,
         **expert_options,
@@ -61,15 +73,18 @@ class AUFormer(nn.Module):
         self.aus = aus  # FACS numbers of the N outputs, or None (index names)
         self.config = config or {}  # every build_model argument, JSON-able: build_model(**config) rebuilds
         self.collaborate = collaborate
+        self.task = task
         dim = backbone.embed_dim
         group_class = MOKE_IMPLEMENTATIONS[moke]
         grid = dict(grid_size=tuple(backbone.patch_embed.grid_size), num_prefix_tokens=backbone.num_prefix_tokens)
         num_experts = num_aus if collaborate else 1  # "no Collab." ablation: one shared expert per group
         self.attn_groups = nn.ModuleList(group_class(dim, num_experts, **grid, **expert_options) for _ in backbone.blocks)
         self.mlp_groups = nn.ModuleList(group_class(dim, num_experts, **grid, **expert_options) for _ in backbone.blocks)
-        self.head = nn.Linear(dim, num_aus)
-        # N per-AU Linear(D, 1) projectors stored as one (N, D) weight; see forward.
-        self.aux_head = nn.Linear(dim, num_aus) if aux_head else None
+        occurrence = has_occurrence(task)
+        self.head = nn.Linear(dim, num_aus) if occurrence else None
+        # N per-AU Linear(D, 1) projectors stored as one (N, D) weight; see heads.per_expert.
+        self.aux_head = nn.Linear(dim, num_aus) if aux_head and occurrence else None
+        self.intensity = IntensityHeads(dim, num_aus, aux_head) if has_intensity(task) else None
         self.data_config = self._data_config(backbone)
 
     @staticmethod
@@ -108,18 +123,19 @@ class AUFormer(nn.Module):
             carry = state if self.collaborate else None
         features = vit.forward_head(vit.norm(x), pre_logits=True)  # (B, D) CLS token
         expert_features = self.mlp_groups[-1].cls_outputs(state)  # (B, E, D)
-        aux_logits = None
-        if self.aux_head is not None:
-            # Row n of the weight is AU n's projector, applied to expert n's CLS (broadcast when E = 1).
-            aux_logits = (expert_features * self.aux_head.weight).sum(-1) + self.aux_head.bias  # (B, N)
-        return AUFormerOutput(self.head(features), aux_logits, features, expert_features)
+        logits = None if self.head is None else self.head(features)  # (B, N)
+        aux_logits = None if self.aux_head is None else per_expert(expert_features, self.aux_head)  # (B, N)
+        intensity, aux_intensity = (None, None) if self.intensity is None else self.intensity(features, expert_features)
+        return AUFormerOutput(logits, aux_logits, features, expert_features, intensity, aux_intensity)
 
 
 def _check_options(num_aus: int, moke: str, d: int, dilations: Sequence[int], ca_size: int, dropout: float,
-                   scale: float, backbone_kwargs: dict) -> None:
+                   scale: float, backbone_kwargs: dict, task: str = "occurrence") -> None:
     """Validate build arguments before anything is built (one clear line per problem)."""
     if not isinstance(num_aus, int) or num_aus < 1:
         raise ValueError(f"num_aus must be a positive integer, got {num_aus!r}")
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
     if moke not in MOKE_IMPLEMENTATIONS:
         raise ValueError(f"moke must be one of {sorted(MOKE_IMPLEMENTATIONS)}, got {moke!r}")
     if not isinstance(d, int) or d < 1:
@@ -155,6 +171,7 @@ def build_model(
     dropout: float = 0.1,
     scale: float = 1.0,
     backbone_kwargs: dict | None = None,
+    task: str = "occurrence",
 ) -> AUFormer:
     """Build AUFormer on a frozen timm ViT.
 
@@ -163,9 +180,10 @@ def build_model(
     (random init, by name only). ``moke``:
     ``"fused"`` (fast, exact) or ``"reference"`` (literal per-expert form); both have
     the same state-dict layout. ``collaborate=False`` uses one shared expert per group.
+    ``task``: ``"occurrence"`` (the paper), ``"intensity"`` (0-5 per AU) or ``"both"``.
     """
     backbone_kwargs = dict(backbone_kwargs or {})
-    _check_options(num_aus, moke, d, dilations, ca_size, dropout, scale, backbone_kwargs)
+    _check_options(num_aus, moke, d, dilations, ca_size, dropout, scale, backbone_kwargs, task)
     if aus is not None:
         aus = parse_au_list(aus)
         if len(aus) != num_aus:
@@ -174,10 +192,10 @@ def build_model(
         num_aus=num_aus, backbone=backbone, backbone_weights=weights_source(backbone_weights),
         img_size=img_size, moke=moke, aus=aus, d=d, dilations=list(dilations), ca_size=ca_size, use_mrf=use_mrf,
         use_ca=use_ca, collaborate=collaborate, aux_head=aux_head, dropout=dropout, scale=scale,
-        backbone_kwargs=backbone_kwargs,
+        backbone_kwargs=backbone_kwargs, task=task,
     )
     vit = create_backbone(backbone, backbone_weights, img_size, **backbone_kwargs)
     return AUFormer(
         vit, num_aus, moke=moke, d=d, dilations=dilations, ca_size=ca_size, use_mrf=use_mrf, use_ca=use_ca,
-        collaborate=collaborate, aux_head=aux_head, dropout=dropout, scale=scale, aus=aus, config=config,
+        collaborate=collaborate, aux_head=aux_head, dropout=dropout, scale=scale, aus=aus, config=config, task=task,
     )

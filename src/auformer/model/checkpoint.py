@@ -137,6 +137,10 @@ def load_adapter_weights(model: AUFormer, path: str | os.PathLike) -> None:
     if meta["aus"] != model.aus or meta["config"]["num_aus"] != model.num_aus:
         raise ValueError(f"{weights_path}: adapters are for {meta['config']['num_aus']} AUs {meta['aus']}, "
                          f"the model predicts {model.num_aus} AUs {model.aus}")
+    task = meta["config"].get("task", "occurrence")  # checkpoints before intensity were occurrence-only
+    if task != model.task:
+        raise ValueError(f"{weights_path}: checkpoint was trained for task {task!r}, the model is built for task "
+                         f"{model.task!r} (set model.task={task} or use a {model.task} checkpoint)")
     if meta["config"]["backbone"] != model.config.get("backbone"):
         raise ValueError(f"{weights_path}: adapters are for backbone {meta['config']['backbone']!r}, "
                          f"the model uses {model.config.get('backbone')!r}")

@@ -48,6 +48,7 @@ class Frame:
     subject: str
     labels: np.ndarray  # (N,) float32: 1, 0, -1 = unknown
     origin: str  # where it comes from, for the report (raw image path, or video#frame)
+    intensity: np.ndarray | None = None  # (N,) float32 0-5, -1 = unknown; None when the release has no intensity codes
 
 
 @dataclass
@@ -98,6 +99,7 @@ class PrepareReport:
     written: int = 0
     positives: dict[str, int] = field(default_factory=dict)  # per AU, over written frames
     unknown_labels: dict[str, int] = field(default_factory=dict)  # per AU, over written frames
+    intensity_known: dict[str, int] = field(default_factory=dict)  # per AU, written frames with a known intensity
     missing_image: list[str] = field(default_factory=list)
     unreadable_image: list[str] = field(default_factory=list)
     no_face: list[str] = field(default_factory=list)
@@ -243,9 +245,15 @@ def run_prepare(
     labels = np.stack([frame.labels for frame in written]) if written else np.zeros((0, len(aus)), np.float32)  # (M, N)
     report.positives = dict(zip(au_columns(aus), (labels == 1).sum(axis=0).tolist()))
     report.unknown_labels = dict(zip(au_columns(aus), (labels < 0).sum(axis=0).tolist()))
+    intensity = None
+    if any(frame.intensity is not None for frame in written):
+        unknown = np.full(len(aus), -1.0, np.float32)
+        intensity = np.stack([unknown if frame.intensity is None else frame.intensity for frame in written])  # (M, N)
+        report.intensity_known = dict(zip(au_columns(aus), (intensity >= 0).sum(axis=0).tolist()))
     subjects = [frame.subject for frame in written]
     report.subjects_in_no_fold = sorted(set(subjects) - {s for fold in folds for s in fold})
-    write_manifest(AUTable(out_dir, [frame.out_image for frame in written], subjects, labels, list(aus)), out_dir)
+    table = AUTable(out_dir, [frame.out_image for frame in written], subjects, labels, list(aus), intensity)
+    write_manifest(table, out_dir)
     write_folds(out_dir, folds, aus)
     atomic_write_text(out_dir / REPORT_NAME, json.dumps(asdict(report), indent=2) + "\n")
     print(report.summary())

@@ -4,6 +4,10 @@ Raw layout (any of these folders may sit up to two levels below RAW_DIR)::
 
     AUCoding/AU_OCC/F001_T1.csv    header: a frame column, then AU numbers; values 0, 1, 9 (= unknown)
     F001/T1/0643.jpg               frame images, numbers zero-padded or not (.jpg/.jpeg/.png/.bmp)
+    AUCoding/AU_INT/AU06/F001_T1_AU06.csv   optional FERA 2015 intensities: lines "frame,intensity", 0-5, 9 = unknown
+
+With ``AU_INT`` the manifest gets ``AU06_int`` ... columns for the 5 intensity AUs
+(6, 10, 12, 14, 17); frames or sequences without an intensity code are unknown.
 """
 
 from __future__ import annotations
@@ -15,8 +19,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from auformer.aus import BP4D_AUS, au_column, parse_au
-from auformer.data.converters import Frame, PrepareReport, Source, find_dir, find_root, numbered_images, run_prepare
+from auformer.aus import BP4D_AUS, BP4D_INTENSITY_AUS, au_column, parse_au
+from auformer.data.converters import (
+    Frame,
+    PrepareReport,
+    Source,
+    find_dir,
+    find_root,
+    numbered_images,
+    run_prepare,
+    search,
+)
 from auformer.data.folds import BP4D_FOLDS
 
 _SEQUENCE_CSV = re.compile(r"^([FM]\d{3})_(T\d+)$", re.IGNORECASE)
@@ -51,6 +64,35 @@ def read_occurrence_csv(path: Path, aus: tuple[int, ...] = BP4D_AUS) -> tuple[np
     return frames.astype(np.int64), labels
 
 
+def read_intensity_csv(path: Path) -> dict[int, float]:
+    """Frame number -> intensity (0-5, -1 for code 9) of one FERA 2015 ``AU_INT`` file (lines "frame,intensity")."""
+    lines = path.read_text().splitlines()
+    codes: dict[int, float] = {}
+    for number, line in enumerate(lines, start=1):
+        cells = [cell.strip() for cell in line.split(",")]
+        if number == 1 and not cells[0].isdigit():
+            continue  # a header line ("Frame,AU06") is allowed
+        if len(cells) != 2 or not cells[0].isdigit() or cells[1] not in ("0", "1", "2", "3", "4", "5", str(UNKNOWN_CODE)):
+            if not line.strip():
+                continue
+            raise ValueError(f"{path}: line {number}: {line.strip()!r} is not 'frame,intensity' (0-5, or 9 = unknown)")
+        codes[int(cells[0])] = -1.0 if cells[1] == str(UNKNOWN_CODE) else float(cells[1])
+    return codes
+
+
+def sequence_intensity(intensity_dir: Path | None, subject: str, task: str, frames: np.ndarray) -> np.ndarray | None:
+    """Intensities ``(M, N)`` over BP4D_AUS of one sequence's ``frames`` (-1 unknown or not coded); None without AU_INT."""
+    if intensity_dir is None:
+        return None
+    intensity = np.full((len(frames), len(BP4D_AUS)), -1.0, dtype=np.float32)  # (M, N)
+    for au in BP4D_INTENSITY_AUS:
+        path = intensity_dir / au_column(au) / f"{subject}_{task}_{au_column(au)}.csv"
+        if path.is_file():
+            codes = read_intensity_csv(path)
+            intensity[:, BP4D_AUS.index(au)] = [codes.get(frame, -1.0) for frame in frames.tolist()]
+    return intensity
+
+
 def collect_bp4d(raw_dir: str | Path) -> tuple[list[Source], list[str]]:
     """One :class:`Source` per subject/task sequence, and the label files that were skipped (with why)."""
     raw_dir = Path(raw_dir)
@@ -62,13 +104,16 @@ def collect_bp4d(raw_dir: str | Path) -> tuple[list[Source], list[str]]:
     skipped = [f"{path}: name is not SUBJECT_TASK.csv (e.g. F001_T1.csv)" for path, match in sequences if match is None]
     sequences = [(path, match.group(1).upper(), match.group(2).upper()) for path, match in sequences if match]
     frames_root = find_root(raw_dir, [f"{subject}/{task}" for _, subject, task in sequences])
+    intensity_dir = next((path for path in search(raw_dir, "AUCoding/AU_INT") if path.is_dir()), None)
     sources = []
     for path, subject, task in sequences:
         numbers, labels = read_occurrence_csv(path)
+        intensity = sequence_intensity(intensity_dir, subject, task, numbers)
+        levels = [None] * len(numbers) if intensity is None else list(intensity)
         images = numbered_images(frames_root / subject / task)
         frames = [
-            Frame(f"images/{subject}/{task}/{n:04d}.jpg", subject, row, str(images.get(n, f"{subject}/{task}/frame {n}")))
-            for n, row in zip(numbers.tolist(), labels)
+            Frame(f"images/{subject}/{task}/{n:04d}.jpg", subject, row, str(images.get(n, f"{subject}/{task}/frame {n}")), level)
+            for n, row, level in zip(numbers.tolist(), labels, levels)
         ]
         sources.append(Source(frames, image_paths=[images.get(n) for n in numbers.tolist()]))
     return sources, skipped

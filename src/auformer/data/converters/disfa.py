@@ -1,4 +1,4 @@
-"""DISFA: per-AU intensity files + left-camera videos -> prepared dataset (8 AUs, 3 literature folds).
+"""DISFA: per-AU intensity files + left-camera videos -> prepared dataset (12 AUs, 3 literature folds).
 
 Raw layout (either folder may sit up to two levels below RAW_DIR)::
 
@@ -6,6 +6,8 @@ Raw layout (either folder may sit up to two levels below RAW_DIR)::
     Videos_LeftCamera/LeftVideoSN001_comp.avi    (.avi or .mp4, any letter case)
 
 Occurrence is intensity >= 2 (the literature's rule); frames are decoded with OpenCV.
+The manifest keeps all 12 coded AUs, occurrence (``AU05``) and intensity (``AU05_int``);
+the occurrence protocol's 8 AUs are chosen by the ``disfa`` preset (``data.aus``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from auformer.aus import DISFA_AUS
+from auformer.aus import DISFA_CODED_AUS
 from auformer.data.converters import Frame, PrepareReport, Source, find_dir, run_prepare
 from auformer.data.folds import DISFA_FOLDS
 
@@ -41,15 +43,18 @@ def read_intensity_file(path: Path) -> dict[int, int]:
     return dict(zip(values[:, 0].astype(int).tolist(), values[:, 1].astype(int).tolist()))
 
 
-def subject_labels(label_dir: Path, subject: str, aus: tuple[int, ...] = DISFA_AUS) -> tuple[list[int], np.ndarray]:
-    """Frame numbers (ascending) and occurrence labels ``(M, N)``; a frame absent from one AU's file is unknown (-1)."""
-    intensities = [read_intensity_file(label_dir / f"{subject}_au{au}.txt") for au in aus]
-    frames = sorted(set().union(*intensities))
-    labels = np.full((len(frames), len(aus)), -1.0, dtype=np.float32)  # (M, N)
-    for column, per_frame in enumerate(intensities):
+def subject_labels(
+    label_dir: Path, subject: str, aus: tuple[int, ...] = DISFA_CODED_AUS
+) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """Frame numbers (ascending), occurrence labels and intensities ``(M, N)``; a frame absent from one AU's file is unknown (-1)."""
+    per_au = [read_intensity_file(label_dir / f"{subject}_au{au}.txt") for au in aus]
+    frames = sorted(set().union(*per_au))
+    intensity = np.full((len(frames), len(aus)), -1.0, dtype=np.float32)  # (M, N)
+    for column, per_frame in enumerate(per_au):
         known = [row for row, frame in enumerate(frames) if frame in per_frame]
-        labels[known, column] = [float(per_frame[frames[row]] >= OCCURRENCE_INTENSITY) for row in known]
-    return frames, labels
+        intensity[known, column] = [per_frame[frames[row]] for row in known]
+    labels = np.where(intensity < 0, -1.0, (intensity >= OCCURRENCE_INTENSITY).astype(np.float32)).astype(np.float32)
+    return frames, labels, intensity
 
 
 def collect_disfa(raw_dir: str | Path) -> list[Source]:
@@ -63,10 +68,11 @@ def collect_disfa(raw_dir: str | Path) -> list[Source]:
     videos = {m.group(1).upper(): p for p in video_dir.iterdir() if (m := _VIDEO.match(p.name))}
     sources = []
     for subject in subjects:
-        frames, labels = subject_labels(labels_root / subject, subject)
+        frames, labels, intensity = subject_labels(labels_root / subject, subject)
         video = videos.get(subject)
         origin = f"{video or video_dir / f'LeftVideo{subject}_comp.avi'}#"
-        items = [Frame(f"images/{subject}/{n:05d}.jpg", subject, row, f"{origin}{n}") for n, row in zip(frames, labels)]
+        items = [Frame(f"images/{subject}/{n:05d}.jpg", subject, row, f"{origin}{n}", level)
+                 for n, row, level in zip(frames, labels, intensity)]
         if video is None:
             sources.append(Source(items, image_paths=[None] * len(items)))
         else:
@@ -79,4 +85,4 @@ def prepare_disfa(raw_dir: str | Path, out_dir: str | Path, **options: Any) -> P
 
     ``options``: ``align``, ``detector``, ``size``, ``workers``, as in :func:`run_prepare`.
     """
-    return run_prepare("disfa", Path(raw_dir), out_dir, collect_disfa(raw_dir), DISFA_AUS, DISFA_FOLDS, **options)
+    return run_prepare("disfa", Path(raw_dir), out_dir, collect_disfa(raw_dir), DISFA_CODED_AUS, DISFA_FOLDS, **options)
