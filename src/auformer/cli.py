@@ -13,13 +13,16 @@ import sys
 
 # The names `auformer.faces.detectors.get_detector` accepts (kept here so --help needs no OpenCV/dlib import).
 FACE_DETECTORS = ("dlib", "haar", "none")
+# `auformer.model.petl.METHODS` (kept here so --help needs no torch import).
+METHODS = ("auformer", "full-finetune", "linear", "adapter", "lora", "vpt", "convpass")
 
 
 def _add_info(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "info",
-        help="parameter and FLOP counts of an AUFormer model",
-        description="Count learnable/total parameters and GFLOPs of AUFormer and of the plain ViT backbone.",
+        help="parameter and FLOP counts of AUFormer or a comparison method",
+        description="Count learnable/total parameters and GFLOPs of AUFormer (or --method) and of the plain ViT "
+        "backbone; --compare counts every method (the paper's Fig. 1).",
     )
     parser.add_argument("--backbone", default="vit_base_patch16_224", help="timm ViT name (default: %(default)s)")
     parser.add_argument("--num-aus", type=int, default=12, help="number of AUs N (default: %(default)s)")
@@ -29,7 +32,13 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
                         help="expert-group implementation to count (default: %(default)s)")
     parser.add_argument("--backbone-kwargs", default=None, metavar="JSON",
                         help='extra timm.create_model arguments as a JSON object, e.g. \'{"depth": 6}\'')
-    parser.add_argument("--out", default=None, metavar="DIR", help="also write DIR/info.json (default: print only)")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="also write DIR/info.json; with --compare the folder for compare.md/.json/.png "
+                        "(default: print only; with --compare ./info-compare)")
+    parser.add_argument("--method", default="auformer", choices=METHODS,
+                        help="method to count, with its default hyper-parameters (default: %(default)s)")
+    parser.add_argument("--compare", action="store_true",
+                        help="count every method: the paper's Fig. 1 table (with its F1) and a bubble plot PNG")
     parser.set_defaults(func=_run_info)
 
 
@@ -317,6 +326,33 @@ def _add_data_efficiency(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
 
 
+def _add_ablation(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "ablation",
+        help="the paper's ablation grids (Tables 4, 5a-5d): every row cross-validated, ours beside the paper's F1",
+        description="Cross-validate each row of the table (a set of config overrides on top of --preset/--set) into "
+        "OUT/<row>/fold<k>/, then write OUT/table<T>.md and .csv in the paper's layout with the paper's mean F1 "
+        "beside ours. Rerun with the same --out to continue an interrupted grid: finished folds are reused, a "
+        "killed fold resumes. Rows: docs/ablations.md.",
+    )
+    _add_run_flags(parser, "bp4d", _DATA_HELP)
+    parser.add_argument("--table", required=True, choices=("4", "5a", "5b", "5c", "5d"),
+                        help="4: components; 5a: adaptation module; 5b: MRF dilations; 5c: CA size; 5d: MDWA margin")
+    parser.set_defaults(func=_run_ablation)
+
+
+def _run_ablation(args: argparse.Namespace) -> None:
+    from auformer.engine.ablation import run_ablation
+
+    if args.out is None:
+        import time
+        from pathlib import Path
+
+        args.out = f"runs/ablation-{Path(args.preset).stem}-table{args.table}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    config, out = _run_config(args)
+    run_ablation(config, args.table, out)
+
+
 def _run_protocol(args: argparse.Namespace) -> None:
     from auformer.engine import trainer
 
@@ -334,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"auformer {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_info, _add_detect, _add_export, _add_prepare, _add_train, _add_evaluate, _add_cv, _add_cross_domain, _add_data_efficiency, _add_synth, _add_pretrain_synthetic,):
+    for add in (_add_info, _add_detect, _add_export, _add_prepare, _add_train, _add_evaluate, _add_cv, _add_cross_domain, _add_data_efficiency, _add_synth, _add_pretrain_synthetic, _add_ablation,):
         add(sub)
     return parser
 

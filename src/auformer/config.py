@@ -61,11 +61,17 @@ class ModelConfig:
     aux_head: bool = True  # per-AU auxiliary heads on the last expert group
     dropout: float = 0.1  # dropout inside the experts
     scale: float = 1.0  # output scale s of the experts
+    method: str = "auformer"  # auformer, or a comparison: full-finetune, linear, adapter, lora, vpt, convpass (docs/ablations.md)
+    adapter_bottleneck: int = 64  # adapter: bottleneck width (AdaptFormer: 64)
+    adapter_scale: float = 0.1  # adapter: output scale s (AdaptFormer: 0.1)
+    lora_rank: int = 8  # lora: rank r of the q and v updates
+    lora_alpha: float = 8.0  # lora: the updates are scaled by lora_alpha / lora_rank
+    vpt_prompts: int = 10  # vpt: prompt tokens per block (deep VPT)
 
 
 @dataclass
 class LossConfig:
-    name: str = "mdwa"  # per-head classification loss: mdwa, wa or weighted_bce
+    name: str = "mdwa"  # per-head classification loss: mdwa, dwa (gamma only), mwa (margin only), wa or wce (docs/losses.md)
     wdi: bool = True  # add the WDI (weighted Dice) term on the main head
     aux_weight: float = 1.0  # weight of the auxiliary-head loss (0 = main head only)
     margin: float = 0.1  # MDWA truncation margin m (BP4D 0.1, DISFA 0.15, CASME II 0.3)
@@ -109,7 +115,8 @@ class Config:
 # Values checked against these so that YAML typos fail early instead of deep in training.
 _CHOICES = {
     ("model", "moke"): ("fused", "reference"),
-    ("loss", "name"): ("mdwa", "wa", "weighted_bce"),
+    ("model", "method"): ("auformer", "full-finetune", "linear", "adapter", "lora", "vpt", "convpass"),
+    ("loss", "name"): ("mdwa", "dwa", "mwa", "wa", "wce"),
     ("train", "amp"): ("none", "bf16", "fp16"),
     ("train", "device"): ("auto", "cpu", "cuda"),
 }

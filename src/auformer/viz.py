@@ -101,3 +101,29 @@ def plot_au_timeseries(df: pd.DataFrame, out_path: str | os.PathLike, threshold:
     axes_list[-1].set_xlim(times.min(), max(times.max(), times.min() + 1e-3))
     axes_list[0].set_title("AU probability of the best face per frame (red: present; grey hatched: no face; dotted: threshold)", fontsize=10)
     return _save(figure, out_path)
+
+
+def plot_cost_bubbles(rows: list[dict], out_path: str | os.PathLike, title: str) -> Path:
+    """Fig. 1 style: GFLOPs (x) against the paper's F1 (y), bubble area proportional to learnable parameters.
+
+    ``rows``: ``{"method", "learnable_params", "gflops", "paper_f1"}``; methods without a
+    paper F1 (the linear probe) are drawn on the x axis at the bottom, marked "no F1".
+    """
+    figure = Figure(figsize=(6.5, 4.5))
+    axes = figure.subplots()
+    known = [row["paper_f1"] for row in rows if row["paper_f1"] is not None]
+    floor = min(known) - 1.5 if known else 0.0
+    largest = max(row["learnable_params"] for row in rows)
+    for row in rows:
+        f1 = row["paper_f1"] if row["paper_f1"] is not None else floor
+        size = 30 + 3000 * row["learnable_params"] / largest
+        axes.scatter(row["gflops"], f1, s=size, alpha=0.5, edgecolors="black")
+        note = "" if row["paper_f1"] is not None else ", no F1"
+        axes.annotate(f"{row['method']}\n{row['learnable_params'] / 1e6:.2f} M{note}", (row["gflops"], f1),
+                      fontsize=7, ha="center", va="center")
+    axes.set_xlabel("GFLOPs (2 x MACs, batch 1)")
+    axes.set_ylabel("paper F1 on BP4D (%)")
+    axes.set_title(f"{title}; bubble area ~ learnable parameters", fontsize=9)
+    axes.margins(0.2)
+    figure.tight_layout()
+    return _save(figure, out_path)
