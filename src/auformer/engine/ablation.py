@@ -36,7 +36,10 @@ class Row:
 
 
 def _model(method: str = "auformer", loss: str = "wa", **model: Any) -> dict[str, dict[str, Any]]:
-    return {"model": {"method": method, **model}, "loss": {"name": loss}}
+    overrides = {"model": {"method": method, **model}, "loss": {"name": loss}}
+    if method == "full-finetune":  # a whole pre-trained ViT at the adapters' lr would be wrecked: ME-GraphAU's 1e-4,
+        overrides["train"] = {"lr": 1e-4, "head_lr": 1e-3}  # the fresh linear head 10x (our choice, docs/ablations.md)
+    return overrides
 
 
 NO_MOKE = {"use_mrf": False, "use_ca": False}  # one Convpass-like expert per AU: collaboration without MRF/CA
