@@ -48,6 +48,36 @@ def _run_info(args: argparse.Namespace) -> None:
     run_info(args)
 
 
+def _add_explain(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "explain",
+        help="Grad-CAM per expert and t-SNE of expert tokens (the paper's Figs. 5 and 6)",
+        description="For aligned face crops: OUT/gradcam/<image>.png, a Grad-CAM map per expert (aux head) for each AU "
+        "predicted present, overlaid on the face; and OUT/tsne.png, a t-SNE of the last expert group's CLS tokens "
+        "over all IMAGES coloured by expert (beside a second model's with --compare-checkpoint, e.g. one trained "
+        "without the aux loss).",
+    )
+    parser.add_argument("checkpoint", metavar="CHECKPOINT", help="AUFormer checkpoint (PATH, PATH.safetensors or PATH.json)")
+    parser.add_argument("images", nargs="+", metavar="IMAGES", help="aligned face images or folders (searched recursively)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="folder for gradcam/*.png and tsne.png")
+    parser.add_argument("--compare-checkpoint", default=None, metavar="CKPT",
+                        help="second checkpoint for a t-SNE panel beside the first (default: none)")
+    parser.add_argument("--titles", nargs="+", default=None, metavar="TITLE",
+                        help="t-SNE panel titles, one per checkpoint (default: the checkpoint paths)")
+    parser.add_argument("--gradcam-images", type=int, default=8, metavar="K",
+                        help="Grad-CAM figures for the first K images (default: %(default)s)")
+    parser.add_argument("--threshold", type=float, default=0.5, metavar="T",
+                        help="probability at which an AU counts as present (default: %(default)s)")
+    _add_backbone_weights_flag(parser)
+    parser.set_defaults(func=_run_explain)
+
+
+def _run_explain(args: argparse.Namespace) -> None:
+    from auformer.explain import run_explain
+
+    run_explain(args)
+
+
 def _add_backbone_weights_flag(parser: argparse.ArgumentParser) -> None:
     """--backbone-weights, shared by the commands that load a checkpoint for inference."""
     parser.add_argument("--backbone-weights", default=None, metavar="FILE",
@@ -370,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"auformer {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_info, _add_detect, _add_export, _add_prepare, _add_train, _add_evaluate, _add_cv, _add_cross_domain, _add_data_efficiency, _add_synth, _add_pretrain_synthetic, _add_ablation,):
+    for add in (_add_info, _add_detect, _add_export, _add_prepare, _add_train, _add_evaluate, _add_cv, _add_cross_domain, _add_data_efficiency, _add_synth, _add_pretrain_synthetic, _add_ablation, _add_explain,):
         add(sub)
     return parser
 
