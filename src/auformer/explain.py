@@ -72,6 +72,8 @@ def tsne_points(tokens: np.ndarray, seed: int = 0) -> np.ndarray:
     from sklearn.manifold import TSNE
 
     flat = tokens.reshape(-1, tokens.shape[-1])  # (M*E, D)
+    if not flat.std(axis=0).max() > 0:  # sklearn's Barnes-Hut t-SNE divides by this spread (and crashes)
+        raise ValueError("the expert tokens are all equal (an untrained model?): nothing for t-SNE to embed")
     perplexity = float(min(30.0, (len(flat) - 1) / 3))
     return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(flat)
 
