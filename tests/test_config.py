@@ -71,7 +71,7 @@ def test_overrides_are_parsed_as_yaml_and_type_checked():
         ("train.lr=fast", "train.lr: 'fast' is not a valid float"),
         ("data.aus=[one]", "data.aus"),
         ("train.amp=fp8", "not one of none, bf16, fp16"),
-        ("loss.name=focal", "not one of mdwa, wa, weighted_bce"),
+        ("loss.name=focal", "not one of mdwa, dwa, mwa, wa, wce"),
         ("train.lr", "expected section.key=value"),
         ("train.epochs=0", "train.epochs: 0 must be >= 1"),
     ],

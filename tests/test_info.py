@@ -43,3 +43,26 @@ def test_info_table_and_bad_kwargs(capsys):
     assert "learnable_params" in capsys.readouterr().out
     assert main(["info", "--backbone-kwargs", "{depth: 2}"]) == 2
     assert "error: --backbone-kwargs is not valid JSON" in capsys.readouterr().err
+
+
+def test_info_method_counts_that_method(capsys):
+    assert main(["info", "--backbone", "vit_tiny_patch16_224", "--num-aus", "3", "--img-size", "32",
+                 "--backbone-kwargs", TINY_KWARGS_JSON, "--method", "lora", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    model = build_model(3, "vit_tiny_patch16_224", img_size=32, backbone_kwargs=json.loads(TINY_KWARGS_JSON), method="lora")
+    assert info["method"] == "lora" and info["learnable_params"] == count_parameters(model)["learnable"]
+    assert info["backbone_params"] + info["learnable_params"] == info["total_params"]
+
+
+def test_info_compare_writes_the_fig1_table_and_bubble_plot(capsys, tmp_path):
+    assert main(["info", "--compare", "--backbone", "vit_tiny_patch16_224", "--num-aus", "3", "--img-size", "32",
+                 "--backbone-kwargs", TINY_KWARGS_JSON, "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("| method | learnable params | total params | GFLOPs | GMACs | paper F1 (BP4D, %) |")
+    rows = {row["method"]: row for row in json.loads((tmp_path / "compare.json").read_text())}
+    assert list(rows) == ["auformer", "full-finetune", "linear", "adapter", "lora", "vpt", "convpass"]
+    assert rows["full-finetune"]["learnable_params"] == rows["full-finetune"]["total_params"]
+    assert rows["linear"]["learnable_params"] == 32 * 3 + 3  # the head alone
+    assert rows["vpt"]["gflops"] > rows["linear"]["gflops"]  # prompts lengthen every block's sequence
+    assert rows["auformer"]["paper_f1"] == 66.2 and rows["linear"]["paper_f1"] is None
+    assert (tmp_path / "compare.png").stat().st_size > 10_000

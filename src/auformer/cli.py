@@ -13,13 +13,16 @@ import sys
 
 # The names `auformer.faces.detectors.get_detector` accepts (kept here so --help needs no OpenCV/dlib import).
 FACE_DETECTORS = ("dlib", "haar", "none")
+# `auformer.model.petl.METHODS` (kept here so --help needs no torch import).
+METHODS = ("auformer", "full-finetune", "linear", "adapter", "lora", "vpt", "convpass")
 
 
 def _add_info(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "info",
-        help="parameter and FLOP counts of an AUFormer model",
-        description="Count learnable/total parameters and GFLOPs of AUFormer and of the plain ViT backbone.",
+        help="parameter and FLOP counts of AUFormer or a comparison method",
+        description="Count learnable/total parameters and GFLOPs of AUFormer (or --method) and of the plain ViT "
+        "backbone; --compare counts every method (the paper's Fig. 1).",
     )
     parser.add_argument("--backbone", default="vit_base_patch16_224", help="timm ViT name (default: %(default)s)")
     parser.add_argument("--num-aus", type=int, default=12, help="number of AUs N (default: %(default)s)")
@@ -29,7 +32,13 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
                         help="expert-group implementation to count (default: %(default)s)")
     parser.add_argument("--backbone-kwargs", default=None, metavar="JSON",
                         help='extra timm.create_model arguments as a JSON object, e.g. \'{"depth": 6}\'')
-    parser.add_argument("--out", default=None, metavar="DIR", help="also write DIR/info.json (default: print only)")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="also write DIR/info.json; with --compare the folder for compare.md/.json/.png "
+                        "(default: print only; with --compare ./info-compare)")
+    parser.add_argument("--method", default="auformer", choices=METHODS,
+                        help="method to count, with its default hyper-parameters (default: %(default)s)")
+    parser.add_argument("--compare", action="store_true",
+                        help="count every method: the paper's Fig. 1 table (with its F1) and a bubble plot PNG")
     parser.set_defaults(func=_run_info)
 
 
@@ -37,6 +46,36 @@ def _run_info(args: argparse.Namespace) -> None:
     from auformer.model.profile import run_info
 
     run_info(args)
+
+
+def _add_explain(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "explain",
+        help="Grad-CAM per expert and t-SNE of expert tokens (the paper's Figs. 5 and 6)",
+        description="For aligned face crops: OUT/gradcam/<image>.png, a Grad-CAM map per expert (aux head) for each AU "
+        "predicted present, overlaid on the face; and OUT/tsne.png, a t-SNE of the last expert group's CLS tokens "
+        "over all IMAGES coloured by expert (beside a second model's with --compare-checkpoint, e.g. one trained "
+        "without the aux loss).",
+    )
+    parser.add_argument("checkpoint", metavar="CHECKPOINT", help="AUFormer checkpoint (PATH, PATH.safetensors or PATH.json)")
+    parser.add_argument("images", nargs="+", metavar="IMAGES", help="aligned face images or folders (searched recursively)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="folder for gradcam/*.png and tsne.png")
+    parser.add_argument("--compare-checkpoint", default=None, metavar="CKPT",
+                        help="second checkpoint for a t-SNE panel beside the first (default: none)")
+    parser.add_argument("--titles", nargs="+", default=None, metavar="TITLE",
+                        help="t-SNE panel titles, one per checkpoint (default: the checkpoint paths)")
+    parser.add_argument("--gradcam-images", type=int, default=8, metavar="K",
+                        help="Grad-CAM figures for the first K images (default: %(default)s)")
+    parser.add_argument("--threshold", type=float, default=0.5, metavar="T",
+                        help="probability at which an AU counts as present (default: %(default)s)")
+    _add_backbone_weights_flag(parser)
+    parser.set_defaults(func=_run_explain)
+
+
+def _run_explain(args: argparse.Namespace) -> None:
+    from auformer.explain import run_explain
+
+    run_explain(args)
 
 
 def _add_backbone_weights_flag(parser: argparse.ArgumentParser) -> None:
@@ -391,6 +430,33 @@ def _add_data_efficiency(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
 
 
+def _add_ablation(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "ablation",
+        help="the paper's ablation grids (Tables 4, 5a-5d): every row cross-validated, ours beside the paper's F1",
+        description="Cross-validate each row of the table (a set of config overrides on top of --preset/--set) into "
+        "OUT/<row>/fold<k>/, then write OUT/table<T>.md and .csv in the paper's layout with the paper's mean F1 "
+        "beside ours. Rerun with the same --out to continue an interrupted grid: finished folds are reused, a "
+        "killed fold resumes. Rows: docs/ablations.md.",
+    )
+    _add_run_flags(parser, "bp4d", _DATA_HELP)
+    parser.add_argument("--table", required=True, choices=("4", "5a", "5b", "5c", "5d"),
+                        help="4: components; 5a: adaptation module; 5b: MRF dilations; 5c: CA size; 5d: MDWA margin")
+    parser.set_defaults(func=_run_ablation)
+
+
+def _run_ablation(args: argparse.Namespace) -> None:
+    from auformer.engine.ablation import run_ablation
+
+    if args.out is None:
+        import time
+        from pathlib import Path
+
+        args.out = f"runs/ablation-{Path(args.preset).stem}-table{args.table}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    config, out = _run_config(args)
+    run_ablation(config, args.table, out)
+
+
 def _run_protocol(args: argparse.Namespace) -> None:
     from auformer.engine import trainer
 
@@ -435,6 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = (
         _add_info, _add_detect, _add_export, _add_prepare, _add_train, _add_evaluate, _add_cv, _add_cross_domain,
         _add_data_efficiency, _add_synth, _add_pretrain_synthetic, _add_push, _add_weights,
+        _add_ablation, _add_explain,
     )
     for add in commands:
         add(sub)

@@ -62,11 +62,17 @@ class ModelConfig:
     dropout: float = 0.1  # dropout inside the experts
     scale: float = 1.0  # output scale s of the experts
     task: str = "occurrence"  # heads: occurrence (the paper), intensity (0-5 per AU) or both (docs/intensity.md)
+    method: str = "auformer"  # auformer, or a comparison: full-finetune, linear, adapter, lora, vpt, convpass (docs/ablations.md)
+    adapter_bottleneck: int = 64  # adapter: bottleneck width (AdaptFormer: 64)
+    adapter_scale: float = 0.1  # adapter: output scale s (AdaptFormer: 0.1)
+    lora_rank: int = 8  # lora: rank r of the q and v updates
+    lora_alpha: float = 8.0  # lora: the updates are scaled by lora_alpha / lora_rank
+    vpt_prompts: int = 10  # vpt: prompt tokens per block (deep VPT)
 
 
 @dataclass
 class LossConfig:
-    name: str = "mdwa"  # per-head classification loss: mdwa, wa or weighted_bce
+    name: str = "mdwa"  # per-head classification loss: mdwa, dwa (gamma only), mwa (margin only), wa or wce (docs/losses.md)
     wdi: bool = True  # add the WDI (weighted Dice) term on the main head
     aux_weight: float = 1.0  # weight of the auxiliary-head loss (0 = main head only)
     margin: float = 0.1  # MDWA truncation margin m (BP4D 0.1, DISFA 0.15, CASME II 0.3)
@@ -116,7 +122,8 @@ class Config:
 _CHOICES = {
     ("model", "moke"): ("fused", "reference"),
     ("model", "task"): ("occurrence", "intensity", "both"),
-    ("loss", "name"): ("mdwa", "wa", "weighted_bce"),
+    ("model", "method"): ("auformer", "full-finetune", "linear", "adapter", "lora", "vpt", "convpass"),
+    ("loss", "name"): ("mdwa", "dwa", "mwa", "wa", "wce"),
     ("loss", "wdi_reduction"): ("batch", "sample"),
     ("train", "amp"): ("none", "bf16", "fp16"),
     ("train", "device"): ("auto", "cpu", "cuda"),

@@ -22,7 +22,8 @@ fp16/bf16 autocast, at saturated probabilities (p in {0, 1}), below the margin
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -88,6 +89,27 @@ def weighted_bce_loss(
     logits, targets, weights, mask = _prepare(logits, targets, occurrence_rate, mask)
     per_entry = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")  # (B, N)
     return _masked_weighted_mean(per_entry, weights, mask)
+
+
+# The loss variants of the ablations (Table 4), all `mdwa_loss` with parts switched off except
+# WA (ME-GraphAU's, focus weight detached) and WCE: name -> (uses margin, uses gamma).
+LOSS_VARIANTS = {"mdwa": (True, True), "dwa": (False, True), "mwa": (True, False), "wa": None, "wce": None}
+
+
+def classification_loss(name: str, margin: float = 0.1, gamma_bounds: tuple[float, float] = (1.0, 2.0)) -> Callable[..., torch.Tensor]:
+    """``loss(logits, targets, occurrence_rate, mask=None)`` for a ``LOSS_VARIANTS`` name.
+
+    ``mdwa``: margin and difficulty-aware gamma (eq. 6); ``dwa``: gamma only (m = 0);
+    ``mwa``: margin only (gamma = 1); ``wa``: ME-GraphAU's WA loss; ``wce``: weighted BCE.
+    """
+    if name not in LOSS_VARIANTS:
+        raise ValueError(f"unknown loss {name!r}; choose from {', '.join(LOSS_VARIANTS)}")
+    if name == "wa":
+        return wa_loss
+    if name == "wce":
+        return weighted_bce_loss
+    uses_margin, uses_gamma = LOSS_VARIANTS[name]
+    return partial(mdwa_loss, margin=margin if uses_margin else 0.0, gamma_bounds=gamma_bounds if uses_gamma else (1.0, 1.0))
 
 
 def wdi_loss(

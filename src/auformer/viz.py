@@ -140,3 +140,65 @@ def plot_au_timeseries(df: pd.DataFrame, out_path: str | os.PathLike, threshold:
     axes_list[0].set_title("AU probability (red: present; dotted: threshold) and intensity 0-5 (blue) of the best face "
                            "per frame; grey hatched: no face", fontsize=10)
     return _save(figure, out_path)
+
+
+def plot_cost_bubbles(rows: list[dict], out_path: str | os.PathLike, title: str) -> Path:
+    """Fig. 1 style: GFLOPs (x) against the paper's F1 (y), bubble area proportional to learnable parameters.
+
+    ``rows``: ``{"method", "learnable_params", "gflops", "paper_f1"}``; methods without a
+    paper F1 (the linear probe) are drawn on the x axis at the bottom, marked "no F1".
+    """
+    figure = Figure(figsize=(6.5, 4.5))
+    axes = figure.subplots()
+    known = [row["paper_f1"] for row in rows if row["paper_f1"] is not None]
+    floor = min(known) - 1.5 if known else 0.0
+    largest = max(row["learnable_params"] for row in rows)
+    for row in rows:
+        f1 = row["paper_f1"] if row["paper_f1"] is not None else floor
+        size = 30 + 3000 * row["learnable_params"] / largest
+        axes.scatter(row["gflops"], f1, s=size, alpha=0.5, edgecolors="black")
+        note = "" if row["paper_f1"] is not None else ", no F1"
+        axes.annotate(f"{row['method']}\n{row['learnable_params'] / 1e6:.2f} M{note}", (row["gflops"], f1),
+                      fontsize=7, ha="center", va="center")
+    axes.set_xlabel("GFLOPs (2 x MACs, batch 1)")
+    axes.set_ylabel("paper F1 on BP4D (%)")
+    axes.set_title(f"{title}; bubble area ~ learnable parameters", fontsize=9)
+    axes.margins(0.2)
+    figure.tight_layout()
+    return _save(figure, out_path)
+
+
+def plot_gradcam(face: np.ndarray, maps: np.ndarray, labels: list[str], out_path: str | os.PathLike, title: str) -> Path:
+    """Fig. 6 style: the face, then one overlay per map. ``face`` (H, W, 3) uint8, ``maps`` (K, H, W) in [0, 1]."""
+    panels = 1 + len(maps)
+    figure = Figure(figsize=(2.2 * panels, 2.6), layout="constrained")
+    axes_list = np.atleast_1d(figure.subplots(1, panels))
+    axes_list[0].imshow(face)
+    axes_list[0].set_title("aligned face" if len(maps) else "no AU predicted present", fontsize=8)
+    for axes, cam, label in zip(axes_list[1:], maps, labels):
+        axes.imshow(face)
+        axes.imshow(cam, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+        axes.set_title(label, fontsize=8)
+    for axes in axes_list:
+        axes.set_axis_off()
+    figure.suptitle(title, fontsize=9)
+    return _save(figure, out_path)
+
+
+def plot_tsne(panels: Mapping[str, np.ndarray], experts: list[str], out_path: str | os.PathLike) -> Path:
+    """Fig. 5 style: one scatter per model of t-SNE points ``(M*E, 2)`` (image-major), coloured by expert."""
+    from matplotlib import colormaps
+
+    figure = Figure(figsize=(5.2 * len(panels) + 1.4, 5), layout="constrained")
+    axes_list = np.atleast_1d(figure.subplots(1, len(panels)))
+    colors = colormaps["tab20"](np.linspace(0, 1, max(len(experts), 2)))
+    for axes, (title, points) in zip(axes_list, panels.items()):
+        expert = np.arange(len(points)) % len(experts)  # row m*E + e belongs to expert e
+        for index, name in enumerate(experts):
+            chosen = points[expert == index]
+            axes.scatter(chosen[:, 0], chosen[:, 1], s=6, color=colors[index], label=name)
+        axes.set_title(title, fontsize=9)
+        axes.set_xticks([])
+        axes.set_yticks([])
+    axes_list[-1].legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, markerscale=2, title="expert")
+    return _save(figure, out_path)

@@ -21,13 +21,13 @@ import random
 import sys
 import time
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -165,11 +165,7 @@ def build_loss(config: Config) -> Any:
     from auformer import losses
 
     cfg = config.loss
-    classify = {
-        "mdwa": partial(losses.mdwa_loss, margin=cfg.margin, gamma_bounds=tuple(cfg.gamma_bounds)),
-        "wa": losses.wa_loss,
-        "weighted_bce": losses.weighted_bce_loss,
-    }[cfg.name]
+    classify = losses.classification_loss(cfg.name, cfg.margin, tuple(cfg.gamma_bounds))
 
     def loss(output: Any, targets: torch.Tensor, rate: torch.Tensor, intensity: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         terms = {}
@@ -381,7 +377,8 @@ class Trainer:
             len(self.aus), backbone=m.backbone, backbone_weights=m.backbone_weights, img_size=self.config.data.img_size,
             moke=m.moke, aus=self.aus, d=m.d, dilations=tuple(m.dilations), ca_size=m.ca_size, use_mrf=m.use_mrf,
             use_ca=m.use_ca, collaborate=m.collaborate, aux_head=m.aux_head, dropout=m.dropout, scale=m.scale,
-            backbone_kwargs=m.backbone_kwargs or None, task=m.task,
+            backbone_kwargs=m.backbone_kwargs or None, task=m.task, method=m.method, adapter_bottleneck=m.adapter_bottleneck,
+            adapter_scale=m.adapter_scale, lora_rank=m.lora_rank, lora_alpha=m.lora_alpha, vpt_prompts=m.vpt_prompts,
         )  # fmt: skip
 
     def _param_groups(self) -> list[dict[str, Any]]:
@@ -607,6 +604,29 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, verbose: bo
     return trainer.train()
 
 
+def train_once(config: Config, out_dir: str | Path, verbose: bool = True) -> dict[str, Any]:
+    """``train``, unless ``out_dir`` already holds this config's run: then reuse or continue it.
+
+    The resume mechanism of every grid (cv folds, ablation rows): a finished run
+    (``metrics.json`` beside a ``config.yaml`` equal to ``config``) is read back, not
+    rerun; a killed one (``train_state.pt``) continues where it stopped; a folder holding
+    another config's run is refused, so results never mix.
+    """
+    out_dir = Path(out_dir)
+    saved = out_dir / "config.yaml"
+    if saved.is_file():
+        wanted = yaml.safe_load(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        if yaml.safe_load(saved.read_text()) != wanted:
+            raise ValueError(f"{out_dir} holds a run of another config ({saved} differs); pick another --out")
+        if (out_dir / "metrics.json").is_file():
+            if verbose:
+                print(f"{out_dir}: finished before, reusing its metrics.json", flush=True)
+            return json.loads((out_dir / "metrics.json").read_text())
+        if (out_dir / checkpointing.TRAIN_STATE).is_file():
+            return train(config, out_dir, resume=True, verbose=verbose)
+    return train(config, out_dir, verbose=verbose)
+
+
 def resume(run_dir: str | Path, verbose: bool = True) -> dict[str, Any]:
     """Continue a killed ``auformer train`` run from its folder (config.yaml + train_state.pt)."""
     run_dir = Path(run_dir)
@@ -657,6 +677,8 @@ def cross_validate(config: Config, out_dir: str | Path, verbose: bool = True) ->
     Writes each fold's results, their mean (``metrics.json``, same schema) and
     ``cv_table.md`` (per-fold and mean per-AU F1). Cross-domain presets (with
     ``data.target_root``) hold out each source fold in turn and test on the target.
+    Rerun into the same ``out_dir``, finished folds are reused and a killed one continues
+    (`train_once`).
     """
     out_dir = Path(out_dir)
     check_backbone_weights(config, verbose=False)  # before the folds are read; each fold's run warns on random
@@ -668,7 +690,7 @@ def cross_validate(config: Config, out_dir: str | Path, verbose: bool = True) ->
         fold_config = dataclasses.replace(config, data=dataclasses.replace(config.data, fold=fold))
         if verbose:
             print(f"== fold {fold} ==", flush=True)
-        runs[f"fold{fold}"] = train(fold_config, out_dir / f"fold{fold}", verbose=verbose)
+        runs[f"fold{fold}"] = train_once(fold_config, out_dir / f"fold{fold}", verbose=verbose)
     mean = mean_metrics(list(runs.values()))
     _write_protocol({**runs, "mean": mean}, config, out_dir, mean, verbose)
     return mean

@@ -11,6 +11,10 @@ Main head: final CLS token -> the ViT's own final norm -> Linear -> N logits.
 Aux head: CLS output of expert i of the last group -> its own Linear -> 1 logit.
 ``task`` (``occurrence``, ``intensity``, ``both``) picks the heads: intensity heads
 (0-5, `auformer.model.heads`) read the same two feature sets.
+
+The same loop runs the comparison methods (``method``, see `petl.py`): their
+branches replace the expert groups, LoRA hooks the frozen qkv Linear, deep VPT
+inserts prompt tokens around each block, and ``full-finetune`` unfreezes the ViT.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from auformer.model.heads import (
 )
 from auformer.model.moke import MoKEGroup
 from auformer.model.moke_fused import FusedMoKEGroup
+from auformer.model.petl import EXPERT_METHODS, METHODS, DeepPrompts, LoRA, side_branches
 
 MOKE_IMPLEMENTATIONS: dict[str, type[MoKEGroup]] = {"reference": MoKEGroup, "fused": FusedMoKEGroup}
 
@@ -45,7 +50,8 @@ class AUFormerOutput(NamedTuple):
     logits: torch.Tensor | None  # (B, N) main head; None when task="intensity"
     aux_logits: torch.Tensor | None  # (B, N) per-AU projectors, None when aux_head=False or task="intensity"
     features: torch.Tensor  # (B, D) final CLS token after the ViT's norm (input of the main head)
-    expert_features: torch.Tensor  # (B, E, D) CLS outputs of the last group's experts (E = N, or 1 without collaboration)
+    expert_features: torch.Tensor | None  # (B, E, D) CLS outputs of the last group's experts (E = N, or 1
+    # without collaboration); None for methods without experts
     intensity: torch.Tensor | None = None  # (B, N) in [0, 5]; None when task="occurrence"
     aux_intensity: torch.Tensor | None = None  # (B, N) per-expert intensities; None without aux or intensity heads
 
@@ -64,23 +70,47 @@ class AUFormer(nn.Module):
         task: str = "occurrence",
         aus: list[int] | None = None,
         config: dict | None = None,
+        method: str = "auformer",
+        method_options: dict | None = None,
         **expert_options,
     ) -> None:
-        """``expert_options``: ``d``, ``dilations``, ``ca_size``, ``use_mrf``, ``use_ca``, ``dropout``, ``scale`` (see `Expert`)."""
+        """``expert_options``: ``d``, ``dilations``, ``ca_size``, ``use_mrf``, ``use_ca``, ``dropout``, ``scale`` (see `Expert`).
+
+        ``method_options``: ``adapter_bottleneck``, ``adapter_scale``, ``lora_rank``, ``lora_alpha``,
+        ``vpt_prompts`` (see `build_model`). Methods without experts get no aux head.
+        """
         super().__init__()
         self.backbone = backbone
         self.num_aus = num_aus
         self.aus = aus  # FACS numbers of the N outputs, or None (index names)
         self.config = config or {}  # every build_model argument, JSON-able: build_model(**config) rebuilds
+        self.method = method
+        options = method_options or {}
+        dim, depth = backbone.embed_dim, len(backbone.blocks)
+        if method == "convpass":  # Convpass = one expert per group without MRF and CA, no carry, no aux head
+            expert_options.update(use_mrf=False, use_ca=False)
+            collaborate = False
         self.collaborate = collaborate
+        if method in EXPERT_METHODS:
+            group_class = MOKE_IMPLEMENTATIONS[moke]
+            grid = dict(grid_size=tuple(backbone.patch_embed.grid_size), num_prefix_tokens=backbone.num_prefix_tokens)
+            num_experts = num_aus if collaborate else 1  # "no Collab." ablation: one shared expert per group
+            self.attn_groups = nn.ModuleList(group_class(dim, num_experts, **grid, **expert_options) for _ in range(depth))
+            self.mlp_groups = nn.ModuleList(group_class(dim, num_experts, **grid, **expert_options) for _ in range(depth))
+        else:
+            self.attn_groups, self.mlp_groups = side_branches(
+                method, dim, depth, options.get("adapter_bottleneck", 64), options.get("adapter_scale", 0.1))
+        self.lora = LoRA(dim, depth, options.get("lora_rank", 8), options.get("lora_alpha", 8.0)) if method == "lora" else None
+        if self.lora is not None:
+            self.lora.attach(backbone)
+        self.prompts = None
+        if method == "vpt":
+            patch_area = math.prod(backbone.patch_embed.patch_size)
+            self.prompts = DeepPrompts(dim, depth, options.get("vpt_prompts", 10), backbone.num_prefix_tokens, patch_area)
+        if method == "full-finetune":
+            backbone.requires_grad_(True)
         self.task = task
-        dim = backbone.embed_dim
-        group_class = MOKE_IMPLEMENTATIONS[moke]
-        grid = dict(grid_size=tuple(backbone.patch_embed.grid_size), num_prefix_tokens=backbone.num_prefix_tokens)
-        num_experts = num_aus if collaborate else 1  # "no Collab." ablation: one shared expert per group
-        self.attn_groups = nn.ModuleList(group_class(dim, num_experts, **grid, **expert_options) for _ in backbone.blocks)
-        self.mlp_groups = nn.ModuleList(group_class(dim, num_experts, **grid, **expert_options) for _ in backbone.blocks)
-        occurrence = has_occurrence(task)
+        occurrence, aux_head = has_occurrence(task), aux_head and method == "auformer"
         self.head = nn.Linear(dim, num_aus) if occurrence else None
         # N per-AU Linear(D, 1) projectors stored as one (N, D) weight; see heads.per_expert.
         self.aux_head = nn.Linear(dim, num_aus) if aux_head and occurrence else None
@@ -112,7 +142,9 @@ class AUFormer(nn.Module):
         vit = self.backbone
         x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(images))))  # (B, T, D)
         carry = None
-        for block, attn_group, mlp_group in zip(vit.blocks, self.attn_groups, self.mlp_groups):
+        for layer, (block, attn_group, mlp_group) in enumerate(zip(vit.blocks, self.attn_groups, self.mlp_groups)):
+            if self.prompts is not None:
+                x = self.prompts.insert(x, layer)  # (B, T + P, D)
             x_norm = block.norm1(x)
             knowledge, state = attn_group(x_norm, carry)  # (B, T, D) mean of the group, eqs. 2-3
             x = x + block.drop_path1(block.ls1(block.attn(x_norm))) + knowledge  # eq. 4
@@ -121,8 +153,10 @@ class AUFormer(nn.Module):
             knowledge, state = mlp_group(x_norm, carry)
             x = x + block.drop_path2(block.ls2(block.mlp(x_norm))) + knowledge
             carry = state if self.collaborate else None
+            if self.prompts is not None:
+                x = self.prompts.remove(x)  # (B, T, D)
         features = vit.forward_head(vit.norm(x), pre_logits=True)  # (B, D) CLS token
-        expert_features = self.mlp_groups[-1].cls_outputs(state)  # (B, E, D)
+        expert_features = self.mlp_groups[-1].cls_outputs(state) if state is not None else None  # (B, E, D)
         logits = None if self.head is None else self.head(features)  # (B, N)
         aux_logits = None if self.aux_head is None else per_expert(expert_features, self.aux_head)  # (B, N)
         intensity, aux_intensity = (None, None) if self.intensity is None else self.intensity(features, expert_features)
@@ -130,12 +164,17 @@ class AUFormer(nn.Module):
 
 
 def _check_options(num_aus: int, moke: str, d: int, dilations: Sequence[int], ca_size: int, dropout: float,
-                   scale: float, backbone_kwargs: dict, task: str = "occurrence") -> None:
+                   scale: float, backbone_kwargs: dict, method: str, method_options: dict, task: str) -> None:
     """Validate build arguments before anything is built (one clear line per problem)."""
     if not isinstance(num_aus, int) or num_aus < 1:
         raise ValueError(f"num_aus must be a positive integer, got {num_aus!r}")
     if task not in TASKS:
         raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    for name in ("adapter_bottleneck", "lora_rank", "vpt_prompts"):
+        if not isinstance(method_options[name], int) or method_options[name] < 1:
+            raise ValueError(f"{name} must be a positive integer, got {method_options[name]!r}")
     if moke not in MOKE_IMPLEMENTATIONS:
         raise ValueError(f"moke must be one of {sorted(MOKE_IMPLEMENTATIONS)}, got {moke!r}")
     if not isinstance(d, int) or d < 1:
@@ -172,8 +211,14 @@ def build_model(
     scale: float = 1.0,
     backbone_kwargs: dict | None = None,
     task: str = "occurrence",
+    method: str = "auformer",
+    adapter_bottleneck: int = 64,
+    adapter_scale: float = 0.1,
+    lora_rank: int = 8,
+    lora_alpha: float = 8.0,
+    vpt_prompts: int = 10,
 ) -> AUFormer:
-    """Build AUFormer on a frozen timm ViT.
+    """Build AUFormer (or a comparison ``method``, see `petl.py`) on a frozen timm ViT.
 
     ``backbone_weights``: ``"hub"`` (the timm tag's weights, Hugging Face cache first),
     a local weight file, ``"synthetic"`` (the packaged synthetic-face ViT) or ``"random"``
@@ -181,9 +226,14 @@ def build_model(
     ``"fused"`` (fast, exact) or ``"reference"`` (literal per-expert form); both have
     the same state-dict layout. ``collaborate=False`` uses one shared expert per group.
     ``task``: ``"occurrence"`` (the paper), ``"intensity"`` (0-5 per AU) or ``"both"``.
+    ``method``: ``auformer``, ``full-finetune``, ``linear``, ``adapter`` (``adapter_bottleneck``,
+    ``adapter_scale``), ``lora`` (``lora_rank``, ``lora_alpha``), ``vpt`` (``vpt_prompts`` per
+    block) or ``convpass`` (one expert per group without MRF/CA: ``d``, ``scale``, ``dropout``).
     """
     backbone_kwargs = dict(backbone_kwargs or {})
-    _check_options(num_aus, moke, d, dilations, ca_size, dropout, scale, backbone_kwargs, task)
+    method_options = dict(adapter_bottleneck=adapter_bottleneck, adapter_scale=adapter_scale, lora_rank=lora_rank,
+                          lora_alpha=lora_alpha, vpt_prompts=vpt_prompts)
+    _check_options(num_aus, moke, d, dilations, ca_size, dropout, scale, backbone_kwargs, method, method_options, task)
     if aus is not None:
         aus = parse_au_list(aus)
         if len(aus) != num_aus:
@@ -192,10 +242,11 @@ def build_model(
         num_aus=num_aus, backbone=backbone, backbone_weights=weights_source(backbone_weights),
         img_size=img_size, moke=moke, aus=aus, d=d, dilations=list(dilations), ca_size=ca_size, use_mrf=use_mrf,
         use_ca=use_ca, collaborate=collaborate, aux_head=aux_head, dropout=dropout, scale=scale,
-        backbone_kwargs=backbone_kwargs, task=task,
+        backbone_kwargs=backbone_kwargs, task=task, method=method, **method_options,
     )
     vit = create_backbone(backbone, backbone_weights, img_size, **backbone_kwargs)
     return AUFormer(
         vit, num_aus, moke=moke, d=d, dilations=dilations, ca_size=ca_size, use_mrf=use_mrf, use_ca=use_ca,
         collaborate=collaborate, aux_head=aux_head, dropout=dropout, scale=scale, aus=aus, config=config, task=task,
+        method=method, method_options=method_options,
     )

@@ -147,7 +147,9 @@ def load_adapter_weights(model: AUFormer, path: str | os.PathLike) -> None:
     tensors = load_file(str(weights_path))
     backbone_state = {k[len(BACKBONE_PREFIX):]: v for k, v in tensors.items() if k.startswith(BACKBONE_PREFIX)}
     adapter_state = {k: v for k, v in tensors.items() if not k.startswith(BACKBONE_PREFIX)}
-    mismatch = describe_mismatch(model.learnable_state_dict(), adapter_state)
+    # full-finetune: the learnable backbone travels with the backbone tensors, checked below
+    learnable = {k: v for k, v in model.learnable_state_dict().items() if not k.startswith(BACKBONE_PREFIX)}
+    mismatch = describe_mismatch(learnable, adapter_state)
     if backbone_state:
         mismatch = mismatch or describe_mismatch(model.backbone.state_dict(), backbone_state)
     if mismatch:

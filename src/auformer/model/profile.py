@@ -40,23 +40,26 @@ def count_flops(module: nn.Module, *inputs: torch.Tensor) -> int:
 
 
 def model_info(num_aus: int, backbone: str = "vit_base_patch16_224", img_size: int = 224, moke: str = "fused",
-               backbone_kwargs: dict | None = None) -> dict:
-    """Parameter and FLOP counts of AUFormer and of its plain ViT at batch 1 (random init, meta device)."""
+               backbone_kwargs: dict | None = None, method: str = "auformer") -> dict:
+    """Parameter and FLOP counts of a ``method`` and of its plain ViT at batch 1 (random init, meta device)."""
     with torch.device("meta"):
-        model = build_model(num_aus, backbone, "random", img_size, moke, backbone_kwargs=backbone_kwargs).eval()
+        model = build_model(num_aus, backbone, "random", img_size, moke, backbone_kwargs=backbone_kwargs,
+                            method=method).eval()
         images = torch.empty(1, 3, img_size, img_size)
     params = count_parameters(model)
     flops = count_flops(model, images)
     backbone_flops = count_flops(model.backbone, images)
-    expert_params = sum(p.numel() for p in model.mlp_groups[0].experts[0].parameters())
+    experts = getattr(model.mlp_groups[0], "experts", None)
+    expert_params = sum(p.numel() for p in experts[0].parameters()) if experts else 0
     return {
+        "method": method,
         "backbone": backbone,
         "num_aus": num_aus,
         "img_size": img_size,
         "moke": moke,
         "learnable_params": params["learnable"],
         "total_params": params["total"],
-        "backbone_params": params["total"] - params["learnable"],
+        "backbone_params": sum(p.numel() for p in model.backbone.parameters()),
         "params_per_expert": expert_params,
         "gflops": flops / 1e9,
         "backbone_gflops": backbone_flops / 1e9,
@@ -78,7 +81,10 @@ def run_info(args: argparse.Namespace) -> None:
             raise ValueError(f"--backbone-kwargs is not valid JSON: {error}") from None
         if not isinstance(backbone_kwargs, dict):
             raise ValueError("--backbone-kwargs must be a JSON object, e.g. '{\"depth\": 6}'")
-    info = model_info(args.num_aus, args.backbone, args.img_size, args.moke, backbone_kwargs)
+    if args.compare:
+        run_compare(args, backbone_kwargs)
+        return
+    info = model_info(args.num_aus, args.backbone, args.img_size, args.moke, backbone_kwargs, args.method)
     if args.json:
         print(json.dumps(info, indent=2))
     else:
@@ -91,3 +97,44 @@ def run_info(args: argparse.Namespace) -> None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "info.json").write_text(json.dumps(info, indent=2) + "\n")
         print(f"wrote {out / 'info.json'}", file=sys.stderr)
+
+
+# Mean F1 (%) on BP4D that the paper reports per method (Tables 4 and 5a; no linear probe there).
+PAPER_F1 = {"auformer": 66.2, "full-finetune": 61.9, "adapter": 63.1, "lora": 63.0, "vpt": 62.6, "convpass": 63.6}
+
+
+def compare_rows(num_aus: int, backbone: str, img_size: int, moke: str, backbone_kwargs: dict | None) -> list[dict]:
+    """The Fig. 1 table: one `model_info` per method (config defaults for each method's hyper-parameters)."""
+    from auformer.model.petl import METHODS
+
+    rows = []
+    for method in METHODS:
+        info = model_info(num_aus, backbone, img_size, moke, backbone_kwargs, method)
+        rows.append({"method": method, "learnable_params": info["learnable_params"], "total_params": info["total_params"],
+                     "gflops": info["gflops"], "gmacs": info["gmacs"], "paper_f1": PAPER_F1.get(method)})
+    return rows
+
+
+def compare_markdown(rows: list[dict]) -> str:
+    lines = ["| method | learnable params | total params | GFLOPs | GMACs | paper F1 (BP4D, %) |", "|---|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        paper = "-" if row["paper_f1"] is None else f"{row['paper_f1']:.1f}"
+        lines.append(f"| {row['method']} | {row['learnable_params'] / 1e6:.3f} M | {row['total_params'] / 1e6:.2f} M "
+                     f"| {row['gflops']:.2f} | {row['gmacs']:.2f} | {paper} |")
+    return "\n".join(lines)
+
+
+def run_compare(args: argparse.Namespace, backbone_kwargs: dict | None) -> None:
+    """``auformer info --compare``: the table on stdout (or JSON), and OUT/compare.md, .json and the bubble plot."""
+    from auformer.files import atomic_write_text
+    from auformer.viz import plot_cost_bubbles
+
+    rows = compare_rows(args.num_aus, args.backbone, args.img_size, args.moke, backbone_kwargs)
+    table = compare_markdown(rows)
+    print(json.dumps(rows, indent=2) if args.json else table)
+    out = Path(args.out or "info-compare")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "compare.md", table + "\n")
+    atomic_write_text(out / "compare.json", json.dumps(rows, indent=2) + "\n")
+    plot = plot_cost_bubbles(rows, out / "compare.png", title=f"{args.backbone}, {args.num_aus} AUs, {args.img_size} px")
+    print(f"wrote {out / 'compare.md'}, {out / 'compare.json'} and {plot}", file=sys.stderr)
