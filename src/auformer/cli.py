@@ -2,14 +2,17 @@
 
 Each sub-command has one ``_add_<command>`` function that declares its flags and
 points ``func`` at a small runner; the runners import the library lazily so that
-``auformer --help`` stays fast. User errors (``ValueError``, ``FileNotFoundError``)
-are printed as one ``error: ...`` line with exit status 2.
+``auformer --help`` stays fast. User errors (``AUFormerError``, and a missing file's
+``FileNotFoundError``) are printed as one ``error: ...`` line with exit status 2; any
+other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+
+from auformer.errors import AUFormerError, one_line
 
 # The names `auformer.faces.detectors.get_detector` accepts (kept here so --help needs no OpenCV/dlib import).
 FACE_DETECTORS = ("dlib", "haar", "none")
@@ -234,7 +237,7 @@ def _run_train(args: argparse.Namespace) -> None:
 
     if args.resume:
         if args.overrides or args.data or args.out:
-            raise ValueError("--resume continues the run with its own config.yaml and folder: drop --set, --data and --out")
+            raise AUFormerError("--resume continues the run with its own config.yaml and folder: drop --set, --data and --out")
         trainer.resume(args.resume)
         return
     config, out = _run_config(args)
@@ -347,8 +350,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (AUFormerError, FileNotFoundError) as error:
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
     return 0
 

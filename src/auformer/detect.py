@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from auformer.aus import au_column, au_columns
 from auformer.data.transforms import build_transform
+from auformer.errors import AUFormerError
 from auformer.faces import DEFAULT_DETECTOR, TEMPLATE_SIZE, AlignedFace, align_faces, get_detector
 from auformer.model.checkpoint import load_checkpoint, read_checkpoint_meta
 
@@ -55,7 +56,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise FileNotFoundError(f"image not found: {path}")
     image_bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image_bgr is None:
-        raise ValueError(f"{path}: cannot read image (corrupt or unsupported format)")
+        raise AUFormerError(f"{path}: cannot read image (corrupt or unsupported format)")
     return cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)
 
 
@@ -68,14 +69,14 @@ def video_frames(path: str | os.PathLike, every: int = 1, start: float | None = 
                  end: float | None = None) -> Iterator[Frame]:
     """Decode every ``every``-th frame of a video between ``start`` and ``end`` seconds."""
     if every < 1:
-        raise ValueError(f"every must be a positive integer, got {every}")
+        raise AUFormerError(f"every must be a positive integer, got {every}")
     if not Path(path).is_file():
         raise FileNotFoundError(f"video not found: {path}")
     capture = cv2.VideoCapture(str(path))
     fps = capture.get(cv2.CAP_PROP_FPS)
     if not capture.isOpened() or not fps > 0:
         capture.release()
-        raise ValueError(f"{path}: cannot open video (corrupt, unsupported codec, or no frame rate)")
+        raise AUFormerError(f"{path}: cannot open video (corrupt, unsupported codec, or no frame rate)")
     first, last = _frame_range(fps, start, end)
     if first > 0:
         capture.set(cv2.CAP_PROP_POS_FRAMES, first)
@@ -116,7 +117,7 @@ def parse_thresholds(values: Iterable[str]) -> float | dict[str, float]:
         try:
             threshold = float(number)
         except ValueError:
-            raise ValueError(f"bad --threshold {value!r}: expected a number like 0.5 or AU12=0.4") from None
+            raise AUFormerError(f"bad --threshold {value!r}: expected a number like 0.5 or AU12=0.4") from None
         thresholds[au_column(key) if key else "default"] = threshold
     if set(thresholds) <= {"default"}:
         return thresholds.get("default", 0.5)
@@ -135,11 +136,11 @@ class Detector:
                  batch_size: int = 32, threshold: float | Mapping[str | int, float] = 0.5,
                  backbone_weights: str | None = None) -> None:
         if batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+            raise AUFormerError(f"batch_size must be a positive integer, got {batch_size}")
         meta = read_checkpoint_meta(checkpoint)
         self.model = load_checkpoint(checkpoint, backbone_weights=backbone_weights, map_location=device).eval()
         if not self.model.aus:
-            raise ValueError(f"{checkpoint}: checkpoint has no AU list; cannot name the output columns")
+            raise AUFormerError(f"{checkpoint}: checkpoint has no AU list; cannot name the output columns")
         self.device = device
         self.batch_size = batch_size
         self.au_columns = au_columns(self.model.aus)
@@ -158,7 +159,7 @@ class Detector:
         by_column = {("default" if key == "default" else au_column(key)): float(value) for key, value in threshold.items()}
         unknown = set(by_column) - {"default", *self.au_columns}
         if unknown:
-            raise ValueError(f"thresholds for {sorted(unknown)}, which the model does not predict ({', '.join(self.au_columns)})")
+            raise AUFormerError(f"thresholds for {sorted(unknown)}, which the model does not predict ({', '.join(self.au_columns)})")
         default = by_column.get("default", 0.5)
         return np.array([by_column.get(column, default) for column in self.au_columns])
 
@@ -222,7 +223,7 @@ class Detector:
         """AUs of every face in every ``every``-th frame between ``start`` and ``end`` seconds."""
         tables = [table for table, _ in self.iter_results(video_frames(path, every, start, end))]
         if not tables:
-            raise ValueError(f"{path}: no frames decoded between start={start} and end={end}")
+            raise AUFormerError(f"{path}: no frames decoded between start={start} and end={end}")
         return pd.concat(tables, ignore_index=True)
 
 
@@ -339,7 +340,7 @@ def run_detect(args: argparse.Namespace) -> None:
 
     images, videos, ignored = expand_inputs(args.inputs)
     if not images and not videos:
-        raise ValueError(f"no images or videos found in {', '.join(map(str, args.inputs))}")
+        raise AUFormerError(f"no images or videos found in {', '.join(map(str, args.inputs))}")
     detector = Detector(args.checkpoint, face_detector=args.face_detector, device=args.device,
                         batch_size=args.batch_size, threshold=parse_thresholds(args.threshold or ["0.5"]),
                         backbone_weights=args.backbone_weights)

@@ -20,6 +20,7 @@ from torch import nn
 
 from auformer.aus import au_columns
 from auformer.data.transforms import default_resize_size
+from auformer.errors import AUFormerError
 from auformer.files import atomic_path
 from auformer.model.checkpoint import checkpoint_paths, load_checkpoint, read_checkpoint_meta
 
@@ -74,7 +75,7 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, form
     size), else ``ValueError`` and no file is left behind.
     """
     if format not in FORMATS:
-        raise ValueError(f"unknown export format {format!r}: valid formats are {', '.join(FORMATS)}")
+        raise AUFormerError(f"unknown export format {format!r}: valid formats are {', '.join(FORMATS)}")
     model = load_checkpoint(checkpoint, backbone_weights=backbone_weights).eval()
     module = AUProbabilities(model).eval()
     size = model.data_config["input_size"][-1]
@@ -89,7 +90,7 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, form
         (_export_onnx if format == "onnx" else _export_torchscript)(module, images[:2], tmp)
         difference = float(np.abs(_run_export(format, tmp, images) - expected).max())
         if not difference <= TOLERANCE:
-            raise ValueError(f"{path}: exported model differs from PyTorch by {difference:.2e} (> {TOLERANCE:.0e})")
+            raise AUFormerError(f"{path}: exported model differs from PyTorch by {difference:.2e} (> {TOLERANCE:.0e})")
     data_config = model.data_config
     resize_size = read_checkpoint_meta(checkpoint).get("extra", {}).get("resize_size") or default_resize_size(size)
     description = {

@@ -13,6 +13,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from auformer.data.manifest import AUTable
+from auformer.errors import AUFormerError
 
 
 class AUDataset(torch.utils.data.Dataset):
@@ -35,7 +36,7 @@ class AUDataset(torch.utils.data.Dataset):
             with Image.open(path) as image:
                 return image.convert("RGB")
         except (UnidentifiedImageError, OSError, SyntaxError) as error:
-            raise ValueError(f"{path}: cannot decode image ({error})") from None
+            raise AUFormerError(f"{path}: cannot decode image ({error})") from None
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.transform(self.load_image(index)), self.labels[index]
@@ -46,9 +47,9 @@ class ArrayAUDataset(torch.utils.data.Dataset):
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Callable) -> None:
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-            raise ValueError(f"images must be a uint8 (M, H, W, 3) array, got {images.dtype} {images.shape}")
+            raise AUFormerError(f"images must be a uint8 (M, H, W, 3) array, got {images.dtype} {images.shape}")
         if len(labels) != len(images):
-            raise ValueError(f"{len(images)} images but {len(labels)} label rows")
+            raise AUFormerError(f"{len(images)} images but {len(labels)} label rows")
         self.images = images
         self.labels = torch.as_tensor(np.asarray(labels, dtype=np.float32))  # (M, N)
         self.transform = transform

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from auformer.aus import au_columns, parse_au
+from auformer.errors import AUFormerError
 from auformer.files import atomic_write_text
 
 MANIFEST_NAME = "manifest.csv"
@@ -53,7 +54,7 @@ class AUTable:
         self.root = Path(self.root)
         self.labels = np.asarray(self.labels, dtype=np.float32).reshape(len(self.images), len(self.aus))  # (M, N)
         if len(self.subjects) != len(self.images):
-            raise ValueError(f"AUTable: {len(self.images)} images but {len(self.subjects)} subjects")
+            raise AUFormerError(f"AUTable: {len(self.images)} images but {len(self.subjects)} subjects")
 
     def __len__(self) -> int:
         return len(self.images)
@@ -75,7 +76,7 @@ class AUTable:
         wanted = [parse_au(au) for au in aus]
         missing = [au for au in wanted if au not in self.aus]
         if missing:
-            raise ValueError(
+            raise AUFormerError(
                 f"AUs {', '.join(au_columns(missing))} are not in this dataset (it has {', '.join(au_columns(self.aus))})"
             )
         columns = [self.aus.index(au) for au in wanted]
@@ -97,20 +98,20 @@ def _dataset_file(path: str | Path, name: str) -> Path:
 
 def _parse_au_header(file: Path, columns: list[str]) -> list[int]:
     if columns[:2] != ["image", "subject"]:
-        raise ValueError(f"{file}: the first columns must be 'image,subject', found {','.join(columns[:2])!r}")
+        raise AUFormerError(f"{file}: the first columns must be 'image,subject', found {','.join(columns[:2])!r}")
     aus: list[int] = []
     for column in columns[2:]:
         if not _AU_COLUMN.match(column):
-            raise ValueError(f"{file}: column {column!r} is not an AU column (expected names like AU01, AU12)")
+            raise AUFormerError(f"{file}: column {column!r} is not an AU column (expected names like AU01, AU12)")
         try:
             au = parse_au(column)
         except ValueError as error:
-            raise ValueError(f"{file}: column {column!r}: {error}") from None
+            raise AUFormerError(f"{file}: column {column!r}: {error}") from None
         if au in aus:
-            raise ValueError(f"{file}: AU{au} appears in two columns")
+            raise AUFormerError(f"{file}: AU{au} appears in two columns")
         aus.append(au)
     if not aus:
-        raise ValueError(f"{file}: no AU columns (expected image,subject,AU01,...)")
+        raise AUFormerError(f"{file}: no AU columns (expected image,subject,AU01,...)")
     return aus
 
 
@@ -136,12 +137,12 @@ def read_manifest(path: str | Path, on_missing: str = "error") -> AUTable:
     that gives the count.
     """
     if on_missing not in ("error", "skip"):
-        raise ValueError(f"on_missing must be 'error' or 'skip', got {on_missing!r}")
+        raise AUFormerError(f"on_missing must be 'error' or 'skip', got {on_missing!r}")
     file = _dataset_file(path, MANIFEST_NAME)
     try:
         frame = pd.read_csv(file, dtype=str, keep_default_na=False, skipinitialspace=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise ValueError(f"{file}: not a readable CSV ({str(error).splitlines()[0]})") from None
+        raise AUFormerError(f"{file}: not a readable CSV ({str(error).splitlines()[0]})") from None
     aus = _parse_au_header(file, [str(c).strip() for c in frame.columns])
     raw = frame.iloc[:, 2:].to_numpy(dtype=str)  # (M, N)
     labels = np.full(raw.shape, -1.0, dtype=np.float32)
@@ -150,13 +151,13 @@ def read_manifest(path: str | Path, on_missing: str = "error") -> AUTable:
     valid = np.isin(raw, ["1", "1.0", "0", "0.0", "", "-1", "-1.0"])
     if not valid.all():
         row, col = np.argwhere(~valid)[0]
-        raise ValueError(
+        raise AUFormerError(
             f"{file}: line {row + 2}, column {frame.columns[col + 2]}: invalid label {str(raw[row, col])!r} "
             "(allowed: 1, 0, empty or -1 for unknown)"
         )
     table = AUTable(file.parent, frame["image"].tolist(), frame["subject"].tolist(), labels, aus)
     if any(not image for image in table.images):
-        raise ValueError(f"{file}: line {table.images.index('') + 2}: empty image path")
+        raise AUFormerError(f"{file}: line {table.images.index('') + 2}: empty image path")
     exists = _report_missing_images(file, table.root, table.images, on_missing)
     return table if exists.all() else table.subset(exists)
 
@@ -190,7 +191,7 @@ def read_folds(path: str | Path) -> tuple[list[list[str]], list[int]]:
         folds = [[str(s) for s in fold["test_subjects"]] for fold in data["folds"]]
         aus = [parse_au(au) for au in data["aus"]]
     except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise ValueError(
+        raise AUFormerError(
             f'{file}: expected {{"folds": [{{"test_subjects": [...]}}, ...], "aus": ["AU01", ...]}} ({error!r})'
         ) from None
     return folds, aus
@@ -226,18 +227,18 @@ def read_list_files(img_list: str | Path, label_list: str | Path, aus: Sequence[
     images = [line.strip() for line in img_list.read_text().splitlines() if line.strip()]
     label_lines = [line for line in label_list.read_text().splitlines() if line.strip()]
     if len(images) != len(label_lines):
-        raise ValueError(f"{label_list}: {len(label_lines)} label lines but {img_list} has {len(images)} images")
+        raise AUFormerError(f"{label_list}: {len(label_lines)} label lines but {img_list} has {len(images)} images")
     labels = np.empty((len(images), len(aus)), dtype=np.float32)  # (M, N)
     for line_number, line in enumerate(label_lines, start=1):
         values = line.split()
         if len(values) != len(aus):
-            raise ValueError(f"{label_list}: line {line_number}: {len(values)} labels, expected {len(aus)} (one per AU)")
+            raise AUFormerError(f"{label_list}: line {line_number}: {len(values)} labels, expected {len(aus)} (one per AU)")
         try:
             labels[line_number - 1] = [float(v) for v in values]
         except ValueError:
-            raise ValueError(f"{label_list}: line {line_number}: labels must be numbers, got {line.strip()!r}") from None
+            raise AUFormerError(f"{label_list}: line {line_number}: labels must be numbers, got {line.strip()!r}") from None
     bad = ~np.isin(labels, [1.0, 0.0, -1.0])
     if bad.any():
         row = int(np.argwhere(bad)[0][0])
-        raise ValueError(f"{label_list}: line {row + 1}: labels must be 1, 0 or -1, got {label_lines[row].strip()!r}")
+        raise AUFormerError(f"{label_list}: line {row + 1}: labels must be 1, 0 or -1, got {label_lines[row].strip()!r}")
     return AUTable(Path(image_root), images, [subject_from_path(image) for image in images], labels, [parse_au(a) for a in aus])

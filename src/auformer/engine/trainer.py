@@ -46,6 +46,7 @@ from auformer.data import (
 )
 from auformer.engine import checkpointing, distributed
 from auformer.engine.logging import RunLogger
+from auformer.errors import AUFormerError
 from auformer.files import atomic_path, atomic_write_text
 from auformer.metrics import au_metrics, metrics_table_markdown
 from auformer.model.auformer import build_model
@@ -111,7 +112,7 @@ def build_splits(config: Config, source: Source, target: Source | None = None) -
         table = table.select_aus(data.aus)
     for name, fold in (("fold", data.fold), ("val_fold", data.val_fold)):
         if fold is not None and not 0 <= fold < len(source.folds):
-            raise ValueError(f"config data.{name}: {fold} is not a fold of this dataset (0..{len(source.folds) - 1})")
+            raise AUFormerError(f"config data.{name}: {fold} is not a fold of this dataset (0..{len(source.folds) - 1})")
     if target is None:
         train, test = split_fold(table, source.folds, data.fold)
     else:
@@ -125,7 +126,7 @@ def build_splits(config: Config, source: Source, target: Source | None = None) -
     if data.train_fraction < 1:
         train = equidistant_subsample(train, data.train_fraction)
     if len(train) == 0:
-        raise ValueError(f"fold {data.fold}: the training split is empty")
+        raise AUFormerError(f"fold {data.fold}: the training split is empty")
     return Splits(train, test, val)
 
 
@@ -222,13 +223,13 @@ class Trainer:
     def setup(self) -> None:
         cfg, data = self.config, self.config.data
         if not self.resume and (self.run_dir / checkpointing.TRAIN_STATE).exists():
-            raise ValueError(f"{self.run_dir} already holds a run: continue it with --resume {self.run_dir} or pick another --out")
+            raise AUFormerError(f"{self.run_dir} already holds a run: continue it with --resume {self.run_dir} or pick another --out")
         self.dist = distributed.setup(cfg.train.device)
         if cfg.train.amp == "fp16" and self.dist.device.type != "cuda":
-            raise ValueError("config train.amp: fp16 needs a CUDA device; use bf16 or none on CPU")
+            raise AUFormerError("config train.amp: fp16 needs a CUDA device; use bf16 or none on CPU")
         per_step = self.dist.world_size * cfg.train.grad_accum
         if cfg.train.batch_size % per_step:
-            raise ValueError(f"config train.batch_size: {cfg.train.batch_size} is not divisible by processes x grad_accum = {per_step}")
+            raise AUFormerError(f"config train.batch_size: {cfg.train.batch_size} is not divisible by processes x grad_accum = {per_step}")
         self.micro_batch = cfg.train.batch_size // per_step
 
         source = load_source(cfg)
@@ -332,11 +333,11 @@ class Trainer:
 
     def _load_state(self, state: dict[str, Any]) -> None:
         if state["world_size"] != self.dist.world_size:
-            raise ValueError(f"{self.run_dir}: run was started with {state['world_size']} processes; resume it with the same number")
+            raise AUFormerError(f"{self.run_dir}: run was started with {state['world_size']} processes; resume it with the same number")
         missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
         learnable = set(self.model.learnable_state_dict())
         if unexpected or learnable & set(missing):
-            raise ValueError(f"{self.run_dir}/train_state.pt does not match the model of config.yaml")
+            raise AUFormerError(f"{self.run_dir}/train_state.pt does not match the model of config.yaml")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
