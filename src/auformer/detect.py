@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from auformer.aus import au_column, au_columns
+from auformer.data.images import read_rgb
 from auformer.data.transforms import build_transform
 from auformer.errors import AUFormerError
 from auformer.faces import DEFAULT_DETECTOR, TEMPLATE_SIZE, AlignedFace, align_faces, get_detector
@@ -51,13 +52,8 @@ class Frame:
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as uint8 (H, W, 3) RGB (EXIF orientation applied by OpenCV)."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"image not found: {path}")
-    image_bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image_bgr is None:
-        raise AUFormerError(f"{path}: cannot read image (corrupt or unsupported format)")
-    return cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)
+    """Read an image file as uint8 (H, W, 3) RGB: the decoder training uses (:func:`auformer.data.images.read_rgb`)."""
+    return read_rgb(path)
 
 
 def _frame_range(fps: float, start: float | None, end: float | None) -> tuple[int, int | None]:

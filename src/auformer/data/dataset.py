@@ -10,14 +10,14 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
+from auformer.data.images import read_rgb
 from auformer.data.manifest import AUTable
 from auformer.errors import AUFormerError
 
 
 class AUDataset(torch.utils.data.Dataset):
-    """Images of an :class:`AUTable`, read with PIL (RGB) and passed through ``transform``."""
+    """Images of an :class:`AUTable`, read as RGB (:func:`read_rgb`) and passed through ``transform``."""
 
     def __init__(self, table: AUTable, transform: Callable) -> None:
         self.table = table
@@ -27,16 +27,9 @@ class AUDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.table)
 
-    def load_image(self, index: int) -> Image.Image:
-        """The RGB image of sample ``index``; a missing or unreadable file is an error naming it."""
-        path = self.table.image_path(index)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: image file not found (sample {index} of {self.table.root})")
-        try:
-            with Image.open(path) as image:
-                return image.convert("RGB")
-        except (UnidentifiedImageError, OSError, SyntaxError) as error:
-            raise AUFormerError(f"{path}: cannot decode image ({error})") from None
+    def load_image(self, index: int) -> np.ndarray:
+        """The uint8 (H, W, 3) RGB image of sample ``index``; a missing or unreadable file is an error naming it."""
+        return read_rgb(self.table.image_path(index))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.transform(self.load_image(index)), self.labels[index]

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from auformer.aus import au_columns, parse_au
 from auformer.errors import AUFormerError
@@ -96,6 +95,27 @@ def _dataset_file(path: str | Path, name: str) -> Path:
     return file
 
 
+def _read_csv_rows(file: Path) -> tuple[list[str], list[list[str]], list[int]]:
+    """Header, rows and their line numbers of a CSV (cells stripped); a row with another cell count than the header,
+    or a file without rows, is an error naming the file and line."""
+    numbered: list[tuple[int, list[str]]] = []  # (line number, cells) of the non-blank lines
+    try:
+        with open(file, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            numbered = [(reader.line_num, [cell.strip() for cell in row]) for row in reader if any(cell.strip() for cell in row)]
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise AUFormerError(f"{file}: not a readable UTF-8 CSV ({error})") from None
+    if not numbered:
+        raise AUFormerError(f"{file}: empty file (expected a header image,subject,AU01,... and one row per image)")
+    (_, header), body = numbered[0], numbered[1:]
+    if not body:
+        raise AUFormerError(f"{file}: no rows after the header (an empty manifest)")
+    for number, row in body:
+        if len(row) != len(header):
+            raise AUFormerError(f"{file}: line {number}: {len(row)} columns, the header has {len(header)}")
+    return header, [row for _, row in body], [number for number, _ in body]
+
+
 def _parse_au_header(file: Path, columns: list[str]) -> list[int]:
     if columns[:2] != ["image", "subject"]:
         raise AUFormerError(f"{file}: the first columns must be 'image,subject', found {','.join(columns[:2])!r}")
@@ -139,12 +159,9 @@ def read_manifest(path: str | Path, on_missing: str = "error") -> AUTable:
     if on_missing not in ("error", "skip"):
         raise AUFormerError(f"on_missing must be 'error' or 'skip', got {on_missing!r}")
     file = _dataset_file(path, MANIFEST_NAME)
-    try:
-        frame = pd.read_csv(file, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise AUFormerError(f"{file}: not a readable CSV ({str(error).splitlines()[0]})") from None
-    aus = _parse_au_header(file, [str(c).strip() for c in frame.columns])
-    raw = frame.iloc[:, 2:].to_numpy(dtype=str)  # (M, N)
+    header, rows, lines = _read_csv_rows(file)
+    aus = _parse_au_header(file, header)
+    raw = np.array([row[2:] for row in rows], dtype=str).reshape(len(rows), len(aus))  # (M, N)
     labels = np.full(raw.shape, -1.0, dtype=np.float32)
     labels[(raw == "1") | (raw == "1.0")] = 1.0
     labels[(raw == "0") | (raw == "0.0")] = 0.0
@@ -152,12 +169,17 @@ def read_manifest(path: str | Path, on_missing: str = "error") -> AUTable:
     if not valid.all():
         row, col = np.argwhere(~valid)[0]
         raise AUFormerError(
-            f"{file}: line {row + 2}, column {frame.columns[col + 2]}: invalid label {str(raw[row, col])!r} "
+            f"{file}: line {lines[row]}, column {header[col + 2]}: invalid label {str(raw[row, col])!r} "
             "(allowed: 1, 0, empty or -1 for unknown)"
         )
-    table = AUTable(file.parent, frame["image"].tolist(), frame["subject"].tolist(), labels, aus)
-    if any(not image for image in table.images):
-        raise AUFormerError(f"{file}: line {table.images.index('') + 2}: empty image path")
+    table = AUTable(file.parent, [row[0] for row in rows], [row[1] for row in rows], labels, aus)
+    for column, values in (("image path", table.images), ("subject", table.subjects)):
+        if "" in values:
+            raise AUFormerError(f"{file}: line {lines[values.index('')]}: empty {column}")
+    first_line: dict[str, int] = {}
+    for line, image in zip(lines, table.images):
+        if first_line.setdefault(image, line) != line:
+            raise AUFormerError(f"{file}: line {line}: duplicate row for image {image!r} (first on line {first_line[image]})")
     exists = _report_missing_images(file, table.root, table.images, on_missing)
     return table if exists.all() else table.subset(exists)
 
@@ -194,6 +216,12 @@ def read_folds(path: str | Path) -> tuple[list[list[str]], list[int]]:
         raise AUFormerError(
             f'{file}: expected {{"folds": [{{"test_subjects": [...]}}, ...], "aus": ["AU01", ...]}} ({error!r})'
         ) from None
+    first_fold: dict[str, int] = {}
+    for fold, subjects in enumerate(folds):
+        for subject in subjects:
+            if first_fold.setdefault(subject, fold) != fold:
+                raise AUFormerError(f"{file}: subject {subject!r} is in folds {first_fold[subject]} and {fold} "
+                                    "(folds must be subject-exclusive)")
     return folds, aus
 
 
