@@ -70,6 +70,10 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--plot", action="store_true", help="also write OUT/plots: AU bars per face in photos, AU time series per video")
     parser.add_argument("--batch-size", type=int, default=32, metavar="B", help="faces per model batch (default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: %(default)s)")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="skip unreadable images and videos (counted, listed at the end and in OUT/detect.json) instead of stopping")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue a killed run in the same OUT: keep its CSVs and go on after the last frame written in full")
     _add_backbone_weights_flag(parser)
     parser.set_defaults(func=_run_detect)
 

@@ -419,6 +419,12 @@ class Trainer:
             with torch.autocast(self.dist.device.type, dtype=self._amp_dtype(), enabled=cfg.amp != "none"):
                 output = self.network(images)
             loss = self.loss_fn(output, targets, self.rate)["total"]
+            if not torch.isfinite(loss):  # stop before the step: no NaN reaches the weights or a checkpoint
+                raise AUFormerError(
+                    f"{self.run_dir}: training loss is {loss.item()} at step {self.global_step + 1} (epoch {self.epoch + 1}, "
+                    f"batch {self.micro_done + 1}); stopped. {checkpointing.TRAIN_STATE} and last.safetensors hold the "
+                    "last checkpoint before it (try a lower train.lr or train.grad_clip)"
+                )
             self.scaler.scale(loss / cfg.grad_accum).backward()
             self.micro_done += 1
             seen += len(images) * self.dist.world_size
