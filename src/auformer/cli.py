@@ -201,6 +201,9 @@ def _add_run_flags(parser: argparse.ArgumentParser, default_preset: str, data_he
     parser.add_argument("--data", default=None, metavar="DIR", help=data_help)
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="output folder (default: runs/<preset>-<UTC timestamp>)")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="drop missing or undecodable images (each decoded once up front; listed at the end and "
+                        "in OUT/skipped.json) instead of stopping; same as --set data.skip_bad=true")
 
 
 def _run_config(args: argparse.Namespace, **data_values: object):
@@ -212,6 +215,8 @@ def _run_config(args: argparse.Namespace, **data_values: object):
 
     config = load_config(args.preset, args.overrides, data_dir=args.data)
     extra = {key: value for key, value in data_values.items() if value is not None}
+    if args.skip_bad:
+        extra["skip_bad"] = True
     if extra:
         config = validate(apply_values({"data": extra}, config))
     out = args.out or f"runs/{Path(args.preset).stem}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
@@ -240,8 +245,8 @@ def _run_train(args: argparse.Namespace) -> None:
     from auformer.engine import trainer
 
     if args.resume:
-        if args.overrides or args.data or args.out:
-            raise AUFormerError("--resume continues the run with its own config.yaml and folder: drop --set, --data and --out")
+        if args.overrides or args.data or args.out or args.skip_bad:
+            raise AUFormerError("--resume continues the run with its own config.yaml and folder: drop --set, --data, --out and --skip-bad")
         trainer.resume(args.resume)
         return
     config, out = _run_config(args)

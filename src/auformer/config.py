@@ -46,6 +46,7 @@ class DataConfig:
     synthetic_subjects: int = 60  # synthetic dataset: number of identities (folds are subject-exclusive)
     synthetic_folds: int = 3  # synthetic dataset: number of subject-exclusive folds
     synthetic_seed: int = 0  # synthetic dataset: generator seed
+    skip_bad: bool = False  # drop missing/undecodable images (listed in RUN/skipped.json) instead of stopping
 
 
 @dataclass

@@ -187,25 +187,32 @@ class Detector:
         The table holds one row per face (``face`` numbers them, best first) and one
         ``success=0`` row per frame without a face; the faces list is in the order of the
         table's ``success=1`` rows. Yielding batch by batch lets callers write long videos
-        as they go.
+        as they go. A stream that fails mid-way (:class:`AUFormerError`) first gets the
+        frames before the failure analysed and yielded, then the error is raised.
         """
         rows: list[dict] = []
         faces: list[AlignedFace] = []
-        for frame in frames:
-            aligned = align_faces(frame.image, self.face_detector, size=TEMPLATE_SIZE)
-            base = {"input": frame.input, "frame": frame.index, "time_s": round(frame.time_s, 4)}
-            if not aligned:
-                rows.append({**base, "success": 0})
-            for number, face in enumerate(aligned):
-                x, y, w, h = face.face.box
-                rows.append({**base, "face": number, "x": x, "y": y, "w": w, "h": h,
-                             "face_score": face.face.score, "success": 1})
-            faces.extend(aligned)
-            if len(rows) >= self.batch_size:  # rows, not faces: a long stretch without faces is written too
-                yield self._table(rows, faces), faces
-                rows, faces = [], []
+        stopped = None
+        try:
+            for frame in frames:
+                aligned = align_faces(frame.image, self.face_detector, size=TEMPLATE_SIZE)
+                base = {"input": frame.input, "frame": frame.index, "time_s": round(frame.time_s, 4)}
+                if not aligned:
+                    rows.append({**base, "success": 0})
+                for number, face in enumerate(aligned):
+                    x, y, w, h = face.face.box
+                    rows.append({**base, "face": number, "x": x, "y": y, "w": w, "h": h,
+                                 "face_score": face.face.score, "success": 1})
+                faces.extend(aligned)
+                if len(rows) >= self.batch_size:  # rows, not faces: a long stretch without faces is written too
+                    yield self._table(rows, faces), faces
+                    rows, faces = [], []
+        except AUFormerError as error:  # e.g. a video that stops mid-stream: keep what was decoded
+            stopped = error
         if rows:
             yield self._table(rows, faces), faces
+        if stopped is not None:
+            raise stopped
 
     def _table(self, rows: list[dict], faces: list[AlignedFace]) -> pd.DataFrame:
         """Rows plus the model's probabilities (``AU01``) and occurrences (``AU01_c``) for the face rows."""

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from auformer.data.manifest import AUTable
 from auformer.errors import AUFormerError
 
 # Pillow modes of one-channel images with more than 8 bits per pixel.
@@ -41,3 +42,19 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
             return np.asarray(image.convert("RGB"))  # (H, W, 3)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise AUFormerError(f"{path}: cannot decode image ({error})") from None
+
+
+def drop_unreadable(table: AUTable) -> tuple[AUTable, list[str]]:
+    """The rows of ``table`` whose image decodes, and one line (file and problem) per dropped row.
+
+    What ``--skip-bad`` runs before training or evaluation: every image is decoded once,
+    so a bad file is found up front and listed, not met mid-epoch.
+    """
+    keep, skipped = [], []
+    for row in range(len(table)):
+        try:
+            read_rgb(table.image_path(row))
+            keep.append(row)
+        except (AUFormerError, FileNotFoundError) as error:
+            skipped.append(str(error))
+    return table.subset(keep), skipped

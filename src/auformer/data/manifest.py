@@ -154,10 +154,10 @@ def read_manifest(path: str | Path, on_missing: str = "error") -> AUTable:
     BP4D, an intensity ``3``) is an error naming the file, line, column and value, since
     guessing its meaning would corrupt the training signal. Missing image files are
     counted: ``on_missing="error"`` (default) raises, ``"skip"`` drops them with a warning
-    that gives the count.
+    that gives the count, ``"keep"`` leaves them to the caller (``--skip-bad`` lists them).
     """
-    if on_missing not in ("error", "skip"):
-        raise AUFormerError(f"on_missing must be 'error' or 'skip', got {on_missing!r}")
+    if on_missing not in ("error", "skip", "keep"):
+        raise AUFormerError(f"on_missing must be 'error', 'skip' or 'keep', got {on_missing!r}")
     file = _dataset_file(path, MANIFEST_NAME)
     header, rows, lines = _read_csv_rows(file)
     aus = _parse_au_header(file, header)
@@ -180,6 +180,8 @@ def read_manifest(path: str | Path, on_missing: str = "error") -> AUTable:
     for line, image in zip(lines, table.images):
         if first_line.setdefault(image, line) != line:
             raise AUFormerError(f"{file}: line {line}: duplicate row for image {image!r} (first on line {first_line[image]})")
+    if on_missing == "keep":
+        return table
     exists = _report_missing_images(file, table.root, table.images, on_missing)
     return table if exists.all() else table.subset(exists)
 

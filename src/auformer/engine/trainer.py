@@ -44,6 +44,7 @@ from auformer.data import (
     read_manifest,
     split_fold,
 )
+from auformer.data.images import drop_unreadable
 from auformer.engine import checkpointing, distributed
 from auformer.engine.logging import RunLogger
 from auformer.errors import AUFormerError
@@ -65,6 +66,7 @@ class Source:
     table: AUTable  # all samples; synthetic images are named "synthetic/<row>.png"
     folds: list[list[str]]  # test subjects per fold
     pixels: np.ndarray | None = None  # (M, S, S, 3) uint8 for in-memory data, None for files
+    skipped: list[str] = dataclasses.field(default_factory=list)  # bad images dropped by data.skip_bad, one line each
 
 
 @dataclass
@@ -89,7 +91,10 @@ def load_source(config: Config, root: str | None = None) -> Source:
         table = AUTable(Path("."), names, subjects, faces.labels, list(SYNTHETIC_AUS))
         return Source(table, synthetic_folds(subjects, k=data.synthetic_folds), faces.images)
     folds, _ = read_folds(root)
-    return Source(read_manifest(root), folds)
+    if not data.skip_bad:
+        return Source(read_manifest(root), folds)
+    table, skipped = drop_unreadable(read_manifest(root, on_missing="keep"))
+    return Source(table, folds, skipped=skipped)
 
 
 def make_dataset(source: Source, table: AUTable, transform: Any) -> Dataset:
@@ -208,6 +213,16 @@ def cv_table_markdown(runs: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def report_skipped(out_dir: Path, skipped: list[str], is_main: bool) -> list[str]:
+    """Write ``out_dir/skipped.json`` (count and one line per bad image, ``data.skip_bad``) and print each line."""
+    if skipped and is_main:
+        for line in skipped:
+            print(f"skipped: {line}", flush=True)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_dir / "skipped.json", json.dumps({"count": len(skipped), "skipped": skipped}, indent=2) + "\n")
+    return skipped
+
+
 # ---------------------------------------------------------------- the recipe
 
 
@@ -235,6 +250,7 @@ class Trainer:
         source = load_source(cfg)
         target = load_source(cfg, data.target_root) if data.target_root else None
         self.splits = build_splits(cfg, source, target)
+        self.skipped = report_skipped(self.run_dir, source.skipped + (target.skipped if target else []), self.dist.is_main)
         self.aus = list(self.splits.train.aus)
         rate = occurrence_rate(self.splits.train.labels)  # (N,)
         self.rate = torch.from_numpy(rate).to(self.dist.device)
@@ -399,6 +415,8 @@ class Trainer:
             write_results(self.run_dir, test_metrics, self.splits.test, test_probs)
         self.logger.close()
         self._print(f"{metrics_table_markdown(test_metrics)}\nmean F1 {test_metrics['mean_f1']:.3f}; outputs written to {self.run_dir}")
+        if self.skipped:
+            self._print("\n".join(f"skipped: {line}" for line in self.skipped) + f"\n{len(self.skipped)} bad images skipped (listed in {self.run_dir / 'skipped.json'})")
         return metrics_json(test_metrics)
 
     def _train_epoch(self) -> tuple[float, float, float]:
@@ -527,6 +545,9 @@ def evaluate(
     metrics, probs = evaluate_model(model, make_dataset(source, test, transform), list(model.aus), info, config)
     if info.is_main:
         write_results(out_dir, metrics, test, probs)
+        skipped = report_skipped(out_dir, source.skipped, True)
+        if verbose and skipped:
+            print(f"{len(skipped)} bad images skipped (listed in {out_dir / 'skipped.json'})", flush=True)
         if verbose:
             print(f"{metrics_table_markdown(metrics)}\nmean F1 {metrics['mean_f1']:.3f}; outputs written to {out_dir}", flush=True)
     return metrics_json(metrics)
