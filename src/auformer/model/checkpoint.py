@@ -18,7 +18,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from auformer import __version__
@@ -95,8 +95,11 @@ def read_checkpoint_meta(path: str | os.PathLike) -> dict:
     if json_path.is_file():
         source, text = json_path, json_path.read_text()
     elif weights_path.is_file():
-        with safe_open(str(weights_path), framework="pt") as file:
-            source, text = weights_path, (file.metadata() or {}).get("auformer")
+        try:
+            with safe_open(str(weights_path), framework="pt") as file:
+                source, text = weights_path, (file.metadata() or {}).get("auformer")
+        except SafetensorError as error:
+            raise AUFormerError(f"{weights_path}: not a safetensors file ({error})") from None
         if text is None:
             raise AUFormerError(f"{weights_path}: not an auformer checkpoint (no 'auformer' metadata and no {json_path.name})")
     else:
@@ -126,7 +129,10 @@ def load_adapter_weights(model: AUFormer, path: str | os.PathLike) -> None:
     if meta["config"]["backbone"] != model.config.get("backbone"):
         raise AUFormerError(f"{weights_path}: adapters are for backbone {meta['config']['backbone']!r}, "
                          f"the model uses {model.config.get('backbone')!r}")
-    tensors = load_file(str(weights_path))
+    try:
+        tensors = load_file(str(weights_path))  # safetensors: data only, nothing in the file can run
+    except SafetensorError as error:
+        raise AUFormerError(f"{weights_path}: not a safetensors file ({error})") from None
     backbone_state = {k[len(BACKBONE_PREFIX):]: v for k, v in tensors.items() if k.startswith(BACKBONE_PREFIX)}
     adapter_state = {k: v for k, v in tensors.items() if not k.startswith(BACKBONE_PREFIX)}
     mismatch = describe_mismatch(model.learnable_state_dict(), adapter_state)
