@@ -177,3 +177,22 @@ def test_detect_killed_then_resumed_writes_every_frame_once(long_video, tiny_che
     assert f"resuming {csv_path} after frame" in resumed.stdout
     frames = pd.read_csv(csv_path)["frame"].tolist()
     assert frames == list(range(FRAMES))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_training_loss_finite_on_extreme_logits_under_low_precision(dtype):
+    """The trainer's objective on a model whose head saturates: finite loss and gradients (bf16 autocast on CPU;
+    fp16 through the logits cast to half, as a CUDA fp16 autocast run would hand them over)."""
+    torch.manual_seed(0)
+    model = auformer.build_model(3, **TINY_MODEL)
+    with torch.no_grad():
+        model.head.weight.mul_(1e4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output = model(torch.randn(4, 3, 32, 32) * 10)
+    assert output.logits.dtype == torch.bfloat16 and output.logits.abs().max() > 1e3
+    output = output._replace(logits=output.logits.to(dtype), aux_logits=output.aux_logits.to(dtype))
+    targets = torch.tensor([[1.0, 0.0, -1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    loss = trainer.build_loss(load_config("synthetic"))(output, targets, torch.tensor([0.3, 0.05, 0.5]))["total"]
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.learnable_parameters() if p.grad is not None)
