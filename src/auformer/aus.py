@@ -89,6 +89,8 @@ def parse_au(token: str | int) -> int:
     Left/right/bilateral prefixes are dropped: detection here is per AU, not per side.
     Raises ``ValueError`` naming the token and, for an unknown number, the closest AUs.
     """
+    if isinstance(token, bool):  # True == 1 in Python: a boolean is never an AU
+        raise AUFormerError(f"cannot parse AU {token!r}: expected forms like 'AU1', 'AU01', '1', 'R12'")
     if isinstance(token, int):
         number = token
     else:

@@ -31,7 +31,10 @@ def read_intensity_file(path: Path) -> dict[int, int]:
     """Frame number -> intensity (0-5) of one DISFA label file."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: DISFA label file missing")
-    table = pd.read_csv(path, header=None, dtype=str, keep_default_na=False)
+    try:
+        table = pd.read_csv(path, header=None, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise AUFormerError(f"{path}: not a readable 'frame,intensity' file ({str(error).splitlines()[0]})") from None
     if table.shape[1] != 2:
         raise AUFormerError(f"{path}: expected lines 'frame,intensity', found {table.shape[1]} columns")
     values = table.apply(pd.to_numeric, errors="coerce").to_numpy()  # (M, 2)
