@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import cv2
@@ -11,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_detect import checkpoint  # noqa: F401  (the tiny detection checkpoint fixture)
 
 from auformer.cli import main
 from auformer.data import AUTable, read_folds, read_manifest
 from auformer.data.images import drop_unreadable, read_rgb
 from auformer.errors import AUFormerError, one_line
 from auformer.metrics import au_metrics
-from test_detect import checkpoint  # noqa: F401  (the tiny detection checkpoint fixture)
 
 
 def _manifest(folder: Path, text: str) -> Path:
@@ -130,11 +129,12 @@ def test_error_in_dataloader_worker_is_one_line(tmp_path):
     assert one_line(caught.value) == f"{tmp_path / 'bad.png'}: cannot decode image (cannot identify image file {str(tmp_path / 'bad.png')!r})"
 
 
-def _video(path: Path, frames: int) -> Path:
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (64, 48))
+def noise_video(path: Path, frames: int, width: int = 64, height: int = 48) -> Path:
+    """A 10 fps MJPEG video of random frames (``--face-detector none`` treats each as a face)."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (width, height))
     rng = np.random.default_rng(0)
     for _ in range(frames):
-        writer.write(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+        writer.write(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
     writer.release()
     return path
 
@@ -143,7 +143,7 @@ def test_detect_bad_video_stops_or_is_skipped(checkpoint, tmp_path, capsys):  # 
     broken = tmp_path / "in" / "broken.avi"
     broken.parent.mkdir()
     broken.write_bytes(b"RIFF but not a video" * 10)
-    _video(tmp_path / "in" / "cut.avi", 30)
+    noise_video(tmp_path / "in" / "cut.avi", 30)
     data = (tmp_path / "in" / "cut.avi").read_bytes()
     (tmp_path / "in" / "cut.avi").write_bytes(data[: len(data) // 2])  # stops mid-stream, the index says 30 frames
     args = ["detect", str(tmp_path / "in"), "--checkpoint", str(checkpoint), "--face-detector", "none"]

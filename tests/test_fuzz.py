@@ -12,7 +12,13 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from auformer.aus import AU_NAMES, parse_au, parse_au_list
-from auformer.data import AUTable, read_folds, read_list_files, read_manifest, write_manifest
+from auformer.data import (
+    AUTable,
+    read_folds,
+    read_list_files,
+    read_manifest,
+    write_manifest,
+)
 from auformer.data.converters.bp4d import read_occurrence_csv
 from auformer.data.converters.casme2 import subject_folder
 from auformer.data.converters.disfa import read_intensity_file

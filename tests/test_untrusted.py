@@ -10,14 +10,12 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from test_killed import TINY_MODEL
+from test_train import write_tiny_preset
 
 import auformer
 from auformer.cli import main
 from auformer.config import load_config, save_config
-from test_train import write_tiny_preset
-
-TINY_MODEL = dict(backbone="vit_tiny_patch16_224", img_size=32, aus=[1, 2, 4],
-                  backbone_kwargs=dict(patch_size=8, embed_dim=32, depth=2, num_heads=2))  # fmt: skip
 
 
 class _Payload:

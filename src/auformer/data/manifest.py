@@ -142,7 +142,7 @@ def _report_missing_images(file: Path, root: Path, images: list[str], on_missing
     if missing:
         message = f"{file}: {len(missing)} of {len(images)} image files are missing (first: {missing[0]})"
         if on_missing == "error":
-            raise FileNotFoundError(message + "; pass on_missing='skip' to drop them")
+            raise FileNotFoundError(message + "; pass --skip-bad (Python: on_missing='skip') to drop them")
         warnings.warn(message + "; skipped", stacklevel=3)
     return exists
 
