@@ -114,7 +114,7 @@ def test_cli_detect_folder_with_video_and_corrupt_file(checkpoint, video, tmp_pa
     (inputs / "nested" / "clip.avi").write_bytes(video.read_bytes())
     out = tmp_path / "out"
     status = main(["detect", str(inputs), "--checkpoint", str(checkpoint), "--out", str(out), "--plot",
-                   "--format", "openface", "--threshold", "0.5", "AU12=0.3", "--every", "3"])
+                   "--format", "openface", "--threshold", "0.5", "AU12=0.3", "--every", "3", "--skip-bad"])
     assert status == 0
     printed = capsys.readouterr().out
     assert "not meaningful" in printed and "1 unreadable inputs skipped" in printed and "1 files with other extensions" in printed

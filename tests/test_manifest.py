@@ -111,7 +111,7 @@ def test_list_files(tmp_path):
     )
     assert table.subjects == ["F001", "SN003"]
     np.testing.assert_array_equal(table.labels, [[1, 0, -1], [0, 1, 1]])
-    assert AUDataset(table, lambda image: image.size)[1][0] == (8, 8)
+    assert AUDataset(table, lambda image: image.shape)[1][0] == (8, 8, 3)
     (tmp_path / "BP4D_test_label_fold1.txt").write_text("1 0 -1\n0 1\n")
     with pytest.raises(ValueError, match=r"label_fold1.txt: line 2: 2 labels, expected 3"):
         read_list_files(tmp_path / "BP4D_test_img_path_fold1.txt", tmp_path / "BP4D_test_label_fold1.txt", [1, 2, 4], tmp_path)

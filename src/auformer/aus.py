@@ -10,6 +10,8 @@ import difflib
 import re
 from collections.abc import Iterable
 
+from auformer.errors import AUFormerError
+
 # FACS action descriptors (Ekman & Friesen 2002): main codes, head and eye codes.
 AU_NAMES: dict[int, str] = {
     1: "Inner Brow Raiser",
@@ -91,17 +93,19 @@ def parse_au(token: str | int) -> int:
     Left/right/bilateral prefixes are dropped: detection here is per AU, not per side.
     Raises ``ValueError`` naming the token and, for an unknown number, the closest AUs.
     """
+    if isinstance(token, bool):  # True == 1 in Python: a boolean is never an AU
+        raise AUFormerError(f"cannot parse AU {token!r}: expected forms like 'AU1', 'AU01', '1', 'R12'")
     if isinstance(token, int):
         number = token
     else:
         match = _AU_TOKEN.match(str(token))
         if match is None:
-            raise ValueError(f"cannot parse AU {token!r}: expected forms like 'AU1', 'AU01', '1', 'R12'")
+            raise AUFormerError(f"cannot parse AU {token!r}: expected forms like 'AU1', 'AU01', '1', 'R12'")
         number = int(match.group(3))
     if number not in AU_NAMES:
         close = difflib.get_close_matches(str(number), [str(n) for n in AU_NAMES], n=3)
         hint = f" (did you mean {', '.join('AU' + c for c in close)}?)" if close else ""
-        raise ValueError(f"unknown AU {token!r}: AU{number} is not a FACS action unit{hint}")
+        raise AUFormerError(f"unknown AU {token!r}: AU{number} is not a FACS action unit{hint}")
     return number
 
 

@@ -2,14 +2,17 @@
 
 Each sub-command has one ``_add_<command>`` function that declares its flags and
 points ``func`` at a small runner; the runners import the library lazily so that
-``auformer --help`` stays fast. User errors (``ValueError``, ``FileNotFoundError``,
-``ConnectionError`` from the Hub) are printed as one ``error: ...`` line with exit status 2.
+``auformer --help`` stays fast. User errors (``AUFormerError``, a missing file's
+``FileNotFoundError``, and ``ConnectionError`` when the Hub cannot be reached) are printed
+as one ``error: ...`` line with exit status 2; any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+
+from auformer.errors import AUFormerError, one_line
 
 # The names `auformer.faces.detectors.get_detector` accepts (kept here so --help needs no OpenCV/dlib import).
 FACE_DETECTORS = ("dlib", "haar", "none")
@@ -106,6 +109,10 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--plot", action="store_true", help="also write OUT/plots: AU bars per face in photos, AU time series per video")
     parser.add_argument("--batch-size", type=int, default=32, metavar="B", help="faces per model batch (default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: %(default)s)")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="skip unreadable images and videos (counted, listed at the end and in OUT/detect.json) instead of stopping")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue a killed run in the same OUT: keep its CSVs and go on after the last frame written in full")
     _add_backbone_weights_flag(parser)
     parser.set_defaults(func=_run_detect)
 
@@ -285,6 +292,9 @@ def _add_run_flags(parser: argparse.ArgumentParser, default_preset: str, data_he
     parser.add_argument("--data", default=None, metavar="DIR", help=data_help)
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="output folder (default: runs/<preset>-<UTC timestamp>)")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="drop missing or undecodable images (each decoded once up front; listed at the end and "
+                        "in OUT/skipped.json) instead of stopping; same as --set data.skip_bad=true")
 
 
 def _add_dry_run_flag(parser: argparse.ArgumentParser) -> None:
@@ -314,6 +324,8 @@ def _run_config(args: argparse.Namespace, **data_values: object):
 
     config = load_config(args.preset, args.overrides, data_dir=args.data)
     extra = {key: value for key, value in data_values.items() if value is not None}
+    if args.skip_bad:
+        extra["skip_bad"] = True
     if extra:
         config = validate(apply_values({"data": extra}, config))
     out = args.out or f"runs/{Path(args.preset).stem}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
@@ -344,8 +356,8 @@ def _run_train(args: argparse.Namespace) -> None:
     from auformer.engine import trainer
 
     if args.resume:
-        if args.overrides or args.data or args.out:
-            raise ValueError("--resume continues the run with its own config.yaml and folder: drop --set, --data and --out")
+        if args.overrides or args.data or args.out or args.skip_bad:
+            raise AUFormerError("--resume continues the run with its own config.yaml and folder: drop --set, --data, --out and --skip-bad")
         trainer.resume(args.resume)
         return
     config, out = _run_config(args)
@@ -516,8 +528,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, ConnectionError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (AUFormerError, FileNotFoundError, ConnectionError) as error:
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
     return 0
 

@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from auformer.errors import AUFormerError, one_line
+
 DEFAULT_PRESET = "synthetic"
 _PRESETS = resources.files("auformer") / "presets"
 
@@ -44,6 +46,7 @@ class DataConfig:
     synthetic_subjects: int = 60  # synthetic dataset: number of identities (folds are subject-exclusive)
     synthetic_folds: int = 3  # synthetic dataset: number of subject-exclusive folds
     synthetic_seed: int = 0  # synthetic dataset: generator seed
+    skip_bad: bool = False  # drop missing/undecodable images (listed in RUN/skipped.json) instead of stopping
 
 
 @dataclass
@@ -146,11 +149,14 @@ def _read_preset(preset: str) -> dict[str, Any]:
         if preset not in preset_names():
             close = difflib.get_close_matches(preset, preset_names(), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"unknown preset {preset!r}{hint}; choose from {', '.join(preset_names())} or a .yaml path")
+            raise AUFormerError(f"unknown preset {preset!r}{hint}; choose from {', '.join(preset_names())} or a .yaml path")
         text = _PRESETS.joinpath(f"{preset}.yaml").read_text()
-    data = yaml.safe_load(text) or {}
+    try:
+        data = yaml.safe_load(text) or {}  # safe loading: a `!!python/object` tag is refused, never built
+    except yaml.YAMLError as error:
+        raise AUFormerError(f"preset {preset}: not valid YAML for auformer ({one_line(error)})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"preset {preset}: expected a mapping of sections (data, model, loss, train)")
+        raise AUFormerError(f"preset {preset}: expected a mapping of sections (data, model, loss, train)")
     return data
 
 
@@ -183,10 +189,10 @@ def _coerce(section: str, key: str, value: Any, hint: Any) -> Any:
         except ValueError:
             pass  # reported below as a type error naming the field
     if not _matches(value, hint):
-        raise ValueError(f"config {section}.{key}: {value!r} is not a valid {_type_name(hint)}")
+        raise AUFormerError(f"config {section}.{key}: {value!r} is not a valid {_type_name(hint)}")
     choices = _CHOICES.get((section, key))
     if choices is not None and value not in choices:
-        raise ValueError(f"config {section}.{key}: {value!r} is not one of {', '.join(choices)}")
+        raise AUFormerError(f"config {section}.{key}: {value!r} is not one of {', '.join(choices)}")
     if hint is float or (typing.get_origin(hint) in (typing.Union, types.UnionType) and float in typing.get_args(hint)):
         return float(value) if isinstance(value, int) else value
     if typing.get_args(hint) == (float,):
@@ -219,7 +225,7 @@ def apply_values(values: dict[str, dict[str, Any]], config: Config) -> Config:
     for section, updates in values.items():
         hints = _section_fields(section)
         if not isinstance(updates, dict):
-            raise ValueError(f"config section {section!r} must be a mapping, got {updates!r}")
+            raise AUFormerError(f"config section {section!r} must be a mapping, got {updates!r}")
         checked = {}
         for key, value in updates.items():
             if key not in hints:
@@ -239,8 +245,11 @@ def parse_overrides(overrides: list[str]) -> dict[str, dict[str, Any]]:
         name, sep, raw = item.partition("=")
         section, dot, key = name.strip().partition(".")
         if not sep or not dot or not key:
-            raise ValueError(f"--set {item!r}: expected section.key=value, e.g. train.lr=3e-4")
-        values.setdefault(section, {})[key] = yaml.safe_load(raw)
+            raise AUFormerError(f"--set {item!r}: expected section.key=value, e.g. train.lr=3e-4")
+        try:
+            values.setdefault(section, {})[key] = yaml.safe_load(raw)
+        except yaml.YAMLError as error:
+            raise AUFormerError(f"--set {item!r}: the value is not valid YAML ({one_line(error)})") from None
     return values
 
 
@@ -261,20 +270,20 @@ def validate(config: Config) -> Config:
     """Cross-field checks that single-field types cannot express."""
     data, train = config.data, config.train
     if data.dataset != "synthetic" and data.root is None:
-        raise ValueError(f"preset {config.preset!r} needs a prepared dataset folder: pass --data DIR (see `auformer prepare`)")
+        raise AUFormerError(f"preset {config.preset!r} needs a prepared dataset folder: pass --data DIR (see `auformer prepare`)")
     if not 0 < data.train_fraction <= 1:
-        raise ValueError(f"config data.train_fraction: {data.train_fraction} must be in (0, 1]")
+        raise AUFormerError(f"config data.train_fraction: {data.train_fraction} must be in (0, 1]")
     if data.val_fold is not None and data.val_fold == data.fold:
-        raise ValueError(f"config data.val_fold: {data.val_fold} must differ from data.fold")
+        raise AUFormerError(f"config data.val_fold: {data.val_fold} must differ from data.fold")
     for name in ("epochs", "batch_size", "grad_accum", "eval_every", "checkpoint_every"):
         if getattr(train, name) < 1:
-            raise ValueError(f"config train.{name}: {getattr(train, name)} must be >= 1")
+            raise AUFormerError(f"config train.{name}: {getattr(train, name)} must be >= 1")
     if train.lr <= 0:
-        raise ValueError(f"config train.lr: {train.lr} must be > 0")
+        raise AUFormerError(f"config train.lr: {train.lr} must be > 0")
     for name, low in (("steps", 1), ("warmup_steps", 0), ("eval_every_steps", 1)):
         value = getattr(train, name)
         if value is not None and value < low:
-            raise ValueError(f"config train.{name}: {value} must be >= {low} (or null)")
+            raise AUFormerError(f"config train.{name}: {value} must be >= {low} (or null)")
     _validate_weights(config.model.backbone_weights)
     _validate_switches(config)
     return config

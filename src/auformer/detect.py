@@ -16,10 +16,12 @@ intensities (0-5, OpenFace's name) from intensity heads (``model.task``).
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import os
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -29,8 +31,11 @@ import torch
 from tqdm import tqdm
 
 from auformer.aus import au_column, au_columns
+from auformer.data.images import read_rgb
 from auformer.data.transforms import build_transform
+from auformer.errors import AUFormerError
 from auformer.faces import DEFAULT_DETECTOR, TEMPLATE_SIZE, AlignedFace, align_faces, get_detector
+from auformer.files import atomic_write_text
 from auformer.model.checkpoint import load_checkpoint, read_checkpoint_meta, resolve_checkpoint
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pgm", ".ppm"})
@@ -54,13 +59,8 @@ class Frame:
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as uint8 (H, W, 3) RGB (EXIF orientation applied by OpenCV)."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"image not found: {path}")
-    image_bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image_bgr is None:
-        raise ValueError(f"{path}: cannot read image (corrupt or unsupported format)")
-    return cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)
+    """Read an image file as uint8 (H, W, 3) RGB: the decoder training uses (:func:`auformer.data.images.read_rgb`)."""
+    return read_rgb(path)
 
 
 def _frame_range(fps: float, start: float | None, end: float | None) -> tuple[int, int | None]:
@@ -69,24 +69,30 @@ def _frame_range(fps: float, start: float | None, end: float | None) -> tuple[in
 
 
 def video_frames(path: str | os.PathLike, every: int = 1, start: float | None = None,
-                 end: float | None = None) -> Iterator[Frame]:
-    """Decode every ``every``-th frame of a video between ``start`` and ``end`` seconds."""
+                 end: float | None = None, after: int | None = None) -> Iterator[Frame]:
+    """Decode every ``every``-th frame of a video between ``start`` and ``end`` seconds.
+
+    ``after`` (a resumed run) skips the frames up to and including that frame number,
+    keeping the ``every`` grid. A stream that stops before the container's frame count
+    raises an :class:`AUFormerError` after the frames it did decode.
+    """
     if every < 1:
-        raise ValueError(f"every must be a positive integer, got {every}")
+        raise AUFormerError(f"every must be a positive integer, got {every}")
     if not Path(path).is_file():
         raise FileNotFoundError(f"video not found: {path}")
     capture = cv2.VideoCapture(str(path))
     fps = capture.get(cv2.CAP_PROP_FPS)
     if not capture.isOpened() or not fps > 0:
         capture.release()
-        raise ValueError(f"{path}: cannot open video (corrupt, unsupported codec, or no frame rate)")
+        raise AUFormerError(f"{path}: cannot open video (corrupt, unsupported codec, or no frame rate)")
     first, last = _frame_range(fps, start, end)
+    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
     if first > 0:
         capture.set(cv2.CAP_PROP_POS_FRAMES, first)
     index = first
     try:
         while last is None or index < last:
-            if (index - first) % every:
+            if (index - first) % every or (after is not None and index <= after):
                 ok = capture.grab()  # skipped frame: advance without decoding the image
             else:
                 ok, image_bgr = capture.read()
@@ -97,6 +103,9 @@ def video_frames(path: str | os.PathLike, every: int = 1, start: float | None = 
             index += 1
     finally:
         capture.release()
+    expected = total if last is None else min(total, last)
+    if index < expected:
+        raise AUFormerError(f"{path}: decoding stopped at frame {index} of {expected} (truncated or corrupt video)")
 
 
 def count_video_frames(path: str | os.PathLike, every: int = 1, start: float | None = None,
@@ -120,7 +129,7 @@ def parse_thresholds(values: Iterable[str]) -> float | dict[str, float]:
         try:
             threshold = float(number)
         except ValueError:
-            raise ValueError(f"bad --threshold {value!r}: expected a number like 0.5 or AU12=0.4") from None
+            raise AUFormerError(f"bad --threshold {value!r}: expected a number like 0.5 or AU12=0.4") from None
         thresholds[au_column(key) if key else "default"] = threshold
     if set(thresholds) <= {"default"}:
         return thresholds.get("default", 0.5)
@@ -139,12 +148,12 @@ class Detector:
                  batch_size: int = 32, threshold: float | Mapping[str | int, float] = 0.5,
                  backbone_weights: str | None = None) -> None:
         if batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+            raise AUFormerError(f"batch_size must be a positive integer, got {batch_size}")
         checkpoint = resolve_checkpoint(checkpoint)  # a Hub repo id is fetched once, here
         meta = read_checkpoint_meta(checkpoint)
         self.model = load_checkpoint(checkpoint, backbone_weights=backbone_weights, map_location=device).eval()
         if not self.model.aus:
-            raise ValueError(f"{checkpoint}: checkpoint has no AU list; cannot name the output columns")
+            raise AUFormerError(f"{checkpoint}: checkpoint has no AU list; cannot name the output columns")
         self.device = device
         self.batch_size = batch_size
         self.au_columns = au_columns(self.model.aus)
@@ -165,7 +174,7 @@ class Detector:
         by_column = {("default" if key == "default" else au_column(key)): float(value) for key, value in threshold.items()}
         unknown = set(by_column) - {"default", *self.au_columns}
         if unknown:
-            raise ValueError(f"thresholds for {sorted(unknown)}, which the model does not predict ({', '.join(self.au_columns)})")
+            raise AUFormerError(f"thresholds for {sorted(unknown)}, which the model does not predict ({', '.join(self.au_columns)})")
         default = by_column.get("default", 0.5)
         return np.array([by_column.get(column, default) for column in self.au_columns])
 
@@ -196,25 +205,32 @@ class Detector:
         The table holds one row per face (``face`` numbers them, best first) and one
         ``success=0`` row per frame without a face; the faces list is in the order of the
         table's ``success=1`` rows. Yielding batch by batch lets callers write long videos
-        as they go.
+        as they go. A stream that fails mid-way (:class:`AUFormerError`) first gets the
+        frames before the failure analysed and yielded, then the error is raised.
         """
         rows: list[dict] = []
         faces: list[AlignedFace] = []
-        for frame in frames:
-            aligned = align_faces(frame.image, self.face_detector, size=TEMPLATE_SIZE)
-            base = {"input": frame.input, "frame": frame.index, "time_s": round(frame.time_s, 4)}
-            if not aligned:
-                rows.append({**base, "success": 0})
-            for number, face in enumerate(aligned):
-                x, y, w, h = face.face.box
-                rows.append({**base, "face": number, "x": x, "y": y, "w": w, "h": h,
-                             "face_score": face.face.score, "success": 1})
-            faces.extend(aligned)
-            if len(rows) >= self.batch_size:  # rows, not faces: a long stretch without faces is written too
-                yield self._table(rows, faces), faces
-                rows, faces = [], []
+        stopped = None
+        try:
+            for frame in frames:
+                aligned = align_faces(frame.image, self.face_detector, size=TEMPLATE_SIZE)
+                base = {"input": frame.input, "frame": frame.index, "time_s": round(frame.time_s, 4)}
+                if not aligned:
+                    rows.append({**base, "success": 0})
+                for number, face in enumerate(aligned):
+                    x, y, w, h = face.face.box
+                    rows.append({**base, "face": number, "x": x, "y": y, "w": w, "h": h,
+                                 "face_score": face.face.score, "success": 1})
+                faces.extend(aligned)
+                if len(rows) >= self.batch_size:  # rows, not faces: a long stretch without faces is written too
+                    yield self._table(rows, faces), faces
+                    rows, faces = [], []
+        except AUFormerError as error:  # e.g. a video that stops mid-stream: keep what was decoded
+            stopped = error
         if rows:
             yield self._table(rows, faces), faces
+        if stopped is not None:
+            raise stopped
 
     def _table(self, rows: list[dict], faces: list[AlignedFace]) -> pd.DataFrame:
         """Rows plus the model's probabilities (``AU01``), occurrences (``AU01_c``) and intensities (``AU01_r``)
@@ -248,7 +264,7 @@ class Detector:
         """AUs of every face in every ``every``-th frame between ``start`` and ``end`` seconds."""
         tables = [table for table, _ in self.iter_results(video_frames(path, every, start, end))]
         if not tables:
-            raise ValueError(f"{path}: no frames decoded between start={start} and end={end}")
+            raise AUFormerError(f"{path}: no frames decoded between start={start} and end={end}")
         return pd.concat(tables, ignore_index=True)
 
 
@@ -296,18 +312,55 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list
 
 
 class _CsvWriter:
-    """Appends result tables to one CSV (header once): an interrupted run keeps what it wrote."""
+    """Appends result tables to one CSV (header once): an interrupted run keeps what it wrote.
 
-    def __init__(self, path: Path, openface: bool) -> None:
+    ``resume=True`` keeps an existing CSV: :func:`completed_frames` cuts its unfinished
+    tail, and ``done`` maps each input to the last frame written in full, which the
+    run then skips.
+    """
+
+    def __init__(self, path: Path, openface: bool, resume: bool = False) -> None:
         self.path = path
         self.openface = openface
         self.rows = 0
-        path.unlink(missing_ok=True)
+        self.done: dict[str, int] = completed_frames(path, openface) if resume and path.is_file() else {}
+        if not self.done:
+            path.unlink(missing_ok=True)
 
     def write(self, table: pd.DataFrame) -> None:
         table = to_openface(table) if self.openface else table
-        table.to_csv(self.path, mode="a", header=self.rows == 0, index=False, float_format="%.6g")
+        table.to_csv(self.path, mode="a", header=not self.path.is_file(), index=False, float_format="%.6g")
         self.rows += len(table)
+
+
+def completed_frames(path: Path, openface: bool = False) -> dict[str, int]:
+    """Input -> last frame number written in full in a detection CSV; truncates what is not.
+
+    A killed run can leave half a line, and the rows of its last frame may be
+    incomplete (one row per face); both are cut, so a resumed run redoes that frame
+    and the CSV holds every frame exactly once. Streams the file: memory is one entry
+    per input, not per row.
+    """
+    done: dict[str, int] = {}
+    keep, last_key = 0, None  # bytes to keep; (input, frame) of the rows since `keep`
+    with open(path, "rb") as file:
+        header = next(csv.reader([file.readline().decode()]), [])
+        if "input" not in header or "frame" not in header:
+            return {}
+        column_input, column_frame = header.index("input"), header.index("frame")
+        keep = file.tell()
+        for line in iter(file.readline, b""):
+            if not line.endswith(b"\n"):
+                break  # half a line: the write was killed
+            cells = next(csv.reader([line.decode()]))
+            key = (cells[column_input], int(cells[column_frame]) - (1 if openface else 0))
+            if key != last_key:
+                if last_key is not None:
+                    done[last_key[0]] = last_key[1]
+                keep, last_key = file.tell() - len(line), key
+    with open(path, "r+b") as file:
+        file.truncate(keep)
+    return done
 
 
 @dataclass
@@ -316,6 +369,15 @@ class _Counts:
     faces: int = 0
     frames_without_face: int = 0
     unreadable: int = 0
+    skipped: list[str] = field(default_factory=list)  # one line per skipped input (--skip-bad)
+
+    def skip(self, error: Exception, progress: tqdm, skip_bad: bool) -> None:
+        """Count and list a bad input (``--skip-bad``), or stop the run with its one-line error."""
+        if not skip_bad:
+            raise error
+        progress.write(f"skipped: {error}")
+        self.unreadable += 1
+        self.skipped.append(str(error))
 
 
 def _run(detector: Detector, frames: Iterable[Frame], writer: _CsvWriter, progress: tqdm, counts: _Counts,
@@ -343,14 +405,13 @@ def _run(detector: Detector, frames: Iterable[Frame], writer: _CsvWriter, progre
                 plot_face_aus(face.crop, probabilities, thresholds, plot_path, title, intensity)
 
 
-def _image_frames(paths: list[Path], progress: tqdm, counts: _Counts) -> Iterator[Frame]:
-    """Photos as frames; unreadable files are reported, counted and skipped."""
+def _image_frames(paths: list[Path], progress: tqdm, counts: _Counts, skip_bad: bool) -> Iterator[Frame]:
+    """Photos as frames; an unreadable file stops the run, or with ``skip_bad`` is reported, counted and skipped."""
     for path in paths:
         try:
             yield Frame(str(path), 0, 0.0, read_image(path))
-        except (ValueError, FileNotFoundError) as error:
-            progress.write(f"skipped: {error}")
-            counts.unreadable += 1
+        except (AUFormerError, FileNotFoundError) as error:
+            counts.skip(error, progress, skip_bad)
             progress.update(1)
 
 
@@ -370,7 +431,7 @@ def run_detect(args: argparse.Namespace) -> None:
 
     images, videos, ignored = expand_inputs(args.inputs)
     if not images and not videos:
-        raise ValueError(f"no images or videos found in {', '.join(map(str, args.inputs))}")
+        raise AUFormerError(f"no images or videos found in {', '.join(map(str, args.inputs))}")
     detector = Detector(args.checkpoint, face_detector=args.face_detector, device=args.device,
                         batch_size=args.batch_size, threshold=parse_thresholds(args.threshold or ["0.5"]),
                         backbone_weights=args.backbone_weights)
@@ -386,20 +447,24 @@ def run_detect(args: argparse.Namespace) -> None:
     written: list[Path] = []
     used_names = {"images"}
     if images:
-        writer = _CsvWriter(out / "images.csv", openface)
-        with tqdm(total=len(images), desc="images", unit="image") as progress:
-            _run(detector, _image_frames(images, progress, counts), writer, progress, counts, plot_dir)
+        writer = _CsvWriter(out / "images.csv", openface, args.resume)
+        todo = [path for path in images if str(path) not in writer.done]
+        with tqdm(total=len(images), initial=len(images) - len(todo), desc="images", unit="image") as progress:
+            _run(detector, _image_frames(todo, progress, counts, args.skip_bad), writer, progress, counts, plot_dir)
         written.append(writer.path)
     for video in videos:
-        writer = _CsvWriter(_unique_csv(out, video.stem, used_names), openface)
+        writer = _CsvWriter(_unique_csv(out, video.stem, used_names), openface, args.resume)
         total = count_video_frames(video, args.every, args.start, args.end)
+        after = writer.done.get(str(video))
+        if after is not None:
+            print(f"resuming {writer.path} after frame {after}")
         with tqdm(total=total, desc=video.name, unit="frame") as progress:
             try:
-                _run(detector, video_frames(video, args.every, args.start, args.end), writer, progress, counts, None)
-            except (ValueError, FileNotFoundError) as error:
-                progress.write(f"skipped: {error}")
-                counts.unreadable += 1
-                continue
+                _run(detector, video_frames(video, args.every, args.start, args.end, after), writer, progress, counts, None)
+            except (AUFormerError, FileNotFoundError) as error:
+                counts.skip(error, progress, args.skip_bad)
+                if not writer.path.is_file():
+                    continue
         written.append(writer.path)
         if plot_dir is not None and writer.rows:
             plot_au_timeseries(pd.read_csv(writer.path), plot_dir / f"{writer.path.stem}_aus.png",
@@ -407,8 +472,14 @@ def run_detect(args: argparse.Namespace) -> None:
     print(f"{counts.frames} frames ({len(images)} images, {len(videos)} videos): {counts.faces} faces, "
           f"{counts.frames_without_face} frames without a face, {counts.unreadable} unreadable inputs skipped"
           + (f", {ignored} files with other extensions ignored" if ignored else ""))
+    for line in counts.skipped:
+        print(f"skipped: {line}")
+    summary = {"frames": counts.frames, "faces": counts.faces, "frames_without_face": counts.frames_without_face,
+               "skipped": counts.skipped, "ignored_files": ignored, "csv": [str(path) for path in written]}
+    atomic_write_text(out / "detect.json", json.dumps(summary, indent=2) + "\n")
     for path in written:
         print(f"wrote {path}")
+    print(f"wrote {out / 'detect.json'} (counts and skipped inputs)")
     if plot_dir is not None:
         print(f"plots in {plot_dir}")
     if detector.synthetic:

@@ -22,6 +22,7 @@ from torch import nn
 
 from auformer.aus import au_columns
 from auformer.data.transforms import default_resize_size
+from auformer.errors import AUFormerError
 from auformer.files import atomic_path
 from auformer.model.checkpoint import checkpoint_paths, load_checkpoint, read_checkpoint_meta, resolve_checkpoint
 
@@ -93,7 +94,7 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, form
     else ``ValueError`` and no file is left behind.
     """
     if format not in FORMATS:
-        raise ValueError(f"unknown export format {format!r}: valid formats are {', '.join(FORMATS)}")
+        raise AUFormerError(f"unknown export format {format!r}: valid formats are {', '.join(FORMATS)}")
     checkpoint = resolve_checkpoint(checkpoint)  # a Hub repo id -> its cached files
     model = load_checkpoint(checkpoint, backbone_weights=backbone_weights).eval()
     module = AUOutputs(model).eval()
@@ -111,7 +112,7 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, form
         exported = _run_export(format, tmp, images, module.names)
         difference = max(float(np.abs(a - b).max()) / scale for a, b, scale in zip(exported, expected, scales))
         if not difference <= TOLERANCE:
-            raise ValueError(f"{path}: exported model differs from PyTorch by {difference:.2e} (> {TOLERANCE:.0e})")
+            raise AUFormerError(f"{path}: exported model differs from PyTorch by {difference:.2e} (> {TOLERANCE:.0e})")
     data_config = model.data_config
     resize_size = read_checkpoint_meta(checkpoint).get("extra", {}).get("resize_size") or default_resize_size(size)
     outputs = [{"name": name, "shape": ["batch", len(model.aus)], "range": [0, scale],

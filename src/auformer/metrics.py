@@ -14,6 +14,7 @@ every score 0.0.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -84,6 +85,10 @@ def au_metrics(
             "known": int(truth.size),
             "undefined": support == 0 and predicted_positive == 0,
         }
+    no_positive = [key for key, scores in per_au.items() if scores["support"] == 0]
+    if no_positive:  # a fold without positives cannot measure detection of that AU: say so, never silently
+        warnings.warn(f"no positive label for {', '.join(no_positive)} in this evaluation set: their F1 says nothing "
+                      "about detecting them (marked undefined unless something was predicted present)", stacklevel=2)
     mean_f1 = float(np.mean([scores["f1"] for scores in per_au.values()])) if per_au else 0.0
     undefined = [key for key, scores in per_au.items() if scores["undefined"]]
     return {"mean_f1": mean_f1, "undefined_aus": undefined, "per_au": per_au}

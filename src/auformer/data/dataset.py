@@ -11,13 +11,14 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
+from auformer.data.images import read_rgb
 from auformer.data.manifest import AUTable
+from auformer.errors import AUFormerError
 
 
 class AUDataset(torch.utils.data.Dataset):
-    """Images of an :class:`AUTable`, read with PIL (RGB) and passed through ``transform``."""
+    """Images of an :class:`AUTable`, read as RGB (:func:`read_rgb`) and passed through ``transform``."""
 
     def __init__(self, table: AUTable, transform: Callable, with_intensity: bool = False) -> None:
         """``with_intensity``: also return the table's intensities (all unknown when it has none)."""
@@ -29,16 +30,9 @@ class AUDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.table)
 
-    def load_image(self, index: int) -> Image.Image:
-        """The RGB image of sample ``index``; a missing or unreadable file is an error naming it."""
-        path = self.table.image_path(index)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: image file not found (sample {index} of {self.table.root})")
-        try:
-            with Image.open(path) as image:
-                return image.convert("RGB")
-        except (UnidentifiedImageError, OSError, SyntaxError) as error:
-            raise ValueError(f"{path}: cannot decode image ({error})") from None
+    def load_image(self, index: int) -> np.ndarray:
+        """The uint8 (H, W, 3) RGB image of sample ``index``; a missing or unreadable file is an error naming it."""
+        return read_rgb(self.table.image_path(index))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
         image = self.transform(self.load_image(index))
@@ -50,9 +44,9 @@ class ArrayAUDataset(torch.utils.data.Dataset):
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Callable, intensity: np.ndarray | None = None) -> None:
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-            raise ValueError(f"images must be a uint8 (M, H, W, 3) array, got {images.dtype} {images.shape}")
+            raise AUFormerError(f"images must be a uint8 (M, H, W, 3) array, got {images.dtype} {images.shape}")
         if len(labels) != len(images):
-            raise ValueError(f"{len(images)} images but {len(labels)} label rows")
+            raise AUFormerError(f"{len(images)} images but {len(labels)} label rows")
         self.images = images
         self.labels = torch.as_tensor(np.asarray(labels, dtype=np.float32))  # (M, N)
         self.intensity = None if intensity is None else _intensity_tensor(intensity, self.labels)

@@ -15,6 +15,7 @@ from sklearn.model_selection import GroupKFold
 
 from auformer.aus import CROSS_DOMAIN_AUS, au_columns
 from auformer.data.manifest import AUTable
+from auformer.errors import AUFormerError
 
 # Subject-exclusive 3-fold split of JAA-Net / ME-GraphAU (test subjects per fold).
 BP4D_FOLDS: list[list[str]] = [
@@ -42,7 +43,7 @@ def casme2_folds(subjects: Sequence[str]) -> list[list[str]]:
     """
     ordered = sorted(set(subjects), key=_natural_key)
     if len(ordered) < 4:
-        raise ValueError(f"CASME II 4-fold CV needs at least 4 subjects, got {len(ordered)}")
+        raise AUFormerError(f"CASME II 4-fold CV needs at least 4 subjects, got {len(ordered)}")
     return [ordered[k::4] for k in range(4)]
 
 
@@ -54,7 +55,7 @@ def subject_kfold(subjects: Sequence[str], k: int, seed: int = 0) -> list[list[s
     """
     unique = np.array(sorted(set(subjects), key=_natural_key))
     if not 2 <= k <= len(unique):
-        raise ValueError(f"k must be between 2 and the number of subjects ({len(unique)}), got {k}")
+        raise AUFormerError(f"k must be between 2 and the number of subjects ({len(unique)}), got {k}")
     splitter = GroupKFold(n_splits=k, shuffle=True, random_state=seed)
     return [sorted(unique[test].tolist(), key=_natural_key) for _, test in splitter.split(unique, groups=unique)]
 
@@ -66,7 +67,7 @@ def split_fold(table: AUTable, folds: Sequence[Sequence[str]], fold: int) -> tup
     warning (never silently trained on). A fold with no samples in the table is an error.
     """
     if not 0 <= fold < len(folds):
-        raise ValueError(f"fold must be in 0..{len(folds) - 1} (0-based: the papers' fold 1 is 0), got {fold}")
+        raise AUFormerError(f"fold must be in 0..{len(folds) - 1} (0-based: the papers' fold 1 is 0), got {fold}")
     test_subjects = set(folds[fold])
     known = set().union(*map(set, folds))
     subjects = np.asarray(table.subjects)
@@ -78,14 +79,14 @@ def split_fold(table: AUTable, folds: Sequence[Sequence[str]], fold: int) -> tup
     is_test = np.isin(subjects, list(test_subjects))
     is_train = np.isin(subjects, list(known - test_subjects))
     if not is_test.any():
-        raise ValueError(f"fold {fold} has no samples: none of its subjects {sorted(test_subjects)[:5]}... is in the table")
+        raise AUFormerError(f"fold {fold} has no samples: none of its subjects {sorted(test_subjects)[:5]}... is in the table")
     return table.subset(is_train), table.subset(is_test)
 
 
 def equidistant_subsample(table: AUTable, rate: float) -> AUTable:
     """Every ``1/rate``-th sample of the list (at least one): the paper's data-efficiency protocol."""
     if not 0 < rate <= 1:
-        raise ValueError(f"subsampling rate must be in (0, 1], got {rate}")
+        raise AUFormerError(f"subsampling rate must be in (0, 1], got {rate}")
     count = max(1, round(len(table) * rate))
     return table.subset(np.arange(count) * len(table) // count)
 
@@ -99,7 +100,7 @@ def occurrence_rate(labels: np.ndarray) -> np.ndarray:
     labels = np.asarray(labels, dtype=np.float32)  # (M, N)
     known = (labels >= 0).sum(axis=0)  # (N,)
     if (known == 0).any():
-        raise ValueError(f"AU columns {np.flatnonzero(known == 0).tolist()} have no known labels: no occurrence rate")
+        raise AUFormerError(f"AU columns {np.flatnonzero(known == 0).tolist()} have no known labels: no occurrence rate")
     return ((labels == 1).sum(axis=0) / known).astype(np.float32)
 
 
@@ -118,5 +119,5 @@ def cross_domain_split(
     train_subjects = {s for k in train_folds for s in source_folds[k]}
     train = source.subset(np.isin(source.subjects, list(train_subjects)))
     if len(train) == 0:
-        raise ValueError(f"no source samples in folds {train_folds} (AUs {', '.join(au_columns(aus))})")
+        raise AUFormerError(f"no source samples in folds {train_folds} (AUs {', '.join(au_columns(aus))})")
     return train.select_aus(aus), target.select_aus(aus)

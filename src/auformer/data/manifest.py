@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from auformer.aus import au_columns, parse_au
+from auformer.errors import AUFormerError
 from auformer.files import atomic_write_text
 
 MANIFEST_NAME = "manifest.csv"
@@ -61,7 +61,7 @@ class AUTable:
         if self.intensity is not None:
             self.intensity = np.asarray(self.intensity, dtype=np.float32).reshape(self.labels.shape)  # (M, N)
         if len(self.subjects) != len(self.images):
-            raise ValueError(f"AUTable: {len(self.images)} images but {len(self.subjects)} subjects")
+            raise AUFormerError(f"AUTable: {len(self.images)} images but {len(self.subjects)} subjects")
 
     def __len__(self) -> int:
         return len(self.images)
@@ -84,7 +84,7 @@ class AUTable:
         wanted = [parse_au(au) for au in aus]
         missing = [au for au in wanted if au not in self.aus]
         if missing:
-            raise ValueError(
+            raise AUFormerError(
                 f"AUs {', '.join(au_columns(missing))} are not in this dataset (it has {', '.join(au_columns(self.aus))})"
             )
         columns = [self.aus.index(au) for au in wanted]
@@ -105,25 +105,46 @@ def _dataset_file(path: str | Path, name: str) -> Path:
     return file
 
 
+def _read_csv_rows(file: Path) -> tuple[list[str], list[list[str]], list[int]]:
+    """Header, rows and their line numbers of a CSV (cells stripped); a row with another cell count than the header,
+    or a file without rows, is an error naming the file and line."""
+    numbered: list[tuple[int, list[str]]] = []  # (line number, cells) of the non-blank lines
+    try:
+        with open(file, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            numbered = [(reader.line_num, [cell.strip() for cell in row]) for row in reader if any(cell.strip() for cell in row)]
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise AUFormerError(f"{file}: not a readable UTF-8 CSV ({error})") from None
+    if not numbered:
+        raise AUFormerError(f"{file}: empty file (expected a header image,subject,AU01,... and one row per image)")
+    (_, header), body = numbered[0], numbered[1:]
+    if not body:
+        raise AUFormerError(f"{file}: no rows after the header (an empty manifest)")
+    for number, row in body:
+        if len(row) != len(header):
+            raise AUFormerError(f"{file}: line {number}: {len(row)} columns, the header has {len(header)}")
+    return header, [row for _, row in body], [number for number, _ in body]
+
+
 def _parse_au_header(file: Path, columns: list[str]) -> list[int]:
     """AU numbers of the occurrence columns (``AU12``); intensity columns (``AU12_int``) are checked by the caller."""
     if columns[:2] != ["image", "subject"]:
-        raise ValueError(f"{file}: the first columns must be 'image,subject', found {','.join(columns[:2])!r}")
+        raise AUFormerError(f"{file}: the first columns must be 'image,subject', found {','.join(columns[:2])!r}")
     aus: list[int] = []
     for column in columns[2:]:
         if column.endswith(INTENSITY_SUFFIX):
             continue
         if not _AU_COLUMN.match(column):
-            raise ValueError(f"{file}: column {column!r} is not an AU column (expected names like AU01, AU12)")
+            raise AUFormerError(f"{file}: column {column!r} is not an AU column (expected names like AU01, AU12)")
         try:
             au = parse_au(column)
         except ValueError as error:
-            raise ValueError(f"{file}: column {column!r}: {error}") from None
+            raise AUFormerError(f"{file}: column {column!r}: {error}") from None
         if au in aus:
-            raise ValueError(f"{file}: AU{au} appears in two columns")
+            raise AUFormerError(f"{file}: AU{au} appears in two columns")
         aus.append(au)
     if not aus:
-        raise ValueError(f"{file}: no AU columns (expected image,subject,AU01,...)")
+        raise AUFormerError(f"{file}: no AU columns (expected image,subject,AU01,...)")
     return aus
 
 
@@ -134,7 +155,7 @@ def _report_missing_images(file: Path, root: Path, images: list[str], on_missing
     if missing:
         message = f"{file}: {len(missing)} of {len(images)} image files are missing (first: {missing[0]})"
         if on_missing == "error":
-            raise FileNotFoundError(message + "; pass on_missing='skip' to drop them")
+            raise FileNotFoundError(message + "; pass --skip-bad (Python: on_missing='skip') to drop them")
         warnings.warn(message + "; skipped", stacklevel=3)
     return exists
 
@@ -146,33 +167,37 @@ def read_manifest(path: str | Path, on_missing: str = "error") -> AUTable:
     BP4D, an intensity ``3``) is an error naming the file, line, column and value, since
     guessing its meaning would corrupt the training signal. Missing image files are
     counted: ``on_missing="error"`` (default) raises, ``"skip"`` drops them with a warning
-    that gives the count.
+    that gives the count, ``"keep"`` leaves them to the caller (``--skip-bad`` lists them).
     """
-    if on_missing not in ("error", "skip"):
-        raise ValueError(f"on_missing must be 'error' or 'skip', got {on_missing!r}")
+    if on_missing not in ("error", "skip", "keep"):
+        raise AUFormerError(f"on_missing must be 'error', 'skip' or 'keep', got {on_missing!r}")
     file = _dataset_file(path, MANIFEST_NAME)
-    try:
-        frame = pd.read_csv(file, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise ValueError(f"{file}: not a readable CSV ({str(error).splitlines()[0]})") from None
-    frame.columns = [str(c).strip() for c in frame.columns]
-    aus = _parse_au_header(file, list(frame.columns))
+    header, rows, lines = _read_csv_rows(file)
+    aus = _parse_au_header(file, header)
+    frame = pd.DataFrame(rows, columns=header, dtype=str)
     intensity = _read_intensity_columns(file, frame, aus)
-    frame = frame[["image", "subject", *(c for c in frame.columns[2:] if not c.endswith(INTENSITY_SUFFIX))]]
-    raw = frame.iloc[:, 2:].to_numpy(dtype=str)  # (M, N)
+    header = ["image", "subject", *(c for c in header[2:] if not c.endswith(INTENSITY_SUFFIX))]
+    raw = frame[header[2:]].to_numpy(dtype=str).reshape(len(rows), len(aus))  # (M, N)
     labels = np.full(raw.shape, -1.0, dtype=np.float32)
     labels[(raw == "1") | (raw == "1.0")] = 1.0
     labels[(raw == "0") | (raw == "0.0")] = 0.0
     valid = np.isin(raw, ["1", "1.0", "0", "0.0", "", "-1", "-1.0"])
     if not valid.all():
         row, col = np.argwhere(~valid)[0]
-        raise ValueError(
-            f"{file}: line {row + 2}, column {frame.columns[col + 2]}: invalid label {str(raw[row, col])!r} "
+        raise AUFormerError(
+            f"{file}: line {lines[row]}, column {header[col + 2]}: invalid label {str(raw[row, col])!r} "
             "(allowed: 1, 0, empty or -1 for unknown)"
         )
-    table = AUTable(file.parent, frame["image"].tolist(), frame["subject"].tolist(), labels, aus, intensity)
-    if any(not image for image in table.images):
-        raise ValueError(f"{file}: line {table.images.index('') + 2}: empty image path")
+    table = AUTable(file.parent, [row[0] for row in rows], [row[1] for row in rows], labels, aus, intensity)
+    for column, values in (("image path", table.images), ("subject", table.subjects)):
+        if "" in values:
+            raise AUFormerError(f"{file}: line {lines[values.index('')]}: empty {column}")
+    first_line: dict[str, int] = {}
+    for line, image in zip(lines, table.images):
+        if first_line.setdefault(image, line) != line:
+            raise AUFormerError(f"{file}: line {line}: duplicate row for image {image!r} (first on line {first_line[image]})")
+    if on_missing == "keep":
+        return table
     exists = _report_missing_images(file, table.root, table.images, on_missing)
     return table if exists.all() else table.subset(exists)
 
@@ -239,9 +264,15 @@ def read_folds(path: str | Path) -> tuple[list[list[str]], list[int]]:
         folds = [[str(s) for s in fold["test_subjects"]] for fold in data["folds"]]
         aus = [parse_au(au) for au in data["aus"]]
     except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise ValueError(
+        raise AUFormerError(
             f'{file}: expected {{"folds": [{{"test_subjects": [...]}}, ...], "aus": ["AU01", ...]}} ({error!r})'
         ) from None
+    first_fold: dict[str, int] = {}
+    for fold, subjects in enumerate(folds):
+        for subject in subjects:
+            if first_fold.setdefault(subject, fold) != fold:
+                raise AUFormerError(f"{file}: subject {subject!r} is in folds {first_fold[subject]} and {fold} "
+                                    "(folds must be subject-exclusive)")
     return folds, aus
 
 
@@ -275,18 +306,18 @@ def read_list_files(img_list: str | Path, label_list: str | Path, aus: Sequence[
     images = [line.strip() for line in img_list.read_text().splitlines() if line.strip()]
     label_lines = [line for line in label_list.read_text().splitlines() if line.strip()]
     if len(images) != len(label_lines):
-        raise ValueError(f"{label_list}: {len(label_lines)} label lines but {img_list} has {len(images)} images")
+        raise AUFormerError(f"{label_list}: {len(label_lines)} label lines but {img_list} has {len(images)} images")
     labels = np.empty((len(images), len(aus)), dtype=np.float32)  # (M, N)
     for line_number, line in enumerate(label_lines, start=1):
         values = line.split()
         if len(values) != len(aus):
-            raise ValueError(f"{label_list}: line {line_number}: {len(values)} labels, expected {len(aus)} (one per AU)")
+            raise AUFormerError(f"{label_list}: line {line_number}: {len(values)} labels, expected {len(aus)} (one per AU)")
         try:
             labels[line_number - 1] = [float(v) for v in values]
         except ValueError:
-            raise ValueError(f"{label_list}: line {line_number}: labels must be numbers, got {line.strip()!r}") from None
+            raise AUFormerError(f"{label_list}: line {line_number}: labels must be numbers, got {line.strip()!r}") from None
     bad = ~np.isin(labels, [1.0, 0.0, -1.0])
     if bad.any():
         row = int(np.argwhere(bad)[0][0])
-        raise ValueError(f"{label_list}: line {row + 1}: labels must be 1, 0 or -1, got {label_lines[row].strip()!r}")
+        raise AUFormerError(f"{label_list}: line {row + 1}: labels must be 1, 0 or -1, got {label_lines[row].strip()!r}")
     return AUTable(Path(image_root), images, [subject_from_path(image) for image in images], labels, [parse_au(a) for a in aus])

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from auformer.aus import au_columns
 from auformer.data.manifest import AUTable, write_folds, write_manifest
+from auformer.errors import AUFormerError
 from auformer.files import atomic_path, atomic_write_text
 
 SYNTHETIC_AUS: list[int] = [1, 2, 4, 6, 7, 10, 12, 14, 15, 17, 25, 26]
@@ -133,7 +134,7 @@ def sample_au_labels(rng: np.random.Generator, num_images: int) -> np.ndarray:
 def flip_labels(rng: np.random.Generator, labels: np.ndarray, rate: float) -> np.ndarray:
     """Flip each 0/1 label independently with probability ``rate`` (simulated annotation noise)."""
     if not 0.0 <= rate <= 1.0:
-        raise ValueError(f"label_noise must be in [0, 1], got {rate}")
+        raise AUFormerError(f"label_noise must be in [0, 1], got {rate}")
     flips = rng.random(labels.shape) < rate
     return np.where(flips, 1.0 - labels, labels).astype(np.float32)
 
@@ -393,9 +394,9 @@ def render_faces(latents: np.ndarray, intensities: np.ndarray, size: int = 64,
     it the output is a pure function of the inputs (used to compare AUs on/off).
     """
     if latents.ndim != 2 or latents.shape[1] != len(LATENT_NAMES):
-        raise ValueError(f"latents must have shape (M, {len(LATENT_NAMES)}), got {latents.shape}")
+        raise AUFormerError(f"latents must have shape (M, {len(LATENT_NAMES)}), got {latents.shape}")
     if intensities.shape != (len(latents), len(SYNTHETIC_AUS)):
-        raise ValueError(f"intensities must have shape ({len(latents)}, {len(SYNTHETIC_AUS)}), got {intensities.shape}")
+        raise AUFormerError(f"intensities must have shape ({len(latents)}, {len(SYNTHETIC_AUS)}), got {intensities.shape}")
     canvas_size = 2 * size  # draw at 2x, area-downsample: cheap anti-aliasing of fine lines
     p = {name: latents[:, i].astype(np.float64) for i, name in enumerate(LATENT_NAMES)}
     au = {number: intensities[:, i].astype(np.float64) for i, number in enumerate(SYNTHETIC_AUS)}
@@ -460,9 +461,9 @@ def generate_synthetic(num_images: int = 3000, size: int = 64, seed: int = 0, nu
     never the images.
     """
     if num_images < 1 or num_subjects < 1:
-        raise ValueError(f"num_images and num_subjects must be >= 1, got {num_images} and {num_subjects}")
+        raise AUFormerError(f"num_images and num_subjects must be >= 1, got {num_images} and {num_subjects}")
     if not 16 <= size <= 1024:
-        raise ValueError(f"size must be between 16 and 1024 pixels, got {size}")
+        raise AUFormerError(f"size must be between 16 and 1024 pixels, got {size}")
     label_rng, identity_rng, image_rng, noise_rng, flip_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(5))
     clean = sample_au_labels(label_rng, num_images)
     intensities = clean * label_rng.uniform(*ACTIVE_INTENSITY, clean.shape).astype(np.float32)
@@ -485,7 +486,7 @@ def synthetic_folds(subjects: list[str], k: int = 3) -> list[list[str]]:
     """Subject-exclusive test folds: sorted unique subjects dealt round-robin into k folds."""
     unique = sorted(set(subjects))
     if not 2 <= k <= len(unique):
-        raise ValueError(f"need 2 <= k <= number of subjects ({len(unique)}), got k={k}")
+        raise AUFormerError(f"need 2 <= k <= number of subjects ({len(unique)}), got k={k}")
     return [unique[fold::k] for fold in range(k)]
 
 

@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torchvision.transforms import v2
 
+from auformer.errors import AUFormerError
+
 
 def default_resize_size(img_size: int) -> int:
     """The literature's 256 -> 224 ratio, scaled to other input sizes (32 -> 37)."""
@@ -35,7 +37,7 @@ def build_transform(
     """
     resize_size = resize_size or default_resize_size(img_size)
     if resize_size < img_size:
-        raise ValueError(f"resize_size ({resize_size}) must be at least img_size ({img_size})")
+        raise AUFormerError(f"resize_size ({resize_size}) must be at least img_size ({img_size})")
     steps: list[Callable] = [v2.ToImage(), v2.Resize(resize_size, antialias=True)]  # (3, H, W) uint8
     if train:
         steps.append(v2.RandomCrop(img_size))

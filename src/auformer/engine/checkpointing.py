@@ -13,6 +13,7 @@ A run folder holds two kinds of checkpoint:
 
 from __future__ import annotations
 
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from auformer.errors import AUFormerError, one_line
 from auformer.files import atomic_path
 
 TRAIN_STATE = "train_state.pt"
@@ -60,4 +62,7 @@ def load_train_state(run_dir: str | Path) -> dict[str, Any]:
     path = Path(run_dir) / TRAIN_STATE
     if not path.is_file():
         raise FileNotFoundError(f"cannot resume: {path} does not exist (is {run_dir} a run folder of `auformer train`?)")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:  # refused code, or not a torch file at all
+        raise AUFormerError(f"{path}: refused or unreadable training state ({one_line(error)[:300]})") from None

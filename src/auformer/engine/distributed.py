@@ -17,6 +17,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, DistributedSampler
 
+from auformer.errors import AUFormerError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -42,7 +44,7 @@ def setup(device: str = "auto") -> DistInfo:
     """
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("config train.device: 'cuda' requested but no CUDA device is available")
+        raise AUFormerError("config train.device: 'cuda' requested but no CUDA device is available")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return DistInfo(0, 1, torch.device("cuda" if use_cuda else "cpu"))

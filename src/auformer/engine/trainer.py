@@ -45,9 +45,11 @@ from auformer.data import (
     read_manifest,
     split_fold,
 )
+from auformer.data.images import drop_unreadable
 from auformer.engine import checkpointing, distributed
 from auformer.engine.logging import RunLogger
 from auformer.engine.schedule import plan_run
+from auformer.errors import AUFormerError
 from auformer.files import atomic_path, atomic_write_text
 from auformer.metrics import au_metrics, intensity_metrics, intensity_table_markdown, metrics_table_markdown
 from auformer.model.auformer import build_model
@@ -68,6 +70,7 @@ class Source:
     table: AUTable  # all samples; synthetic images are named "synthetic/<row>.png"
     folds: list[list[str]]  # test subjects per fold
     pixels: np.ndarray | None = None  # (M, S, S, 3) uint8 for in-memory data, None for files
+    skipped: list[str] = dataclasses.field(default_factory=list)  # bad images dropped by data.skip_bad, one line each
 
 
 @dataclass
@@ -93,7 +96,10 @@ def load_source(config: Config, root: str | None = None) -> Source:
         table = AUTable(Path("."), names, subjects, faces.labels, list(SYNTHETIC_AUS), faces.intensities)
         return Source(table, synthetic_folds(subjects, k=data.synthetic_folds), faces.images)
     folds, _ = read_folds(root)
-    return Source(read_manifest(root), folds)
+    if not data.skip_bad:
+        return Source(read_manifest(root), folds)
+    table, skipped = drop_unreadable(read_manifest(root, on_missing="keep"))
+    return Source(table, folds, skipped=skipped)
 
 
 def make_dataset(source: Source, table: AUTable, transform: Any, with_intensity: bool = False) -> Dataset:
@@ -119,7 +125,7 @@ def build_splits(config: Config, source: Source, target: Source | None = None) -
         table = table.select_aus(data.aus)
     for name, fold in (("fold", data.fold), ("val_fold", data.val_fold)):
         if fold is not None and not 0 <= fold < len(source.folds):
-            raise ValueError(f"config data.{name}: {fold} is not a fold of this dataset (0..{len(source.folds) - 1})")
+            raise AUFormerError(f"config data.{name}: {fold} is not a fold of this dataset (0..{len(source.folds) - 1})")
     if target is None:
         train, test = split_fold(table, source.folds, data.fold)
     else:
@@ -134,7 +140,7 @@ def build_splits(config: Config, source: Source, target: Source | None = None) -
     if data.train_fraction < 1:
         train = equidistant_subsample(train, data.train_fraction)
     if len(train) == 0:
-        raise ValueError(f"fold {data.fold}: the training split is empty")
+        raise AUFormerError(f"fold {data.fold}: the training split is empty")
     return Splits(train, test, val, full_train_size)
 
 
@@ -300,6 +306,16 @@ def cv_table_markdown(runs: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def report_skipped(out_dir: Path, skipped: list[str], is_main: bool) -> list[str]:
+    """Write ``out_dir/skipped.json`` (count and one line per bad image, ``data.skip_bad``) and print each line."""
+    if skipped and is_main:
+        for line in skipped:
+            print(f"skipped: {line}", flush=True)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_dir / "skipped.json", json.dumps({"count": len(skipped), "skipped": skipped}, indent=2) + "\n")
+    return skipped
+
+
 # ---------------------------------------------------------------- the recipe
 
 
@@ -315,23 +331,24 @@ class Trainer:
     def setup(self) -> None:
         cfg, data = self.config, self.config.data
         if not self.resume and (self.run_dir / checkpointing.TRAIN_STATE).exists():
-            raise ValueError(f"{self.run_dir} already holds a run: continue it with --resume {self.run_dir} or pick another --out")
+            raise AUFormerError(f"{self.run_dir} already holds a run: continue it with --resume {self.run_dir} or pick another --out")
         self.dist = distributed.setup(cfg.train.device)
         check_backbone_weights(cfg, verbose=self.verbose and self.dist.is_main)
         if cfg.train.amp == "fp16" and self.dist.device.type != "cuda":
-            raise ValueError("config train.amp: fp16 needs a CUDA device; use bf16 or none on CPU")
+            raise AUFormerError("config train.amp: fp16 needs a CUDA device; use bf16 or none on CPU")
         per_step = self.dist.world_size * cfg.train.grad_accum
         if cfg.train.batch_size % per_step:
-            raise ValueError(f"config train.batch_size: {cfg.train.batch_size} is not divisible by processes x grad_accum = {per_step}")
+            raise AUFormerError(f"config train.batch_size: {cfg.train.batch_size} is not divisible by processes x grad_accum = {per_step}")
         self.micro_batch = cfg.train.batch_size // per_step
 
         source = load_source(cfg)
         target = load_source(cfg, data.target_root) if data.target_root else None
         self.splits = build_splits(cfg, source, target)
+        self.skipped = report_skipped(self.run_dir, source.skipped + (target.skipped if target else []), self.dist.is_main)
         self.aus = list(self.splits.train.aus)
         train_intensity = self.splits.train.intensity
         if has_intensity(cfg.model.task) and (train_intensity is None or not (train_intensity >= 0).any()):
-            raise ValueError(f"config model.task: {cfg.model.task!r} needs intensity annotations, and the training split "
+            raise AUFormerError(f"config model.task: {cfg.model.task!r} needs intensity annotations, and the training split "
                              "has none (manifest.csv AU12_int columns, see docs/intensity.md)")
         rate = occurrence_rate(self.splits.train.labels)  # (N,)
         self.rate = torch.from_numpy(rate).to(self.dist.device)
@@ -430,11 +447,11 @@ class Trainer:
 
     def _load_state(self, state: dict[str, Any]) -> None:
         if state["world_size"] != self.dist.world_size:
-            raise ValueError(f"{self.run_dir}: run was started with {state['world_size']} processes; resume it with the same number")
+            raise AUFormerError(f"{self.run_dir}: run was started with {state['world_size']} processes; resume it with the same number")
         missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
         learnable = set(self.model.learnable_state_dict())
         if unexpected or learnable & set(missing):
-            raise ValueError(f"{self.run_dir}/train_state.pt does not match the model of config.yaml")
+            raise AUFormerError(f"{self.run_dir}/train_state.pt does not match the model of config.yaml")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -501,6 +518,8 @@ class Trainer:
             write_results(self.run_dir, test_metrics, self.splits.test, test_predictions, self.config.model.backbone_weights)
         self.logger.close()
         self._print(f"{results_text(test_metrics)}\noutputs written to {self.run_dir}")
+        if self.skipped:
+            self._print("\n".join(f"skipped: {line}" for line in self.skipped) + f"\n{len(self.skipped)} bad images skipped (listed in {self.run_dir / 'skipped.json'})")
         return metrics_json(test_metrics, self.config.model.backbone_weights)
 
     def _train_epoch(self) -> tuple[float, float, float]:
@@ -522,6 +541,12 @@ class Trainer:
             with torch.autocast(self.dist.device.type, dtype=self._amp_dtype(), enabled=cfg.amp != "none"):
                 output = self.network(images)
             loss = self.loss_fn(output, targets, self.rate, intensity)["total"]
+            if not torch.isfinite(loss):  # stop before the step: no NaN reaches the weights or a checkpoint
+                raise AUFormerError(
+                    f"{self.run_dir}: training loss is {loss.item()} at step {self.global_step + 1} (epoch {self.epoch + 1}, "
+                    f"batch {self.micro_done + 1}); stopped. {checkpointing.TRAIN_STATE} and last.safetensors hold the "
+                    "last checkpoint before it (try a lower train.lr or train.grad_clip)"
+                )
             self.scaler.scale(loss / cfg.grad_accum).backward()
             self.micro_done += 1
             seen += len(images) * self.dist.world_size
@@ -666,6 +691,9 @@ def evaluate(
     metrics, predictions = evaluate_model(model, dataset, list(model.aus), info, config)
     if info.is_main:
         write_results(out_dir, metrics, test, predictions, model.config["backbone_weights"])
+        skipped = report_skipped(out_dir, source.skipped, True)
+        if verbose and skipped:
+            print(f"{len(skipped)} bad images skipped (listed in {out_dir / 'skipped.json'})", flush=True)
         if verbose:
             print(f"{results_text(metrics)}\noutputs written to {out_dir}", flush=True)
     return metrics_json(metrics, model.config["backbone_weights"])

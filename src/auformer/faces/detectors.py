@@ -26,6 +26,8 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from auformer.errors import AUFormerError
+
 # The five alignment points, in this order (image left/right, not the person's):
 # left eye centre, right eye centre, nose tip, left mouth corner, right mouth corner.
 LANDMARK_NAMES: tuple[str, ...] = ("left_eye", "right_eye", "nose_tip", "mouth_left", "mouth_right")
@@ -69,7 +71,7 @@ def check_image(image_rgb: np.ndarray) -> np.ndarray:
     if not isinstance(image_rgb, np.ndarray) or image_rgb.dtype != np.uint8 or image_rgb.ndim != 3 or image_rgb.shape[2] != 3:
         shape = getattr(image_rgb, "shape", None)
         dtype = getattr(image_rgb, "dtype", type(image_rgb).__name__)
-        raise ValueError(f"expected a uint8 RGB image of shape (H, W, 3), got shape {shape} and dtype {dtype}")
+        raise AUFormerError(f"expected a uint8 RGB image of shape (H, W, 3), got shape {shape} and dtype {dtype}")
     return np.ascontiguousarray(image_rgb)
 
 
@@ -159,5 +161,5 @@ DEFAULT_DETECTOR = "dlib"
 def get_detector(name: str = DEFAULT_DETECTOR) -> FaceDetector:
     """The face detector called ``name`` (built once per process and shared: loading dlib takes ~1 s)."""
     if name not in DETECTORS:
-        raise ValueError(f"unknown face detector {name!r}: valid names are {', '.join(DETECTORS)}")
+        raise AUFormerError(f"unknown face detector {name!r}: valid names are {', '.join(DETECTORS)}")
     return DETECTORS[name]()

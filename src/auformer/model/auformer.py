@@ -29,6 +29,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from auformer.aus import parse_au_list
+from auformer.errors import AUFormerError
 from auformer.model.backbone import create_backbone, weights_source
 from auformer.model.heads import (
     TASKS,
@@ -167,29 +168,29 @@ def _check_options(num_aus: int, moke: str, d: int, dilations: Sequence[int], ca
                    scale: float, backbone_kwargs: dict, method: str, method_options: dict, task: str) -> None:
     """Validate build arguments before anything is built (one clear line per problem)."""
     if not isinstance(num_aus, int) or num_aus < 1:
-        raise ValueError(f"num_aus must be a positive integer, got {num_aus!r}")
+        raise AUFormerError(f"num_aus must be a positive integer, got {num_aus!r}")
     if task not in TASKS:
-        raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+        raise AUFormerError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
     if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+        raise AUFormerError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     for name in ("adapter_bottleneck", "lora_rank", "vpt_prompts"):
         if not isinstance(method_options[name], int) or method_options[name] < 1:
-            raise ValueError(f"{name} must be a positive integer, got {method_options[name]!r}")
+            raise AUFormerError(f"{name} must be a positive integer, got {method_options[name]!r}")
     if moke not in MOKE_IMPLEMENTATIONS:
-        raise ValueError(f"moke must be one of {sorted(MOKE_IMPLEMENTATIONS)}, got {moke!r}")
+        raise AUFormerError(f"moke must be one of {sorted(MOKE_IMPLEMENTATIONS)}, got {moke!r}")
     if not isinstance(d, int) or d < 1:
-        raise ValueError(f"d must be a positive integer, got {d!r}")
+        raise AUFormerError(f"d must be a positive integer, got {d!r}")
     if not isinstance(dilations, (list, tuple)) or not dilations or any(not isinstance(r, int) or r < 1 for r in dilations):
-        raise ValueError(f"dilations must be a non-empty list of positive integers, got {dilations!r}")
+        raise AUFormerError(f"dilations must be a non-empty list of positive integers, got {dilations!r}")
     if not isinstance(ca_size, int) or ca_size < 1 or ca_size % 2 == 0:
-        raise ValueError(f"ca_size must be an odd positive integer, got {ca_size!r}")
+        raise AUFormerError(f"ca_size must be an odd positive integer, got {ca_size!r}")
     if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        raise AUFormerError(f"dropout must be in [0, 1), got {dropout!r}")
     if not math.isfinite(scale):
-        raise ValueError(f"scale must be a finite number, got {scale!r}")
+        raise AUFormerError(f"scale must be a finite number, got {scale!r}")
     reserved = {"num_classes", "img_size", "pretrained"} & set(backbone_kwargs)
     if reserved:
-        raise ValueError(f"backbone_kwargs must not set {sorted(reserved)}: build_model sets them")
+        raise AUFormerError(f"backbone_kwargs must not set {sorted(reserved)}: build_model sets them")
 
 
 def build_model(
@@ -237,7 +238,7 @@ def build_model(
     if aus is not None:
         aus = parse_au_list(aus)
         if len(aus) != num_aus:
-            raise ValueError(f"aus lists {len(aus)} distinct AUs {aus} but num_aus is {num_aus}")
+            raise AUFormerError(f"aus lists {len(aus)} distinct AUs {aus} but num_aus is {num_aus}")
     config = dict(
         num_aus=num_aus, backbone=backbone, backbone_weights=weights_source(backbone_weights),
         img_size=img_size, moke=moke, aus=aus, d=d, dilations=list(dilations), ca_size=ca_size, use_mrf=use_mrf,

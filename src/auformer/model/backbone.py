@@ -15,6 +15,8 @@ import timm
 import torch
 from timm.models.vision_transformer import VisionTransformer, _load_weights, checkpoint_filter_fn
 
+from auformer.errors import AUFormerError
+
 SYNTHETIC_WEIGHTS = Path(__file__).resolve().parent.parent / "assets" / "synthetic_vit.safetensors"
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".bin", ".pt", ".npz")
 # Classifier keys of a weight file that the headless (num_classes=0) backbone does not have.
@@ -46,7 +48,7 @@ def resolve_weights(weights: str, backbone: str | None = None) -> str:
             raise FileNotFoundError(f"the synthetic backbone asset is missing: {path} (reinstall auformer or re-run its pre-training)")
         raise FileNotFoundError(f"backbone weights file not found: {path}")
     if not path.name.endswith(WEIGHT_SUFFIXES):
-        raise ValueError(f"{path}: unsupported backbone weights format; expected one of {', '.join(WEIGHT_SUFFIXES)}")
+        raise AUFormerError(f"{path}: unsupported backbone weights format; expected one of {', '.join(WEIGHT_SUFFIXES)}")
     return str(path)
 
 
@@ -77,17 +79,17 @@ def load_backbone_weights(model: VisionTransformer, path: str) -> None:
         try:
             _load_weights(model, path)  # timm's converter for the original JAX ViT checkpoints
         except (KeyError, ValueError, RuntimeError) as error:
-            raise ValueError(f"{path}: not an original-ViT .npz that fits {name}: {error}") from None
+            raise AUFormerError(f"{path}: not an original-ViT .npz that fits {name}: {error}") from None
         return
     try:
         state_dict = timm.models.load_state_dict(path, use_ema=False, weights_only=True)
     except Exception as error:  # safetensors / pickle errors have many types; all mean "unreadable file"
-        raise ValueError(f"{path}: cannot read backbone weights: {error}") from None
+        raise AUFormerError(f"{path}: cannot read backbone weights: {error}") from None
     state_dict = checkpoint_filter_fn(state_dict, model)  # format conversions + pos-embed resampling
     own = model.state_dict()
     mismatch = describe_mismatch(own, state_dict, ignore_unexpected=CLASSIFIER_PREFIXES)
     if mismatch:
-        raise ValueError(f"{path} does not fit backbone {name}: {mismatch}")
+        raise AUFormerError(f"{path} does not fit backbone {name}: {mismatch}")
     model.load_state_dict({k: state_dict[k] for k in own})
 
 
@@ -103,15 +105,15 @@ def create_backbone(name: str, weights: str = "random", img_size: int = 224, **k
     except RuntimeError as error:
         if "Unknown model" not in str(error):
             raise
-        raise ValueError(f"unknown timm model {name!r}; list ViTs with timm.list_models('vit_*')") from None
+        raise AUFormerError(f"unknown timm model {name!r}; list ViTs with timm.list_models('vit_*')") from None
     except TypeError as error:  # a non-ViT family (no img_size) or a wrong backbone_kwargs key
-        raise ValueError(f"timm.create_model({name!r}) failed: {error}; AUFormer needs a timm "
+        raise AUFormerError(f"timm.create_model({name!r}) failed: {error}; AUFormer needs a timm "
                          "VisionTransformer, check the name and backbone_kwargs") from None
     if not isinstance(model, VisionTransformer):
-        raise ValueError(f"backbone {name!r} is a {type(model).__name__}, not a timm VisionTransformer")
+        raise AUFormerError(f"backbone {name!r} is a {type(model).__name__}, not a timm VisionTransformer")
     block = model.blocks[0]
     if not all(hasattr(block, part) for part in BLOCK_PARTS):
-        raise ValueError(f"backbone {name!r} uses {type(block).__name__} blocks; AUFormer needs timm's pre-norm Block")
+        raise AUFormerError(f"backbone {name!r} uses {type(block).__name__} blocks; AUFormer needs timm's pre-norm Block")
     if weights != "random":
         load_backbone_weights(model, weights)
     model.requires_grad_(False)

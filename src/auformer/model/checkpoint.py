@@ -18,10 +18,11 @@ import warnings
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from auformer import __version__
+from auformer.errors import AUFormerError
 from auformer.files import atomic_path, atomic_write_text
 from auformer.hub import download_checkpoint, parse_repo_id
 from auformer.model.auformer import AUFormer, build_model
@@ -91,7 +92,7 @@ def save_checkpoint(model: AUFormer, path: str | os.PathLike, extra: dict | None
     try:
         meta_text = json.dumps(meta, indent=2)
     except TypeError as error:
-        raise ValueError(f"{json_path}: checkpoint extra is not JSON-serialisable: {error}") from None
+        raise AUFormerError(f"{json_path}: checkpoint extra is not JSON-serialisable: {error}") from None
     tensors = model.learnable_state_dict()
     if source == "random":  # random backbone: the checkpoint must carry it to rebuild the same model
         tensors.update({BACKBONE_PREFIX + k: v for k, v in model.backbone.state_dict().items()})
@@ -108,18 +109,21 @@ def read_checkpoint_meta(path: str | os.PathLike) -> dict:
     if json_path.is_file():
         source, text = json_path, json_path.read_text()
     elif weights_path.is_file():
-        with safe_open(str(weights_path), framework="pt") as file:
-            source, text = weights_path, (file.metadata() or {}).get("auformer")
+        try:
+            with safe_open(str(weights_path), framework="pt") as file:
+                source, text = weights_path, (file.metadata() or {}).get("auformer")
+        except SafetensorError as error:
+            raise AUFormerError(f"{weights_path}: not a safetensors file ({error})") from None
         if text is None:
-            raise ValueError(f"{weights_path}: not an auformer checkpoint (no 'auformer' metadata and no {json_path.name})")
+            raise AUFormerError(f"{weights_path}: not an auformer checkpoint (no 'auformer' metadata and no {json_path.name})")
     else:
         raise FileNotFoundError(f"checkpoint not found: {weights_path} (nor {json_path.name})")
     try:
         meta = json.loads(text)
     except json.JSONDecodeError as error:
-        raise ValueError(f"{source}: invalid checkpoint JSON: {error}") from None
+        raise AUFormerError(f"{source}: invalid checkpoint JSON: {error}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ValueError(f"{source}: not an auformer checkpoint (format must be {FORMAT!r})")
+        raise AUFormerError(f"{source}: not an auformer checkpoint (format must be {FORMAT!r})")
     return meta
 
 
@@ -135,16 +139,19 @@ def load_adapter_weights(model: AUFormer, path: str | os.PathLike) -> None:
     if not weights_path.is_file():
         raise FileNotFoundError(f"checkpoint weights not found: {weights_path}")
     if meta["aus"] != model.aus or meta["config"]["num_aus"] != model.num_aus:
-        raise ValueError(f"{weights_path}: adapters are for {meta['config']['num_aus']} AUs {meta['aus']}, "
+        raise AUFormerError(f"{weights_path}: adapters are for {meta['config']['num_aus']} AUs {meta['aus']}, "
                          f"the model predicts {model.num_aus} AUs {model.aus}")
     task = meta["config"].get("task", "occurrence")  # checkpoints before intensity were occurrence-only
     if task != model.task:
         raise ValueError(f"{weights_path}: checkpoint was trained for task {task!r}, the model is built for task "
                          f"{model.task!r} (set model.task={task} or use a {model.task} checkpoint)")
     if meta["config"]["backbone"] != model.config.get("backbone"):
-        raise ValueError(f"{weights_path}: adapters are for backbone {meta['config']['backbone']!r}, "
+        raise AUFormerError(f"{weights_path}: adapters are for backbone {meta['config']['backbone']!r}, "
                          f"the model uses {model.config.get('backbone')!r}")
-    tensors = load_file(str(weights_path))
+    try:
+        tensors = load_file(str(weights_path))  # safetensors: data only, nothing in the file can run
+    except SafetensorError as error:
+        raise AUFormerError(f"{weights_path}: not a safetensors file ({error})") from None
     backbone_state = {k[len(BACKBONE_PREFIX):]: v for k, v in tensors.items() if k.startswith(BACKBONE_PREFIX)}
     adapter_state = {k: v for k, v in tensors.items() if not k.startswith(BACKBONE_PREFIX)}
     # full-finetune: the learnable backbone travels with the backbone tensors, checked below
@@ -153,7 +160,7 @@ def load_adapter_weights(model: AUFormer, path: str | os.PathLike) -> None:
     if backbone_state:
         mismatch = mismatch or describe_mismatch(model.backbone.state_dict(), backbone_state)
     if mismatch:
-        raise ValueError(f"{weights_path} does not fit the model: {mismatch}")
+        raise AUFormerError(f"{weights_path} does not fit the model: {mismatch}")
     model.load_state_dict(adapter_state, strict=False)  # keys checked exactly above
     if backbone_state:
         model.backbone.load_state_dict(backbone_state)

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from auformer.errors import AUFormerError
 from auformer.model.auformer import build_model
 
 
@@ -78,9 +79,9 @@ def run_info(args: argparse.Namespace) -> None:
         try:
             backbone_kwargs = json.loads(backbone_kwargs)
         except json.JSONDecodeError as error:
-            raise ValueError(f"--backbone-kwargs is not valid JSON: {error}") from None
+            raise AUFormerError(f"--backbone-kwargs is not valid JSON: {error}") from None
         if not isinstance(backbone_kwargs, dict):
-            raise ValueError("--backbone-kwargs must be a JSON object, e.g. '{\"depth\": 6}'")
+            raise AUFormerError("--backbone-kwargs must be a JSON object, e.g. '{\"depth\": 6}'")
     if args.compare:
         run_compare(args, backbone_kwargs)
         return

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from auformer.aus import au_columns
 from auformer.data.manifest import AUTable, write_folds, write_manifest
+from auformer.errors import AUFormerError
 from auformer.files import atomic_write_text
 
 if TYPE_CHECKING:
@@ -221,9 +222,9 @@ def run_prepare(
     (a detector object must then be picklable; a name is built once per process).
     """
     if align not in ALIGN_MODES:
-        raise ValueError(f"align must be one of {', '.join(ALIGN_MODES)}, got {align!r}")
+        raise AUFormerError(f"align must be one of {', '.join(ALIGN_MODES)}, got {align!r}")
     if size < 16:
-        raise ValueError(f"crop size must be at least 16 pixels, got {size}")
+        raise AUFormerError(f"crop size must be at least 16 pixels, got {size}")
     if align == "auto" and detector is None:
         from auformer.faces.detectors import DEFAULT_DETECTOR
 

@@ -31,6 +31,7 @@ from auformer.data.converters import (
     search,
 )
 from auformer.data.folds import BP4D_FOLDS
+from auformer.errors import AUFormerError
 
 _SEQUENCE_CSV = re.compile(r"^([FM]\d{3})_(T\d+)$", re.IGNORECASE)
 UNKNOWN_CODE = 9
@@ -41,7 +42,7 @@ def read_occurrence_csv(path: Path, aus: tuple[int, ...] = BP4D_AUS) -> tuple[np
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path}: not a readable CSV ({str(error).splitlines()[0]})") from None
+        raise AUFormerError(f"{path}: not a readable CSV ({str(error).splitlines()[0]})") from None
     columns: dict[int, str] = {}
     for column in table.columns[1:]:
         try:
@@ -50,16 +51,16 @@ def read_occurrence_csv(path: Path, aus: tuple[int, ...] = BP4D_AUS) -> tuple[np
             continue  # BP4D files code more AUs than the 12 of the protocol; unusable headers are not needed
     missing = [au_column(au) for au in aus if au not in columns]
     if missing:
-        raise ValueError(f"{path}: no column for {', '.join(missing)} (header: {','.join(map(str, table.columns))})")
+        raise AUFormerError(f"{path}: no column for {', '.join(missing)} (header: {','.join(map(str, table.columns))})")
     frames = pd.to_numeric(table.iloc[:, 0], errors="coerce").to_numpy()
     if np.isnan(frames).any():
         line = int(np.flatnonzero(np.isnan(frames))[0]) + 2
-        raise ValueError(f"{path}: line {line}: frame number {table.iloc[line - 2, 0]!r} is not a number")
+        raise AUFormerError(f"{path}: line {line}: frame number {table.iloc[line - 2, 0]!r} is not a number")
     raw = table[[columns[au] for au in aus]].to_numpy(dtype=str)  # (M, N)
     valid = np.isin(raw, ["0", "1", str(UNKNOWN_CODE)])
     if not valid.all():
         row, col = np.argwhere(~valid)[0]
-        raise ValueError(f"{path}: line {row + 2}, AU{aus[col]}: invalid code {str(raw[row, col])!r} (expected 0, 1 or 9)")
+        raise AUFormerError(f"{path}: line {row + 2}, AU{aus[col]}: invalid code {str(raw[row, col])!r} (expected 0, 1 or 9)")
     labels = np.where(raw == "1", 1.0, np.where(raw == "0", 0.0, -1.0)).astype(np.float32)
     return frames.astype(np.int64), labels
 

@@ -22,6 +22,7 @@ import pandas as pd
 from auformer.aus import CASME2_AUS, parse_au_list
 from auformer.data.converters import Frame, PrepareReport, Source, find_root, numbered_images, run_prepare, search
 from auformer.data.folds import casme2_folds
+from auformer.errors import AUFormerError
 
 _COLUMNS = {"subject": "Subject", "filename": "Filename", "apexframe": "ApexFrame", "actionunits": "Action Units"}
 
@@ -40,7 +41,7 @@ def read_coding_sheet(path: Path) -> pd.DataFrame:
     sheet.columns = [re.sub(r"\W", "", str(c)).lower() for c in sheet.columns]
     missing = [name for key, name in _COLUMNS.items() if key not in sheet.columns]
     if missing:
-        raise ValueError(f"{path}: missing columns {', '.join(missing)} (found {', '.join(sheet.columns)})")
+        raise AUFormerError(f"{path}: missing columns {', '.join(missing)} (found {', '.join(sheet.columns)})")
     return sheet
 
 
@@ -48,7 +49,7 @@ def subject_folder(value: str) -> str:
     """``1``, ``01``, ``1.0`` or ``sub01`` -> ``sub01``."""
     digits = re.fullmatch(r"(?:sub)?0*(\d+)(?:\.0+)?", value.strip(), re.IGNORECASE)
     if digits is None:
-        raise ValueError(f"subject {value!r} is not a number or subNN")
+        raise AUFormerError(f"subject {value!r} is not a number or subNN")
     return f"sub{int(digits.group(1)):02d}"
 
 
@@ -67,7 +68,7 @@ def collect_casme2(raw_dir: str | Path, aus: tuple[int, ...] = CASME2_AUS) -> tu
         except ValueError as error:
             bad_rows.append(f"{where}: {error}")
     if not clips:
-        raise ValueError(f"{sheet_path}: no usable rows ({len(bad_rows)} bad)")
+        raise AUFormerError(f"{sheet_path}: no usable rows ({len(bad_rows)} bad)")
     clips_root = find_root(raw_dir, [f"{subject}/{clip}" for subject, clip, *_ in clips])
     by_subject: dict[str, tuple[list[Frame], list[Path | None]]] = {}
     for subject, clip, apex, present, where in clips:
