@@ -12,7 +12,8 @@ import argparse
 import sys
 
 # The names `auformer.faces.detectors.get_detector` accepts (kept here so --help needs no OpenCV/dlib import).
-FACE_DETECTORS = ("dlib", "haar", "none")
+FACE_DETECTORS = ("dlib", "haar", "none", "yunet")
+DEFAULT_FACE_DETECTOR = "yunet"  # auformer.faces.DEFAULT_DETECTOR, tested equal
 
 
 def _add_info(sub: argparse._SubParsersAction) -> None:
@@ -55,7 +56,7 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, video files or folders (searched recursively)")
     parser.add_argument("--checkpoint", required=True, metavar="CKPT", help="AUFormer checkpoint (PATH, PATH.safetensors or PATH.json)")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for the CSV files (and plots/ with --plot)")
-    parser.add_argument("--face-detector", default="dlib", choices=FACE_DETECTORS,
+    parser.add_argument("--face-detector", default=DEFAULT_FACE_DETECTOR, choices=FACE_DETECTORS,
                         help="face detector; 'none' treats each image as an aligned face crop (default: %(default)s)")
     parser.add_argument("--every", type=int, default=1, metavar="K", help="analyse every K-th video frame (default: %(default)s)")
     parser.add_argument("--start", type=float, default=None, metavar="S", help="video start time in seconds (default: beginning)")
@@ -110,7 +111,7 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("out_dir", metavar="OUT_DIR", help="folder to write the prepared dataset to")
     parser.add_argument("--align", default="auto", choices=("auto", "none"),
                         help="auto: detect and align faces; none: images are already face crops, only resized (default: %(default)s)")
-    parser.add_argument("--face-detector", default="dlib", choices=FACE_DETECTORS,
+    parser.add_argument("--face-detector", default=DEFAULT_FACE_DETECTOR, choices=FACE_DETECTORS,
                         help="face detector for --align auto (default: %(default)s)")
     parser.add_argument("--size", type=int, default=256, metavar="PX", help="side of the square face crops in pixels (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=None, metavar="K",
