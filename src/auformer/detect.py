@@ -1,9 +1,12 @@
 """Detector: images, folders and videos -> a table of AU probabilities per face and frame.
 
-Pipeline per frame: face detection and five-point alignment (`auformer.faces`, the
-same code the dataset converters use), the training-time test transform, batched
-AUFormer inference. Every frame gives at least one row: frames without a face get
-one row with ``success=0`` and empty face and AU columns, never a silent gap.
+Pipeline per frame: face detection (in videos every ``detect_every``-th frame, the
+faces tracked in between: `auformer.faces.track`) and five-point alignment
+(`auformer.faces`, the same code the dataset converters use), the training-time test
+transform, batched AUFormer inference. Decoding, face finding and the network run
+at the same time in three threads (OpenCV, dlib and torch release the GIL).
+Every frame gives at least one row: frames without a face get one row with
+``success=0`` and empty face and AU columns, never a silent gap.
 
 Table columns (``auformer`` format)::
 
@@ -13,7 +16,10 @@ Table columns (``auformer`` format)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import queue
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -28,6 +34,7 @@ from tqdm import tqdm
 from auformer.aus import au_column, au_columns
 from auformer.data.transforms import build_transform
 from auformer.faces import DEFAULT_DETECTOR, TEMPLATE_SIZE, AlignedFace, align_faces, get_detector
+from auformer.faces.track import FaceTracker
 from auformer.model.checkpoint import load_checkpoint, read_checkpoint_meta
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pgm", ".ppm"})
@@ -35,6 +42,8 @@ VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", "
 FACE_COLUMNS = ["input", "frame", "time_s", "face", "x", "y", "w", "h", "face_score", "success"]
 # auformer name -> OpenFace name (OpenFace's frame numbers start at 1).
 OPENFACE_NAMES = {"face": "face_id", "time_s": "timestamp", "face_score": "confidence"}
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16}  # --amp: autocast dtype of the model's forward
+PREFETCH = 64  # frames each pipeline stage may run ahead of the next
 SYNTHETIC_WARNING = ("warning: this checkpoint was trained on synthetic faces: its AU predictions on real "
                      "photos are not meaningful (it only shows that the pipeline runs)")
 
@@ -123,25 +132,81 @@ def parse_thresholds(values: Iterable[str]) -> float | dict[str, float]:
     return thresholds
 
 
+def in_background(items: Iterable, depth: int = PREFETCH) -> Iterator:
+    """``items`` produced by a worker thread, up to ``depth`` ahead of the consumer, in order.
+
+    An exception in the worker (``KeyboardInterrupt`` included) is raised in the consumer
+    after the items produced before it; a consumer that stops early stops the worker.
+    """
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                buffer.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        iterator = iter(items)
+        try:
+            for item in iterator:
+                if not put((item, None)):
+                    return
+            put((done, None))
+        except BaseException as error:  # noqa: BLE001  (handed to the consumer, which re-raises it)
+            put((done, error))
+        finally:
+            if hasattr(iterator, "close"):
+                iterator.close()  # a generator's own clean-up (a nested stage, a video capture) runs now
+
+    worker = threading.Thread(target=work, name="auformer-detect", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, error = buffer.get()
+            if item is done:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+
+
 class Detector:
     """AU detection on photos and videos with an AUFormer checkpoint.
 
     ``threshold`` is one number for every AU or a dict ``{"AU12": 0.4, "default": 0.5}``
     (AUs left out use ``default``, itself 0.5 unless given). ``face_detector`` is a name of
     `auformer.faces.get_detector` (``"none"`` for inputs that are already aligned face crops).
+    In videos, faces are detected every ``detect_every``-th analysed frame and tracked in
+    between (1: detect every frame). ``amp="bf16"`` runs the network under bfloat16 autocast
+    on ``device`` (``"cpu"``, ``"cuda"``, ...).
     """
 
     def __init__(self, checkpoint: str | os.PathLike, face_detector: str = DEFAULT_DETECTOR, device: str = "cpu",
                  batch_size: int = 32, threshold: float | Mapping[str | int, float] = 0.5,
-                 backbone_weights: str | None = None) -> None:
+                 backbone_weights: str | None = None, detect_every: int = 5, amp: str = "none") -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+        if detect_every < 1:
+            raise ValueError(f"detect_every must be a positive integer, got {detect_every}")
+        if amp not in AMP_DTYPES:
+            raise ValueError(f"amp must be one of {', '.join(AMP_DTYPES)}, got {amp!r}")
         meta = read_checkpoint_meta(checkpoint)
         self.model = load_checkpoint(checkpoint, backbone_weights=backbone_weights, map_location=device).eval()
         if not self.model.aus:
             raise ValueError(f"{checkpoint}: checkpoint has no AU list; cannot name the output columns")
-        self.device = device
+        self.device = torch.device(device)
         self.batch_size = batch_size
+        self.detect_every = detect_every
+        self.amp_dtype = AMP_DTYPES[amp]
         self.au_columns = au_columns(self.model.aus)
         self.thresholds = self._resolve_thresholds(threshold)  # (N,)
         self.face_detector = get_detector(face_detector)
@@ -162,15 +227,39 @@ class Detector:
         default = by_column.get("default", 0.5)
         return np.array([by_column.get(column, default) for column in self.au_columns])
 
+    def _inputs(self, crops: list[np.ndarray]) -> torch.Tensor:
+        """(F, 3, S, S) float model inputs of aligned uint8 crops."""
+        return torch.stack([self.transform(crop) for crop in crops]) if crops else torch.zeros(0)
+
     @torch.inference_mode()
+    def _predict(self, images: torch.Tensor) -> np.ndarray:
+        """AU probabilities ``(F, N)`` of model inputs ``(F, 3, S, S)``, ``batch_size`` at a time."""
+        probabilities = [np.zeros((0, len(self.au_columns)), dtype=np.float32)]
+        if self.device.type == "cuda" and len(images):
+            images = images.pin_memory()  # page-locked: the copies below overlap with the GPU's work
+        autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
+                    else contextlib.nullcontext())
+        for begin in range(0, len(images), self.batch_size):
+            batch = images[begin:begin + self.batch_size].to(self.device, non_blocking=True)  # (B, 3, S, S)
+            with autocast:
+                logits = self.model(batch).logits  # (B, N)
+            probabilities.append(torch.sigmoid(logits.float()).cpu().numpy())
+        return np.concatenate(probabilities)
+
     def predict_crops(self, crops: list[np.ndarray]) -> np.ndarray:
         """AU probabilities ``(F, N)`` of aligned uint8 (H, W, 3) RGB face crops, ``batch_size`` at a time."""
-        probabilities = [np.zeros((0, len(self.au_columns)), dtype=np.float32)]
-        for begin in range(0, len(crops), self.batch_size):
-            images = torch.stack([self.transform(crop) for crop in crops[begin:begin + self.batch_size]])  # (B, 3, S, S)
-            logits = self.model(images.to(self.device)).logits  # (B, N)
-            probabilities.append(torch.sigmoid(logits).float().cpu().numpy())
-        return np.concatenate(probabilities)
+        return self._predict(self._inputs(crops))
+
+    def _find_faces(self, frames: Iterable[Frame]) -> Iterator[tuple[Frame, list[AlignedFace], torch.Tensor]]:
+        """Each frame with its aligned faces and their model inputs; one tracker per video."""
+        tracker = FaceTracker(self.face_detector, self.detect_every)
+        previous: Frame | None = None
+        for frame in frames:
+            if previous is None or frame.input != previous.input or frame.index <= previous.index:
+                tracker.reset()  # a new photo or video (or a jump back): nothing to track from
+            aligned = align_faces(frame.image, tracker, size=TEMPLATE_SIZE)
+            yield frame, aligned, self._inputs([face.crop for face in aligned])
+            previous = frame
 
     def iter_results(self, frames: Iterable[Frame]) -> Iterator[tuple[pd.DataFrame, list[AlignedFace]]]:
         """Analyse ``frames``; yield ``(table, aligned faces)`` about every ``batch_size`` rows, in frame order.
@@ -178,12 +267,13 @@ class Detector:
         The table holds one row per face (``face`` numbers them, best first) and one
         ``success=0`` row per frame without a face; the faces list is in the order of the
         table's ``success=1`` rows. Yielding batch by batch lets callers write long videos
-        as they go.
+        as they go. Frames are decoded and their faces found in background threads while
+        the network runs on the previous batch.
         """
         rows: list[dict] = []
         faces: list[AlignedFace] = []
-        for frame in frames:
-            aligned = align_faces(frame.image, self.face_detector, size=TEMPLATE_SIZE)
+        inputs: list[torch.Tensor] = []
+        for frame, aligned, images in in_background(self._find_faces(in_background(frames))):
             base = {"input": frame.input, "frame": frame.index, "time_s": round(frame.time_s, 4)}
             if not aligned:
                 rows.append({**base, "success": 0})
@@ -192,18 +282,20 @@ class Detector:
                 rows.append({**base, "face": number, "x": x, "y": y, "w": w, "h": h,
                              "face_score": face.face.score, "success": 1})
             faces.extend(aligned)
+            inputs.append(images)
             if len(rows) >= self.batch_size:  # rows, not faces: a long stretch without faces is written too
-                yield self._table(rows, faces), faces
-                rows, faces = [], []
+                yield self._table(rows, faces, inputs), faces
+                rows, faces, inputs = [], [], []
         if rows:
-            yield self._table(rows, faces), faces
+            yield self._table(rows, faces, inputs), faces
 
-    def _table(self, rows: list[dict], faces: list[AlignedFace]) -> pd.DataFrame:
+    def _table(self, rows: list[dict], faces: list[AlignedFace], inputs: list[torch.Tensor]) -> pd.DataFrame:
         """Rows plus the model's probabilities (``AU01``) and occurrences (``AU01_c``) for the face rows."""
         table = pd.DataFrame(rows).reindex(columns=FACE_COLUMNS)
         table = table.astype({"frame": "int64", "face": "Int64", "success": "int64"})
         probabilities = np.full((len(table), len(self.au_columns)), np.nan)
-        probabilities[table["success"].to_numpy() == 1] = self.predict_crops([face.crop for face in faces])
+        images = torch.cat([batch for batch in inputs if len(batch)]) if faces else torch.zeros(0)  # (F, 3, S, S)
+        probabilities[table["success"].to_numpy() == 1] = self._predict(images)
         occurrence_columns = [column + "_c" for column in self.au_columns]
         occurrences = pd.DataFrame(probabilities >= self.thresholds, columns=occurrence_columns, dtype="Int64")
         occurrences[np.isnan(probabilities)] = pd.NA
