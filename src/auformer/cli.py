@@ -68,6 +68,11 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--plot", action="store_true", help="also write OUT/plots: AU bars per face in photos, AU time series per video")
     parser.add_argument("--batch-size", type=int, default=32, metavar="B", help="faces per model batch (default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: %(default)s)")
+    parser.add_argument("--detect-every", type=int, default=5, metavar="K",
+                        help="videos: run the face detector on every K-th analysed frame and track the faces in between; "
+                        "1 detects every frame (default: %(default)s)")
+    parser.add_argument("--amp", default="none", choices=("none", "bf16"),
+                        help="run the network under bfloat16 autocast on --device (default: %(default)s)")
     _add_backbone_weights_flag(parser)
     parser.set_defaults(func=_run_detect)
 

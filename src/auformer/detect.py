@@ -434,7 +434,7 @@ def run_detect(args: argparse.Namespace) -> None:
         raise ValueError(f"no images or videos found in {', '.join(map(str, args.inputs))}")
     detector = Detector(args.checkpoint, face_detector=args.face_detector, device=args.device,
                         batch_size=args.batch_size, threshold=parse_thresholds(args.threshold or ["0.5"]),
-                        backbone_weights=args.backbone_weights)
+                        backbone_weights=args.backbone_weights, detect_every=args.detect_every, amp=args.amp)
     if detector.synthetic:
         print(SYNTHETIC_WARNING)
     out = Path(args.out)
