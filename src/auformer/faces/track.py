@@ -42,9 +42,17 @@ def face_patch(image_rgb: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
 @dataclass
 class _Track:
     detected: Face  # the face at its last detection
-    reference: np.ndarray  # (PATCH_SIZE**2,) its face_patch
-    landmarks: np.ndarray  # (5, 2) in the latest frame
-    template: np.ndarray  # (TEMPLATE_SIDE, TEMPLATE_SIDE) uint8 grey face square of the latest frame
+    image: np.ndarray | None  # (H, W, 3) the detection frame, until reference and template are taken from it
+    reference: np.ndarray | None = None  # (PATCH_SIZE**2,) face_patch at the detection
+    landmarks: np.ndarray | None = None  # (5, 2) in the latest frame
+    template: np.ndarray | None = None  # (TEMPLATE_SIDE, TEMPLATE_SIDE) uint8 grey face square of the latest frame
+
+    def start(self) -> None:
+        """Take reference and template from the detection frame: only once the face is followed (not for photos)."""
+        if self.image is not None:
+            landmarks = self.detected.landmarks
+            self.reference, self.template = face_patch(self.image, landmarks), face_template(self.image, landmarks)
+            self.landmarks, self.image = landmarks, None
 
 
 def _grey_square(image_rgb: np.ndarray, box: tuple[float, float, float, float], scale: float) -> tuple[np.ndarray, int, int]:
@@ -120,12 +128,12 @@ class FaceTracker:
         self.detections += 1
         self.since_detection = 0
         trackable = self.fitter is not None and all(face.landmarks is not None for face in faces)
-        self.tracks = [_Track(face, face_patch(image_rgb, face.landmarks), face.landmarks, face_template(image_rgb, face.landmarks))
-                       for face in faces] if trackable else []
+        self.tracks = [_Track(face, image_rgb) for face in faces] if trackable else []
         return faces
 
     def _follow(self, track: _Track, image_rgb: np.ndarray) -> Face | None:
         """The tracked face in this frame, or None when it no longer looks like the detected one."""
+        track.start()
         landmarks = track.landmarks + template_shift(image_rgb, track.landmarks, track.template)  # (5, 2) moved
         for _ in range(2):  # the second fit starts from a box centred on the re-fitted face
             landmarks = self.fitter.fit(image_rgb, LandmarkFitter.box_around(landmarks))
