@@ -1,13 +1,27 @@
-"""Face detection rates on the LFW subset, and faces/s of `Detector` on photos and a video.
+"""Face-detector recall and speed on real photos, and `auformer detect` throughput end to end.
 
-    python benchmarks/bench_detect.py                      # the synthetic preset's small ViT (64 px)
-    python benchmarks/bench_detect.py --model vit-b        # the paper's ViT-B/16 at 224 px
-    python benchmarks/bench_detect.py --out bench.json     # also write the numbers as JSON
+    python benchmarks/bench_detect.py --out /tmp/bench                         # all tables, small model
+    python benchmarks/bench_detect.py --out /tmp/bench --before-src /work/main/src   # also the code in that tree
+    python benchmarks/bench_detect.py --out /tmp/bench --model vit-b --parts throughput
 
-Models are randomly initialised (speed does not depend on the weights). Photos are
-copies of ``skimage.data.astronaut()`` (512x512, one face); the video is 640x480
-MJPEG with the astronaut's head moving. "none" skips face detection (the whole frame
-is the face), so the difference to "dlib"/"haar" is the cost of finding and aligning faces.
+``run(out_dir, ...)`` is the entry point for a benchmark runner: it writes
+``OUT/bench_detect.json`` and ``OUT/bench_detect.md`` and returns the results.
+
+Parts:
+- ``detectors``: per face detector, faces found in the composite group photo
+  (`tests/face_photos.py`: five real faces, two with sunglasses, one with mouth and
+  chin covered, one tilted), in 24 single-face portraits of 640x490 and of 256x256
+  (the astronaut, Grace Hopper, their mirror images, 20 LFW faces), and in the LFW
+  subset (100 faces, 100 non-faces), with milliseconds per image.
+- ``throughput``: images/s of `Detector` end to end (JPEG decoding, face finding,
+  alignment, network) on those portraits, and frames/s on a 640x480 video of a slowly
+  moving head with ``detect_every`` 1 and 5. Models are randomly initialised (speed
+  does not depend on the weights). With ``--before-src`` the same timings run on the
+  code of another tree (e.g. main) with its default face detector, alternating with
+  this tree, so that both see the same machine load.
+
+Each timing is the best of ``--repeats`` runs, per wall-clock second and per CPU
+second of the process (all threads): the CPU may be shared with other jobs.
 """
 
 from __future__ import annotations
@@ -15,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -22,16 +37,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pandas as pd
-import torch
-from skimage import data
 
-import auformer
-from auformer.detect import Detector, Frame
-from auformer.faces import get_detector
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_faces import lfw_images  # noqa: E402  (the exact preprocessing the regression test guards)
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from face_photos import group_photo, lfw_images, portraits  # noqa: E402  (the photos the tests use)
 
 MODELS = {
     "synthetic": dict(backbone="vit_tiny_patch16_224", img_size=64,
@@ -40,80 +49,248 @@ MODELS = {
 }
 
 
-def lfw_rates() -> dict[str, dict[str, float]]:
-    """Share of the 100 LFW faces found and of the 100 non-faces rejected, per backend."""
-    images = lfw_images()
-    rates = {}
-    for name in ("dlib", "haar"):
-        detector = get_detector(name)
+def _candidates() -> dict:
+    """Face detectors to compare: name -> ``detect(image_rgb) -> boxes``, built lazily."""
+    import dlib
+
+    from auformer.faces.detectors import DlibDetector, _face_recognition_models_file, get_detector
+
+    def boxes_of(detector):
+        return lambda image: [face.box for face in detector.detect(image)]
+
+    cnn = dlib.cnn_face_detection_model_v1(str(_face_recognition_models_file("mmod_human_face_detector.dat")))
+    haar_alt2 = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_alt2.xml")
+    return {
+        "yunet": boxes_of(get_detector("yunet")),
+        "dlib": boxes_of(get_detector("dlib")),
+        # main before issue 14: always one dlib upsampling of the full image
+        "dlib (upsample always)": boxes_of(DlibDetector(working_size=10**6)),
+        "dlib-cnn (mmod, full size)": lambda image: [
+            (d.rect.left(), d.rect.top(), d.rect.width(), d.rect.height()) for d in cnn(image, 0)],
+        "haar": boxes_of(get_detector("haar")),
+        "haar alt2 cascade": lambda image: [tuple(box) for box in haar_alt2.detectMultiScale(
+            cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), 1.1, 5, minSize=(30, 30))],
+    }
+
+
+def _found(boxes, truth) -> int:
+    """Truth boxes (x, y, w, h) with exactly one detected box centre inside."""
+    return sum(sum(x <= bx + bw / 2 <= x + w and y <= by + bh / 2 <= y + h for bx, by, bw, bh in boxes) == 1
+               for x, y, w, h in truth)
+
+
+def detector_table(skip_slow: bool = False) -> dict:
+    """Per detector: group photo found/5 (and extra boxes), portraits found/24 per size, LFW rates, ms per image."""
+    group, truth = group_photo()
+    sets = portraits()
+    lfw = lfw_images()
+    results = {}
+    for name, detect in _candidates().items():
+        slow = name.startswith("dlib-cnn")
+        if slow and skip_slow:
+            continue
+        row = {}
         started = time.perf_counter()
-        found = np.array([len(detector.detect(image)) > 0 for image in images])
-        rates[name] = {"faces_found": float(found[:100].mean()), "nonfaces_rejected": float(1 - found[100:].mean()),
-                       "ms_per_150px_image": 1000 * (time.perf_counter() - started) / len(images)}
-    return rates
+        boxes = detect(group)
+        row["group_ms"] = round(1000 * (time.perf_counter() - started))
+        row["group_found"], row["group_extra"] = _found(boxes, truth), len(boxes) - _found(boxes, truth)
+        for size, images in sets.items():
+            images = images[:4] if slow else images  # the CNN takes seconds an image: the four sharp portraits
+            started = time.perf_counter()
+            counts = [len(detect(image)) for image in images]
+            row[f"{size}_ms"] = round(1000 * (time.perf_counter() - started) / len(images), 1)
+            row[f"{size}_found"] = f"{sum(count == 1 for count in counts)}/{len(images)}"
+        if not slow:
+            started = time.perf_counter()
+            found = np.array([len(detect(image)) > 0 for image in lfw])
+            row["lfw_ms"] = round(1000 * (time.perf_counter() - started) / len(lfw), 1)
+            row["lfw_faces_found"], row["lfw_nonfaces_rejected"] = float(found[:100].mean()), float(1 - found[100:].mean())
+        results[name] = row
+        print(name, json.dumps(row), flush=True)
+    return results
 
 
-def write_video(path: Path, frames: int) -> None:
-    head = cv2.resize(data.astronaut()[30:230, 120:320], (200, 200))  # (200, 200, 3) RGB
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (640, 480))
-    for index in range(frames):
-        frame = np.full((480, 640, 3), 180, dtype=np.uint8)
-        left = 20 + (index * 7) % 400
-        frame[140:340, left:left + 200] = head
-        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+def _write_inputs(folder: Path, model: str, lfw_count: int, video_frames: int) -> dict:
+    """Portrait JPEGs, a slow-motion 640x480 video and a random checkpoint in ``folder``."""
+    import torch
+
+    import auformer
+
+    paths: dict = {}
+    for size, images in portraits(lfw_count).items():
+        (folder / size).mkdir()
+        paths[size] = []
+        for number, image in enumerate(images):
+            path = folder / size / f"{number:02d}.jpg"
+            cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
+            paths[size].append(str(path))
+    head = cv2.resize(group_photo()[0][150:560, 0:270], (240, 364), interpolation=cv2.INTER_AREA)  # the astronaut
+    video = folder / "slow.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (640, 480))
+    for index in range(video_frames):
+        frame = np.full((480, 640, 3), 170, dtype=np.uint8)
+        shift = np.float32([[1, 0, 100 + 2.5 * index], [0, 1, 60 + 8 * np.sin(index / 10)]])
+        writer.write(cv2.cvtColor(cv2.warpAffine(head, shift, (640, 480), dst=frame, borderMode=cv2.BORDER_TRANSPARENT),
+                                  cv2.COLOR_RGB2BGR))
     writer.release()
+    paths["video"] = str(video)
+    torch.manual_seed(0)
+    checkpoint = folder / "model"
+    auformer.save_checkpoint(auformer.build_model(12, aus=list(auformer.aus.BP4D_AUS), **MODELS[model]), checkpoint)
+    paths["checkpoint"] = str(checkpoint)
+    return paths
 
 
-def faces_per_second(detector: Detector, run, repeats: int) -> dict[str, float]:
-    """Best of ``repeats`` runs, per wall-clock second and per CPU second of this process.
-
-    The CPU may be shared with other jobs: the best run is the least disturbed, and
-    faces per CPU second (all threads together) does not count time spent waiting.
-    """
+def _best(run, repeats: int) -> dict:
+    """Best of ``repeats`` calls of ``run() -> items``: items per wall second and per CPU second."""
     wall, cpu = 0.0, 0.0
     for _ in range(repeats):
         started, started_cpu = time.perf_counter(), time.process_time()
-        faces = int((run(detector)["success"] == 1).sum())
-        wall = max(wall, faces / (time.perf_counter() - started))
-        cpu = max(cpu, faces / (time.process_time() - started_cpu))
-    return {"faces_per_s": round(wall, 2), "faces_per_cpu_s": round(cpu, 2)}
+        items = run()
+        wall = max(wall, items / (time.perf_counter() - started))
+        cpu = max(cpu, items / (time.process_time() - started_cpu))
+    return {"per_s": round(wall, 2), "per_cpu_s": round(cpu, 2)}
 
 
-def main() -> None:
+def worker(job: dict) -> dict:
+    """One throughput timing in this process, with the ``auformer`` on ``sys.path`` (this tree or ``--before-src``)."""
+    import inspect
+
+    import torch
+
+    from auformer.detect import Detector, Frame, read_image
+
+    torch.set_num_threads(job["threads"])
+    options = {"batch_size": job["batch_size"]}
+    if job.get("detect_every") is not None:
+        options["detect_every"] = job["detect_every"]
+    if job.get("amp"):
+        options["amp"] = job["amp"]
+    detector = Detector(job["checkpoint"], **options)
+    default = inspect.signature(Detector).parameters["face_detector"].default
+    if job["kind"] == "images":
+        def run() -> int:
+            frames = (Frame(path, 0, 0.0, read_image(path)) for path in job["paths"])
+            return sum(len(table) for table, _ in detector.iter_results(frames))
+        list(detector.iter_results([Frame(p, 0, 0.0, read_image(p)) for p in job["paths"][:2]]))  # warm-up
+    else:
+        def run() -> int:
+            return len(detector.detect_video(job["paths"][0]))
+    timing = _best(run, job["repeats"])
+    if job["kind"] == "images":
+        faces = sum(int(table["success"].sum()) for table, _ in detector.iter_results(
+            Frame(path, 0, 0.0, read_image(path)) for path in job["paths"]))
+        timing["faces_found"] = f"{faces}/{len(job['paths'])}"
+    timing["face_detector"] = job.get("face_detector", default)
+    return timing
+
+
+def _in_subprocess(job: dict, src: Path) -> dict:
+    """``worker(job)`` in a fresh Python whose ``auformer`` is the one in ``src``."""
+    env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": str(job["threads"])}
+    done = subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)], env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmark worker failed ({src}):\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def throughput_table(model: str, batch_size: int, repeats: int, threads: int, before_src: Path | None, amp: str = "none",
+                     lfw_count: int = 20, video_frames: int = 100) -> dict:
+    """Images/s on the portraits and frames/s on the video, this tree (and ``before_src``), alternating.
+
+    ``amp`` applies to this tree only (the code before issue 14 had no ``amp``).
+    """
+    trees = {"after": ROOT / "src"} | ({"before": before_src} if before_src else {})
+    results: dict = {}
+    with tempfile.TemporaryDirectory() as folder:
+        paths = _write_inputs(Path(folder), model, lfw_count, video_frames)
+        base = {"checkpoint": paths["checkpoint"], "batch_size": batch_size, "repeats": repeats, "threads": threads}
+        jobs = {f"{size} photos": {**base, "kind": "images", "paths": paths[size]} for size in ("640x490", "256x256")}
+        jobs["640x480 video, detect every frame"] = {**base, "kind": "video", "paths": [paths["video"]], "detect_every": 1}
+        jobs["640x480 video, detect every 5th frame"] = {**base, "kind": "video", "paths": [paths["video"]], "detect_every": 5}
+        for name, job in jobs.items():
+            for tree, src in trees.items():
+                if tree == "before" and job.get("detect_every") == 5:
+                    continue  # the old code has no tracking
+                run_job = {**job, "amp": amp} if tree == "after" and amp != "none" else dict(job)
+                if tree == "before":
+                    run_job.pop("detect_every", None)
+                results.setdefault(name, {})[tree] = _in_subprocess(run_job, src)
+                print(name, tree, json.dumps(results[name][tree]), flush=True)
+    return results
+
+
+def to_markdown(results: dict) -> str:
+    """The tables of ``results`` as Markdown."""
+    lines = []
+    if "detectors" in results:
+        lines += ["| detector | group photo found (extra) | ms | 640x490 found | ms | 256x256 found | ms "
+                  "| LFW faces found | non-faces rejected | ms |", "|" + " --- |" * 10]
+        for name, row in results["detectors"].items():
+            lines.append(f"| {name} | {row['group_found']}/5 ({row['group_extra']}) | {row['group_ms']} "
+                         f"| {row['640x490_found']} | {row['640x490_ms']} | {row['256x256_found']} | {row['256x256_ms']} "
+                         f"| {row.get('lfw_faces_found', '-')} | {row.get('lfw_nonfaces_rejected', '-')} | {row.get('lfw_ms', '-')} |")
+        lines.append("")
+    if "throughput" in results:
+        lines += [f"model {results['model']}, batch {results['batch_size']}, threads {results['threads']}, "
+                  f"amp {results['amp']} (this tree)", "",
+                  "| input | code | face detector | per s | per CPU s | faces found |", "| --- | --- | --- | --- | --- | --- |"]
+        for name, trees in results["throughput"].items():
+            for tree, row in trees.items():
+                lines.append(f"| {name} | {tree} | {row['face_detector']} | {row['per_s']} | {row['per_cpu_s']} "
+                             f"| {row.get('faces_found', '-')} |")
+    return "\n".join(lines) + "\n"
+
+
+def run(out_dir: str | os.PathLike, model: str = "synthetic", batch_size: int = 16, repeats: int = 3, threads: int = 1,
+        parts: tuple[str, ...] = ("detectors", "throughput"), before_src: str | None = None, skip_slow: bool = False,
+        amp: str = "none", lfw_count: int = 20, video_frames: int = 100) -> dict:
+    """Run the ``parts``, write ``OUT/bench_detect.json`` and ``OUT/bench_detect.md``, return the results."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict = {"model": model, "batch_size": batch_size, "threads": threads, "amp": amp,
+                     "load_average_before": os.getloadavg()}
+    if "detectors" in parts:
+        results["detectors"] = detector_table(skip_slow)
+    if "throughput" in parts:
+        results["throughput"] = throughput_table(model, batch_size, repeats, threads, Path(before_src) if before_src else None,
+                                                 amp, lfw_count, video_frames)
+    results["load_average_after"] = os.getloadavg()
+    (out / "bench_detect.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "bench_detect.md").write_text(to_markdown(results))
+    print(to_markdown(results))
+    print(f"wrote {out / 'bench_detect.json'} and {out / 'bench_detect.md'}")
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="synthetic", choices=MODELS, help="model size to time (default: %(default)s)")
-    parser.add_argument("--images", type=int, default=16, help="photos per timing (default: %(default)s)")
-    parser.add_argument("--frames", type=int, default=50, help="video frames per timing (default: %(default)s)")
+    parser.add_argument("--out", metavar="DIR", help="folder for bench_detect.json and bench_detect.md (required)")
+    parser.add_argument("--model", default="synthetic", choices=MODELS, help="model to time (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=16, help="faces per model batch (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per number, best kept (default: %(default)s)")
-    parser.add_argument("--out", default=None, help="also write the results to this JSON file")
-    args = parser.parse_args()
-
-    results = {"torch_threads": torch.get_num_threads(), "model": args.model, "load_average": os.getloadavg(),
-               "lfw_subset": lfw_rates()}
-    print(json.dumps(results["lfw_subset"], indent=2))
-    torch.manual_seed(0)
-    model = auformer.build_model(12, backbone_weights="random", aus=list(auformer.aus.BP4D_AUS), **MODELS[args.model])
-    with tempfile.TemporaryDirectory() as folder:
-        checkpoint = Path(folder) / "bench"
-        auformer.save_checkpoint(model, checkpoint)
-        video = Path(folder) / "clip.avi"
-        write_video(video, args.frames)
-        photos = [Frame("astronaut", 0, 0.0, data.astronaut()) for _ in range(args.images)]
-        for face_detector in ("dlib", "haar", "none"):
-            detector = Detector(checkpoint, face_detector=face_detector, batch_size=args.batch_size)
-            detector.detect(data.astronaut())  # warm-up: model, detector, allocator
-            timings = {
-                "images": faces_per_second(detector, lambda d: pd.concat(t for t, _ in d.iter_results(photos)), args.repeats),
-                "video": faces_per_second(detector, lambda d: d.detect_video(video), args.repeats),
-            }
-            results[face_detector] = timings
-            print(face_detector, json.dumps(timings))
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
-        print(f"wrote {args.out}")
-    print(f"load average {os.getloadavg()} (before: {results['load_average']})")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch and OpenMP threads; 1 avoids OpenMP spin-waits between the pipeline threads (default: %(default)s)")
+    parser.add_argument("--parts", nargs="+", default=["detectors", "throughput"], choices=("detectors", "throughput"),
+                        help="what to measure (default: both)")
+    parser.add_argument("--before-src", default=None, metavar="DIR",
+                        help="also time the auformer package in DIR (e.g. /work/main/src), alternating with this tree")
+    parser.add_argument("--skip-slow", action="store_true", help="leave out dlib's CNN detector (seconds per image)")
+    parser.add_argument("--amp", default="none", choices=("none", "bf16"), help="autocast for this tree's network (default: %(default)s)")
+    parser.add_argument("--lfw-portraits", type=int, default=20,
+                        help="LFW faces among the portraits of each size, after the 4 sharp ones (default: %(default)s)")
+    parser.add_argument("--video-frames", type=int, default=100, help="frames of the timed video (default: %(default)s)")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # one timing as JSON, for a subprocess
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return 0
+    if not args.out:
+        parser.error("--out DIR is required")
+    run(args.out, args.model, args.batch_size, args.repeats, args.threads, tuple(args.parts), args.before_src, args.skip_slow,
+        args.amp, args.lfw_portraits, args.video_frames)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

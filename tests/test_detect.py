@@ -52,7 +52,7 @@ def test_detect_matches_model_on_aligned_crop(checkpoint):
     detector = Detector(checkpoint)
     table = detector.detect(data.astronaut())
     assert len(table) == 1 and table.loc[0, "success"] == 1 and detector.synthetic
-    crop = align_faces(data.astronaut(), get_detector("dlib"))[0].crop
+    crop = align_faces(data.astronaut(), get_detector())[0].crop  # the default detector, as Detector uses
     model = auformer.load_checkpoint(checkpoint).eval()
     transform = build_transform(False, 32, model.data_config["mean"], model.data_config["std"])
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""Face detection and alignment on real faces shipped with scikit-image (no images committed)."""
+"""Face detection and alignment on real faces shipped with scikit-image and matplotlib (no images committed)."""
 
 from __future__ import annotations
 
@@ -9,20 +9,7 @@ from skimage import data
 
 from auformer.faces import TEMPLATE_5PT, align_faces, get_detector
 from auformer.faces.align import similarity_matrix
-
-
-def lfw_images() -> list[np.ndarray]:
-    """``lfw_subset()`` as RGB uint8: 100 faces then 100 non-faces, 25x25 upscaled to 100 px plus a 25 px border.
-
-    The crops are cut at the face outline; both detectors need some context around
-    the face and a face of at least ~40 px, hence the upscale and the replicated border.
-    """
-    images = []
-    for gray in (data.lfw_subset() * 255).round().astype(np.uint8):
-        big = cv2.resize(gray, (100, 100), interpolation=cv2.INTER_CUBIC)
-        big = cv2.copyMakeBorder(big, 25, 25, 25, 25, cv2.BORDER_REPLICATE)  # (150, 150)
-        images.append(np.repeat(big[:, :, None], 3, axis=2))  # (150, 150, 3)
-    return images
+from face_photos import group_photo, lfw_images, portraits
 
 
 def test_unknown_detector_lists_valid_names():
@@ -76,9 +63,10 @@ def test_none_detector_keeps_whole_image():
     assert np.abs(aligned[0].crop.astype(int) - resized).mean() < 0.5  # area-shrunk, no aliasing, no half-pixel shift
 
 
-@pytest.mark.parametrize("name, min_faces_found, min_nonfaces_rejected", [("dlib", 0.90, 1.0), ("haar", 0.95, 1.0)])
+@pytest.mark.parametrize("name, min_faces_found, min_nonfaces_rejected",
+                         [("dlib", 0.90, 1.0), ("haar", 0.95, 1.0), ("yunet", 0.97, 1.0)])
 def test_lfw_subset_detection_rates(name, min_faces_found, min_nonfaces_rejected):
-    """Regression guard at the measured rates (dlib 0.91/1.00, haar 0.97/1.00; docs/detect.md)."""
+    """Regression guard at the measured rates (dlib 0.91/1.00, haar 0.97/1.00, yunet 0.99/1.00; docs/detect.md)."""
     detector = get_detector(name)
     found = np.array([len(detector.detect(image)) > 0 for image in lfw_images()])
     assert found[:100].mean() >= min_faces_found
@@ -86,7 +74,26 @@ def test_lfw_subset_detection_rates(name, min_faces_found, min_nonfaces_rejected
 
 
 def test_cli_face_detector_choices_match_the_registry():
-    from auformer.cli import FACE_DETECTORS
-    from auformer.faces.detectors import DETECTORS
+    from auformer.cli import DEFAULT_FACE_DETECTOR, FACE_DETECTORS
+    from auformer.faces.detectors import DEFAULT_DETECTOR, DETECTORS
 
-    assert FACE_DETECTORS == tuple(DETECTORS)
+    assert FACE_DETECTORS == tuple(DETECTORS) and DEFAULT_FACE_DETECTOR == DEFAULT_DETECTOR
+
+
+def test_default_detector_finds_every_face_of_the_group_photo():
+    """The composite group photo: sunglasses (twice), a covered mouth and a tilted head included, nothing else."""
+    image, boxes = group_photo()
+    faces = get_detector().detect(image)
+    assert len(faces) == len(boxes) == 5
+    for x, y, w, h in boxes:
+        inside = [face for face in faces if x <= face.box[0] + face.box[2] / 2 <= x + w and y <= face.box[1] + face.box[3] / 2 <= y + h]
+        assert len(inside) == 1, (x, y, w, h)
+        eyes = inside[0].landmarks[:2]
+        assert np.all((eyes[:, 0] > x) & (eyes[:, 0] < x + w) & (eyes[:, 1] > y) & (eyes[:, 1] < y + h / 2 + 10))
+
+
+def test_yunet_finds_the_face_of_small_and_large_portraits():
+    detector = get_detector("yunet")
+    for size, images in portraits(lfw_count=0).items():
+        for image in images:  # the astronaut and Grace Hopper, and their mirror images
+            assert len(detector.detect(image)) == 1, size

@@ -15,7 +15,8 @@ import sys
 from auformer.errors import AUFormerError, one_line
 
 # The names `auformer.faces.detectors.get_detector` accepts (kept here so --help needs no OpenCV/dlib import).
-FACE_DETECTORS = ("dlib", "haar", "none")
+FACE_DETECTORS = ("dlib", "haar", "none", "yunet")
+DEFAULT_FACE_DETECTOR = "yunet"  # auformer.faces.DEFAULT_DETECTOR, tested equal
 # `auformer.model.petl.METHODS` (kept here so --help needs no torch import).
 METHODS = ("auformer", "full-finetune", "linear", "adapter", "lora", "vpt", "convpass")
 
@@ -97,7 +98,7 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, video files or folders (searched recursively)")
     parser.add_argument("--checkpoint", required=True, metavar="CKPT", help="AUFormer checkpoint (PATH, PATH.safetensors or PATH.json) or Hugging Face Hub repo id user/name[@revision]")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for the CSV files (and plots/ with --plot)")
-    parser.add_argument("--face-detector", default="dlib", choices=FACE_DETECTORS,
+    parser.add_argument("--face-detector", default=DEFAULT_FACE_DETECTOR, choices=FACE_DETECTORS,
                         help="face detector; 'none' treats each image as an aligned face crop (default: %(default)s)")
     parser.add_argument("--every", type=int, default=1, metavar="K", help="analyse every K-th video frame (default: %(default)s)")
     parser.add_argument("--start", type=float, default=None, metavar="S", help="video start time in seconds (default: beginning)")
@@ -113,6 +114,11 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
                         help="skip unreadable images and videos (counted, listed at the end and in OUT/detect.json) instead of stopping")
     parser.add_argument("--resume", action="store_true",
                         help="continue a killed run in the same OUT: keep its CSVs and go on after the last frame written in full")
+    parser.add_argument("--detect-every", type=int, default=5, metavar="K",
+                        help="videos: run the face detector on every K-th analysed frame and track the faces in between; "
+                        "1 detects every frame (default: %(default)s)")
+    parser.add_argument("--amp", default="none", choices=("none", "bf16"),
+                        help="run the network under bfloat16 autocast on --device (default: %(default)s)")
     _add_backbone_weights_flag(parser)
     parser.set_defaults(func=_run_detect)
 
@@ -148,7 +154,7 @@ def _add_prepare_flags(parser: argparse.ArgumentParser) -> None:
     """--align / --face-detector / --size / --workers, shared by every `prepare` source."""
     parser.add_argument("--align", default="auto", choices=("auto", "none"),
                         help="auto: detect and align faces; none: images are already face crops, only resized (default: %(default)s)")
-    parser.add_argument("--face-detector", default="dlib", choices=FACE_DETECTORS,
+    parser.add_argument("--face-detector", default=DEFAULT_FACE_DETECTOR, choices=FACE_DETECTORS,
                         help="face detector for --align auto (default: %(default)s)")
     parser.add_argument("--size", type=int, default=256, metavar="PX", help="side of the square face crops in pixels (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=None, metavar="K",

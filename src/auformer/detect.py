@@ -1,9 +1,12 @@
 """Detector: images, folders and videos -> a table of AU probabilities per face and frame.
 
-Pipeline per frame: face detection and five-point alignment (`auformer.faces`, the
-same code the dataset converters use), the training-time test transform, batched
-AUFormer inference. Every frame gives at least one row: frames without a face get
-one row with ``success=0`` and empty face and AU columns, never a silent gap.
+Pipeline per frame: face detection (in videos every ``detect_every``-th frame, the
+faces tracked in between: `auformer.faces.track`) and five-point alignment
+(`auformer.faces`, the same code the dataset converters use), the training-time test
+transform, batched AUFormer inference. Decoding, face finding and the network run
+at the same time in three threads (OpenCV, dlib and torch release the GIL).
+Every frame gives at least one row: frames without a face get one row with
+``success=0`` and empty face and AU columns, never a silent gap.
 
 Table columns (``auformer`` format)::
 
@@ -16,9 +19,12 @@ intensities (0-5, OpenFace's name) from intensity heads (``model.task``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
+import queue
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -35,6 +41,7 @@ from auformer.data.images import read_rgb
 from auformer.data.transforms import build_transform
 from auformer.errors import AUFormerError
 from auformer.faces import DEFAULT_DETECTOR, TEMPLATE_SIZE, AlignedFace, align_faces, get_detector
+from auformer.faces.track import FaceTracker
 from auformer.files import atomic_write_text
 from auformer.model.checkpoint import load_checkpoint, read_checkpoint_meta, resolve_checkpoint
 
@@ -44,6 +51,8 @@ FACE_COLUMNS = ["input", "frame", "time_s", "face", "x", "y", "w", "h", "face_sc
 INTENSITY_SUFFIX = "_r"  # AU12_r: intensity 0-5, as OpenFace names it
 # auformer name -> OpenFace name (OpenFace's frame numbers start at 1).
 OPENFACE_NAMES = {"face": "face_id", "time_s": "timestamp", "face_score": "confidence"}
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16}  # --amp: autocast dtype of the model's forward
+PREFETCH = 64  # frames each pipeline stage may run ahead of the next
 SYNTHETIC_WARNING = ("warning: this checkpoint was trained on synthetic faces: its AU predictions on real "
                      "photos are not meaningful (it only shows that the pipeline runs)")
 
@@ -136,26 +145,82 @@ def parse_thresholds(values: Iterable[str]) -> float | dict[str, float]:
     return thresholds
 
 
+def in_background(items: Iterable, depth: int = PREFETCH) -> Iterator:
+    """``items`` produced by a worker thread, up to ``depth`` ahead of the consumer, in order.
+
+    An exception in the worker (``KeyboardInterrupt`` included) is raised in the consumer
+    after the items produced before it; a consumer that stops early stops the worker.
+    """
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                buffer.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        iterator = iter(items)
+        try:
+            for item in iterator:
+                if not put((item, None)):
+                    return
+            put((done, None))
+        except BaseException as error:  # noqa: BLE001  (handed to the consumer, which re-raises it)
+            put((done, error))
+        finally:
+            if hasattr(iterator, "close"):
+                iterator.close()  # a generator's own clean-up (a nested stage, a video capture) runs now
+
+    worker = threading.Thread(target=work, name="auformer-detect", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, error = buffer.get()
+            if item is done:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+
+
 class Detector:
     """AU detection on photos and videos with an AUFormer checkpoint.
 
     ``threshold`` is one number for every AU or a dict ``{"AU12": 0.4, "default": 0.5}``
     (AUs left out use ``default``, itself 0.5 unless given). ``face_detector`` is a name of
     `auformer.faces.get_detector` (``"none"`` for inputs that are already aligned face crops).
+    In videos, faces are detected every ``detect_every``-th analysed frame and tracked in
+    between (1: detect every frame). ``amp="bf16"`` runs the network under bfloat16 autocast
+    on ``device`` (``"cpu"``, ``"cuda"``, ...).
     """
 
     def __init__(self, checkpoint: str | os.PathLike, face_detector: str = DEFAULT_DETECTOR, device: str = "cpu",
                  batch_size: int = 32, threshold: float | Mapping[str | int, float] = 0.5,
-                 backbone_weights: str | None = None) -> None:
+                 backbone_weights: str | None = None, detect_every: int = 5, amp: str = "none") -> None:
         if batch_size < 1:
             raise AUFormerError(f"batch_size must be a positive integer, got {batch_size}")
+        if detect_every < 1:
+            raise AUFormerError(f"detect_every must be a positive integer, got {detect_every}")
+        if amp not in AMP_DTYPES:
+            raise AUFormerError(f"amp must be one of {', '.join(AMP_DTYPES)}, got {amp!r}")
         checkpoint = resolve_checkpoint(checkpoint)  # a Hub repo id is fetched once, here
         meta = read_checkpoint_meta(checkpoint)
         self.model = load_checkpoint(checkpoint, backbone_weights=backbone_weights, map_location=device).eval()
         if not self.model.aus:
             raise AUFormerError(f"{checkpoint}: checkpoint has no AU list; cannot name the output columns")
-        self.device = device
+        self.device = torch.device(device)
         self.batch_size = batch_size
+        self.detect_every = detect_every
+        self.amp_dtype = AMP_DTYPES[amp]
         self.au_columns = au_columns(self.model.aus)
         self.occurrence = self.model.head is not None  # AU01 probabilities and AU01_c occurrences
         self.intensity = self.model.intensity is not None  # AU01_r intensities, 0-5
@@ -178,26 +243,50 @@ class Detector:
         default = by_column.get("default", 0.5)
         return np.array([by_column.get(column, default) for column in self.au_columns])
 
+    def _inputs(self, crops: list[np.ndarray]) -> torch.Tensor:
+        """(F, 3, S, S) float model inputs of aligned uint8 crops."""
+        return torch.stack([self.transform(crop) for crop in crops]) if crops else torch.zeros(0)
+
     @torch.inference_mode()
-    def predict(self, crops: list[np.ndarray]) -> dict[str, np.ndarray]:
-        """Outputs for aligned uint8 (H, W, 3) RGB face crops, ``batch_size`` at a time: ``"probs"`` (F, N)
-        for occurrence checkpoints, ``"intensity"`` (F, N) in [0, 5] for intensity checkpoints."""
+    def _predict(self, images: torch.Tensor) -> dict[str, np.ndarray]:
+        """Outputs of model inputs ``(F, 3, S, S)``, ``batch_size`` at a time: ``"probs"`` (F, N) for
+        occurrence checkpoints, ``"intensity"`` (F, N) in [0, 5] for intensity checkpoints."""
         names = ["probs"] * self.occurrence + ["intensity"] * self.intensity
         parts = {name: [np.zeros((0, len(self.au_columns)), dtype=np.float32)] for name in names}
-        for begin in range(0, len(crops), self.batch_size):
-            images = torch.stack([self.transform(crop) for crop in crops[begin:begin + self.batch_size]])  # (B, 3, S, S)
-            output = self.model(images.to(self.device))
+        if self.device.type == "cuda" and len(images):
+            images = images.pin_memory()  # page-locked: the copies below overlap with the GPU's work
+        autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
+                    else contextlib.nullcontext())
+        for begin in range(0, len(images), self.batch_size):
+            batch = images[begin:begin + self.batch_size].to(self.device, non_blocking=True)  # (B, 3, S, S)
+            with autocast:
+                output = self.model(batch)
             if self.occurrence:
-                parts["probs"].append(torch.sigmoid(output.logits).float().cpu().numpy())  # (B, N)
+                parts["probs"].append(torch.sigmoid(output.logits.float()).cpu().numpy())  # (B, N)
             if self.intensity:
                 parts["intensity"].append(output.intensity.float().cpu().numpy())  # (B, N)
         return {name: np.concatenate(values) for name, values in parts.items()}
 
+    def predict(self, crops: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """Outputs for aligned uint8 (H, W, 3) RGB face crops (see `_predict`)."""
+        return self._predict(self._inputs(crops))
+
     def predict_crops(self, crops: list[np.ndarray]) -> np.ndarray:
         """AU probabilities ``(F, N)`` of aligned face crops (occurrence checkpoints; see `predict`)."""
         if not self.occurrence:
-            raise ValueError("this checkpoint predicts intensity only (model.task='intensity'): use predict()")
+            raise AUFormerError("this checkpoint predicts intensity only (model.task='intensity'): use predict()")
         return self.predict(crops)["probs"]
+
+    def _find_faces(self, frames: Iterable[Frame]) -> Iterator[tuple[Frame, list[AlignedFace], torch.Tensor]]:
+        """Each frame with its aligned faces and their model inputs; one tracker per video."""
+        tracker = FaceTracker(self.face_detector, self.detect_every)
+        previous: Frame | None = None
+        for frame in frames:
+            if previous is None or frame.input != previous.input or frame.index <= previous.index:
+                tracker.reset()  # a new photo or video (or a jump back): nothing to track from
+            aligned = align_faces(frame.image, tracker, size=TEMPLATE_SIZE)
+            yield frame, aligned, self._inputs([face.crop for face in aligned])
+            previous = frame
 
     def iter_results(self, frames: Iterable[Frame]) -> Iterator[tuple[pd.DataFrame, list[AlignedFace]]]:
         """Analyse ``frames``; yield ``(table, aligned faces)`` about every ``batch_size`` rows, in frame order.
@@ -205,15 +294,16 @@ class Detector:
         The table holds one row per face (``face`` numbers them, best first) and one
         ``success=0`` row per frame without a face; the faces list is in the order of the
         table's ``success=1`` rows. Yielding batch by batch lets callers write long videos
-        as they go. A stream that fails mid-way (:class:`AUFormerError`) first gets the
-        frames before the failure analysed and yielded, then the error is raised.
+        as they go. Frames are decoded and their faces found in background threads while
+        the network runs on the previous batch. A stream that fails mid-way (:class:`AUFormerError`)
+        first gets the frames before the failure analysed and yielded, then the error is raised.
         """
         rows: list[dict] = []
         faces: list[AlignedFace] = []
+        inputs: list[torch.Tensor] = []
         stopped = None
         try:
-            for frame in frames:
-                aligned = align_faces(frame.image, self.face_detector, size=TEMPLATE_SIZE)
+            for frame, aligned, images in in_background(self._find_faces(in_background(frames))):
                 base = {"input": frame.input, "frame": frame.index, "time_s": round(frame.time_s, 4)}
                 if not aligned:
                     rows.append({**base, "success": 0})
@@ -222,25 +312,26 @@ class Detector:
                     rows.append({**base, "face": number, "x": x, "y": y, "w": w, "h": h,
                                  "face_score": face.face.score, "success": 1})
                 faces.extend(aligned)
+                inputs.append(images)
                 if len(rows) >= self.batch_size:  # rows, not faces: a long stretch without faces is written too
-                    yield self._table(rows, faces), faces
-                    rows, faces = [], []
+                    yield self._table(rows, faces, inputs), faces
+                    rows, faces, inputs = [], [], []
         except AUFormerError as error:  # e.g. a video that stops mid-stream: keep what was decoded
             stopped = error
         if rows:
-            yield self._table(rows, faces), faces
+            yield self._table(rows, faces, inputs), faces
         if stopped is not None:
             raise stopped
 
-    def _table(self, rows: list[dict], faces: list[AlignedFace]) -> pd.DataFrame:
+    def _table(self, rows: list[dict], faces: list[AlignedFace], inputs: list[torch.Tensor]) -> pd.DataFrame:
         """Rows plus the model's probabilities (``AU01``), occurrences (``AU01_c``) and intensities (``AU01_r``)
         for the face rows, as the checkpoint has them."""
         table = pd.DataFrame(rows).reindex(columns=FACE_COLUMNS)
         table = table.astype({"frame": "int64", "face": "Int64", "success": "int64"})
         found = table["success"].to_numpy() == 1
-        outputs = self.predict([face.crop for face in faces])
+        images = torch.cat([batch for batch in inputs if len(batch)]) if faces else torch.zeros(0)  # (F, 3, S, S)
         parts = [table]
-        for name, values in outputs.items():
+        for name, values in self._predict(images).items():
             full = np.full((len(table), len(self.au_columns)), np.nan)  # (rows, N), NaN on rows without a face
             full[found] = values
             if name == "probs":
@@ -434,7 +525,7 @@ def run_detect(args: argparse.Namespace) -> None:
         raise AUFormerError(f"no images or videos found in {', '.join(map(str, args.inputs))}")
     detector = Detector(args.checkpoint, face_detector=args.face_detector, device=args.device,
                         batch_size=args.batch_size, threshold=parse_thresholds(args.threshold or ["0.5"]),
-                        backbone_weights=args.backbone_weights)
+                        backbone_weights=args.backbone_weights, detect_every=args.detect_every, amp=args.amp)
     if detector.synthetic:
         print(SYNTHETIC_WARNING)
     out = Path(args.out)
