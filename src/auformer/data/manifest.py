@@ -174,10 +174,10 @@ def read_manifest(path: str | Path, on_missing: str = "error") -> AUTable:
     file = _dataset_file(path, MANIFEST_NAME)
     header, rows, lines = _read_csv_rows(file)
     aus = _parse_au_header(file, header)
-    frame = pd.DataFrame(rows, columns=header, dtype=str)
-    intensity = _read_intensity_columns(file, frame, aus)
-    header = ["image", "subject", *(c for c in header[2:] if not c.endswith(INTENSITY_SUFFIX))]
-    raw = frame[header[2:]].to_numpy(dtype=str).reshape(len(rows), len(aus))  # (M, N)
+    intensity = _read_intensity_columns(file, header, rows, lines, aus)
+    occurrence = [i for i, c in enumerate(header) if i >= 2 and not c.endswith(INTENSITY_SUFFIX)]
+    header = [header[0], header[1], *(header[i] for i in occurrence)]
+    raw = np.array([[row[i] for i in occurrence] for row in rows], dtype=str).reshape(len(rows), len(aus))  # (M, N)
     labels = np.full(raw.shape, -1.0, dtype=np.float32)
     labels[(raw == "1") | (raw == "1.0")] = 1.0
     labels[(raw == "0") | (raw == "0.0")] = 0.0
@@ -202,27 +202,30 @@ def read_manifest(path: str | Path, on_missing: str = "error") -> AUTable:
     return table if exists.all() else table.subset(exists)
 
 
-def _read_intensity_columns(file: Path, frame: pd.DataFrame, aus: list[int]) -> np.ndarray | None:
+def _read_intensity_columns(file: Path, header: list[str], rows: list[list[str]], lines: list[int],
+                            aus: list[int]) -> np.ndarray | None:
     """``(M, N)`` intensities from the ``AU12_int`` columns (-1 unknown or not coded), None without such columns."""
-    columns = [c for c in frame.columns[2:] if c.endswith(INTENSITY_SUFFIX)]
+    columns = [c for c in header[2:] if c.endswith(INTENSITY_SUFFIX)]
     if not columns:
         return None
-    intensity = np.full((len(frame), len(aus)), -1.0, dtype=np.float32)  # (M, N)
+    intensity = np.full((len(rows), len(aus)), -1.0, dtype=np.float32)  # (M, N)
     for column in columns:
         try:
             au = parse_au(column.removesuffix(INTENSITY_SUFFIX))
         except ValueError as error:
-            raise ValueError(f"{file}: column {column!r}: {error}") from None
+            raise AUFormerError(f"{file}: column {column!r}: {error}") from None
         if au not in aus:
-            raise ValueError(f"{file}: intensity column {column!r} has no occurrence column {au_columns([au])[0]}")
-        raw = frame[column].to_numpy(dtype=str)
-        values = pd.to_numeric(pd.Series(raw).replace("", "-1"), errors="coerce").to_numpy(dtype=np.float64)
-        bad = ~((values == -1) | ((values >= 0) & (values <= MAX_INTENSITY)))  # NaN (not a number) is bad too
-        if bad.any():
-            row = int(np.flatnonzero(bad)[0])
-            raise ValueError(f"{file}: line {row + 2}, column {column}: invalid intensity {str(raw[row])!r} "
-                             "(allowed: 0 to 5, empty or -1 for unknown)")
-        intensity[:, aus.index(au)] = values
+            raise AUFormerError(f"{file}: intensity column {column!r} has no occurrence column {au_columns([au])[0]}")
+        index = header.index(column)
+        for number, (row, line) in enumerate(zip(rows, lines)):
+            try:
+                value = float(row[index] or -1)
+            except ValueError:
+                value = float("nan")
+            if not (value == -1 or 0 <= value <= MAX_INTENSITY):  # NaN (not a number) is bad too
+                raise AUFormerError(f"{file}: line {line}, column {column}: invalid intensity {row[index]!r} "
+                                    "(allowed: 0 to 5, empty or -1 for unknown)")
+            intensity[number, aus.index(au)] = value
     return intensity
 
 
