@@ -175,7 +175,7 @@ def test_dry_run_on_the_fake_bp4d_tree_prints_the_plan_without_training(fake_bp4
     text = capsys.readouterr().out
     print(text)
     assert "3 folds of 13, 14, 14 test subjects" in text
-    assert "every AU of 3 run(s) has positives in each training and test split" in text
+    assert "every AU has positives in each test fold and each full training split (3 run(s))" in text
     assert "fold0: train 56 / test 26 samples; 1 steps an epoch, 20 steps (20 epochs), warm-up 1" in text
     assert "dry run passed" in text and "PROBLEM" not in text
     assert not out.exists()

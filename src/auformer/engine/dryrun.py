@@ -150,7 +150,7 @@ def dry_run(config: Config, out_dir: str | Path, command: str) -> list[str]:
                 plans.append((name, splits, plan_run(run_config.train, len(splits.train), splits.full_train_size,
                                                      micro_batch, info.world_size)))
         if plans and not au_problems:
-            ok("AUs", f"every AU of {len(plans)} run(s) has positives in each training and test split")
+            ok("AUs", f"every AU has positives in each test fold and each full training split ({len(plans)} run(s))")
     out = Path(out_dir)
     existing = _nearest_existing(out)
     if not os.access(existing, os.W_OK):
@@ -167,7 +167,7 @@ def dry_run(config: Config, out_dir: str | Path, command: str) -> list[str]:
         lines.append("plan:")
         for name, splits, schedule in plans:
             val = f" / val {len(splits.val)}" if splits.val is not None else ""
-            length = f"{schedule.epochs} epochs" + (" (step budget)" if schedule.by_steps else "")
+            length = f"{schedule.epochs} epochs" + (", a step budget" if schedule.by_steps else "")
             points = schedule.eval_points()
             shown = ", ".join(map(str, points[:5])) + (f", ... ({len(points)} in all)" if len(points) > 5 else "")
             lines.append(f"  {name}: train {len(splits.train)}{val} / test {len(splits.test)} samples; "
