@@ -466,11 +466,6 @@ def _add_ablation(sub: argparse._SubParsersAction) -> None:
 def _run_ablation(args: argparse.Namespace) -> None:
     from auformer.engine.ablation import run_ablation
 
-    if args.out is None:
-        import time
-        from pathlib import Path
-
-        args.out = f"runs/ablation-{Path(args.preset).stem}-table{args.table}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
     config, out = _run_config(args)
     run_ablation(config, args.table, out)
 

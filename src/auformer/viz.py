@@ -171,7 +171,7 @@ def plot_cost_bubbles(rows: list[dict], out_path: str | os.PathLike, title: str)
 def plot_gradcam(face: np.ndarray, maps: np.ndarray, labels: list[str], out_path: str | os.PathLike, title: str) -> Path:
     """Fig. 6 style: the face, then one overlay per map. ``face`` (H, W, 3) uint8, ``maps`` (K, H, W) in [0, 1]."""
     panels = 1 + len(maps)
-    figure = Figure(figsize=(2.2 * panels, 2.6), layout="constrained")
+    figure = Figure(figsize=(max(2.2 * panels, 5.0), 2.6), layout="constrained")  # wide enough for the title
     axes_list = np.atleast_1d(figure.subplots(1, panels))
     axes_list[0].imshow(face)
     axes_list[0].set_title("aligned face" if len(maps) else "no AU predicted present", fontsize=8)
