@@ -52,7 +52,7 @@ INTENSITY_SUFFIX = "_r"  # AU12_r: intensity 0-5, as OpenFace names it
 # auformer name -> OpenFace name (OpenFace's frame numbers start at 1).
 OPENFACE_NAMES = {"face": "face_id", "time_s": "timestamp", "face_score": "confidence"}
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16}  # --amp: autocast dtype of the model's forward
-PREFETCH = 64  # frames each pipeline stage may run ahead of the next
+PREFETCH = 16  # frames each pipeline stage may run ahead of the next (16 decoded 1080p frames: 100 MB)
 SYNTHETIC_WARNING = ("warning: this checkpoint was trained on synthetic faces: its AU predictions on real "
                      "photos are not meaningful (it only shows that the pipeline runs)")
 
