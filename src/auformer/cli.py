@@ -97,6 +97,38 @@ def _run_export(args: argparse.Namespace) -> None:
     run_export(args)
 
 
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "serve",
+        help="a local web page: drop a photo or video, see each face's AUs, download the CSV",
+        description="Start a local web page (Gradio; needs `pip install auformer[web]`) where a photo or video is "
+        "dropped and each face is shown boxed with its AU bars, a video with its AU time series, and the table is a "
+        "CSV download. Uploads and results go to a temporary folder deleted when the server stops. See docs/serve.md.",
+    )
+    parser.add_argument("--checkpoint", default=None, metavar="CKPT",
+                        help="AUFormer checkpoint (PATH, PATH.safetensors or PATH.json) (default: an untrained demo "
+                        "model on the packaged synthetic-face ViT, whose predictions mean nothing)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on; 0.0.0.0 makes the page reachable from other machines (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=7860, help="port to listen on (default: %(default)s)")
+    parser.add_argument("--max-upload-mb", type=float, default=200, metavar="MB",
+                        help="largest file the page accepts, in megabytes (default: %(default)s)")
+    parser.add_argument("--face-detector", default="dlib", choices=FACE_DETECTORS,
+                        help="face detector; 'none' treats each image as an aligned face crop (default: %(default)s)")
+    parser.add_argument("--threshold", nargs="+", default=None, metavar="T",
+                        help="occurrence threshold: one number for all AUs and/or AU=VALUE per AU, e.g. 0.5 AU12=0.4 (default: 0.5)")
+    parser.add_argument("--every", type=int, default=1, metavar="K", help="analyse every K-th video frame (default: %(default)s)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: %(default)s)")
+    _add_backbone_weights_flag(parser)
+    parser.set_defaults(func=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> None:
+    from auformer.serve import run_serve
+
+    run_serve(args)
+
+
 def _add_prepare(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "prepare",
@@ -334,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"auformer {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_info, _add_detect, _add_export, _add_prepare, _add_train, _add_evaluate, _add_cv, _add_cross_domain, _add_data_efficiency, _add_synth, _add_pretrain_synthetic,):
+    for add in (_add_info, _add_detect, _add_export, _add_prepare, _add_train, _add_evaluate, _add_cv, _add_cross_domain, _add_data_efficiency, _add_synth, _add_pretrain_synthetic, _add_serve,):
         add(sub)
     return parser
 

@@ -1,4 +1,4 @@
-"""Plots of detection results: one face with its AU bars, and AU time series of a video.
+"""Plots of detection results: one face with its AU bars, AU time series of a video, boxed faces.
 
 Figures are built with `matplotlib.figure.Figure` (Agg canvas, no pyplot state), so
 plotting works headless and from worker threads.
@@ -10,6 +10,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -19,6 +20,7 @@ from auformer.files import atomic_path
 
 OCCURS_COLOR = "#d1495b"  # probability at or above the AU's threshold
 ABSENT_COLOR = "#8d99ae"
+BOX_COLOR = (255, 200, 0)  # RGB: face boxes drawn on photos, visible on skin and most backgrounds
 
 
 def _thresholds(columns: list[str], threshold: float | Mapping[str, float]) -> list[float]:
@@ -101,3 +103,21 @@ def plot_au_timeseries(df: pd.DataFrame, out_path: str | os.PathLike, threshold:
     axes_list[-1].set_xlim(times.min(), max(times.max(), times.min() + 1e-3))
     axes_list[0].set_title("AU probability of the best face per frame (red: present; grey hatched: no face; dotted: threshold)", fontsize=10)
     return _save(figure, out_path)
+
+
+def draw_face_boxes(image: np.ndarray, table: pd.DataFrame) -> np.ndarray:
+    """A copy of the (H, W, 3) uint8 RGB ``image`` with every face of a detection table boxed.
+
+    Each ``success=1`` row's box (``x, y, w, h``) is drawn and labelled ``face K`` with
+    the row's ``face`` number, so the picture matches the table and the per-face plots.
+    """
+    boxed = image.copy()
+    thickness = max(2, round(max(image.shape[:2]) / 250))
+    font_scale = max(0.5, max(image.shape[:2]) / 800)
+    for _, row in table[table["success"] == 1].iterrows():
+        x, y, w, h = (int(round(row[key])) for key in ("x", "y", "w", "h"))
+        cv2.rectangle(boxed, (x, y), (x + w, y + h), BOX_COLOR, thickness)
+        label_y = y - 2 * thickness if y > 30 * font_scale else y + h + int(30 * font_scale)  # above the box, else below
+        cv2.putText(boxed, f"face {row['face']}", (x, label_y), cv2.FONT_HERSHEY_SIMPLEX, font_scale, BOX_COLOR,
+                    thickness, cv2.LINE_AA)
+    return boxed
