@@ -14,7 +14,7 @@ from PIL import Image
 
 from auformer.cli import build_parser
 from auformer.detect import Detector
-from auformer.serve import analyse, demo_checkpoint
+from auformer.serve import analyse, demo_checkpoint, tile_plots
 from auformer.viz import BOX_COLOR, draw_face_boxes
 from media import tiny_checkpoint, two_faces_photo, write_moving_face_video
 
@@ -89,6 +89,18 @@ def test_draw_face_boxes_marks_only_face_rows():
     boxed = draw_face_boxes(image, table)
     assert tuple(boxed[40, 10]) == tuple(boxed[70, 60]) == BOX_COLOR  # two corners of the box
     assert not boxed[55, 35].any() and not image.any()  # inside the box untouched; input not modified
+
+
+def test_tile_plots_two_a_row_on_white(tmp_path):
+    paths = []
+    for index, (height, width) in enumerate([(4, 6), (3, 6), (4, 5)]):
+        paths.append(tmp_path / f"{index}.png")
+        Image.fromarray(np.full((height, width, 3), 10 * (index + 1), dtype=np.uint8)).save(paths[-1])
+    tiled = tile_plots(paths)
+    assert tiled.shape == (8, 12, 3)  # 2 rows of 2 cells of the largest plot, 4 x 6
+    assert (tiled[:4, :6] == 10).all() and (tiled[:3, 6:] == 20).all() and (tiled[4:, :5] == 30).all()
+    assert (tiled[3, 6:] == 255).all() and (tiled[4:, 6:] == 255).all()  # padding and the empty cell are white
+    assert tile_plots([]) is None
 
 
 def test_demo_checkpoint_is_flagged_and_deterministic(tmp_path):

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from auformer.aus import au_label
@@ -88,6 +89,24 @@ def _face_plots(detector: Detector, table: pd.DataFrame, faces: list, out: Path,
         path = out / f"{stem}_face{row['face']}.png"
         paths.append(plot_face_aus(face.crop, probabilities, thresholds, path, f"{prefix}face {row['face']}{note}"))
     return paths
+
+
+def tile_plots(paths: list[Path], columns: int = 2) -> np.ndarray | None:
+    """The per-face plots side by side, ``columns`` a row, on white: (H, W, 3) uint8 RGB, None for no plot.
+
+    One picture rather than a Gradio gallery: a gallery shows each plot in a square
+    cell, and a single face across the whole page width.
+    """
+    if not paths:
+        return None
+    images = [np.asarray(Image.open(path).convert("RGB")) for path in paths]
+    height, width = max(image.shape[0] for image in images), max(image.shape[1] for image in images)
+    rows = -(-len(images) // columns)  # ceil
+    tiled = np.full((rows * height, columns * width, 3), 255, dtype=np.uint8)
+    for index, image in enumerate(images):
+        top, left = (index // columns) * height, (index % columns) * width
+        tiled[top:top + image.shape[0], left:left + image.shape[1]] = image
+    return tiled
 
 
 def _present(detector: Detector, row: pd.Series) -> str:
@@ -160,11 +179,10 @@ def build_app(detector: Detector, work: Path, banner: str | None, every: int = 1
 
     def on_upload(upload: str | None, progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple:
         if upload is None:  # the file was removed from the upload box
-            return "", None, [], gr.Image(value=None, visible=False), None
+            return "", None, None, gr.Column(visible=False), None, None
         result = analyse(detector, upload, tempfile.mkdtemp(dir=work, prefix="result-"), every)
-        timeseries = gr.Image(value=result.timeseries and str(result.timeseries), visible=result.timeseries is not None)
-        return (result.status, result.boxed, [str(path) for path in result.face_plots], timeseries,
-                result.csv and str(result.csv))
+        return (result.status, result.boxed, tile_plots(result.face_plots), gr.Column(visible=result.timeseries is not None),
+                result.timeseries and str(result.timeseries), result.csv and str(result.csv))
 
     extensions = sorted(IMAGE_EXTENSIONS | VIDEO_EXTENSIONS)
     with gr.Blocks(title="auformer: facial Action Units", analytics_enabled=False) as app:
@@ -178,11 +196,14 @@ def build_app(detector: Detector, work: Path, banner: str | None, every: int = 1
                 status = gr.Markdown(elem_id="status")
                 csv = gr.File(label="AU table (CSV): one row per face and frame", interactive=False, elem_id="csv")
             boxed = gr.Image(label="Faces found", type="numpy", interactive=False, scale=1, elem_id="boxed")
-        bars = gr.Gallery(label="AU bars per face (red: present; black tick: threshold)", columns=2, height=520,
-                          object_fit="contain", elem_id="bars")
-        timeseries = gr.Image(label="AU time series of the best face per frame", type="filepath", interactive=False,
-                              visible=False, elem_id="timeseries")
-        upload.change(on_upload, upload, [status, boxed, bars, timeseries, csv])
+        # Headings rather than labels: Gradio draws an image's label over the plot's own title.
+        gr.Markdown("### AU bars per face\nRed: present (at or above the black threshold tick). Grey: absent.")
+        bars = gr.Image(label="AU bars per face", show_label=False, type="numpy", interactive=False, elem_id="bars")
+        with gr.Column(visible=False) as video_only:
+            gr.Markdown("### AU time series of the best face per frame")
+            timeseries = gr.Image(label="AU time series", show_label=False, type="filepath", interactive=False,
+                                  elem_id="timeseries")
+        upload.change(on_upload, upload, [status, boxed, bars, video_only, timeseries, csv])
     return app
 
 
@@ -207,13 +228,16 @@ def run_serve(args: argparse.Namespace) -> None:
         app = build_app(detector, work, banner, args.every)
         signal.signal(signal.SIGTERM, _stop_on_sigterm)
         try:
-            app.launch(server_name=args.host, server_port=args.port, max_file_size=f"{args.max_upload_mb}mb",
+            app.launch(server_name=args.host, server_port=args.port, max_file_size=int(args.max_upload_mb * 2**20),
                        show_error=True, quiet=True, prevent_thread_lock=True)
         except OSError as error:
-            raise ValueError(f"cannot start the server on {args.host}:{args.port} ({error}); choose another --port") from None
+            raise ValueError(f"cannot start the server on {args.host}:{args.port}: the port is in use or the host is not an "
+                             f"address of this computer; choose another --port or --host") from error
         print(f"model: {'demo (untrained, synthetic-face ViT)' if args.checkpoint is None else args.checkpoint}; "
-              f"AUs: {', '.join(detector.au_columns)}; uploads up to {args.max_upload_mb} MB")
+              f"AUs: {', '.join(detector.au_columns)}; uploads up to {args.max_upload_mb:g} MB")
         print(f"uploads and results in {work} (deleted when the server stops)")
+        if args.host not in ("127.0.0.1", "localhost", "::1"):
+            print(f"warning: listening on {args.host}: other machines that can reach this one can use the page")
         print(f"open http://{args.host}:{app.server_port} in a browser; Ctrl-C stops the server", flush=True)
         app.block_thread()
     finally:
