@@ -45,6 +45,16 @@ def _add_backbone_weights_flag(parser: argparse.ArgumentParser) -> None:
                         help="backbone weights file, if it moved since training (default: the one the checkpoint records)")
 
 
+def _add_detector_flags(parser: argparse.ArgumentParser) -> None:
+    """The `Detector` settings, shared by detect and serve: face detector, thresholds, device, backbone file."""
+    parser.add_argument("--face-detector", default="dlib", choices=FACE_DETECTORS,
+                        help="face detector; 'none' treats each image as an aligned face crop (default: %(default)s)")
+    parser.add_argument("--threshold", nargs="+", default=None, metavar="T",
+                        help="occurrence threshold: one number for all AUs and/or AU=VALUE per AU, e.g. 0.5 AU12=0.4 (default: 0.5)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: %(default)s)")
+    _add_backbone_weights_flag(parser)
+
+
 def _add_detect(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "detect",
@@ -55,19 +65,14 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, video files or folders (searched recursively)")
     parser.add_argument("--checkpoint", required=True, metavar="CKPT", help="AUFormer checkpoint (PATH, PATH.safetensors or PATH.json)")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for the CSV files (and plots/ with --plot)")
-    parser.add_argument("--face-detector", default="dlib", choices=FACE_DETECTORS,
-                        help="face detector; 'none' treats each image as an aligned face crop (default: %(default)s)")
     parser.add_argument("--every", type=int, default=1, metavar="K", help="analyse every K-th video frame (default: %(default)s)")
     parser.add_argument("--start", type=float, default=None, metavar="S", help="video start time in seconds (default: beginning)")
     parser.add_argument("--end", type=float, default=None, metavar="S", help="video end time in seconds (default: end)")
-    parser.add_argument("--threshold", nargs="+", default=None, metavar="T",
-                        help="occurrence threshold: one number for all AUs and/or AU=VALUE per AU, e.g. 0.5 AU12=0.4 (default: 0.5)")
     parser.add_argument("--format", default="auformer", choices=("auformer", "openface"),
                         help="CSV column names: auformer (time_s, face_score) or OpenFace-style (timestamp, confidence) (default: %(default)s)")
     parser.add_argument("--plot", action="store_true", help="also write OUT/plots: AU bars per face in photos, AU time series per video")
     parser.add_argument("--batch-size", type=int, default=32, metavar="B", help="faces per model batch (default: %(default)s)")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: %(default)s)")
-    _add_backbone_weights_flag(parser)
+    _add_detector_flags(parser)
     parser.set_defaults(func=_run_detect)
 
 
@@ -113,13 +118,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--port", type=int, default=7860, help="port to listen on (default: %(default)s)")
     parser.add_argument("--max-upload-mb", type=float, default=200, metavar="MB",
                         help="largest file the page accepts, in megabytes (default: %(default)s)")
-    parser.add_argument("--face-detector", default="dlib", choices=FACE_DETECTORS,
-                        help="face detector; 'none' treats each image as an aligned face crop (default: %(default)s)")
-    parser.add_argument("--threshold", nargs="+", default=None, metavar="T",
-                        help="occurrence threshold: one number for all AUs and/or AU=VALUE per AU, e.g. 0.5 AU12=0.4 (default: 0.5)")
     parser.add_argument("--every", type=int, default=1, metavar="K", help="analyse every K-th video frame (default: %(default)s)")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: %(default)s)")
-    _add_backbone_weights_flag(parser)
+    _add_detector_flags(parser)
     parser.set_defaults(func=_run_serve)
 
 
