@@ -132,8 +132,7 @@ def _analyse_photo(detector: Detector, path: Path, out: Path) -> Analysis:
 def _analyse_video(detector: Detector, path: Path, out: Path, every: int) -> Analysis:
     """Frame by frame (each frame's faces one model batch), keeping the frame with most faces as the preview."""
     tables, preview = [], None
-    frames = video_frames(path, every)
-    for frame in tqdm(frames, total=count_video_frames(path, every), desc=path.name, unit="frame"):
+    for frame in tqdm(video_frames(path, every), total=count_video_frames(path, every), desc=path.name, unit="frame"):
         ((table, faces),) = detector.iter_results([Frame(path.name, frame.index, frame.time_s, frame.image)])
         tables.append(table)
         if faces and (preview is None or len(faces) > len(preview[2])):
