@@ -16,6 +16,7 @@ from auformer.cli import main
 from auformer.data.transforms import build_transform
 from auformer.detect import Detector, _CsvWriter, expand_inputs, parse_thresholds, video_frames
 from auformer.faces import align_faces, get_detector
+from media import tiny_checkpoint, write_moving_face_video
 
 AUS = [1, 2, 4, 6, 12]
 FACE_FRAMES, BLANK_FRAMES = 6, 3
@@ -24,28 +25,13 @@ FACE_FRAMES, BLANK_FRAMES = 6, 3
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A tiny random AUFormer marked as trained on the synthetic dataset."""
-    torch.manual_seed(0)
-    model = auformer.build_model(len(AUS), backbone="vit_tiny_patch16_224", backbone_weights="random", img_size=32, aus=AUS,
-                                 backbone_kwargs=dict(patch_size=8, embed_dim=32, depth=2, num_heads=2))
-    torch.nn.init.normal_(model.head.weight, std=0.5)  # spread the probabilities away from 0.5
-    path = tmp_path_factory.mktemp("ckpt") / "tiny"
-    auformer.save_checkpoint(model, path, extra={"dataset": "synthetic"})
-    return path
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", AUS)
 
 
 @pytest.fixture(scope="module")
 def video(tmp_path_factory) -> Path:
     """10 fps MJPEG: the astronaut's head moving right for FACE_FRAMES frames, then BLANK_FRAMES grey frames."""
-    path = tmp_path_factory.mktemp("video") / "clip.avi"
-    head = cv2.resize(data.astronaut()[30:230, 120:320], (150, 150))  # (150, 150, 3) RGB
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (320, 240))
-    for index in range(FACE_FRAMES + BLANK_FRAMES):
-        frame = np.full((240, 320, 3), 200, dtype=np.uint8)
-        if index < FACE_FRAMES:
-            frame[40:190, 10 + 25 * index:160 + 25 * index] = head
-        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    writer.release()
-    return path
+    return write_moving_face_video(tmp_path_factory.mktemp("video") / "clip.avi", FACE_FRAMES, BLANK_FRAMES)
 
 
 def test_detect_matches_model_on_aligned_crop(checkpoint):

@@ -88,6 +88,16 @@ def _add_backbone_weights_flag(parser: argparse.ArgumentParser) -> None:
                         help="backbone weights file, if it moved since training (default: the one the checkpoint records)")
 
 
+def _add_detector_flags(parser: argparse.ArgumentParser) -> None:
+    """The `Detector` settings, shared by detect and serve: face detector, thresholds, device, backbone file."""
+    parser.add_argument("--face-detector", default=DEFAULT_FACE_DETECTOR, choices=FACE_DETECTORS,
+                        help="face detector; 'none' treats each image as an aligned face crop (default: %(default)s)")
+    parser.add_argument("--threshold", nargs="+", default=None, metavar="T",
+                        help="occurrence threshold: one number for all AUs and/or AU=VALUE per AU, e.g. 0.5 AU12=0.4 (default: 0.5)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: %(default)s)")
+    _add_backbone_weights_flag(parser)
+
+
 def _add_detect(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "detect",
@@ -98,18 +108,13 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, video files or folders (searched recursively)")
     parser.add_argument("--checkpoint", required=True, metavar="CKPT", help="AUFormer checkpoint (PATH, PATH.safetensors or PATH.json) or Hugging Face Hub repo id user/name[@revision]")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for the CSV files (and plots/ with --plot)")
-    parser.add_argument("--face-detector", default=DEFAULT_FACE_DETECTOR, choices=FACE_DETECTORS,
-                        help="face detector; 'none' treats each image as an aligned face crop (default: %(default)s)")
     parser.add_argument("--every", type=int, default=1, metavar="K", help="analyse every K-th video frame (default: %(default)s)")
     parser.add_argument("--start", type=float, default=None, metavar="S", help="video start time in seconds (default: beginning)")
     parser.add_argument("--end", type=float, default=None, metavar="S", help="video end time in seconds (default: end)")
-    parser.add_argument("--threshold", nargs="+", default=None, metavar="T",
-                        help="occurrence threshold: one number for all AUs and/or AU=VALUE per AU, e.g. 0.5 AU12=0.4 (default: 0.5)")
     parser.add_argument("--format", default="auformer", choices=("auformer", "openface"),
                         help="CSV column names: auformer (time_s, face_score) or OpenFace-style (timestamp, confidence) (default: %(default)s)")
     parser.add_argument("--plot", action="store_true", help="also write OUT/plots: AU bars per face in photos, AU time series per video")
     parser.add_argument("--batch-size", type=int, default=32, metavar="B", help="faces per model batch (default: %(default)s)")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: %(default)s)")
     parser.add_argument("--skip-bad", action="store_true",
                         help="skip unreadable images and videos (counted, listed at the end and in OUT/detect.json) instead of stopping")
     parser.add_argument("--resume", action="store_true",
@@ -119,7 +124,7 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
                         "1 detects every frame (default: %(default)s)")
     parser.add_argument("--amp", default="none", choices=("none", "bf16"),
                         help="run the network under bfloat16 autocast on --device (default: %(default)s)")
-    _add_backbone_weights_flag(parser)
+    _add_detector_flags(parser)
     parser.set_defaults(func=_run_detect)
 
 
@@ -148,6 +153,33 @@ def _run_export(args: argparse.Namespace) -> None:
     from auformer.export import run_export
 
     run_export(args)
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "serve",
+        help="a local web page: drop a photo or video, see each face's AUs, download the CSV",
+        description="Start a local web page (Gradio; needs `pip install auformer[web]`) where a photo or video is "
+        "dropped and each face is shown boxed with its AU bars, a video with its AU time series, and the table is a "
+        "CSV download. Uploads and results go to a temporary folder deleted when the server stops. See docs/serve.md.",
+    )
+    parser.add_argument("--checkpoint", default=None, metavar="CKPT",
+                        help="AUFormer checkpoint (PATH, PATH.safetensors or PATH.json) (default: an untrained demo "
+                        "model on the packaged synthetic-face ViT, whose predictions mean nothing)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on; 0.0.0.0 makes the page reachable from other machines (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=7860, help="port to listen on (default: %(default)s)")
+    parser.add_argument("--max-upload-mb", type=float, default=200, metavar="MB",
+                        help="largest file the page accepts, in megabytes (default: %(default)s)")
+    parser.add_argument("--every", type=int, default=1, metavar="K", help="analyse every K-th video frame (default: %(default)s)")
+    _add_detector_flags(parser)
+    parser.set_defaults(func=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> None:
+    from auformer.serve import run_serve
+
+    run_serve(args)
 
 
 def _add_prepare_flags(parser: argparse.ArgumentParser) -> None:
@@ -514,7 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = (
         _add_info, _add_detect, _add_export, _add_prepare, _add_train, _add_evaluate, _add_cv, _add_cross_domain,
         _add_data_efficiency, _add_synth, _add_pretrain_synthetic, _add_push, _add_weights,
-        _add_ablation, _add_explain,
+        _add_ablation, _add_explain, _add_serve,
     )
     for add in commands:
         add(sub)

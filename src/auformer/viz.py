@@ -1,4 +1,4 @@
-"""Plots of detection results: one face with its AU bars, and AU time series of a video.
+"""Plots of detection results: one face with its AU bars, AU time series of a video, boxed faces.
 
 Occurrence probabilities (0-1, with thresholds) and intensities (0-5, ``AU12_r``) get
 panels of their own, drawn for whichever the checkpoint predicts.
@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -27,6 +28,7 @@ INTENSITY_COLOR = "#2e86ab"
 MAX_INTENSITY = 5.0
 _PROBABILITY_COLUMN = re.compile(r"^AU\d+$")
 _INTENSITY_COLUMN = re.compile(r"^AU\d+_r$")
+BOX_COLOR = (255, 200, 0)  # RGB: face boxes drawn on photos, visible on skin and most backgrounds
 
 
 def _thresholds(columns: list[str], threshold: float | Mapping[str, float]) -> list[float]:
@@ -202,3 +204,21 @@ def plot_tsne(panels: Mapping[str, np.ndarray], experts: list[str], out_path: st
         axes.set_yticks([])
     axes_list[-1].legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, markerscale=2, title="expert")
     return _save(figure, out_path)
+
+
+def draw_face_boxes(image: np.ndarray, table: pd.DataFrame) -> np.ndarray:
+    """A copy of the (H, W, 3) uint8 RGB ``image`` with every face of a detection table boxed.
+
+    Each ``success=1`` row's box (``x, y, w, h``) is drawn and labelled ``face K`` with
+    the row's ``face`` number, so the picture matches the table and the per-face plots.
+    """
+    boxed = image.copy()
+    thickness = max(2, round(max(image.shape[:2]) / 250))
+    font_scale = max(0.5, max(image.shape[:2]) / 800)
+    for _, row in table[table["success"] == 1].iterrows():
+        x, y, w, h = (int(round(row[key])) for key in ("x", "y", "w", "h"))
+        cv2.rectangle(boxed, (x, y), (x + w, y + h), BOX_COLOR, thickness)
+        label_y = y - 2 * thickness if y > 30 * font_scale else y + h + int(30 * font_scale)  # above the box, else below
+        cv2.putText(boxed, f"face {row['face']}", (x, label_y), cv2.FONT_HERSHEY_SIMPLEX, font_scale, BOX_COLOR,
+                    thickness, cv2.LINE_AA)
+    return boxed

@@ -1,0 +1,116 @@
+"""`auformer serve` without a browser: what the page shows for a photo, a video and a bad file.
+
+`auformer.serve.analyse` does all the work behind the page and needs no Gradio; the
+browser test (test_serve_browser.py) drives the real page.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from auformer.cli import build_parser
+from auformer.detect import Detector
+from auformer.serve import analyse, demo_checkpoint, tile_plots
+from auformer.viz import BOX_COLOR, draw_face_boxes
+from media import tiny_checkpoint, two_faces_photo, write_moving_face_video
+
+AUS = [1, 2, 4, 6, 12]
+FACE_FRAMES, BLANK_FRAMES = 6, 3
+
+
+@pytest.fixture(scope="module")
+def detector(tmp_path_factory) -> Detector:
+    return Detector(tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", AUS))
+
+
+def test_photo_with_two_faces(detector, tmp_path):
+    photo = tmp_path / "two faces.png"
+    cv2.imwrite(str(photo), cv2.cvtColor(two_faces_photo(), cv2.COLOR_RGB2BGR))
+    result = analyse(detector, photo, tmp_path / "out")
+    assert result.status.startswith("**two faces.png**: 2 faces found.")
+    assert "- face 0: " in result.status and "- face 1: " in result.status
+    table = pd.read_csv(result.csv)
+    assert table["input"].tolist() == ["two faces.png"] * 2 and table["face"].tolist() == [0, 1]
+    assert table["success"].tolist() == [1, 1] and table[["AU01", "AU12"]].notna().all(axis=None)
+    assert [path.name for path in result.face_plots] == ["two faces_face0.png", "two faces_face1.png"]
+    assert all(Image.open(path).size[0] > 1000 for path in result.face_plots)  # the detect --plot figure, 150 dpi
+    assert result.boxed.shape == (512, 912, 3) and result.timeseries is None
+    # Each face's box is drawn where the table says: its top-left corner takes the box colour.
+    for _, row in table.iterrows():
+        assert tuple(result.boxed[int(round(row["y"])), int(round(row["x"]))]) == BOX_COLOR
+    assert sorted(float(x) for x in table["x"]) [1] > 512  # one face on each half of the photo
+
+
+def test_video_gives_time_series_and_preview(detector, tmp_path):
+    video = write_moving_face_video(tmp_path / "clip.avi", FACE_FRAMES, BLANK_FRAMES)
+    result = analyse(detector, video, tmp_path / "out")
+    assert result.status.startswith(f"**clip.avi**: {FACE_FRAMES + BLANK_FRAMES} frames analysed, "
+                                    f"{FACE_FRAMES} with a face, {BLANK_FRAMES} without.")
+    assert "Shown: frame 0 (0.00 s)" in result.status
+    table = pd.read_csv(result.csv)
+    assert table["frame"].tolist() == list(range(FACE_FRAMES + BLANK_FRAMES))
+    assert table["success"].tolist() == [1] * FACE_FRAMES + [0] * BLANK_FRAMES
+    assert result.timeseries.name == "clip_aus.png" and Image.open(result.timeseries).size[1] > 500
+    assert result.boxed.shape == (240, 320, 3) and len(result.face_plots) == 1
+    every_other = analyse(detector, video, tmp_path / "out2", every=2)
+    assert "5 frames analysed (1 in 2), 3 with a face, 2 without." in every_other.status
+
+
+def test_bad_files_give_a_message_not_an_exception(detector, tmp_path):
+    corrupt = tmp_path / "photo.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0" + b"not a jpeg" * 50)
+    broken_video = tmp_path / "clip.mp4"
+    broken_video.write_bytes(b"not a video" * 50)
+    for path, message in ((corrupt, "photo.jpg: cannot read image (corrupt or unsupported format)"),
+                          (broken_video, "clip.mp4: cannot open video"),
+                          (tmp_path / "gone.png", "image not found: gone.png")):
+        result = analyse(detector, path, tmp_path / "out")
+        assert result.status.startswith("**Could not analyse this file.** ") and message in result.status
+        assert str(tmp_path) not in result.status  # the upload's temporary path is not shown
+        assert result.boxed is None and result.csv is None and result.face_plots == []
+
+
+def test_photo_without_face(detector, tmp_path):
+    blank = tmp_path / "wall.png"
+    cv2.imwrite(str(blank), np.full((120, 160, 3), 90, dtype=np.uint8))
+    result = analyse(detector, blank, tmp_path / "out")
+    assert result.status.startswith("**wall.png**: no face found.") and result.face_plots == []
+    assert pd.read_csv(result.csv)["success"].tolist() == [0]
+
+
+def test_draw_face_boxes_marks_only_face_rows():
+    image = np.zeros((100, 120, 3), dtype=np.uint8)
+    table = pd.DataFrame({"success": [1, 0], "face": [0, None], "x": [10.0, None], "y": [40.0, None],
+                          "w": [50.0, None], "h": [30.0, None]})
+    boxed = draw_face_boxes(image, table)
+    assert tuple(boxed[40, 10]) == tuple(boxed[70, 60]) == BOX_COLOR  # two corners of the box
+    assert not boxed[55, 35].any() and not image.any()  # inside the box untouched; input not modified
+
+
+def test_tile_plots_two_a_row_on_white(tmp_path):
+    paths = []
+    for index, (height, width) in enumerate([(4, 6), (3, 6), (4, 5)]):
+        paths.append(tmp_path / f"{index}.png")
+        Image.fromarray(np.full((height, width, 3), 10 * (index + 1), dtype=np.uint8)).save(paths[-1])
+    tiled = tile_plots(paths)
+    assert tiled.shape == (8, 12, 3)  # 2 rows of 2 cells of the largest plot, 4 x 6
+    assert (tiled[:4, :6] == 10).all() and (tiled[:3, 6:] == 20).all() and (tiled[4:, :5] == 30).all()
+    assert (tiled[3, 6:] == 255).all() and (tiled[4:, 6:] == 255).all()  # padding and the empty cell are white
+    assert tile_plots([]) is None
+
+
+def test_demo_checkpoint_is_flagged_and_deterministic(tmp_path):
+    first, second = Detector(demo_checkpoint(tmp_path / "a")), Detector(demo_checkpoint(tmp_path / "b"))
+    assert first.synthetic and len(first.au_columns) == 12
+    crop = np.random.default_rng(0).integers(0, 255, (112, 112, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(first.predict_crops([crop]), second.predict_crops([crop]))
+
+
+def test_serve_flags_default_to_loopback():
+    args = build_parser().parse_args(["serve"])
+    assert (args.host, args.port, args.checkpoint, args.face_detector) == ("127.0.0.1", 7860, None, "dlib")
+    assert args.max_upload_mb > 0 and args.every == 1
