@@ -12,7 +12,7 @@ from auformer.explain import grad_cam, tsne_points
 from auformer.model import build_model
 from auformer.model.checkpoint import save_checkpoint
 
-TINY = dict(backbone="vit_tiny_patch16_224", img_size=32, backbone_kwargs={"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2})
+TINY = dict(backbone="vit_tiny_patch16_224", backbone_weights="random", img_size=32, backbone_kwargs={"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2})
 
 
 def test_grad_cam_maps_are_normalised_per_target():

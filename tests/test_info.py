@@ -49,7 +49,7 @@ def test_info_method_counts_that_method(capsys):
     assert main(["info", "--backbone", "vit_tiny_patch16_224", "--num-aus", "3", "--img-size", "32",
                  "--backbone-kwargs", TINY_KWARGS_JSON, "--method", "lora", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    model = build_model(3, "vit_tiny_patch16_224", img_size=32, backbone_kwargs=json.loads(TINY_KWARGS_JSON), method="lora")
+    model = build_model(3, "vit_tiny_patch16_224", "random", img_size=32, backbone_kwargs=json.loads(TINY_KWARGS_JSON), method="lora")
     assert info["method"] == "lora" and info["learnable_params"] == count_parameters(model)["learnable"]
     assert info["backbone_params"] + info["learnable_params"] == info["total_params"]
 

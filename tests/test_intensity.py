@@ -26,7 +26,7 @@ from auformer.losses import intensity_loss
 from auformer.metrics import icc_3_1, intensity_metrics
 from auformer.model.checkpoint import load_adapter_weights
 
-TINY_VIT = {"backbone": "vit_tiny_patch16_224", "img_size": 32,
+TINY_VIT = {"backbone": "vit_tiny_patch16_224", "backbone_weights": "random", "img_size": 32,
             "backbone_kwargs": {"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}}
 
 

@@ -25,7 +25,7 @@ from auformer.errors import AUFormerError
 from auformer.model.checkpoint import load_checkpoint
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-TINY_MODEL = {"backbone": "vit_tiny_patch16_224", "img_size": 32, "aus": [1, 2, 4],
+TINY_MODEL = {"backbone": "vit_tiny_patch16_224", "backbone_weights": "random", "img_size": 32, "aus": [1, 2, 4],
               "backbone_kwargs": {"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}}  # fmt: skip
 
 # The child saves version 1 of a checkpoint and a train state, then starts version 2 with

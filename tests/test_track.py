@@ -35,7 +35,7 @@ def moving_head_frames(count: int, step: float, size: int = 120) -> list[np.ndar
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     torch.manual_seed(0)
-    model = auformer.build_model(len(AUS), backbone="vit_tiny_patch16_224", img_size=32, aus=AUS,
+    model = auformer.build_model(len(AUS), backbone="vit_tiny_patch16_224", backbone_weights="random", img_size=32, aus=AUS,
                                  backbone_kwargs=dict(patch_size=8, embed_dim=32, depth=2, num_heads=2))
     torch.nn.init.normal_(model.head.weight, std=0.5)
     path = tmp_path_factory.mktemp("ckpt") / "tiny"
