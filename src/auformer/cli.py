@@ -349,7 +349,7 @@ def _dry_run(args: argparse.Namespace, config, out: str) -> bool:
 
     problems = dry_run(config, out, args.command)
     if problems:
-        raise ValueError(f"dry run found {len(problems)} problem(s); first: {problems[0]}")
+        raise AUFormerError(f"dry run found {len(problems)} problem(s); first: {problems[0]}")
     return True
 
 

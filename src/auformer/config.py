@@ -294,7 +294,7 @@ def _validate_weights(weights: str) -> None:
     from auformer.model.backbone import WEIGHT_SOURCES, WEIGHT_SUFFIXES
 
     if weights not in WEIGHT_SOURCES and not weights.endswith(WEIGHT_SUFFIXES):
-        raise ValueError(f"config model.backbone_weights: {weights!r} is not one of {', '.join(WEIGHT_SOURCES)} "
+        raise AUFormerError(f"config model.backbone_weights: {weights!r} is not one of {', '.join(WEIGHT_SOURCES)} "
                          f"nor a weight file ({', '.join(WEIGHT_SUFFIXES)})")
 
 
@@ -302,19 +302,19 @@ def _validate_switches(config: Config) -> None:
     """Refuse ablation-switch combinations that have no meaning (docs/training.md, "Ablation switches")."""
     model, loss = config.model, config.loss
     if not model.collaborate and (model.aux_head or loss.aux_weight > 0):
-        raise ValueError("config model.collaborate: false (the paper's no-collaboration rows: one shared expert per group) "
+        raise AUFormerError("config model.collaborate: false (the paper's no-collaboration rows: one shared expert per group) "
                          "has no per-AU experts for auxiliary heads; also pass --set model.aux_head=false --set loss.aux_weight=0")
     if not model.aux_head and loss.aux_weight > 0:
-        raise ValueError(f"config loss.aux_weight: {loss.aux_weight} weights an auxiliary loss, but model.aux_head is false; "
+        raise AUFormerError(f"config loss.aux_weight: {loss.aux_weight} weights an auxiliary loss, but model.aux_head is false; "
                          "pass --set loss.aux_weight=0 (or keep the heads)")
     if loss.aux_weight < 0:
-        raise ValueError(f"config loss.aux_weight: {loss.aux_weight} must be >= 0")
+        raise AUFormerError(f"config loss.aux_weight: {loss.aux_weight} must be >= 0")
     if loss.eps <= 0:
-        raise ValueError(f"config loss.eps: {loss.eps} must be > 0 (it keeps the WDI ratio finite)")
+        raise AUFormerError(f"config loss.eps: {loss.eps} must be > 0 (it keeps the WDI ratio finite)")
     if not 0 <= loss.margin < 1:
-        raise ValueError(f"config loss.margin: {loss.margin} must be in [0, 1)")
+        raise AUFormerError(f"config loss.margin: {loss.margin} must be in [0, 1)")
     if len(loss.gamma_bounds) != 2 or min(loss.gamma_bounds) <= 0:
-        raise ValueError(f"config loss.gamma_bounds: {loss.gamma_bounds} must be two positive numbers [B_L, B_R]")
+        raise AUFormerError(f"config loss.gamma_bounds: {loss.gamma_bounds} must be two positive numbers [B_L, B_R]")
 
 
 def save_config(config: Config, path: str | Path) -> None:

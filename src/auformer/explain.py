@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from auformer.detect import Detector, expand_inputs, read_image
 from auformer.model.auformer import AUFormer
+from auformer.errors import AUFormerError
 
 
 def grad_cam(model: AUFormer, image: torch.Tensor, targets: list[int]) -> np.ndarray:
@@ -62,7 +63,7 @@ def expert_tokens(model: AUFormer, images: torch.Tensor, batch_size: int = 64) -
     for begin in range(0, len(images), batch_size):
         features = model(images[begin : begin + batch_size]).expert_features
         if features is None:
-            raise ValueError(f"method {model.method!r} has no experts: t-SNE of expert tokens needs an auformer checkpoint")
+            raise AUFormerError(f"method {model.method!r} has no experts: t-SNE of expert tokens needs an auformer checkpoint")
         chunks.append(features.float().numpy())
     return np.concatenate(chunks)
 
@@ -73,7 +74,7 @@ def tsne_points(tokens: np.ndarray, seed: int = 0) -> np.ndarray:
 
     flat = tokens.reshape(-1, tokens.shape[-1])  # (M*E, D)
     if not flat.std(axis=0).max() > 0:  # sklearn's Barnes-Hut t-SNE divides by this spread (and crashes)
-        raise ValueError("the expert tokens are all equal (an untrained model?): nothing for t-SNE to embed")
+        raise AUFormerError("the expert tokens are all equal (an untrained model?): nothing for t-SNE to embed")
     perplexity = float(min(30.0, (len(flat) - 1) / 3))
     return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(flat)
 
@@ -95,7 +96,7 @@ def _load(paths: list[Path], detector: Detector) -> tuple[list[Path], torch.Tens
             print(f"skipped: {error}", file=sys.stderr)
             skipped += 1
     if not tensors:
-        raise ValueError("no readable image among the inputs")
+        raise AUFormerError("no readable image among the inputs")
     return kept, torch.stack(tensors), skipped
 
 
@@ -121,7 +122,7 @@ def run_explain(args: argparse.Namespace) -> None:
     checkpoints = [args.checkpoint] + ([args.compare_checkpoint] if args.compare_checkpoint else [])
     titles = args.titles or checkpoints
     if len(titles) != len(checkpoints):
-        raise ValueError(f"--titles names {len(titles)} panels but there are {len(checkpoints)} checkpoints")
+        raise AUFormerError(f"--titles names {len(titles)} panels but there are {len(checkpoints)} checkpoints")
     models = [model] + [Detector(path, face_detector="none", backbone_weights=args.backbone_weights).model
                         for path in checkpoints[1:]]
     tokens = [expert_tokens(each, images) for each in models]  # each (M, E, D)

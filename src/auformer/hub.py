@@ -92,6 +92,7 @@ auformer detect photo.jpg --checkpoint {repo_id} --out results/
 
 ```python
 import auformer
+from auformer.errors import AUFormerError
 model = auformer.load_checkpoint("{repo_id}")
 ```
 
@@ -110,7 +111,7 @@ def push_checkpoint(
     from auformer.model.checkpoint import checkpoint_paths, read_checkpoint_meta  # it imports this module
 
     if parse_repo_id(repo_id) is None or "@" in repo_id:
-        raise ValueError(f"REPO_ID must look like user/name (letters, digits, '-', '_', '.'), got {repo_id!r}")
+        raise AUFormerError(f"REPO_ID must look like user/name (letters, digits, '-', '_', '.'), got {repo_id!r}")
     weights_path, json_path = checkpoint_paths(checkpoint)
     if not weights_path.is_file():
         raise FileNotFoundError(f"checkpoint weights not found: {weights_path} (push takes a local checkpoint)")

@@ -35,6 +35,7 @@ from auformer.detect import (IMAGE_EXTENSIONS, SYNTHETIC_WARNING, VIDEO_EXTENSIO
 from auformer.model.auformer import build_model
 from auformer.model.checkpoint import save_checkpoint
 from auformer.viz import draw_face_boxes, plot_au_timeseries, plot_face_aus
+from auformer.errors import AUFormerError
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -138,7 +139,7 @@ def _analyse_video(detector: Detector, path: Path, out: Path, every: int) -> Ana
         if faces and (preview is None or len(faces) > len(preview[2])):
             preview = (frame, table, faces)
     if not tables:
-        raise ValueError(f"{path.name}: no frame could be decoded")
+        raise AUFormerError(f"{path.name}: no frame could be decoded")
     table = pd.concat(tables, ignore_index=True)
     csv = out / f"{path.stem}.csv"
     table.to_csv(csv, index=False, float_format="%.6g")
@@ -213,7 +214,7 @@ def _stop_on_sigterm(signum: int, frame: object) -> None:
 def run_serve(args: argparse.Namespace) -> None:
     """``auformer serve``: start the page on ``args.host:args.port`` and block until stopped."""
     if args.max_upload_mb <= 0 or args.every < 1:
-        raise ValueError(f"--max-upload-mb must be positive and --every at least 1 "
+        raise AUFormerError(f"--max-upload-mb must be positive and --every at least 1 "
                          f"(got {args.max_upload_mb} and {args.every})")
     work = Path(tempfile.mkdtemp(prefix="auformer-serve-"))
     try:
@@ -230,7 +231,7 @@ def run_serve(args: argparse.Namespace) -> None:
             app.launch(server_name=args.host, server_port=args.port, max_file_size=int(args.max_upload_mb * 2**20),
                        show_error=True, quiet=True, prevent_thread_lock=True)
         except OSError as error:
-            raise ValueError(f"cannot start the server on {args.host}:{args.port}: the port is in use or the host is not an "
+            raise AUFormerError(f"cannot start the server on {args.host}:{args.port}: the port is in use or the host is not an "
                              f"address of this computer; choose another --port or --host") from error
         print(f"model: {'demo (untrained, synthetic-face ViT)' if args.checkpoint is None else args.checkpoint}; "
               f"AUs: {', '.join(detector.au_columns)}; uploads up to {args.max_upload_mb:g} MB")

@@ -65,5 +65,5 @@ def _intensity_tensor(intensity: np.ndarray | None, labels: torch.Tensor) -> tor
     if intensity is None:
         return torch.full_like(labels, -1.0)
     if intensity.shape != tuple(labels.shape):
-        raise ValueError(f"intensity shape {intensity.shape} does not match labels shape {tuple(labels.shape)}")
+        raise AUFormerError(f"intensity shape {intensity.shape} does not match labels shape {tuple(labels.shape)}")
     return torch.as_tensor(np.asarray(intensity, dtype=np.float32))

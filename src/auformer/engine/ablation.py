@@ -23,6 +23,7 @@ import pandas as pd
 from auformer.config import Config, apply_values, validate
 from auformer.engine import distributed, trainer
 from auformer.files import atomic_write_text
+from auformer.errors import AUFormerError
 
 TABLE4_COLUMNS = ("Baseline", "PETL", "Collab.", "MRF", "CA", "γ", "m")  # the check-mark columns of Table 4
 
@@ -90,7 +91,7 @@ def row_folder(index: int, row: Row) -> str:
 def run_ablation(config: Config, table: str, out_dir: str | Path, verbose: bool = True) -> pd.DataFrame:
     """Cross-validate every row of ``TABLES[table]`` on ``config``; write ``table<id>.md``/``.csv``; return the frame."""
     if table not in TABLES:
-        raise ValueError(f"unknown table {table!r}; choose from {', '.join(TABLES)}")
+        raise AUFormerError(f"unknown table {table!r}; choose from {', '.join(TABLES)}")
     out_dir = Path(out_dir)
     rows = TABLES[table]
     results = []

@@ -642,7 +642,7 @@ def train_once(config: Config, out_dir: str | Path, verbose: bool = True) -> dic
     if saved.is_file():
         wanted = yaml.safe_load(yaml.safe_dump(config.to_dict(), sort_keys=False))
         if yaml.safe_load(saved.read_text()) != wanted:
-            raise ValueError(f"{out_dir} holds a run of another config ({saved} differs); pick another --out")
+            raise AUFormerError(f"{out_dir} holds a run of another config ({saved} differs); pick another --out")
         if (out_dir / "metrics.json").is_file():
             if verbose:
                 print(f"{out_dir}: finished before, reusing its metrics.json", flush=True)
@@ -674,7 +674,7 @@ def evaluate(
     info = distributed.setup(config.train.device)
     model = load_checkpoint(checkpoint).to(info.device)
     if model.task != config.model.task:
-        raise ValueError(f"{checkpoint}: checkpoint was trained for task {model.task!r} but the config asks for "
+        raise AUFormerError(f"{checkpoint}: checkpoint was trained for task {model.task!r} but the config asks for "
                          f"model.task={config.model.task!r} (pass --set model.task={model.task})")
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, aus=list(model.aus)))
     if table is not None:

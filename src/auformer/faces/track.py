@@ -19,6 +19,7 @@ import numpy as np
 
 from auformer.faces.align import TEMPLATE_5PT, TEMPLATE_SIZE, similarity_matrix
 from auformer.faces.detectors import Face, FaceDetector, LandmarkFitter, _landmark_fitter, check_image
+from auformer.errors import AUFormerError
 
 PATCH_SIZE = 32  # side of the grey crops compared to tell a tracked face from a lost one
 TEMPLATE_SIDE = 24  # side in pixels of the face square matched between frames (coarse: landmarks refine it)
@@ -98,7 +99,7 @@ class FaceTracker:
 
     def __init__(self, detector: FaceDetector, every: int = 5, min_similarity: float = 0.6) -> None:
         if every < 1:
-            raise ValueError(f"detect_every must be a positive integer, got {every}")
+            raise AUFormerError(f"detect_every must be a positive integer, got {every}")
         self.detector = detector
         self.name = detector.name
         self.box_crop = detector.box_crop

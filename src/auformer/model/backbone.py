@@ -38,7 +38,7 @@ def resolve_weights(weights: str, backbone: str | None = None) -> str:
         return weights
     if weights == "hub":
         if backbone is None:
-            raise ValueError("backbone_weights 'hub' needs the timm tag of the backbone")
+            raise AUFormerError("backbone_weights 'hub' needs the timm tag of the backbone")
         from auformer.model.hub import hub_weights
 
         return str(hub_weights(backbone))
@@ -123,7 +123,7 @@ def create_backbone(name: str, weights: str = "random", img_size: int = 224, **k
 def weights_source(weights: str) -> str:
     """How a checkpoint records the backbone weights: ``"hub"``, ``"synthetic"``, ``"random"`` or an absolute path."""
     if not isinstance(weights, str):
-        raise ValueError(f"backbone_weights {weights!r} is not a weight source: pass a file path or one of "
+        raise AUFormerError(f"backbone_weights {weights!r} is not a weight source: pass a file path or one of "
                          f"{', '.join(WEIGHT_SOURCES)} (a random backbone is asked for as 'random')")
     if weights in WEIGHT_SOURCES:
         return weights

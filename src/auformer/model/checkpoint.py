@@ -143,7 +143,7 @@ def load_adapter_weights(model: AUFormer, path: str | os.PathLike) -> None:
                          f"the model predicts {model.num_aus} AUs {model.aus}")
     task = meta["config"].get("task", "occurrence")  # checkpoints before intensity were occurrence-only
     if task != model.task:
-        raise ValueError(f"{weights_path}: checkpoint was trained for task {task!r}, the model is built for task "
+        raise AUFormerError(f"{weights_path}: checkpoint was trained for task {task!r}, the model is built for task "
                          f"{model.task!r} (set model.task={task} or use a {model.task} checkpoint)")
     if meta["config"]["backbone"] != model.config.get("backbone"):
         raise AUFormerError(f"{weights_path}: adapters are for backbone {meta['config']['backbone']!r}, "

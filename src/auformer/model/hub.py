@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import timm
+from auformer.errors import AUFormerError
 
 HUB_FILENAMES = ("model.safetensors", "pytorch_model.bin")  # what timm looks for, preferred first
 
@@ -22,9 +23,9 @@ def hub_repo(tag: str) -> str:
     """The Hugging Face repository of a timm tag (``timm/vit_base_patch16_224.augreg_in1k``)."""
     cfg = timm.models.get_pretrained_cfg(tag)
     if cfg is None:
-        raise ValueError(f"timm has no pretrained weights for {tag!r}; list them with timm.list_pretrained('vit_*')")
+        raise AUFormerError(f"timm has no pretrained weights for {tag!r}; list them with timm.list_pretrained('vit_*')")
     if not cfg.hf_hub_id:
-        raise ValueError(f"timm tag {tag!r} has no Hugging Face copy ({cfg.url or 'no url'}); "
+        raise AUFormerError(f"timm tag {tag!r} has no Hugging Face copy ({cfg.url or 'no url'}); "
                          "download it yourself and pass --set model.backbone_weights=PATH")
     return cfg.hf_hub_id
 

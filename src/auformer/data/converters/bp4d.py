@@ -76,7 +76,7 @@ def read_intensity_csv(path: Path) -> dict[int, float]:
         if len(cells) != 2 or not cells[0].isdigit() or cells[1] not in ("0", "1", "2", "3", "4", "5", str(UNKNOWN_CODE)):
             if not line.strip():
                 continue
-            raise ValueError(f"{path}: line {number}: {line.strip()!r} is not 'frame,intensity' (0-5, or 9 = unknown)")
+            raise AUFormerError(f"{path}: line {number}: {line.strip()!r} is not 'frame,intensity' (0-5, or 9 = unknown)")
         codes[int(cells[0])] = -1.0 if cells[1] == str(UNKNOWN_CODE) else float(cells[1])
     return codes
 

@@ -32,6 +32,7 @@ import pandas as pd
 from auformer.aus import au_column, parse_au
 from auformer.data.converters import Frame, PrepareReport, Source, run_prepare
 from auformer.data.folds import subject_kfold
+from auformer.errors import AUFormerError
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 UNKNOWN = ("", "-1", "9", "nan")  # label values that mean "not coded"
@@ -44,7 +45,7 @@ def label_columns(path: Path, columns: list[str]) -> dict[str, tuple[int, str]]:
     lowered = [c.strip().lower() for c in columns]
     for required in ("file", "subject"):
         if required not in lowered:
-            raise ValueError(f"{path}: no {required!r} column (expected file,[frame,]subject,AU01,...; found {','.join(columns)})")
+            raise AUFormerError(f"{path}: no {required!r} column (expected file,[frame,]subject,AU01,...; found {','.join(columns)})")
     found: dict[str, tuple[int, str]] = {}
     for column in columns:
         if column.strip().lower() in _RESERVED:
@@ -53,12 +54,12 @@ def label_columns(path: Path, columns: list[str]) -> dict[str, tuple[int, str]]:
         try:
             au = parse_au(match.group("au"))
         except ValueError as error:
-            raise ValueError(f"{path}: column {column!r} is neither file, frame, subject nor an AU column: {error}") from None
+            raise AUFormerError(f"{path}: column {column!r} is neither file, frame, subject nor an AU column: {error}") from None
         if au in {a for a, _ in found.values()}:
-            raise ValueError(f"{path}: {au_column(au)} appears in two columns")
+            raise AUFormerError(f"{path}: {au_column(au)} appears in two columns")
         found[column] = (au, "intensity" if (match.group("kind") or "").lower() in ("r", "int") else "occurrence")
     if not found:
-        raise ValueError(f"{path}: no AU columns (expected names like AU01, 12, AU12_c, AU12_r)")
+        raise AUFormerError(f"{path}: no AU columns (expected names like AU01, 12, AU12_c, AU12_r)")
     return found
 
 
@@ -70,10 +71,10 @@ def _label(value: str, kind: str, threshold: float | None) -> float:
     number = float(text)  # ValueError names the text
     if kind == "occurrence":
         if number not in (0.0, 1.0):
-            raise ValueError(f"occurrence {value!r} is not 1, 0 or empty/-1/9 (unknown)")
+            raise AUFormerError(f"occurrence {value!r} is not 1, 0 or empty/-1/9 (unknown)")
         return number
     if not 0 <= number <= 5:
-        raise ValueError(f"intensity {value!r} is not in 0-5 (or empty/-1/9 for unknown)")
+        raise AUFormerError(f"intensity {value!r} is not in 0-5 (or empty/-1/9 for unknown)")
     return float(number >= threshold)
 
 
@@ -85,12 +86,12 @@ def read_labels(path: str | Path, intensity_threshold: float | None = None) -> t
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path}: not a readable CSV ({str(error).splitlines()[0]})") from None
+        raise AUFormerError(f"{path}: not a readable CSV ({str(error).splitlines()[0]})") from None
     columns = label_columns(path, [str(c) for c in table.columns])
     kinds = {kind for _, kind in columns.values()}
     if "intensity" in kinds and intensity_threshold is None:
         shown = ", ".join(c for c, (_, kind) in columns.items() if kind == "intensity")
-        raise ValueError(f"{path}: intensity columns ({shown}) need --intensity-threshold T (occurrence = intensity >= T, e.g. 2)")
+        raise AUFormerError(f"{path}: intensity columns ({shown}) need --intensity-threshold T (occurrence = intensity >= T, e.g. 2)")
     table.columns = [c.strip().lower() if c.strip().lower() in _RESERVED else c for c in table.columns]
     if "frame" not in table.columns:
         table["frame"] = ""
@@ -98,10 +99,10 @@ def read_labels(path: str | Path, intensity_threshold: float | None = None) -> t
     for line, row in enumerate(table.to_dict("records"), start=2):
         try:
             if not row["file"].strip() or not row["subject"].strip():
-                raise ValueError("empty file or subject")
+                raise AUFormerError("empty file or subject")
             frame = row["frame"].strip()
             if frame and (not frame.isdigit()):
-                raise ValueError(f"frame {frame!r} is not a 0-based frame index")
+                raise AUFormerError(f"frame {frame!r} is not a 0-based frame index")
             labels = [_label(row[c], kind, intensity_threshold) for c, (_, kind) in columns.items()]
         except ValueError as error:
             bad.append(f"{path.name} line {line}: {error}")
@@ -157,10 +158,10 @@ def prepare_folder(input_dir: str | Path, labels_csv: str | Path, out_dir: str |
     if not input_dir.is_dir():
         raise FileNotFoundError(f"input folder not found: {input_dir}")
     if intensity_threshold is not None and not (0 < intensity_threshold <= 5 and math.isfinite(intensity_threshold)):
-        raise ValueError(f"--intensity-threshold: {intensity_threshold} must be in (0, 5]")
+        raise AUFormerError(f"--intensity-threshold: {intensity_threshold} must be in (0, 5]")
     rows, aus, bad_rows = read_labels(labels_csv, intensity_threshold)
     if rows.empty:
-        raise ValueError(f"{labels_csv}: no usable label rows ({len(bad_rows)} bad; first: {bad_rows[:1]})")
+        raise AUFormerError(f"{labels_csv}: no usable label rows ({len(bad_rows)} bad; first: {bad_rows[:1]})")
     sources = collect_folder(input_dir, rows, Path(labels_csv).name, bad_rows)
     subject_folds = subject_kfold(rows["subject"].tolist(), folds)
     return run_prepare("folder", input_dir, out_dir, sources, aus, subject_folds, bad_rows=bad_rows, **options)
