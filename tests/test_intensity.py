@@ -163,7 +163,7 @@ def both_run(tmp_path_factory) -> tuple[Path, dict]:
 def test_training_with_both_tasks_writes_both_metric_families(both_run, tmp_path):
     run_dir, metrics = both_run
     saved = json.loads((run_dir / "metrics.json").read_text())
-    assert set(saved) == {"mean_f1", "per_au", "intensity"} and saved == json.loads(json.dumps(metrics))
+    assert set(saved) == {"mean_f1", "per_au", "intensity", "backbone_weights"} and saved == json.loads(json.dumps(metrics))
     assert set(saved["intensity"]) == {"mean_icc", "mean_pearson", "mean_mae", "per_au"}
     assert "| AU12 | Lip Corner Puller |" in (run_dir / "per_au_intensity.md").read_text()
     predictions = pd.read_csv(run_dir / "predictions.csv")
@@ -277,7 +277,8 @@ def test_export_carries_both_heads(both_checkpoint, tmp_path, format):
 def test_fold_mean_of_intensity_scores_and_cv_table():
     def run(icc: float | None, known: int) -> dict:
         per_au = {"AU12": {"icc": icc, "pearson": 0.5, "mae": 1.0, "known": known}}
-        return {"intensity": {"mean_icc": icc, "mean_pearson": 0.5, "mean_mae": 1.0, "per_au": per_au}}
+        return {"intensity": {"mean_icc": icc, "mean_pearson": 0.5, "mean_mae": 1.0, "per_au": per_au},
+                "backbone_weights": "random"}
 
     mean = trainer.mean_metrics([run(0.6, 3), run(None, 0), run(0.8, 5)])  # an undefined fold is left out
     assert mean["intensity"]["mean_icc"] == pytest.approx(0.7)

@@ -94,9 +94,9 @@ def test_nan_loss_stops_naming_the_step_and_keeps_last_checkpoint(tmp_path, monk
     run.setup()
     real_loss, calls = run.loss_fn, []
 
-    def loss_nan_at_step_5(output, targets, rate):
+    def loss_nan_at_step_5(output, targets, rate, intensity=None):
         calls.append(1)
-        terms = real_loss(output, targets, rate)
+        terms = real_loss(output, targets, rate, intensity)
         return {**terms, "total": terms["total"] * float("nan")} if len(calls) == 5 else terms
 
     run.loss_fn = loss_nan_at_step_5

@@ -65,9 +65,9 @@ def test_bad_files_give_a_message_not_an_exception(detector, tmp_path):
     corrupt.write_bytes(b"\xff\xd8\xff\xe0" + b"not a jpeg" * 50)
     broken_video = tmp_path / "clip.mp4"
     broken_video.write_bytes(b"not a video" * 50)
-    for path, message in ((corrupt, "photo.jpg: cannot read image (corrupt or unsupported format)"),
+    for path, message in ((corrupt, "photo.jpg: cannot decode image"),
                           (broken_video, "clip.mp4: cannot open video"),
-                          (tmp_path / "gone.png", "image not found: gone.png")):
+                          (tmp_path / "gone.png", "gone.png: image file not found")):
         result = analyse(detector, path, tmp_path / "out")
         assert result.status.startswith("**Could not analyse this file.** ") and message in result.status
         assert str(tmp_path) not in result.status  # the upload's temporary path is not shown
@@ -112,5 +112,5 @@ def test_demo_checkpoint_is_flagged_and_deterministic(tmp_path):
 
 def test_serve_flags_default_to_loopback():
     args = build_parser().parse_args(["serve"])
-    assert (args.host, args.port, args.checkpoint, args.face_detector) == ("127.0.0.1", 7860, None, "dlib")
+    assert (args.host, args.port, args.checkpoint, args.face_detector) == ("127.0.0.1", 7860, None, "yunet")
     assert args.max_upload_mb > 0 and args.every == 1

@@ -15,6 +15,7 @@ import os
 import re
 from pathlib import Path
 
+from auformer.errors import AUFormerError
 from huggingface_hub import CommitOperationAdd, HfApi, hf_hub_download
 from huggingface_hub.utils import (
     EntryNotFoundError,
@@ -92,7 +93,6 @@ auformer detect photo.jpg --checkpoint {repo_id} --out results/
 
 ```python
 import auformer
-from auformer.errors import AUFormerError
 model = auformer.load_checkpoint("{repo_id}")
 ```
 
