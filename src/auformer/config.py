@@ -189,11 +189,11 @@ def _type_name(hint: Any) -> str:
     return str(hint).replace("typing.", "") if not isinstance(hint, type) else hint.__name__
 
 
-def _unknown_key(name: str, valid: list[str], prefix: str) -> ValueError:
+def _unknown_key(name: str, valid: list[str], prefix: str) -> AUFormerError:
     """Error naming the unknown key and the closest valid one (``train.lrr`` -> ``train.lr``)."""
     close = difflib.get_close_matches(name, valid, n=1)
     hint = f" (did you mean {prefix + close[0]!r}?)" if close else ""
-    return ValueError(f"unknown config key {prefix + name!r}{hint}")
+    return AUFormerError(f"unknown config key {prefix + name!r}{hint}")
 
 
 def _section_fields(section: str) -> dict[str, Any]:
