@@ -91,7 +91,7 @@ def parse_au(token: str | int) -> int:
     """Parse one AU token (``AU1``, ``AU01``, ``1``, ``R12``, ``L1``) to its FACS number.
 
     Left/right/bilateral prefixes are dropped: detection here is per AU, not per side.
-    Raises ``ValueError`` naming the token and, for an unknown number, the closest AUs.
+    Raises ``AUFormerError`` naming the token and, for an unknown number, the closest AUs.
     """
     if isinstance(token, bool):  # True == 1 in Python: a boolean is never an AU
         raise AUFormerError(f"cannot parse AU {token!r}: expected forms like 'AU1', 'AU01', '1', 'R12'")
@@ -113,7 +113,7 @@ def parse_au_list(spec: str | int | Iterable[str | int]) -> list[int]:
     """Parse a list of AUs: ``"1+2+4"``, ``"AU1,AU2"``, ``"1 2 4"``, ``["AU01", 12]``.
 
     Order is kept, duplicates are removed (``R12+L12`` is one AU12). Tokens that are
-    not AUs at all raise ``ValueError``; an empty string gives an empty list (a
+    not AUs at all raise ``AUFormerError``; an empty string gives an empty list (a
     CASME II clip coded with no AU).
     """
     if isinstance(spec, int):
