@@ -87,7 +87,6 @@ Action Units: {aus}. Backbone `{backbone["name"]}`, weights `{backbone["weights"
 (sha256 `{backbone["sha256"]}`; the backbone is not in this repo). Written by auformer {meta["auformer_version"]}.
 
 ```bash
-pip install auformer
 auformer detect photo.jpg --checkpoint {repo_id} --out results/
 ```
 
