@@ -55,7 +55,7 @@ def test_face_frame_landmarks_undo_the_pose():
     latents[1, LATENT_NAMES.index("scale")] = 0.93
     latents[1, LATENT_NAMES.index("shift_x")] = 0.04
     images, landmarks = render_faces(latents, np.zeros((2, 12), np.float32), 48)
-    posed = SyntheticData(images, np.zeros((2, 12)), ["S0", "S0"], np.zeros((2, 12)), landmarks, latents)
+    posed = SyntheticData(images, np.zeros((2, 12)), ["S0", "S0"], np.zeros((2, 12)), landmarks, latents, np.zeros((2, 12)))
     frame = face_frame_landmarks(posed)
     assert not np.allclose(landmarks[0], landmarks[1], atol=1e-2)
     assert np.allclose(frame[0], frame[1], atol=1e-4)
