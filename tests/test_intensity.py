@@ -222,6 +222,7 @@ def both_checkpoint(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_detect_writes_intensity_columns_openface_style(both_checkpoint, tmp_path):
     detector = Detector(both_checkpoint)
     table = detector.detect(data.astronaut())
@@ -253,6 +254,7 @@ def test_intensity_time_series_plot(tmp_path):
     assert plot_au_timeseries(table.drop(columns=["AU12", "AU12_c"]), tmp_path / "only_r.png", 0.5).is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("format", ["onnx", "torchscript"])
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 def test_export_carries_both_heads(both_checkpoint, tmp_path, format):

@@ -267,7 +267,8 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "synth",
         help="write the built-in synthetic AU dataset (drawn faces, 12 AUs) as a prepared dataset folder",
-        description="Draw synthetic faces with 12 AUs and write OUT_DIR/images/*.png, manifest.csv, folds.json "
+        description="Draw synthetic faces with 12 AUs and write OUT_DIR/images/*.png, manifest.csv (occurrence "
+        "AU01... and 0-5 intensity AU01_int... columns), folds.json "
         "(subject-exclusive), synthetic.npz (clean labels, landmarks, latents) and synthetic.json. See docs/synthetic.md.",
     )
     parser.add_argument("out_dir", metavar="OUT_DIR", help="folder to write the dataset to (created if missing)")
