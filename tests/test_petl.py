@@ -114,3 +114,10 @@ def test_bad_method_and_options_fail_in_one_line():
         build_model(3, method="prefix", **TINY)
     with pytest.raises(ValueError, match="lora_rank must be a positive integer, got 0"):
         build_model(3, method="lora", lora_rank=0, **TINY)
+
+
+def test_method_lists_agree():
+    """cli and config keep their own copy of the method names (cheap --help, validation); they must match petl's."""
+    from auformer import cli, config
+
+    assert cli.METHODS == METHODS == config._CHOICES[("model", "method")]

@@ -78,7 +78,7 @@ class AUFormer(nn.Module):
         """``expert_options``: ``d``, ``dilations``, ``ca_size``, ``use_mrf``, ``use_ca``, ``dropout``, ``scale`` (see `Expert`).
 
         ``method_options``: ``adapter_bottleneck``, ``adapter_scale``, ``lora_rank``, ``lora_alpha``,
-        ``vpt_prompts`` (see `build_model`). Methods without experts get no aux head.
+        ``vpt_prompts`` (`build_model` passes them all). Methods without experts get no aux head.
         """
         super().__init__()
         self.backbone = backbone
@@ -100,14 +100,14 @@ class AUFormer(nn.Module):
             self.mlp_groups = nn.ModuleList(group_class(dim, num_experts, **grid, **expert_options) for _ in range(depth))
         else:
             self.attn_groups, self.mlp_groups = side_branches(
-                method, dim, depth, options.get("adapter_bottleneck", 64), options.get("adapter_scale", 0.1))
-        self.lora = LoRA(dim, depth, options.get("lora_rank", 8), options.get("lora_alpha", 8.0)) if method == "lora" else None
+                method, dim, depth, options.get("adapter_bottleneck"), options.get("adapter_scale"))
+        self.lora = LoRA(dim, depth, options["lora_rank"], options["lora_alpha"]) if method == "lora" else None
         if self.lora is not None:
             self.lora.attach(backbone)
         self.prompts = None
         if method == "vpt":
             patch_area = math.prod(backbone.patch_embed.patch_size)
-            self.prompts = DeepPrompts(dim, depth, options.get("vpt_prompts", 10), backbone.num_prefix_tokens, patch_area)
+            self.prompts = DeepPrompts(dim, depth, options["vpt_prompts"], backbone.num_prefix_tokens, patch_area)
         if method == "full-finetune":
             backbone.requires_grad_(True)
         self.task = task
