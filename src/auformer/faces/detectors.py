@@ -224,7 +224,10 @@ class YuNetDetector:
     box_crop = BoxCrop(scale=1.23, shift_y=-0.03)  # YuNet boxes include the forehead: matched to the dlib framing on the astronaut
 
     def __init__(self, working_size: int = 320, min_score: float = 0.5) -> None:
-        import yuface  # lazy: only this backend needs it
+        try:
+            import yuface  # lazy: only this backend needs it
+        except ImportError as error:
+            raise ImportError(f"the yunet face detector needs the yuface package: pip install 'yuface>=2023.5.1' ({error})") from error
 
         self.yuface = yuface
         self.fitter = _landmark_fitter()
