@@ -7,7 +7,7 @@ run time:
   ``yuface`` wheel, on the image scaled to a 320 px longer side; its five points
   seed dlib's 68-point shape predictor (``face-recognition-models``), which fits the
   five alignment points. Finds every face of the composite group photo (sunglasses
-  and occlusion included) at about 10-40 ms per image (docs/detect.md).
+  and occlusion included) with 12-26 ms of CPU per image (docs/detect.md).
 - ``dlib``: dlib's HOG + linear SVM frontal face detector (built into ``dlib-bin``)
   and the same shape predictor. Measured on ``skimage.data.lfw_subset()`` (upscaled,
   see docs/detect.md): 91% of faces found, 100% of non-faces rejected.

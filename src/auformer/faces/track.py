@@ -3,7 +3,7 @@
 Between detections each face's box is followed by template matching (the face's grey
 square from the previous frame, shrunk to 24 px, searched in a window three boxes
 wide), and dlib's shape predictor re-fits the five points on the moved box (a few ms
-a face, against 10-40 ms for a YuNet detection and more for dlib's HOG). Two checks
+a face, against 12-26 ms of CPU for a YuNet detection and more for dlib's HOG). Two checks
 keep a track honest: the aligned face must still look like the face at its last
 detection (normalised cross-correlation of 32x32 grey crops), else the frame is
 detected afresh; and every ``every``-th frame is detected anyway, which also finds
