@@ -177,7 +177,7 @@ class LandmarkFitter:
         return (float(centre_x - side / 2), float(centre_y - side / 2), side, side)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _landmark_fitter() -> LandmarkFitter:
     """One shared fitter per process (loading the 100 MB model takes about a second)."""
     return LandmarkFitter()
