@@ -119,8 +119,7 @@ def test_background_keeps_order_reraises_and_stops():
 
     seen = []
     with pytest.raises(KeyboardInterrupt):
-        for item in in_background(items(), depth=2):
-            seen.append(item)
+        seen.extend(in_background(items(), depth=2))
     assert seen == [0, 1, 2, 3, 4]
 
     closed = []

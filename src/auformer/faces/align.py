@@ -67,15 +67,19 @@ def align_face(image_rgb: np.ndarray, face: Face, detector: FaceDetector, size: 
         matrix = similarity_matrix(np.asarray(face.landmarks, dtype=np.float64), TEMPLATE_5PT * (size / TEMPLATE_SIZE))
     else:
         matrix = box_matrix(face, detector, size)
+    return AlignedFace(crop=warp(image_rgb, matrix, size), face=face, matrix=matrix)
+
+
+def warp(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
+    """(size, size, ...) ``image`` mapped by the (2, 3) similarity ``matrix``, without aliasing."""
     # Bilinear warpAffine aliases when it shrinks: first shrink the image with area
     # averaging to the crop's resolution, then warp (rotation, shift) at about 1:1.
     shrink = min(1.0, float(np.hypot(matrix[0, 0], matrix[1, 0])))
-    source = cv2.resize(image_rgb, None, fx=shrink, fy=shrink, interpolation=cv2.INTER_AREA) if shrink < 1.0 else image_rgb
+    source = cv2.resize(image, None, fx=shrink, fy=shrink, interpolation=cv2.INTER_AREA) if shrink < 1.0 else image
     # cv2.resize maps pixel centres: x = (x_small + 0.5) / shrink - 0.5
     offset = np.full(2, 0.5 / shrink - 0.5)
     source_matrix = np.c_[matrix[:, :2] / shrink, matrix[:, 2] + matrix[:, :2] @ offset]  # (2, 3) shrunk image -> crop
-    crop = cv2.warpAffine(source, source_matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-    return AlignedFace(crop=crop, face=face, matrix=matrix)
+    return cv2.warpAffine(source, source_matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
 
 
 def align_faces(image_rgb: np.ndarray, detector: FaceDetector, size: int = TEMPLATE_SIZE) -> list[AlignedFace]:

@@ -7,7 +7,7 @@ run time:
   ``yuface`` wheel, on the image scaled to a 320 px longer side; its five points
   seed dlib's 68-point shape predictor (``face-recognition-models``), which fits the
   five alignment points. Finds every face of the composite group photo (sunglasses
-  and occlusion included) at about 10-40 ms per image (docs/detect.md).
+  and occlusion included) with 12-26 ms of CPU per image (docs/detect.md).
 - ``dlib``: dlib's HOG + linear SVM frontal face detector (built into ``dlib-bin``)
   and the same shape predictor. Measured on ``skimage.data.lfw_subset()`` (upscaled,
   see docs/detect.md): 91% of faces found, 100% of non-faces rejected.
@@ -179,7 +179,7 @@ class LandmarkFitter:
         return (float(centre_x - side / 2), float(centre_y - side / 2), side, side)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _landmark_fitter() -> LandmarkFitter:
     """One shared fitter per process (loading the 100 MB model takes about a second)."""
     return LandmarkFitter()
@@ -226,7 +226,10 @@ class YuNetDetector:
     box_crop = BoxCrop(scale=1.23, shift_y=-0.03)  # YuNet boxes include the forehead: matched to the dlib framing on the astronaut
 
     def __init__(self, working_size: int = 320, min_score: float = 0.5) -> None:
-        import yuface  # lazy: only this backend needs it
+        try:
+            import yuface  # lazy: only this backend needs it
+        except ImportError as error:
+            raise ImportError(f"the yunet face detector needs the yuface package: pip install 'yuface>=2023.5.1' ({error})") from error
 
         self.yuface = yuface
         self.fitter = _landmark_fitter()

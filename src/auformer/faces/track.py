@@ -3,7 +3,7 @@
 Between detections each face's box is followed by template matching (the face's grey
 square from the previous frame, shrunk to 24 px, searched in a window three boxes
 wide), and dlib's shape predictor re-fits the five points on the moved box (a few ms
-a face, against 10-40 ms for a YuNet detection and more for dlib's HOG). Two checks
+a face, against 12-26 ms of CPU for a YuNet detection and more for dlib's HOG). Two checks
 keep a track honest: the aligned face must still look like the face at its last
 detection (normalised cross-correlation of 32x32 grey crops), else the frame is
 detected afresh; and every ``every``-th frame is detected anyway, which also finds
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from auformer.faces.align import TEMPLATE_5PT, TEMPLATE_SIZE, similarity_matrix
+from auformer.faces.align import TEMPLATE_5PT, TEMPLATE_SIZE, similarity_matrix, warp
 from auformer.faces.detectors import Face, FaceDetector, LandmarkFitter, _landmark_fitter, check_image
 from auformer.errors import AUFormerError
 
@@ -28,13 +28,7 @@ TEMPLATE_SIDE = 24  # side in pixels of the face square matched between frames (
 def face_patch(image_rgb: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     """(PATCH_SIZE**2,) the face aligned to the template at 32x32, grey, zero mean and unit norm (0 if flat)."""
     matrix = similarity_matrix(np.asarray(landmarks, dtype=np.float64), TEMPLATE_5PT * (PATCH_SIZE / TEMPLATE_SIZE))
-    # Area-shrink first, as align_face does: a 32 px patch of a large face would alias.
-    shrink = min(1.0, 2.0 * float(np.hypot(matrix[0, 0], matrix[1, 0])))
-    small = cv2.resize(image_rgb, None, fx=shrink, fy=shrink, interpolation=cv2.INTER_AREA) if shrink < 1.0 else image_rgb
-    offset = np.full(2, 0.5 / shrink - 0.5)
-    small_matrix = np.c_[matrix[:, :2] / shrink, matrix[:, 2] + matrix[:, :2] @ offset]  # (2, 3) shrunk image -> patch
-    patch = cv2.warpAffine(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY), small_matrix, (PATCH_SIZE, PATCH_SIZE),
-                           flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE).astype(np.float64).ravel()
+    patch = cv2.cvtColor(warp(image_rgb, matrix, PATCH_SIZE), cv2.COLOR_RGB2GRAY).astype(np.float64).ravel()
     patch -= patch.mean()
     norm = np.linalg.norm(patch)
     return patch / norm if norm > 1e-6 else patch
