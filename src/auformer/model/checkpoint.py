@@ -85,7 +85,7 @@ def save_checkpoint(model: AUFormer, path: str | os.PathLike, extra: dict | None
             "name": model.config["backbone"],
             "weights": source,
             "sha256": file_sha256(weights_file) if weights_file else None,
-            "included": source == "random",
+            "included": source == "random" or model.config.get("method") == "full-finetune",  # fine-tuned: stored
         },
         "extra": extra or {},
     }
