@@ -63,6 +63,7 @@ def test_label_columns_in_every_parsed_form_with_an_intensity_threshold(photo_fo
     assert aus == [1, 12, 25]
     astronaut = rows[rows["file"] == "astronaut.png"].iloc[0]
     assert astronaut["labels"].tolist() == [1.0, 0.0, 1.0]  # AU25 intensity 3 >= 2
+    assert astronaut["intensity"].tolist() == [-1.0, -1.0, 3.0]
     assert rows[rows["file"] == "lfw/lfw1.png"].iloc[0]["labels"].tolist() == [1.0, -1.0, 0.0]  # empty = unknown; 1 < 2
     assert bad == ["labels.csv line 15: occurrence '2' is not 1, 0 or empty/-1/9 (unknown)"]
     with pytest.raises(ValueError, match=r"intensity columns \(AU25_r\) need --intensity-threshold"):
@@ -90,6 +91,7 @@ def test_prepare_folder_on_real_photos(photo_folder, tmp_path, capsys):
     assert table.aus == [1, 12, 25]
     row = table.images.index("images/clip_f000002.jpg")
     assert table.labels[row].tolist() == [0.0, 1.0, 0.0]  # intensity 1 < 2
+    assert table.intensity[row].tolist() == [-1.0, -1.0, 1.0]  # the AU25_r value is kept; AU01/AU12 have none
     assert cv2.imread(str(out / "images" / "lfw" / "lfw0.jpg")).shape == (64, 64, 3)
     folds, _ = read_folds(out)
     assert len(folds) == 2 and not set(folds[0]) & set(folds[1])

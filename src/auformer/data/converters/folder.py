@@ -12,7 +12,9 @@ photo or video frame::
 - ``subject``: identity; folds are subject-exclusive (``--folds K``);
 - AU columns in any form ``aus.py`` parses: occurrence ``AU12``, ``12``, ``AU12_c`` with
   values 1/0; intensity ``AU12_r`` / ``AU12_int`` (0-5), turned into occurrence by
-  ``intensity >= intensity_threshold``. Empty, ``-1`` and ``9`` mean unknown (masked).
+  ``intensity >= intensity_threshold``, and kept as ``AU12_int`` manifest columns for
+  intensity training (``model.task``, docs/intensity.md). Empty, ``-1`` and ``9`` mean
+  unknown (masked).
 
 Faces are found and aligned by the same code as the official-release converters
 (``converters/__init__.py``); every file without a face, missing or unreadable, and every
@@ -63,19 +65,20 @@ def label_columns(path: Path, columns: list[str]) -> dict[str, tuple[int, str]]:
     return found
 
 
-def _label(value: str, kind: str, threshold: float | None) -> float:
-    """One label as 1, 0 or -1 (unknown); ValueError with the reason for anything else."""
+def _label(value: str, kind: str, threshold: float | None) -> tuple[float, float]:
+    """One label as (occurrence 1, 0 or -1 unknown; intensity 0-5 or -1 unknown / not an intensity column);
+    ValueError with the reason for anything else."""
     text = value.strip().lower()
     if text in UNKNOWN or text in ("-1.0", "9.0"):
-        return -1.0
+        return -1.0, -1.0
     number = float(text)  # ValueError names the text
     if kind == "occurrence":
         if number not in (0.0, 1.0):
             raise AUFormerError(f"occurrence {value!r} is not 1, 0 or empty/-1/9 (unknown)")
-        return number
+        return number, -1.0
     if not 0 <= number <= 5:
         raise AUFormerError(f"intensity {value!r} is not in 0-5 (or empty/-1/9 for unknown)")
-    return float(number >= threshold)
+    return float(number >= threshold), number
 
 
 def read_labels(path: str | Path, intensity_threshold: float | None = None) -> tuple[pd.DataFrame, list[int], list[str]]:
@@ -103,13 +106,15 @@ def read_labels(path: str | Path, intensity_threshold: float | None = None) -> t
             frame = row["frame"].strip()
             if frame and (not frame.isdigit()):
                 raise AUFormerError(f"frame {frame!r} is not a 0-based frame index")
-            labels = [_label(row[c], kind, intensity_threshold) for c, (_, kind) in columns.items()]
+            labels = np.array([_label(row[c], kind, intensity_threshold) for c, (_, kind) in columns.items()], np.float32)
         except ValueError as error:
             bad.append(f"{path.name} line {line}: {error}")
             continue
-        rows.append({"file": row["file"].strip(), "frame": int(frame) if frame else None,
-                     "subject": row["subject"].strip(), "labels": np.array(labels, np.float32), "line": line})
-    return pd.DataFrame(rows, columns=["file", "frame", "subject", "labels", "line"]), [au for au, _ in columns.values()], bad
+        # labels (N, 2): occurrence, and the annotated intensity kept for intensity training (manifest AU12_int)
+        rows.append({"file": row["file"].strip(), "frame": int(frame) if frame else None, "subject": row["subject"].strip(),
+                     "labels": labels[:, 0], "intensity": labels[:, 1] if "intensity" in kinds else None, "line": line})
+    frame_columns = ["file", "frame", "subject", "labels", "intensity", "line"]
+    return pd.DataFrame(rows, columns=frame_columns), [au for au, _ in columns.values()], bad
 
 
 def collect_folder(input_dir: str | Path, labels: pd.DataFrame, labels_name: str, bad_rows: list[str]) -> list[Source]:
@@ -131,8 +136,8 @@ def collect_folder(input_dir: str | Path, labels: pd.DataFrame, labels_name: str
             reject(group[no_frame], file, "a video row needs a frame")
             reject(group[repeated], file, "frame labelled twice")
             group = group[~no_frame & ~repeated]
-            frames = [Frame(f"images/{stem}_f{int(r.frame):06d}.jpg", r.subject, r.labels, f"{path}#{int(r.frame)}")
-                      for r in group.itertuples()]
+            frames = [Frame(f"images/{stem}_f{int(r.frame):06d}.jpg", r.subject, r.labels, f"{path}#{int(r.frame)}",
+                            r.intensity) for r in group.itertuples()]
             if frames:
                 sources.append(Source(frames, video=path, video_frames=[int(f) for f in group["frame"]]))
             continue
@@ -143,7 +148,7 @@ def collect_folder(input_dir: str | Path, labels: pd.DataFrame, labels_name: str
             continue
         first = group.iloc[0]
         frames, paths = photos.setdefault(first.subject, ([], []))
-        frames.append(Frame(f"images/{stem}.jpg", first.subject, first.labels, str(path)))
+        frames.append(Frame(f"images/{stem}.jpg", first.subject, first.labels, str(path), first.intensity))
         paths.append(path if path.is_file() else None)
     return sources + [Source(frames, image_paths=paths) for frames, paths in photos.values()]
 
