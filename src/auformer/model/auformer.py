@@ -52,9 +52,13 @@ class AUFormer(nn.Module):
         aux_head: bool = True,
         aus: list[int] | None = None,
         config: dict | None = None,
+        recompute: bool = True,
         **expert_options,
     ) -> None:
-        """``expert_options``: ``d``, ``dilations``, ``ca_size``, ``use_mrf``, ``use_ca``, ``dropout``, ``scale`` (see `Expert`)."""
+        """``expert_options``: ``d``, ``dilations``, ``ca_size``, ``use_mrf``, ``use_ca``, ``dropout``, ``scale`` (see `Expert`).
+
+        ``recompute``: fused groups recompute their d-space ops in backward (less memory, slower steps).
+        """
         super().__init__()
         self.backbone = backbone
         self.num_aus = num_aus
@@ -67,6 +71,8 @@ class AUFormer(nn.Module):
         num_experts = num_aus if collaborate else 1  # "no Collab." ablation: one shared expert per group
         self.attn_groups = nn.ModuleList(group_class(dim, num_experts, **grid, **expert_options) for _ in backbone.blocks)
         self.mlp_groups = nn.ModuleList(group_class(dim, num_experts, **grid, **expert_options) for _ in backbone.blocks)
+        for group in (*self.attn_groups, *self.mlp_groups):
+            group.recompute = recompute  # read by the fused groups; the reference keeps every activation
         self.head = nn.Linear(dim, num_aus)
         # N per-AU Linear(D, 1) projectors stored as one (N, D) weight; see forward.
         self.aux_head = nn.Linear(dim, num_aus) if aux_head else None
@@ -155,6 +161,7 @@ def build_model(
     dropout: float = 0.1,
     scale: float = 1.0,
     backbone_kwargs: dict | None = None,
+    recompute: bool = True,
 ) -> AUFormer:
     """Build AUFormer on a frozen timm ViT.
 
@@ -162,6 +169,8 @@ def build_model(
     download) or ``"synthetic"`` (the packaged synthetic-face ViT). ``moke``:
     ``"fused"`` (fast, exact) or ``"reference"`` (literal per-expert form); both have
     the same state-dict layout. ``collaborate=False`` uses one shared expert per group.
+    ``recompute=False`` keeps the fused groups' d-space activations for backward instead of
+    recomputing them: faster training steps, more memory.
     """
     backbone_kwargs = dict(backbone_kwargs or {})
     _check_options(num_aus, moke, d, dilations, ca_size, dropout, scale, backbone_kwargs)
@@ -173,10 +182,11 @@ def build_model(
         num_aus=num_aus, backbone=backbone, backbone_weights=weights_source(backbone_weights),
         img_size=img_size, moke=moke, aus=aus, d=d, dilations=list(dilations), ca_size=ca_size, use_mrf=use_mrf,
         use_ca=use_ca, collaborate=collaborate, aux_head=aux_head, dropout=dropout, scale=scale,
-        backbone_kwargs=backbone_kwargs,
+        backbone_kwargs=backbone_kwargs, recompute=recompute,
     )
     vit = create_backbone(backbone, backbone_weights, img_size, **backbone_kwargs)
     return AUFormer(
         vit, num_aus, moke=moke, d=d, dilations=dilations, ca_size=ca_size, use_mrf=use_mrf, use_ca=use_ca,
         collaborate=collaborate, aux_head=aux_head, dropout=dropout, scale=scale, aus=aus, config=config,
+        recompute=recompute,
     )
