@@ -248,10 +248,11 @@ class Trainer:
         self.val_set = make_dataset(source, self.splits.val, test_tf) if self.splits.val is not None else None
         self.sampler = distributed.sampler(self.train_set, self.dist, shuffle=True, seed=cfg.train.seed)
 
-        # fused: one kernel for all parameter tensors (24 x N experts make thousands of small ones; the
-        # default per-tensor loop on CPU cost more than the synthetic model's forward).
+        # foreach: a few multi-tensor ops for all parameter tensors (24 x N experts make thousands of small
+        # ones; the default per-tensor loop on CPU cost a third of the synthetic model's step). fused=True
+        # (torch 2.14, CPU) stopped the tiny model in tests/test_train.py from learning: not used.
         self.optimizer = torch.optim.AdamW(self._param_groups(), betas=tuple(cfg.train.betas), weight_decay=cfg.train.weight_decay,
-                                           fused=True)
+                                           foreach=True)
         self.micro_per_epoch = math.ceil(len(self.sampler) / self.micro_batch)
         self.steps_per_epoch = math.ceil(self.micro_per_epoch / cfg.train.grad_accum)
         self.scheduler = self._build_scheduler()
