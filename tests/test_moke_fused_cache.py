@@ -43,3 +43,21 @@ def test_cache_follows_load_state_dict_and_dtype(tiny_model_kwargs):
         fused.load_state_dict(state, assign=True)  # new parameter objects
         reference.double(), fused.double()
         torch.testing.assert_close(fused(images).logits, reference(images).logits, rtol=1e-9, atol=1e-11)
+
+
+def test_recompute_off_gives_the_reference_gradients(tiny_model_kwargs):
+    """``recompute=False`` keeps the d-space activations instead of recomputing them: same numbers."""
+    torch.manual_seed(0)
+    reference = build_model(2, moke="reference", **tiny_model_kwargs).double().eval()  # eval: no dropout
+    fused = build_model(2, moke="fused", recompute=False, **tiny_model_kwargs).double().eval()
+    state = {k: (0.3 * torch.randn_like(v) if ".up." in k else v) for k, v in reference.state_dict().items()}
+    reference.load_state_dict(state)
+    fused.load_state_dict(state)
+    assert not fused.mlp_groups[0].recompute
+    images = torch.randn(2, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    for model in (reference, fused):
+        output = model(images)
+        (output.logits.pow(2).sum() + output.aux_logits.sum()).backward()
+    for (name, ref), (_, fast) in zip(reference.named_parameters(), fused.named_parameters(), strict=True):
+        if ref.requires_grad:
+            torch.testing.assert_close(fast.grad, ref.grad, rtol=1e-9, atol=1e-11, msg=name)
