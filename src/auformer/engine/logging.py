@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -40,8 +41,12 @@ class RunLogger:
         self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
 
     def progress(self, iterable: Iterable, total: int, desc: str) -> tqdm:
-        """A tqdm bar (hidden on non-main ranks); the trainer sets loss and images/s as postfix."""
-        return tqdm(iterable, total=total, desc=desc, disable=not self.enabled, dynamic_ncols=True, leave=False)
+        """A tqdm bar on a terminal (hidden on non-main ranks); the trainer sets loss and images/s as postfix.
+
+        Not on a terminal (a log file, CI) there is no bar: the trainer's one line per epoch says it all.
+        """
+        return tqdm(iterable, total=total, desc=desc, disable=not (self.enabled and interactive()), dynamic_ncols=True,
+                    leave=False)
 
     def step(self, global_step: int, loss: float, lr: float) -> None:
         """Per-optimiser-step scalars for TensorBoard."""
@@ -84,6 +89,11 @@ class RunLogger:
             writer = csv.DictWriter(file, fieldnames=EPOCH_FIELDS)
             writer.writeheader()
             writer.writerows(self.history)
+
+
+def interactive() -> bool:
+    """True when stderr (where tqdm draws) is a terminal: progress bars are for people watching."""
+    return sys.stderr.isatty()
 
 
 def plot_curves(history: list[dict[str, Any]], path: str | Path) -> None:

@@ -47,7 +47,7 @@ from auformer.data import (
 )
 from auformer.data.images import drop_unreadable
 from auformer.engine import checkpointing, distributed
-from auformer.engine.logging import RunLogger
+from auformer.engine.logging import RunLogger, interactive
 from auformer.engine.schedule import plan_run
 from auformer.errors import AUFormerError
 from auformer.files import atomic_path, atomic_write_text
@@ -364,7 +364,11 @@ class Trainer:
         self.val_set = make_dataset(source, self.splits.val, test_tf, intensity) if self.splits.val is not None else None
         self.sampler = distributed.sampler(self.train_set, self.dist, shuffle=True, seed=cfg.train.seed)
 
-        self.optimizer = torch.optim.AdamW(self._param_groups(), betas=tuple(cfg.train.betas), weight_decay=cfg.train.weight_decay)
+        # foreach: a few multi-tensor ops for all parameter tensors (24 x N experts make thousands of small
+        # ones; the default per-tensor loop on CPU cost a third of the synthetic model's step). fused=True
+        # (torch 2.14, CPU) stopped the tiny model in tests/test_train.py from learning: not used.
+        self.optimizer = torch.optim.AdamW(self._param_groups(), betas=tuple(cfg.train.betas), weight_decay=cfg.train.weight_decay,
+                                           foreach=True)
         self.micro_per_epoch = math.ceil(len(self.sampler) / self.micro_batch)
         self.schedule = plan_run(cfg.train, len(self.splits.train), self.splits.full_train_size, self.micro_batch, self.dist.world_size)
         self.scheduler = self._build_scheduler()
@@ -396,6 +400,7 @@ class Trainer:
             use_ca=m.use_ca, collaborate=m.collaborate, aux_head=m.aux_head, dropout=m.dropout, scale=m.scale,
             backbone_kwargs=m.backbone_kwargs or None, task=m.task, method=m.method, adapter_bottleneck=m.adapter_bottleneck,
             adapter_scale=m.adapter_scale, lora_rank=m.lora_rank, lora_alpha=m.lora_alpha, vpt_prompts=m.vpt_prompts,
+            recompute=m.recompute,
         )  # fmt: skip
 
     def _param_groups(self) -> list[dict[str, Any]]:
@@ -566,7 +571,7 @@ class Trainer:
         cfg = self.config.train
         if cfg.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.learnable_parameters(), cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self.model.learnable_parameters(), cfg.grad_clip, foreach=True)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -602,7 +607,7 @@ def evaluate_model(
     loader = DataLoader(dataset, batch_size=config.train.batch_size, sampler=indices.tolist(), num_workers=config.data.num_workers)
     network.eval()
     chunks: dict[str, list[np.ndarray]] = {"probs": [], "intensity": []}
-    for images, *_ in tqdm(loader, desc="evaluate", disable=not info.is_main, leave=False, dynamic_ncols=True):
+    for images, *_ in tqdm(loader, desc="evaluate", disable=not (info.is_main and interactive()), leave=False, dynamic_ncols=True):
         with torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=config.train.amp != "none"):
             output = network(images.to(info.device))
         if output.logits is not None:

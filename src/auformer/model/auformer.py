@@ -73,12 +73,14 @@ class AUFormer(nn.Module):
         config: dict | None = None,
         method: str = "auformer",
         method_options: dict | None = None,
+        recompute: bool = True,
         **expert_options,
     ) -> None:
         """``expert_options``: ``d``, ``dilations``, ``ca_size``, ``use_mrf``, ``use_ca``, ``dropout``, ``scale`` (see `Expert`).
 
         ``method_options``: ``adapter_bottleneck``, ``adapter_scale``, ``lora_rank``, ``lora_alpha``,
         ``vpt_prompts`` (`build_model` passes them all). Methods without experts get no aux head.
+        ``recompute``: fused groups recompute their d-space ops in backward (less memory, slower steps).
         """
         super().__init__()
         self.backbone = backbone
@@ -98,6 +100,8 @@ class AUFormer(nn.Module):
             num_experts = num_aus if collaborate else 1  # "no Collab." ablation: one shared expert per group
             self.attn_groups = nn.ModuleList(group_class(dim, num_experts, **grid, **expert_options) for _ in range(depth))
             self.mlp_groups = nn.ModuleList(group_class(dim, num_experts, **grid, **expert_options) for _ in range(depth))
+            for group in (*self.attn_groups, *self.mlp_groups):
+                group.recompute = recompute  # read by the fused groups; the reference keeps every activation
         else:
             self.attn_groups, self.mlp_groups = side_branches(
                 method, dim, depth, options.get("adapter_bottleneck"), options.get("adapter_scale"))
@@ -218,6 +222,7 @@ def build_model(
     lora_rank: int = 8,
     lora_alpha: float = 8.0,
     vpt_prompts: int = 10,
+    recompute: bool = True,
 ) -> AUFormer:
     """Build AUFormer (or a comparison ``method``, see `petl.py`) on a frozen timm ViT.
 
@@ -230,6 +235,8 @@ def build_model(
     ``method``: ``auformer``, ``full-finetune``, ``linear``, ``adapter`` (``adapter_bottleneck``,
     ``adapter_scale``), ``lora`` (``lora_rank``, ``lora_alpha``), ``vpt`` (``vpt_prompts`` per
     block) or ``convpass`` (one expert per group without MRF/CA: ``d``, ``scale``, ``dropout``).
+    ``recompute=False`` keeps the fused groups' d-space activations for backward instead of
+    recomputing them: faster training steps, more memory.
     """
     backbone_kwargs = dict(backbone_kwargs or {})
     method_options = dict(adapter_bottleneck=adapter_bottleneck, adapter_scale=adapter_scale, lora_rank=lora_rank,
@@ -243,11 +250,11 @@ def build_model(
         num_aus=num_aus, backbone=backbone, backbone_weights=weights_source(backbone_weights),
         img_size=img_size, moke=moke, aus=aus, d=d, dilations=list(dilations), ca_size=ca_size, use_mrf=use_mrf,
         use_ca=use_ca, collaborate=collaborate, aux_head=aux_head, dropout=dropout, scale=scale,
-        backbone_kwargs=backbone_kwargs, task=task, method=method, **method_options,
+        backbone_kwargs=backbone_kwargs, task=task, method=method, recompute=recompute, **method_options,
     )
     vit = create_backbone(backbone, backbone_weights, img_size, **backbone_kwargs)
     return AUFormer(
         vit, num_aus, moke=moke, d=d, dilations=dilations, ca_size=ca_size, use_mrf=use_mrf, use_ca=use_ca,
         collaborate=collaborate, aux_head=aux_head, dropout=dropout, scale=scale, aus=aus, config=config, task=task,
-        method=method, method_options=method_options,
+        method=method, method_options=method_options, recompute=recompute,
     )

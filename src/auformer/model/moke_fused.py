@@ -1,27 +1,44 @@
 """The fused expert group: the exact fast form of `moke.MoKEGroup` (SPEC "Fast form").
 
 Same parameters (it subclasses the reference and only replaces ``forward``), same
-outputs and gradients, but N experts cost about as much as one:
+outputs and gradients, but N experts cost about as much as one. With ``C = E*d``
+channels (E experts of width d side by side):
 
-- the N down-projections are one matmul ``D -> N*d``; the 3x3, dilated, 1x1 and CA
-  operators run once over ``N*d`` channels as grouped convolutions (``groups=N``);
-- the collaboration mean ``(1/N) sum_i Up_i(h_i)`` is one matmul ``N*d -> D``;
-- the d-space ops are recomputed in backward (activation checkpointing), so
-  activation memory does not grow with the 9x-wide CA neighbourhood tensors;
+- the N down-projections are one matmul ``D -> C``; the collaboration mean
+  ``(1/N) sum_i s Up_i(h_i)`` is one matmul ``C -> D`` with ``s/N`` folded into its weight;
 - the carry stays in d-space: ``Down_next,i(LN(X) + s (W_up,i h_i + b_up,i))
   = Down_next,i(LN(X)) + s (W_down,next,i W_up,i) h_i + s W_down,next,i b_up,i``,
-  a d x d map per expert, so no D-wide per-expert tensor is ever built.
+  a d x d map per expert (one block-diagonal C x C matmul), so no D-wide per-expert
+  tensor is ever built;
+- MRF folds its 1x1 fuse conv into the dilated branches (``Fuse_j * Branch_j`` is again a
+  3x3 conv with dilation r_j) and the ``M''`` identity into the centre tap of the first
+  branch, so ``M'' + K_MRF`` is the sum of k grouped convolutions;
+- CA's Q, K, V 1x1 convs are one block-diagonal ``C -> 3C`` matmul (``1/sqrt(d)`` folded
+  into Q) and its neighbourhoods are zero-copy windows (``Tensor.unfold``) of the padded map;
+- patch tokens are run channels-last, which is how the tokens already lie in memory
+  (``(B, H*W, C)``), so no layout change is needed and oneDNN's grouped convolutions run
+  fast (about 10x faster than channels-first at batch 32 on CPU);
+- a prefix token (CLS) is a 1x1 image: every 3x3 conv sees only its centre tap and CA's
+  softmax sees only the token itself (weight 1, output V), so the whole prefix path is
+  two block-diagonal C x C matmuls instead of convolutions on 1x1 images;
+- all these fused weights are derived from the per-expert parameters in one place,
+  `fused_weights`; without autograd (inference, evaluation) they are cached and rebuilt
+  only when a parameter changes (new storage or in-place update: its ``_version``);
+- in training the d-space ops are recomputed in backward (activation checkpointing), so
+  activation memory does not grow with the 9x-wide CA neighbourhood tensors.
 """
 
 from __future__ import annotations
 
+import math
+from operator import attrgetter
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from auformer.model.moke import MoKEGroup, context_attention, merge_tokens, quick_gelu, split_tokens
+from auformer.model.moke import MoKEGroup, quick_gelu
 
 
 class ExpertState(NamedTuple):
@@ -32,12 +49,75 @@ class ExpertState(NamedTuple):
     up_bias: torch.Tensor  # (E, D)
 
 
+class FusedWeights(NamedTuple):
+    """Every fused tensor the forward uses, derived from the per-expert parameters by `fused_weights`."""
+
+    down_weight: torch.Tensor  # (C, D)
+    down_bias: torch.Tensor  # (C,)
+    conv_weight: torch.Tensor  # (C, d, 3, 3) grouped, channels-last
+    conv_bias: torch.Tensor  # (C,)
+    conv_centre: torch.Tensor  # (C, C) block-diagonal centre taps: the 3x3 conv on a 1x1 prefix image
+    branch_weights: tuple[torch.Tensor, ...]  # k x (C, d, 3, 3): Fuse_j * Branch_j, identity in the first centre
+    branch_bias: torch.Tensor  # (C,)
+    qkv_weight: torch.Tensor | None  # (3C, C) block-diagonal Q (times 1/sqrt(d)), K, V; None without CA
+    qkv_bias: torch.Tensor | None  # (3C,)
+    ca_mask: torch.Tensor | None  # (H, W, S*S, 1) -inf where a CA neighbour falls outside the map, else 0
+    prefix_weight: torch.Tensor  # (C, C) M'' -> M'' + K_MRF + K_CA on a 1x1 image (centre taps + V)
+    prefix_bias: torch.Tensor  # (C,)
+    up_weight: torch.Tensor  # (D, C) unscaled, for the carry and the CLS outputs
+    up_bias: torch.Tensor  # (E, D) unscaled
+    mean_weight: torch.Tensor  # (D, C) up_weight * s / E
+    mean_bias: torch.Tensor  # (D,) sum of up biases * s / E
+
+
+def _block_diagonal(blocks: torch.Tensor) -> torch.Tensor:
+    """``(E, o, i)`` per-expert maps -> the ``(E*o, E*i)`` block-diagonal matrix that applies them side by side.
+
+    One broadcast product with the identity (one op forward and backward), where ``torch.block_diag``
+    costs a copy per block and a slice per block in backward.
+    """
+    experts, rows, cols = blocks.shape
+    eye = torch.eye(experts, dtype=blocks.dtype, device=blocks.device)
+    return (blocks.unsqueeze(2) * eye.view(experts, 1, experts, 1)).reshape(experts * rows, experts * cols)
+
+
+def _outside_mask(grid: tuple[int, int], size: int, like: torch.Tensor) -> torch.Tensor:
+    """``(H, W, S*S, 1)``: -inf where a CA neighbour falls outside the map (excluded from the softmax), else 0.
+
+    Added to the scores rather than applied with ``masked_fill``, whose broadcast boolean mask
+    costs as much as the softmax itself on CPU.
+    """
+    height, width = grid
+    ones = like.new_ones(1, 1, height, width)
+    inside = F.unfold(ones, size, padding=size // 2).view(size * size, height, width)  # (S*S, H, W)
+    mask = like.new_zeros(size * size, height, width).masked_fill(inside == 0, float("-inf"))
+    return mask.permute(1, 2, 0).unsqueeze(3)
+
+
 class FusedMoKEGroup(MoKEGroup):
     """`MoKEGroup` computed with grouped ops and a d-space carry (identical results)."""
 
+    # Recompute the d-space ops in backward (activation checkpointing): less memory for large models
+    # and batches, about 30% more time per training step on a small model (set by `AUFormer`).
+    recompute: bool = True
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # (parameters, their (storage, version) when built, weights) for calls without autograd; a new
+        # storage (.to()) or an in-place update (optimizer step, load_state_dict) invalidates it.
+        self._cache: tuple[list[torch.Tensor], list[tuple[int, int]], FusedWeights] | None = None
+        self.register_load_state_dict_post_hook(FusedMoKEGroup._drop_cache)
+        self._carry_cache: tuple[torch.Tensor, FusedWeights, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    @staticmethod
+    def _drop_cache(module: FusedMoKEGroup, incompatible_keys: object) -> None:
+        """After ``load_state_dict`` (``assign=True`` replaces the parameter objects the cache checks)."""
+        module._cache = None
+
     def _cat(self, name: str, dim: int = 0) -> torch.Tensor:
         """The experts' parameter ``name`` (e.g. ``"ca.q.weight"``) concatenated along ``dim``."""
-        return torch.cat([expert.get_parameter(name) for expert in self.experts], dim=dim)
+        get = attrgetter(name)  # C-level attribute walk: Module.get_parameter costs more than the cat itself
+        return torch.cat([get(expert) for expert in self.experts], dim=dim)
 
     @property
     def d(self) -> int:
@@ -47,60 +127,129 @@ class FusedMoKEGroup(MoKEGroup):
     def scale(self) -> float:
         return self.experts[0].scale
 
-    def _knowledge(self, a: torch.Tensor) -> torch.Tensor:
-        """``M'' + K_MRF + K_CA`` of all experts at once on ``(B, E*d, H, W)``."""
-        experts, first = len(self.experts), self.experts[0]
-        m = quick_gelu(F.conv2d(a, self._cat("conv.weight"), self._cat("conv.bias"), padding=1, groups=experts))
-        h = m
+    def fused_weights(self) -> FusedWeights:
+        """The fused tensors, cached while autograd is off and no parameter has changed.
+
+        Changes are seen through each parameter's storage and version counter; writing through
+        ``param.data`` bypasses the counter, so code that does so must set ``_cache = None``.
+        """
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return self._build_fused_weights()
+        if self._cache is not None:  # cheap check of the parameters the cache was built from
+            params, versions, weights = self._cache
+            if [(p.data_ptr(), p._version) for p in params] == versions:
+                return weights
+        params = list(self.parameters())  # walking the modules costs more than the check: done once per rebuild
+        weights = self._build_fused_weights()
+        self._cache = (params, [(p.data_ptr(), p._version) for p in params], weights)
+        return weights
+
+    def _build_fused_weights(self) -> FusedWeights:
+        experts, d, first = len(self.experts), self.d, self.experts[0]
+        conv_weight, conv_bias = self._cat("conv.weight"), self._cat("conv.bias")  # (C, d, 3, 3), (C,)
+        eye = torch.eye(d, dtype=conv_weight.dtype, device=conv_weight.device).expand(experts, d, d)  # (E, d, d)
+        prefix_blocks = eye  # (E, d_out, d_in): M'' itself, when no MRF branch carries the identity
+        branch_weights, branch_bias = (), torch.zeros_like(conv_bias)
         if first.mrf is not None:
-            branches = [
-                F.conv2d(m, self._cat(f"mrf.branches.{j}.weight"), self._cat(f"mrf.branches.{j}.bias"),
-                         padding=branch.padding, dilation=branch.dilation, groups=experts)
-                for j, branch in enumerate(first.mrf.branches)
-            ]  # each (B, E*d, H, W)
-            batch, _, height, width = m.shape
-            # Per expert the fuse conv expects its own [r1 | r2 | r3] channel block: (B, E*k*d, H, W).
-            stacked = torch.stack(branches, dim=1).view(batch, len(branches), experts, self.d, height, width)
-            stacked = stacked.transpose(1, 2).reshape(batch, experts * len(branches) * self.d, height, width)
-            h = h + F.conv2d(stacked, self._cat("mrf.fuse.weight"), self._cat("mrf.fuse.bias"), groups=experts)
+            k = len(first.mrf.branches)
+            fuse = self._cat("mrf.fuse.weight").view(experts, d, k, d)  # (E, d_out, k, d_mid)
+            branches = torch.stack([self._cat(f"mrf.branches.{j}.weight") for j in range(k)])  # (k, C, d, 3, 3)
+            branches = branches.view(k, experts, d, d, 3, 3)  # (k, E, d_mid, d_in, 3, 3)
+            folded = torch.einsum("eojc,jeciyx->jeoiyx", fuse, branches)  # (k, E, d_out, d_in, 3, 3)
+            centre = torch.zeros_like(folded)
+            centre[0, :, :, :, 1, 1] = eye  # + M'': the centre tap of any dilation is the pixel itself
+            folded = folded + centre
+            branch_weights = tuple(w.reshape(experts * d, d, 3, 3).contiguous(memory_format=torch.channels_last)
+                                   for w in folded)
+            branch_biases = torch.stack([self._cat(f"mrf.branches.{j}.bias") for j in range(k)])  # (k, C)
+            branch_bias = torch.einsum("eojc,jec->eo", fuse, branch_biases.view(k, experts, d)).reshape(-1)
+            branch_bias = branch_bias + self._cat("mrf.fuse.bias")
+            prefix_blocks = folded[..., 1, 1].sum(0)  # (E, d_out, d_in)
+        qkv_weight = qkv_bias = ca_mask = None
+        prefix_bias = branch_bias
         if first.ca is not None:
-            q, k, v = (F.conv2d(m, self._cat(f"ca.{n}.weight"), self._cat(f"ca.{n}.bias"), groups=experts) for n in "qkv")
-            h = h + context_attention(q, k, v, first.ca.size, self.d)
-        return h
+            temperature = 1.0 / math.sqrt(d)
+            q, k_, v = (self._cat(f"ca.{n}.weight").view(experts, d, d) for n in "qkv")  # (E, d_out, d_in) each
+            qkv_weight = torch.cat([_block_diagonal(q * temperature), _block_diagonal(k_), _block_diagonal(v)])
+            qkv_bias = torch.cat([self._cat("ca.q.bias") * temperature, self._cat("ca.k.bias"), self._cat("ca.v.bias")])
+            prefix_blocks = prefix_blocks + v  # CA on a 1x1 image is V itself
+            prefix_bias = prefix_bias + self._cat("ca.v.bias")
+            ca_mask = _outside_mask(self.grid_size, first.ca.size, conv_weight.detach())
+        up_weight = self._cat("up.weight", dim=1)  # (D, C)
+        up_bias = torch.stack([expert.up.bias for expert in self.experts])  # (E, D)
+        mean = self.scale / experts
+        return FusedWeights(
+            down_weight=self._cat("down.weight"), down_bias=self._cat("down.bias"),
+            conv_weight=conv_weight.contiguous(memory_format=torch.channels_last), conv_bias=conv_bias,
+            conv_centre=_block_diagonal(conv_weight[:, :, 1, 1].view(experts, d, d)),
+            branch_weights=branch_weights, branch_bias=branch_bias, qkv_weight=qkv_weight, qkv_bias=qkv_bias,
+            ca_mask=ca_mask, prefix_weight=_block_diagonal(prefix_blocks), prefix_bias=prefix_bias,
+            up_weight=up_weight, up_bias=up_bias, mean_weight=up_weight * mean, mean_bias=up_bias.sum(0) * mean,
+        )  # fmt: skip
 
-    def _hidden(self, z: torch.Tensor) -> torch.Tensor:
-        """Down-projected tokens ``(B, T, E*d)`` -> every expert's ``M'' + K_MRF + K_CA`` ``(B, T, E*d)``."""
-        patches, prefix = split_tokens(quick_gelu(z), self.grid_size, self.num_prefix_tokens)
-        return merge_tokens(self._knowledge(patches), self._knowledge(prefix))
+    def _context_attention(self, m: torch.Tensor, w: FusedWeights) -> torch.Tensor:
+        """Eq. 5 on channels-last ``m`` ``(B, H, W, C)`` -> ``(B, H, W, C)`` (as `moke.context_attention`)."""
+        size = self.experts[0].ca.size
+        pad, channels = size // 2, m.shape[-1]
+        qkv = F.linear(m, w.qkv_weight, w.qkv_bias)  # (B, H, W, 3C), Q already divided by sqrt(d)
+        q = qkv[..., :channels]
+        kv = F.pad(qkv[..., channels:], (0, 0, pad, pad, pad, pad))  # (B, H+2p, W+2p, 2C), zeros outside
+        # The S*S shifted maps stacked on dim 3, channels innermost, so that the softmax over the
+        # neighbours runs vectorised across channels: one copy of the 2C-wide K|V map per shift.
+        height, width = m.shape[1:3]
+        kv_nbr = torch.stack([kv[:, i : i + height, j : j + width] for i in range(size) for j in range(size)], dim=3)
+        k_nbr, v_nbr = kv_nbr[..., :channels], kv_nbr[..., channels:]  # (B, H, W, S*S, C) each
+        scores = (q.unsqueeze(3) * k_nbr).add_(w.ca_mask)  # (B, H, W, S*S, C); in place: one 9x tensor less
+        return (scores.softmax(dim=3) * v_nbr).sum(dim=3)  # (B, H, W, C)
 
-    def _carry_down(self, carry: ExpertState, down_weight: torch.Tensor) -> torch.Tensor:
-        """``Down_i(K_prev,i)`` for every expert without building ``K_prev,i``: ``(B, T, E*d)``."""
-        batch, tokens, _ = carry.hidden.shape
+    def _hidden(self, z: torch.Tensor, w: FusedWeights) -> torch.Tensor:
+        """Down-projected tokens ``(B, T, C)`` -> every expert's ``M'' + K_MRF + K_CA`` ``(B, T, C)``."""
+        batch, _, channels = z.shape
+        prefix_count, (height, width) = self.num_prefix_tokens, self.grid_size
+        dilations = [branch.dilation[0] for branch in self.experts[0].mrf.branches] if self.experts[0].mrf else []
+        # Patch tokens as a channels-last image: (B, H*W, C) -> (B, C, H, W) is a view, no copy.
+        a = quick_gelu(z[:, prefix_count:]).view(batch, height, width, channels).permute(0, 3, 1, 2)
+        m = quick_gelu(F.conv2d(a, w.conv_weight, w.conv_bias, padding=1, groups=len(self.experts)))  # (B, C, H, W)
+        h = m
+        for j, (weight, r) in enumerate(zip(w.branch_weights, dilations)):  # M'' + K_MRF, k grouped convs
+            branch = F.conv2d(m, weight, w.branch_bias if j == 0 else None, padding=r, dilation=r, groups=len(self.experts))
+            h = branch if j == 0 else h + branch
+        h = h.permute(0, 2, 3, 1)  # (B, H, W, C), a view
+        if w.qkv_weight is not None:
+            h = h + self._context_attention(m.permute(0, 2, 3, 1), w)
+        # Prefix tokens: 1x1 images, where every operator reduces to its centre tap (see the module docstring).
+        m_prefix = quick_gelu(F.linear(quick_gelu(z[:, :prefix_count]), w.conv_centre, w.conv_bias))  # (B, P, C)
+        h_prefix = F.linear(m_prefix, w.prefix_weight, w.prefix_bias)  # (B, P, C)
+        return torch.cat([h_prefix, h.reshape(batch, height * width, channels)], dim=1)  # (B, P + H*W, C)
+
+    def _carry_down(self, carry: ExpertState, w: FusedWeights) -> tuple[torch.Tensor, torch.Tensor]:
+        """``Down_i(K_prev,i) = h_prev @ map^T + bias``: the block-diagonal ``(C, C)`` map and ``(C,)`` bias."""
+        if self._carry_cache is not None and self._carry_cache[0] is carry.up_weight and self._carry_cache[1] is w:
+            return self._carry_cache[2]
         experts = len(self.experts)
-        down = down_weight.view(experts, self.d, -1)  # (E, d_out, D)
+        down = w.down_weight.view(experts, self.d, -1)  # (E, d_out, D)
         up = carry.up_weight.view(-1, experts, self.d)  # (D, E, d_in)
-        carry_map = torch.einsum("eoD,Dei->eoi", down, up)  # (E, d_out, d_in)
-        carry_bias = torch.einsum("eoD,eD->eo", down, carry.up_bias)  # (E, d_out)
-        hidden = carry.hidden.view(batch, tokens, experts, self.d)  # (B, T, E, d_in)
-        mapped = torch.einsum("btei,eoi->bteo", hidden, carry_map) + carry_bias  # (B, T, E, d_out)
-        return self.scale * mapped.reshape(batch, tokens, experts * self.d)
+        carry_map = _block_diagonal(torch.einsum("eoD,Dei->eoi", down, up) * self.scale)  # (C, C)
+        carry_bias = torch.einsum("eoD,eD->eo", down, carry.up_bias).reshape(-1) * self.scale  # (C,)
+        if not torch.is_grad_enabled():
+            self._carry_cache = (carry.up_weight, w, (carry_map, carry_bias))
+        return carry_map, carry_bias
 
     def forward(self, x_norm: torch.Tensor, carry: ExpertState | None) -> tuple[torch.Tensor, ExpertState]:
-        down_weight = self._cat("down.weight")  # (E*d, D)
-        z = F.linear(x_norm, down_weight, self._cat("down.bias"))  # (B, T, E*d)
+        w = self.fused_weights()
+        z = F.linear(x_norm, w.down_weight, w.down_bias)  # (B, T, C)
         if carry is not None:
-            z = z + self._carry_down(carry, down_weight)
-        if torch.is_grad_enabled():
+            carry_map, carry_bias = self._carry_down(carry, w)
+            z = z + F.linear(carry.hidden, carry_map, carry_bias)
+        if torch.is_grad_enabled() and self.recompute:
             # Keep only z for backward and recompute the d-space ops there: CA's 9x unfolded tensors
             # would otherwise make activation memory grow with N (see benchmarks/README.md).
-            hidden = checkpoint(self._hidden, z, use_reentrant=False)
+            hidden = checkpoint(self._hidden, z, w, use_reentrant=False)
         else:
-            hidden = self._hidden(z)
+            hidden = self._hidden(z, w)
         hidden = F.dropout(hidden, self.experts[0].dropout.p, self.training)
-        up_weight = self._cat("up.weight", dim=1)  # (D, E*d)
-        up_bias = torch.stack([expert.up.bias for expert in self.experts])  # (E, D)
-        mean_output = F.linear(hidden, up_weight, up_bias.sum(0)) * (self.scale / len(self.experts))  # (B, T, D)
-        return mean_output, ExpertState(hidden, up_weight, up_bias)
+        mean_output = F.linear(hidden, w.mean_weight, w.mean_bias)  # (B, T, D)
+        return mean_output, ExpertState(hidden, w.up_weight, w.up_bias)
 
     def cls_outputs(self, state: ExpertState) -> torch.Tensor:
         """Each expert's CLS-token output ``(B, E, D)``, built only for that one token."""

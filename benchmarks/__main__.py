@@ -1,0 +1,143 @@
+"""One entry point for the benchmarks: ``python -m benchmarks`` (from the repository root).
+
+Runs the tables that docs/performance.md reports and writes them as Markdown
+(``results.md``) and JSON (``results.json``) to the folder it names:
+
+- ``overhead``: AUFormer (fused experts, 12 AUs) forward vs the plain frozen ViT-B/16 and vs a
+  Swin-B (timm ``swin_base_patch4_window7_224``, random init, standing in for ME-GraphAU's),
+  interleaved, medians (`bench_overhead.py`);
+- ``first-run``: ``auformer train`` with no arguments, as a new user runs it (wall time, CPU
+  time, mean F1);
+- ``loader``: data-loader images/s over generated JPEG face crops (`bench_loader.py`);
+- ``detect``: `bench_detect.py`'s detection timings, when that script is present.
+
+    python -m benchmarks                                  # everything, into runs/benchmarks-<UTC time>
+    python -m benchmarks --tables overhead --quick --out /tmp/bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from auformer.files import atomic_write_text
+
+TABLES = ("overhead", "first-run", "loader", "detect")
+HERE = Path(__file__).resolve().parent
+
+
+def run_overhead(args: argparse.Namespace) -> dict:
+    from benchmarks.bench_overhead import build_models, forward_times
+
+    models = build_models(12, "vit_base_patch16_224", swin=True)
+    iters = 2 if args.quick else args.iters
+    return {"batch": args.batch, "dtype": "fp32", "iters": iters, "threads": torch.get_num_threads(),
+            "models": forward_times(models, args.batch, 224, iters)}
+
+
+def run_first_run(args: argparse.Namespace, out: Path) -> dict:
+    """``auformer train`` with no arguments in a fresh process (outputs under ``out/first_run``)."""
+    command = [sys.executable, "-m", "auformer", "train", "--out", str(out / "first_run")]
+    if args.quick:
+        command += ["--set", "train.epochs=1"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    log = subprocess.run(command, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if log.returncode:
+        return {"command": " ".join(command[1:]), "error": log.stderr.strip().splitlines()[-1:]}
+    metrics = json.loads((out / "first_run" / "metrics.json").read_text())
+    return {"command": "auformer " + " ".join(command[3:]), "wall_s": wall,
+            "cpu_s": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
+            "mean_f1": metrics["mean_f1"], "output_lines": len(log.stdout.splitlines()) + len(log.stderr.splitlines())}
+
+
+def run_loader(args: argparse.Namespace) -> dict:
+    from benchmarks.bench_loader import images_per_second, make_jpegs
+
+    count = 128 if args.quick else 512
+    with tempfile.TemporaryDirectory() as tmp:
+        table = make_jpegs(Path(tmp), count)
+        rates = {f"{mode}, {workers} workers": images_per_second(table, workers, 32, 224, mode == "train", 1)
+                 for mode in ("train", "test") for workers in (0, 2)}
+    return {"images": count, "images_per_s": rates}
+
+
+def run_detect(args: argparse.Namespace, out: Path) -> dict:
+    """The detection script's own JSON (its tables belong to it), or why there is none."""
+    script = HERE / "bench_detect.py"
+    if not script.is_file():
+        return {"skipped": "benchmarks/bench_detect.py not present"}
+    target = out / "detect.json"
+    log = subprocess.run([sys.executable, str(script), "--out", str(target)], capture_output=True, text=True)
+    if log.returncode or not target.is_file():
+        return {"error": (log.stderr.strip().splitlines() or ["no output"])[-1]}
+    return json.loads(target.read_text())
+
+
+def markdown(results: dict) -> str:
+    """The results as Markdown tables (JSON blocks for what has no fixed shape)."""
+    lines = [f"# Benchmarks ({results['date']}, {results['machine']})", ""]
+    if "overhead" in results:
+        o = results["overhead"]
+        lines += [f"## Forward time, batch {o['batch']}, {o['dtype']}, {o['threads']} threads, medians of {o['iters']}",
+                  "", "| model | wall ms | vs ViT | CPU ms | vs ViT |", "|---|---|---|---|---|"]
+        lines += [f"| {name} | {r['wall_s'] * 1e3:.0f} | {r['wall_vs_vit']:.3f}x | {r['cpu_s'] * 1e3:.0f} | {r['cpu_vs_vit']:.3f}x |"
+                  for name, r in o["models"].items()]
+        models = o["models"]
+        if "swin_b" in models:
+            lines += ["", f"AUFormer vs Swin-B: {models['auformer']['wall_s'] / models['swin_b']['wall_s']:.3f}x wall, "
+                          f"{models['auformer']['cpu_s'] / models['swin_b']['cpu_s']:.3f}x CPU", ""]
+    if "first-run" in results:
+        r = results["first-run"]
+        lines += ["## First run", "", f"`{r.get('command')}`: " + (
+            f"{r['wall_s']:.0f} s wall, {r['cpu_s']:.0f} s CPU, mean F1 {r['mean_f1']:.3f}, {r['output_lines']} output lines"
+            if "wall_s" in r else f"failed: {r['error']}"), ""]
+    if "loader" in results:
+        r = results["loader"]
+        lines += [f"## Loader ({r['images']} JPEGs, 224 px, batch 32)", "", "| transform, workers | images/s |", "|---|---|"]
+        lines += [f"| {name} | {rate:.0f} |" for name, rate in r["images_per_s"].items()] + [""]
+    if "detect" in results:
+        lines += ["## Detection (benchmarks/bench_detect.py)", "", "```json", json.dumps(results["detect"], indent=2), "```", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="folder for results.md and results.json (default: runs/benchmarks-<UTC time>)")
+    parser.add_argument("--tables", nargs="+", default=list(TABLES), choices=TABLES, help="tables to run (default: all)")
+    parser.add_argument("--batch", type=int, default=4, help="batch size of the forward comparison (default: %(default)s)")
+    parser.add_argument("--iters", type=int, default=5, help="timed forwards per model (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--quick", action="store_true", help="fewer iterations, one training epoch: a smoke run, not figures")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out or f"runs/benchmarks-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}")
+    out.mkdir(parents=True, exist_ok=True)
+    results = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+               "machine": f"{torch.get_num_threads()} torch threads, CUDA {'yes' if torch.cuda.is_available() else 'no'}",
+               "quick": args.quick}
+    runners = {"overhead": lambda: run_overhead(args), "first-run": lambda: run_first_run(args, out),
+               "loader": lambda: run_loader(args), "detect": lambda: run_detect(args, out)}
+    for table in args.tables:
+        print(f"running {table} ...", flush=True)
+        results[table] = runners[table]()
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
+    atomic_write_text(out / "results.md", markdown(results))
+    print(markdown(results))
+    print(f"results written to {out}/results.md and {out}/results.json")
+
+
+if __name__ == "__main__":
+    main()
