@@ -39,8 +39,13 @@ def run_overhead(args: argparse.Namespace) -> dict:
 
     models = build_models(12, "vit_base_patch16_224", swin=True)
     iters = 2 if args.quick else args.iters
-    return {"batch": args.batch, "dtype": "fp32", "iters": iters, "threads": torch.get_num_threads(),
-            "models": forward_times(models, args.batch, 224, iters)}
+    return {
+        "batch": args.batch,
+        "dtype": "fp32",
+        "iters": iters,
+        "threads": torch.get_num_threads(),
+        "models": forward_times(models, args.batch, 224, iters),
+    }
 
 
 def run_first_run(args: argparse.Namespace, out: Path) -> dict:
@@ -56,9 +61,13 @@ def run_first_run(args: argparse.Namespace, out: Path) -> dict:
     if log.returncode:
         return {"command": " ".join(command[1:]), "error": log.stderr.strip().splitlines()[-1:]}
     metrics = json.loads((out / "first_run" / "metrics.json").read_text())
-    return {"command": "auformer " + " ".join(command[3:]), "wall_s": wall,
-            "cpu_s": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
-            "mean_f1": metrics["mean_f1"], "output_lines": len(log.stdout.splitlines()) + len(log.stderr.splitlines())}
+    return {
+        "command": "auformer " + " ".join(command[3:]),
+        "wall_s": wall,
+        "cpu_s": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
+        "mean_f1": metrics["mean_f1"],
+        "output_lines": len(log.stdout.splitlines()) + len(log.stderr.splitlines()),
+    }
 
 
 def run_loader(args: argparse.Namespace) -> dict:
@@ -67,8 +76,11 @@ def run_loader(args: argparse.Namespace) -> dict:
     count = 128 if args.quick else 512
     with tempfile.TemporaryDirectory() as tmp:
         table = make_jpegs(Path(tmp), count)
-        rates = {f"{mode}, {workers} workers": images_per_second(table, workers, 32, 224, mode == "train", 1)
-                 for mode in ("train", "test") for workers in (0, 2)}
+        rates = {
+            f"{mode}, {workers} workers": images_per_second(table, workers, 32, 224, mode == "train", 1)
+            for mode in ("train", "test")
+            for workers in (0, 2)
+        }
     return {"images": count, "images_per_s": rates}
 
 
@@ -89,19 +101,37 @@ def markdown(results: dict) -> str:
     lines = [f"# Benchmarks ({results['date']}, {results['machine']})", ""]
     if "overhead" in results:
         o = results["overhead"]
-        lines += [f"## Forward time, batch {o['batch']}, {o['dtype']}, {o['threads']} threads, medians of {o['iters']}",
-                  "", "| model | wall ms | vs ViT | CPU ms | vs ViT |", "|---|---|---|---|---|"]
-        lines += [f"| {name} | {r['wall_s'] * 1e3:.0f} | {r['wall_vs_vit']:.3f}x | {r['cpu_s'] * 1e3:.0f} | {r['cpu_vs_vit']:.3f}x |"
-                  for name, r in o["models"].items()]
+        lines += [
+            f"## Forward time, batch {o['batch']}, {o['dtype']}, {o['threads']} threads, medians of {o['iters']}",
+            "",
+            "| model | wall ms | vs ViT | CPU ms | vs ViT |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {name} | {r['wall_s'] * 1e3:.0f} | {r['wall_vs_vit']:.3f}x | {r['cpu_s'] * 1e3:.0f} | {r['cpu_vs_vit']:.3f}x |"
+            for name, r in o["models"].items()
+        ]
         models = o["models"]
         if "swin_b" in models:
-            lines += ["", f"AUFormer vs Swin-B: {models['auformer']['wall_s'] / models['swin_b']['wall_s']:.3f}x wall, "
-                          f"{models['auformer']['cpu_s'] / models['swin_b']['cpu_s']:.3f}x CPU", ""]
+            lines += [
+                "",
+                f"AUFormer vs Swin-B: {models['auformer']['wall_s'] / models['swin_b']['wall_s']:.3f}x wall, "
+                f"{models['auformer']['cpu_s'] / models['swin_b']['cpu_s']:.3f}x CPU",
+                "",
+            ]
     if "first-run" in results:
         r = results["first-run"]
-        lines += ["## First run", "", f"`{r.get('command')}`: " + (
-            f"{r['wall_s']:.0f} s wall, {r['cpu_s']:.0f} s CPU, mean F1 {r['mean_f1']:.3f}, {r['output_lines']} output lines"
-            if "wall_s" in r else f"failed: {r['error']}"), ""]
+        lines += [
+            "## First run",
+            "",
+            f"`{r.get('command')}`: "
+            + (
+                f"{r['wall_s']:.0f} s wall, {r['cpu_s']:.0f} s CPU, mean F1 {r['mean_f1']:.3f}, {r['output_lines']} output lines"
+                if "wall_s" in r
+                else f"failed: {r['error']}"
+            ),
+            "",
+        ]
     if "loader" in results:
         r = results["loader"]
         lines += [f"## Loader ({r['images']} JPEGs, 224 px, batch 32)", "", "| transform, workers | images/s |", "|---|---|"]
@@ -113,8 +143,9 @@ def markdown(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default=None, metavar="DIR",
-                        help="folder for results.md and results.json (default: runs/benchmarks-<UTC time>)")
+    parser.add_argument(
+        "--out", default=None, metavar="DIR", help="folder for results.md and results.json (default: runs/benchmarks-<UTC time>)"
+    )
     parser.add_argument("--tables", nargs="+", default=list(TABLES), choices=TABLES, help="tables to run (default: all)")
     parser.add_argument("--batch", type=int, default=4, help="batch size of the forward comparison (default: %(default)s)")
     parser.add_argument("--iters", type=int, default=5, help="timed forwards per model (default: %(default)s)")
@@ -125,11 +156,17 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     out = Path(args.out or f"runs/benchmarks-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}")
     out.mkdir(parents=True, exist_ok=True)
-    results = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-               "machine": f"{torch.get_num_threads()} torch threads, CUDA {'yes' if torch.cuda.is_available() else 'no'}",
-               "quick": args.quick}
-    runners = {"overhead": lambda: run_overhead(args), "first-run": lambda: run_first_run(args, out),
-               "loader": lambda: run_loader(args), "detect": lambda: run_detect(args, out)}
+    results = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{torch.get_num_threads()} torch threads, CUDA {'yes' if torch.cuda.is_available() else 'no'}",
+        "quick": args.quick,
+    }
+    runners = {
+        "overhead": lambda: run_overhead(args),
+        "first-run": lambda: run_first_run(args, out),
+        "loader": lambda: run_loader(args),
+        "detect": lambda: run_detect(args, out),
+    }
     for table in args.tables:
         print(f"running {table} ...", flush=True)
         results[table] = runners[table]()

@@ -40,11 +40,12 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from face_photos import group_photo, lfw_images, portraits  # the photos the tests use
+from face_photos import group_photo, lfw_images, portraits  # noqa: E402  (the photos the tests use, after sys.path)
 
 MODELS = {
-    "synthetic": dict(backbone="vit_tiny_patch16_224", img_size=64,
-                      backbone_kwargs=dict(patch_size=8, embed_dim=96, depth=4, num_heads=3)),
+    "synthetic": dict(
+        backbone="vit_tiny_patch16_224", img_size=64, backbone_kwargs=dict(patch_size=8, embed_dim=96, depth=4, num_heads=3)
+    ),
     "vit-b": dict(backbone="vit_base_patch16_224", img_size=224, backbone_kwargs={}),
 }
 
@@ -66,25 +67,31 @@ def _candidates() -> dict:
         # main before issue 14: always one dlib upsampling of the full image
         "dlib (upsample always)": boxes_of(DlibDetector(working_size=10**6)),
         "dlib-cnn (mmod, full size)": lambda image: [
-            (d.rect.left(), d.rect.top(), d.rect.width(), d.rect.height()) for d in cnn(image, 0)],
+            (d.rect.left(), d.rect.top(), d.rect.width(), d.rect.height()) for d in cnn(image, 0)
+        ],
         "haar": boxes_of(get_detector("haar")),
-        "haar alt2 cascade": lambda image: [tuple(box) for box in haar_alt2.detectMultiScale(
-            cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), 1.1, 5, minSize=(30, 30))],
+        "haar alt2 cascade": lambda image: [
+            tuple(box) for box in haar_alt2.detectMultiScale(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), 1.1, 5, minSize=(30, 30))
+        ],
     }
 
 
 def _found(boxes, truth) -> int:
     """Truth boxes (x, y, w, h) with exactly one detected box centre inside."""
-    return int(sum(sum(x <= bx + bw / 2 <= x + w and y <= by + bh / 2 <= y + h for bx, by, bw, bh in boxes) == 1
-                   for x, y, w, h in truth))
+    return int(
+        sum(sum(x <= bx + bw / 2 <= x + w and y <= by + bh / 2 <= y + h for bx, by, bw, bh in boxes) == 1 for x, y, w, h in truth)
+    )
 
 
 def _timed(function, items: list) -> tuple[list, float, float]:
     """``[function(item) for item in items]`` and its wall and CPU milliseconds per item."""
     started, started_cpu = time.perf_counter(), time.process_time()
     results = [function(item) for item in items]
-    return (results, round(1000 * (time.perf_counter() - started) / len(items), 1),
-            round(1000 * (time.process_time() - started_cpu) / len(items), 1))
+    return (
+        results,
+        round(1000 * (time.perf_counter() - started) / len(items), 1),
+        round(1000 * (time.process_time() - started_cpu) / len(items), 1),
+    )
 
 
 def detector_table(skip_slow: bool = False) -> dict:
@@ -132,8 +139,9 @@ def _write_inputs(folder: Path, model: str, lfw_count: int, video_frames: int) -
     for index in range(video_frames):
         frame = np.full((480, 640, 3), 170, dtype=np.uint8)
         shift = np.float32([[1, 0, 100 + 2.5 * index], [0, 1, 60 + 8 * np.sin(index / 10)]])
-        writer.write(cv2.cvtColor(cv2.warpAffine(head, shift, (640, 480), dst=frame, borderMode=cv2.BORDER_TRANSPARENT),
-                                  cv2.COLOR_RGB2BGR))
+        writer.write(
+            cv2.cvtColor(cv2.warpAffine(head, shift, (640, 480), dst=frame, borderMode=cv2.BORDER_TRANSPARENT), cv2.COLOR_RGB2BGR)
+        )
     writer.release()
     paths["video"] = str(video)
     torch.manual_seed(0)
@@ -172,15 +180,19 @@ def worker(job: dict) -> dict:
     default = inspect.signature(Detector).parameters["face_detector"].default
     faces = []  # faces found per timed run
     if job["kind"] == "images":
+
         def run() -> int:
             frames = (Frame(path, 0, 0.0, read_image(path)) for path in job["paths"])
             tables = [table for table, _ in detector.iter_results(frames)]
             faces.append(sum(int(table["success"].sum()) for table in tables))
             return sum(len(table) for table in tables)
+
         list(detector.iter_results([Frame(p, 0, 0.0, read_image(p)) for p in job["paths"][:2]]))  # warm-up
     else:
+
         def run() -> int:
             return len(detector.detect_video(job["paths"][0]))
+
     timing = _best(run, job["repeats"])
     if faces:
         timing["faces_found"] = f"{faces[-1]}/{len(job['paths'])}"
@@ -191,15 +203,24 @@ def worker(job: dict) -> dict:
 def _in_subprocess(job: dict, src: Path) -> dict:
     """``worker(job)`` in a fresh Python whose ``auformer`` is the one in ``src``."""
     env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": str(job["threads"])}
-    done = subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)], env=env, capture_output=True, text=True,
-                          check=False)
+    done = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(job)], env=env, capture_output=True, text=True, check=False
+    )
     if done.returncode != 0:
         raise RuntimeError(f"benchmark worker failed ({src}):\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def throughput_table(model: str, batch_size: int, repeats: int, threads: int, before_src: Path | None, amp: str = "none",
-                     lfw_count: int = 20, video_frames: int = 100) -> dict:
+def throughput_table(
+    model: str,
+    batch_size: int,
+    repeats: int,
+    threads: int,
+    before_src: Path | None,
+    amp: str = "none",
+    lfw_count: int = 20,
+    video_frames: int = 100,
+) -> dict:
     """Images/s on the portraits and frames/s on the video, this tree (and ``before_src``), alternating.
 
     ``amp`` applies to this tree only (the code before issue 14 had no ``amp``).
@@ -228,40 +249,70 @@ def to_markdown(results: dict) -> str:
     """The tables of ``results`` as Markdown."""
     lines = []
     if "detectors" in results:
-        lines += ["ms per image: wall / CPU", "",
-                  "| detector | group photo found (extra) | ms | 640x490 found | ms | 256x256 found | ms "
-                  "| LFW faces found | non-faces rejected | ms |", "|" + " --- |" * 10]
+        lines += [
+            "ms per image: wall / CPU",
+            "",
+            "| detector | group photo found (extra) | ms | 640x490 found | ms | 256x256 found | ms "
+            "| LFW faces found | non-faces rejected | ms |",
+            "|" + " --- |" * 10,
+        ]
         for name, row in results["detectors"].items():
-            ms = {key: f"{row[key + '_ms']} / {row[key + '_cpu_ms']}" if key + "_ms" in row else "-"
-                  for key in ("group", "640x490", "256x256", "lfw")}
-            lines.append(f"| {name} | {row['group_found']}/5 ({row['group_extra']}) | {ms['group']} "
-                         f"| {row['640x490_found']} | {ms['640x490']} | {row['256x256_found']} | {ms['256x256']} "
-                         f"| {row.get('lfw_faces_found', '-')} | {row.get('lfw_nonfaces_rejected', '-')} | {ms['lfw']} |")
+            ms = {
+                key: f"{row[key + '_ms']} / {row[key + '_cpu_ms']}" if key + "_ms" in row else "-"
+                for key in ("group", "640x490", "256x256", "lfw")
+            }
+            lines.append(
+                f"| {name} | {row['group_found']}/5 ({row['group_extra']}) | {ms['group']} "
+                f"| {row['640x490_found']} | {ms['640x490']} | {row['256x256_found']} | {ms['256x256']} "
+                f"| {row.get('lfw_faces_found', '-')} | {row.get('lfw_nonfaces_rejected', '-')} | {ms['lfw']} |"
+            )
         lines.append("")
     if "throughput" in results:
-        lines += [f"model {results['model']}, batch {results['batch_size']}, threads {results['threads']}, "
-                  f"amp {results['amp']} (this tree)", "",
-                  "| input | code | face detector | per s | per CPU s | faces found |", "| --- | --- | --- | --- | --- | --- |"]
+        lines += [
+            f"model {results['model']}, batch {results['batch_size']}, threads {results['threads']}, "
+            f"amp {results['amp']} (this tree)",
+            "",
+            "| input | code | face detector | per s | per CPU s | faces found |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
         for name, trees in results["throughput"].items():
             for tree, row in trees.items():
-                lines.append(f"| {name} | {tree} | {row['face_detector']} | {row['per_s']} | {row['per_cpu_s']} "
-                             f"| {row.get('faces_found', '-')} |")
+                lines.append(
+                    f"| {name} | {tree} | {row['face_detector']} | {row['per_s']} | {row['per_cpu_s']} "
+                    f"| {row.get('faces_found', '-')} |"
+                )
     return "\n".join(lines) + "\n"
 
 
-def run(out_dir: str | os.PathLike, model: str = "synthetic", batch_size: int = 16, repeats: int = 3, threads: int = 1,
-        parts: tuple[str, ...] = ("detectors", "throughput"), before_src: str | None = None, skip_slow: bool = False,
-        amp: str = "none", lfw_count: int = 20, video_frames: int = 100) -> dict:
+def run(
+    out_dir: str | os.PathLike,
+    model: str = "synthetic",
+    batch_size: int = 16,
+    repeats: int = 3,
+    threads: int = 1,
+    parts: tuple[str, ...] = ("detectors", "throughput"),
+    before_src: str | None = None,
+    skip_slow: bool = False,
+    amp: str = "none",
+    lfw_count: int = 20,
+    video_frames: int = 100,
+) -> dict:
     """Run the ``parts``, write ``OUT/bench_detect.json`` and ``OUT/bench_detect.md``, return the results."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    results: dict = {"model": model, "batch_size": batch_size, "threads": threads, "amp": amp,
-                     "load_average_before": os.getloadavg()}
+    results: dict = {
+        "model": model,
+        "batch_size": batch_size,
+        "threads": threads,
+        "amp": amp,
+        "load_average_before": os.getloadavg(),
+    }
     if "detectors" in parts:
         results["detectors"] = detector_table(skip_slow)
     if "throughput" in parts:
-        results["throughput"] = throughput_table(model, batch_size, repeats, threads, Path(before_src) if before_src else None,
-                                                 amp, lfw_count, video_frames)
+        results["throughput"] = throughput_table(
+            model, batch_size, repeats, threads, Path(before_src) if before_src else None, amp, lfw_count, video_frames
+        )
     results["load_average_after"] = os.getloadavg()
     (out / "bench_detect.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "bench_detect.md").write_text(to_markdown(results))
@@ -276,16 +327,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="synthetic", choices=MODELS, help="model to time (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=16, help="faces per model batch (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per number, best kept (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch and OpenMP threads; 1 avoids OpenMP spin-waits between the pipeline threads (default: %(default)s)")
-    parser.add_argument("--parts", nargs="+", default=["detectors", "throughput"], choices=("detectors", "throughput"),
-                        help="what to measure (default: both)")
-    parser.add_argument("--before-src", default=None, metavar="DIR",
-                        help="also time the auformer package in DIR (e.g. /work/main/src), alternating with this tree")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch and OpenMP threads; 1 avoids OpenMP spin-waits between the pipeline threads (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        default=["detectors", "throughput"],
+        choices=("detectors", "throughput"),
+        help="what to measure (default: both)",
+    )
+    parser.add_argument(
+        "--before-src",
+        default=None,
+        metavar="DIR",
+        help="also time the auformer package in DIR (e.g. /work/main/src), alternating with this tree",
+    )
     parser.add_argument("--skip-slow", action="store_true", help="leave out dlib's CNN detector (seconds per image)")
-    parser.add_argument("--amp", default="none", choices=("none", "bf16"), help="autocast for this tree's network (default: %(default)s)")
-    parser.add_argument("--lfw-portraits", type=int, default=20,
-                        help="LFW faces among the portraits of each size, after the 4 sharp ones (default: %(default)s)")
+    parser.add_argument(
+        "--amp", default="none", choices=("none", "bf16"), help="autocast for this tree's network (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--lfw-portraits",
+        type=int,
+        default=20,
+        help="LFW faces among the portraits of each size, after the 4 sharp ones (default: %(default)s)",
+    )
     parser.add_argument("--video-frames", type=int, default=100, help="frames of the timed video (default: %(default)s)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # one timing as JSON, for a subprocess
     args = parser.parse_args(argv)
@@ -294,8 +364,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.out:
         parser.error("--out DIR is required")
-    run(args.out, args.model, args.batch_size, args.repeats, args.threads, tuple(args.parts), args.before_src, args.skip_slow,
-        args.amp, args.lfw_portraits, args.video_frames)
+    run(
+        args.out,
+        args.model,
+        args.batch_size,
+        args.repeats,
+        args.threads,
+        tuple(args.parts),
+        args.before_src,
+        args.skip_slow,
+        args.amp,
+        args.lfw_portraits,
+        args.video_frames,
+    )
     return 0
 
 

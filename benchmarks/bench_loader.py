@@ -58,8 +58,12 @@ def main() -> None:
     parser.add_argument("--num-images", type=int, default=512, help="generated JPEGs when no --data (default: %(default)s)")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="worker counts to time (default: 0 1 2)")
     parser.add_argument("--batch-size", type=int, default=32, help="batch size (default: %(default)s)")
-    parser.add_argument("--img-size", type=int, default=224, help="crop size after resizing to img_size*256/224 (default: %(default)s)")
-    parser.add_argument("--test", action="store_true", help="time the test transform (resize + centre crop), not train augmentation")
+    parser.add_argument(
+        "--img-size", type=int, default=224, help="crop size after resizing to img_size*256/224 (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--test", action="store_true", help="time the test transform (resize + centre crop), not train augmentation"
+    )
     parser.add_argument("--epochs", type=int, default=2, help="passes over the images per worker count (default: %(default)s)")
     args = parser.parse_args()
     torch.set_num_threads(1)  # one intra-op thread per process, as in a DataLoader worker

@@ -42,7 +42,9 @@ FPS = 10.0
 def peak_rss(command: list[str]) -> tuple[float, float]:
     """(peak RSS in MiB, wall seconds) of one child process running ``command``; it must succeed."""
     started = time.perf_counter()
-    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    child = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     _, status, usage = os.wait4(child.pid, 0)
     stderr = child.stderr.read().decode()
     if os.waitstatus_to_exitcode(status) != 0:
@@ -85,10 +87,25 @@ def write_dataset(folder: Path, rows: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, nargs="*", default=[100, 1000], metavar="N", help="photo counts for detect (default: %(default)s)")
-    parser.add_argument("--minutes", type=float, nargs="*", default=[1, 3, 10], metavar="M", help="video lengths in minutes (default: %(default)s)")
-    parser.add_argument("--manifest", type=int, nargs="*", default=[2000, 8000, 32000], metavar="ROWS",
-                        help="manifest sizes for evaluate (default: %(default)s)")
+    parser.add_argument(
+        "--images", type=int, nargs="*", default=[100, 1000], metavar="N", help="photo counts for detect (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        nargs="*",
+        default=[1, 3, 10],
+        metavar="M",
+        help="video lengths in minutes (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--manifest",
+        type=int,
+        nargs="*",
+        default=[2000, 8000, 32000],
+        metavar="ROWS",
+        help="manifest sizes for evaluate (default: %(default)s)",
+    )
     parser.add_argument("--out", default=None, metavar="DIR", help="also write DIR/bench_memory.json")
     args = parser.parse_args()
 
@@ -102,7 +119,9 @@ def main() -> None:
 
     def record(kind: str, size: int, unit: str, command: list[str]) -> None:
         rss, seconds = peak_rss(command)
-        results.append({"command": kind, "input": size, "unit": unit, "peak_rss_mib": round(rss, 1), "seconds": round(seconds, 1)})
+        results.append(
+            {"command": kind, "input": size, "unit": unit, "peak_rss_mib": round(rss, 1), "seconds": round(seconds, 1)}
+        )
         print(f"{kind:9s} {size:>7d} {unit:7s} peak RSS {rss:7.1f} MiB  ({seconds:.0f} s)", flush=True)
 
     for count in args.images:

@@ -70,10 +70,24 @@ def bench(args: argparse.Namespace, images: torch.Tensor) -> dict[str, dict]:
     models, results = {}, {}
     for name in args.variants.split(","):
         torch.manual_seed(0)
-        models[name] = build_model(args.num_aus, args.backbone, "random", img_size=args.img_size,
-                                   backbone_kwargs=args.backbone_kwargs, **VARIANTS[name]).to(args.device).train()
-        results[name] = {"variant": name, "saved_activation_mb": saved_activation_bytes(models[name], images) / 1e6,
-                         "times_s": [], "cpu_times_s": []}
+        models[name] = (
+            build_model(
+                args.num_aus,
+                args.backbone,
+                "random",
+                img_size=args.img_size,
+                backbone_kwargs=args.backbone_kwargs,
+                **VARIANTS[name],
+            )
+            .to(args.device)
+            .train()
+        )
+        results[name] = {
+            "variant": name,
+            "saved_activation_mb": saved_activation_bytes(models[name], images) / 1e6,
+            "times_s": [],
+            "cpu_times_s": [],
+        }
         for _ in range(args.warmup):
             step(models[name], images)
         if args.device == "cuda":
@@ -92,9 +106,12 @@ def bench(args: argparse.Namespace, images: torch.Tensor) -> dict[str, dict]:
     for name, result in results.items():
         result["time_s"] = statistics.median(result["times_s"])
         result["cpu_time_s"] = statistics.median(result["cpu_times_s"])
-        print(f"{name:>9}: {result['time_s']:.3f} s/iter wall, {result['cpu_time_s']:.3f} s CPU (medians of {args.iters}), "
-              f"saved activations {result['saved_activation_mb']:.1f} MB"
-              + (f", CUDA peak {result['cuda_peak_mb']:.1f} MB" if "cuda_peak_mb" in result else ""), flush=True)
+        print(
+            f"{name:>9}: {result['time_s']:.3f} s/iter wall, {result['cpu_time_s']:.3f} s CPU (medians of {args.iters}), "
+            f"saved activations {result['saved_activation_mb']:.1f} MB"
+            + (f", CUDA peak {result['cuda_peak_mb']:.1f} MB" if "cuda_peak_mb" in result else ""),
+            flush=True,
+        )
     return results
 
 
@@ -107,10 +124,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--depth", type=int, default=None, help="override the ViT depth for a quick run")
     parser.add_argument("--iters", type=int, default=3, help="timed iterations per variant (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed iterations first (default: %(default)s)")
-    parser.add_argument("--variants", default="reference,fused,single",
-                        help="comma-separated subset of reference,fused,single (default: %(default)s)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"),
-                        help="device (default: cuda when available)")
+    parser.add_argument(
+        "--variants",
+        default="reference,fused,single",
+        help="comma-separated subset of reference,fused,single (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        choices=("cpu", "cuda"),
+        help="device (default: cuda when available)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", default=None, metavar="DIR", help="also write DIR/bench_moke.json")
     args = parser.parse_args(argv)
@@ -126,8 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     images = torch.randn(args.batch, 3, args.img_size, args.img_size, device=args.device)
-    print(f"{args.backbone} depth={args.depth or 'default'} N={args.num_aus} batch={args.batch} "
-          f"device={args.device} threads={torch.get_num_threads()} iters={args.iters}", flush=True)
+    print(
+        f"{args.backbone} depth={args.depth or 'default'} N={args.num_aus} batch={args.batch} "
+        f"device={args.device} threads={torch.get_num_threads()} iters={args.iters}",
+        flush=True,
+    )
     results = bench(args, images)
     if "single" in results:
         for name, result in results.items():
@@ -135,8 +162,10 @@ def main(argv: list[str] | None = None) -> int:
             result["time_vs_single"] = result["time_s"] / base["time_s"]
             result["cpu_time_vs_single"] = result["cpu_time_s"] / base["cpu_time_s"]
             result["memory_vs_single"] = result["saved_activation_mb"] / base["saved_activation_mb"]
-            print(f"{name:>9}: {result['time_vs_single']:.2f}x wall time, {result['cpu_time_vs_single']:.2f}x CPU time, "
-                  f"{result['memory_vs_single']:.2f}x memory of single")
+            print(
+                f"{name:>9}: {result['time_vs_single']:.2f}x wall time, {result['cpu_time_vs_single']:.2f}x CPU time, "
+                f"{result['memory_vs_single']:.2f}x memory of single"
+            )
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

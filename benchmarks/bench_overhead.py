@@ -36,8 +36,9 @@ def build_models(num_aus: int, backbone: str, swin: bool) -> dict[str, torch.nn.
     return models
 
 
-def forward_times(models: dict[str, torch.nn.Module], batch: int, img_size: int, iters: int, warmup: int = 1,
-                  dtype: str = "fp32") -> dict[str, dict[str, float]]:
+def forward_times(
+    models: dict[str, torch.nn.Module], batch: int, img_size: int, iters: int, warmup: int = 1, dtype: str = "fp32"
+) -> dict[str, dict[str, float]]:
     """Median wall and CPU seconds per no-grad forward of each model, interleaved; ratios to ``vit``."""
     images = torch.randn(batch, 3, img_size, img_size)
     times = {name: ([], []) for name in models}
@@ -71,8 +72,10 @@ def main() -> None:
     models = build_models(args.num_aus, args.backbone, not args.no_swin)
     results = forward_times(models, args.batch, 224, args.iters, dtype=args.dtype)
     for name, r in results.items():
-        print(f"{name:>9}: {r['wall_s'] * 1e3:8.1f} ms wall ({r['wall_vs_vit']:.3f}x vit), "
-              f"{r['cpu_s'] * 1e3:8.1f} ms CPU ({r['cpu_vs_vit']:.3f}x vit)")
+        print(
+            f"{name:>9}: {r['wall_s'] * 1e3:8.1f} ms wall ({r['wall_vs_vit']:.3f}x vit), "
+            f"{r['cpu_s'] * 1e3:8.1f} ms CPU ({r['cpu_vs_vit']:.3f}x vit)"
+        )
 
 
 if __name__ == "__main__":

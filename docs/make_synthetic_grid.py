@@ -30,7 +30,10 @@ for ax, image, labels, subject in zip(axes[1:].flat, data.images, data.labels, d
     ax.set_title(f"{subject}\n{present}", fontsize=6)
 for ax in axes.flat:
     ax.axis("off")
-fig.suptitle("auformer synthetic faces (64 px). Row 1: each AU alone; rows 2-4: generate_synthetic(seed=0), labels = AUs present", fontsize=9)
+fig.suptitle(
+    "auformer synthetic faces (64 px). Row 1: each AU alone; rows 2-4: generate_synthetic(seed=0), labels = AUs present",
+    fontsize=9,
+)
 fig.tight_layout()
 fig.savefig("docs/images/synthetic_grid.png", dpi=110)
 print("wrote docs/images/synthetic_grid.png")

@@ -47,7 +47,7 @@ def _frame(image: np.ndarray, width: int, height: int) -> np.ndarray:
     extra = width - scaled.shape[1]
     if extra >= 0:
         return cv2.copyMakeBorder(scaled, 0, 0, extra // 2, extra - extra // 2, cv2.BORDER_REPLICATE)
-    return scaled[:, -extra // 2:-extra // 2 + width]
+    return scaled[:, -extra // 2 : -extra // 2 + width]
 
 
 def portraits(lfw_count: int = 20) -> dict[str, list[np.ndarray]]:
@@ -61,8 +61,10 @@ def portraits(lfw_count: int = 20) -> dict[str, list[np.ndarray]]:
     heads += [image[:, ::-1] for image in heads]
     squares += [image[:, ::-1] for image in squares]
     lfw = lfw_images(lfw_count) if lfw_count else []
-    return {"640x490": [_frame(image, 640, 490) for image in heads + lfw],
-            "256x256": [_frame(image, 256, 256) for image in squares + lfw]}
+    return {
+        "640x490": [_frame(image, 640, 490) for image in heads + lfw],
+        "256x256": [_frame(image, 256, 256) for image in squares + lfw],
+    }
 
 
 def _sunglasses(image: np.ndarray, eyes: np.ndarray) -> np.ndarray:
@@ -72,8 +74,13 @@ def _sunglasses(image: np.ndarray, eyes: np.ndarray) -> np.ndarray:
     axes = (round(0.42 * distance), round(0.3 * distance))
     for eye in eyes.round().astype(int):
         cv2.ellipse(image, tuple(eye), axes, 0, 0, 360, (20, 20, 25), -1)
-    cv2.line(image, tuple(eyes[0].round().astype(int)), tuple(eyes[1].round().astype(int)), (20, 20, 25),
-             max(2, round(0.08 * distance)))
+    cv2.line(
+        image,
+        tuple(eyes[0].round().astype(int)),
+        tuple(eyes[1].round().astype(int)),
+        (20, 20, 25),
+        max(2, round(0.08 * distance)),
+    )
     return image
 
 
@@ -89,22 +96,27 @@ def group_photo() -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
     canvas = cv2.resize(cv2.GaussianBlur(data.coffee(), (0, 0), 6), (1280, 720))
     astronaut, hopper = data.astronaut(), grace_hopper()
     occluded = astronaut[:, ::-1].copy()
-    occluded[125:175, 512 - 250:512 - 205] = (120, 120, 120)  # a hand-sized block over mouth and chin
-    tilted = cv2.warpAffine(hopper[:, ::-1].copy(), cv2.getRotationMatrix2D((245.0, 235.0), 10.0, 1.0), (512, 600),
-                            borderMode=cv2.BORDER_REPLICATE)
+    occluded[125:175, 512 - 250 : 512 - 205] = (120, 120, 120)  # a hand-sized block over mouth and chin
+    tilted = cv2.warpAffine(
+        hopper[:, ::-1].copy(), cv2.getRotationMatrix2D((245.0, 235.0), 10.0, 1.0), (512, 600), borderMode=cv2.BORDER_REPLICATE
+    )
     # (source, its face box x, y, w, h in the source, face width wanted on the canvas)
-    people = [(astronaut, (175, 76, 91, 91), 110), (_sunglasses(hopper, HOPPER_EYES), (180, 139, 187, 187), 120),
-              (occluded, (512 - 266, 76, 91, 91), 100), (tilted, (512 - 367, 139, 187, 187), 125),
-              (_sunglasses(astronaut, ASTRONAUT_EYES), (175, 76, 91, 91), 95)]
+    people = [
+        (astronaut, (175, 76, 91, 91), 110),
+        (_sunglasses(hopper, HOPPER_EYES), (180, 139, 187, 187), 120),
+        (occluded, (512 - 266, 76, 91, 91), 100),
+        (tilted, (512 - 367, 139, 187, 187), 125),
+        (_sunglasses(astronaut, ASTRONAUT_EYES), (175, 76, 91, 91), 95),
+    ]
     boxes = []
     for slot, (source, (x, y, w, h), width) in enumerate(people):
         scale = width / w
         tile_x, tile_y = x - 0.8 * w, y - 0.8 * h  # head and shoulders: 0.8 face widths around the face
-        tile = source[max(0, round(tile_y)):round(y + 2.2 * h), max(0, round(tile_x)):round(x + 1.8 * w)]
+        tile = source[max(0, round(tile_y)) : round(y + 2.2 * h), max(0, round(tile_x)) : round(x + 1.8 * w)]
         tile = cv2.resize(tile, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
         left, top = 20 + 250 * slot, 160 + 60 * (slot % 2)
-        tile = tile[:720 - top, :1280 - left]
-        canvas[top:top + tile.shape[0], left:left + tile.shape[1]] = tile
+        tile = tile[: 720 - top, : 1280 - left]
+        canvas[top : top + tile.shape[0], left : left + tile.shape[1]] = tile
         face_left = left + (x - max(0, round(tile_x))) * scale
         face_top = top + (y - max(0, round(tile_y))) * scale
         boxes.append((round(face_left), round(face_top), round(w * scale), round(h * scale)))

@@ -80,7 +80,9 @@ def make_fake_bp4d(
             pd.DataFrame(rows, columns=["Frame", *map(str, coded_aus)]).to_csv(label_dir / f"{subject}_{task}.csv", index=False)
             levels = np.full((frames, len(BP4D_AUS)), -1.0, np.float32)  # (F, N) expected intensities
             if intensity:
-                levels = _write_fera_intensity(root, subject, task, frame_numbers, rng, first=not fake.labels and not fake.missing)
+                levels = _write_fera_intensity(
+                    root, subject, task, frame_numbers, rng, first=not fake.labels and not fake.missing
+                )
             for n, row, level in zip(frame_numbers, codes, levels):
                 key = f"images/{subject}/{task}/{n:04d}.jpg"
                 path = root / "2DFaces" / subject / task / (f"{n:04d}.jpg" if zero_pad else f"{n}.jpg")
@@ -104,8 +106,9 @@ def make_fake_bp4d(
     return fake
 
 
-def _write_fera_intensity(root: Path, subject: str, task: str, frame_numbers: list[int], rng: np.random.Generator,
-                          first: bool) -> np.ndarray:
+def _write_fera_intensity(
+    root: Path, subject: str, task: str, frame_numbers: list[int], rng: np.random.Generator, first: bool
+) -> np.ndarray:
     """Write one sequence's AU_INT files; return the expected intensities (F, 12) over BP4D_AUS (-1 unknown)."""
     levels = np.full((len(frame_numbers), len(BP4D_AUS)), -1.0, np.float32)
     for au in BP4D_INTENSITY_AUS:

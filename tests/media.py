@@ -15,8 +15,14 @@ import auformer
 def tiny_checkpoint(path: Path, aus: list[int]) -> Path:
     """A tiny random AUFormer (2 blocks, width 32, 32 px) marked as trained on the synthetic dataset."""
     torch.manual_seed(0)
-    model = auformer.build_model(len(aus), backbone="vit_tiny_patch16_224", backbone_weights="random", img_size=32, aus=aus,
-                                 backbone_kwargs=dict(patch_size=8, embed_dim=32, depth=2, num_heads=2))
+    model = auformer.build_model(
+        len(aus),
+        backbone="vit_tiny_patch16_224",
+        backbone_weights="random",
+        img_size=32,
+        aus=aus,
+        backbone_kwargs=dict(patch_size=8, embed_dim=32, depth=2, num_heads=2),
+    )
     torch.nn.init.normal_(model.head.weight, std=0.5)  # spread the probabilities away from 0.5
     auformer.save_checkpoint(model, path, extra={"dataset": "synthetic"})
     return path
@@ -30,7 +36,7 @@ def write_moving_face_video(path: Path, face_frames: int, blank_frames: int) -> 
     for index in range(face_frames + blank_frames):
         frame = np.full((240, 320, 3), 200, dtype=np.uint8)
         if index < face_frames:
-            frame[40:190, 10 + 25 * index:160 + 25 * index] = head
+            frame[40:190, 10 + 25 * index : 160 + 25 * index] = head
         writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     writer.release()
     return path

@@ -46,9 +46,17 @@ def test_a_folder_holding_another_configs_run_is_refused(tmp_path):
 @pytest.mark.slow
 def test_grid_killed_mid_row_resumes_and_trains_every_row_once(tmp_path):
     """Kill `auformer ablation` while row 2 trains, rerun: row 1 is reused untouched, every row has each epoch once."""
-    sets = [f"{section}.{key}={json.dumps(value)}" for section in ("data", "model", "train") for key, value in TINY[section].items()]
-    sets += ["model.backbone_weights=random", "data.synthetic_images=60", "data.synthetic_subjects=6", "data.cv_folds=[0]",
-             "train.checkpoint_every=1", "train.epochs=2"]
+    sets = [
+        f"{section}.{key}={json.dumps(value)}" for section in ("data", "model", "train") for key, value in TINY[section].items()
+    ]
+    sets += [
+        "model.backbone_weights=random",
+        "data.synthetic_images=60",
+        "data.synthetic_subjects=6",
+        "data.cv_folds=[0]",
+        "train.checkpoint_every=1",
+        "train.epochs=2",
+    ]
     command = [sys.executable, "-m", "auformer", "ablation", "--preset", "synthetic", "--table", "5c", "--out", str(tmp_path)]
     command += [arg for item in sets for arg in ("--set", item)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -14,7 +14,18 @@ from auformer.aus import (
 
 @pytest.mark.parametrize(
     "token, number",
-    [("AU1", 1), ("AU01", 1), ("1", 1), ("au 12", 12), ("R12", 12), ("L1", 1), ("AU12R", 12), ("12.0", 12), (26, 26), ("B25", 25)],
+    [
+        ("AU1", 1),
+        ("AU01", 1),
+        ("1", 1),
+        ("au 12", 12),
+        ("R12", 12),
+        ("L1", 1),
+        ("AU12R", 12),
+        ("12.0", 12),
+        (26, 26),
+        ("B25", 25),
+    ],
 )
 def test_parse_au_forms(token, number):
     assert parse_au(token) == number

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_detect import checkpoint  # noqa: F401  (the tiny detection checkpoint fixture)
 
 from auformer.cli import main
 from auformer.data import AUTable, read_folds, read_manifest
 from auformer.data.images import drop_unreadable, read_rgb
 from auformer.errors import AUFormerError, one_line
 from auformer.metrics import au_metrics
+from test_detect import checkpoint  # noqa: F401  (the tiny detection checkpoint fixture)
 
 
 def _manifest(folder: Path, text: str) -> Path:
@@ -57,7 +57,9 @@ def test_missing_image_counted(tmp_path):
 
 
 def test_subject_in_two_folds(tmp_path):
-    (tmp_path / "folds.json").write_text(json.dumps({"folds": [{"test_subjects": ["s1", "s2"]}, {"test_subjects": ["s3", "s2"]}], "aus": ["AU01"]}))
+    (tmp_path / "folds.json").write_text(
+        json.dumps({"folds": [{"test_subjects": ["s1", "s2"]}, {"test_subjects": ["s3", "s2"]}], "aus": ["AU01"]})
+    )
     _one_line_error(read_folds, tmp_path, match=r"folds.json: subject 's2' is in folds 0 and 1")
 
 
@@ -126,7 +128,10 @@ def test_error_in_dataloader_worker_is_one_line(tmp_path):
     with pytest.raises(AUFormerError) as caught:
         next(iter(loader))
     assert "Original Traceback" in str(caught.value)  # what torch re-raises ...
-    assert one_line(caught.value) == f"{tmp_path / 'bad.png'}: cannot decode image (cannot identify image file {str(tmp_path / 'bad.png')!r})"
+    assert (
+        one_line(caught.value)
+        == f"{tmp_path / 'bad.png'}: cannot decode image (cannot identify image file {str(tmp_path / 'bad.png')!r})"
+    )
 
 
 def noise_video(path: Path, frames: int, width: int = 64, height: int = 48) -> Path:
@@ -165,9 +170,8 @@ def test_detect_bad_video_stops_or_is_skipped(checkpoint, tmp_path, capsys):  # 
 
 
 def test_train_skip_bad_lists_bad_images(tmp_path, capsys):
-    from test_train import write_tiny_preset
-
     from auformer.data.synthetic import write_synthetic
+    from test_train import write_tiny_preset
 
     root = write_synthetic(tmp_path / "data", num_images=60, size=32, seed=0, num_subjects=6, num_folds=3)
     table = read_manifest(root)

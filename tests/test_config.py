@@ -6,8 +6,16 @@ import pytest
 
 from auformer.config import Config, load_config, parse_overrides, preset_names, save_config
 
-REAL_PRESETS = ("bp4d", "disfa", "casme2", "bp4d-to-disfa", "disfa-to-bp4d", "bp4d-data-efficiency", "disfa-intensity",
-                "bp4d-intensity")
+REAL_PRESETS = (
+    "bp4d",
+    "disfa",
+    "casme2",
+    "bp4d-to-disfa",
+    "disfa-to-bp4d",
+    "bp4d-data-efficiency",
+    "disfa-intensity",
+    "bp4d-intensity",
+)
 
 
 def test_every_paper_experiment_has_a_preset():
@@ -37,8 +45,9 @@ def test_own_data_under_the_synthetic_preset_is_named_after_its_folder():
     assert (config.data.dataset, config.data.root) == ("my_faces", "data/my_faces")
 
 
-@pytest.mark.parametrize(("preset", "aus"), [("disfa-intensity", [1, 2, 4, 5, 6, 9, 12, 15, 17, 20, 25, 26]),
-                                             ("bp4d-intensity", [6, 10, 12, 14, 17])])
+@pytest.mark.parametrize(
+    ("preset", "aus"), [("disfa-intensity", [1, 2, 4, 5, 6, 9, 12, 15, 17, 20, 25, 26]), ("bp4d-intensity", [6, 10, 12, 14, 17])]
+)
 def test_intensity_presets_name_the_coded_aus(preset, aus):
     config = load_config(preset, data_dir="d")
     assert config.data.aus == aus and config.model.task == "intensity"

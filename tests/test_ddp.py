@@ -21,8 +21,9 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     # No augmentation and no dropout (TINY): the only difference left is where the batch is split.
     # The batch-form WDI is a dice over each process's local batch (docs/losses.md), so this
     # equivalence is checked with the per-sample form, whose batch mean does not depend on the split.
-    preset = write_tiny_preset(tmp_path / "tiny.yaml", train={"epochs": 2, "checkpoint_every": 100},
-                               loss={"wdi_reduction": "sample"})
+    preset = write_tiny_preset(
+        tmp_path / "tiny.yaml", train={"epochs": 2, "checkpoint_every": 100}, loss={"wdi_reduction": "sample"}
+    )
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     one = subprocess.Popen([sys.executable, "-m", "auformer", "train", "--preset", preset, "--out", str(single)],
                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip

@@ -45,8 +45,9 @@ def test_detect_matches_model_on_aligned_crop(checkpoint):
         expected = torch.sigmoid(model(transform(crop)[None]).logits)[0].numpy()  # (N,)
     probabilities = table.loc[0, ["AU01", "AU02", "AU04", "AU06", "AU12"]].to_numpy(dtype=float)
     np.testing.assert_allclose(probabilities, expected, atol=1e-6)
-    np.testing.assert_array_equal(table.loc[0, ["AU01_c", "AU02_c", "AU04_c", "AU06_c", "AU12_c"]].to_numpy(dtype=int),
-                                  (expected >= 0.5).astype(int))
+    np.testing.assert_array_equal(
+        table.loc[0, ["AU01_c", "AU02_c", "AU04_c", "AU06_c", "AU12_c"]].to_numpy(dtype=int), (expected >= 0.5).astype(int)
+    )
     assert 0.0 < expected.min() < 0.5 < expected.max() < 1.0  # both occurrence values are exercised
 
 
@@ -99,8 +100,25 @@ def test_cli_detect_folder_with_video_and_corrupt_file(checkpoint, video, tmp_pa
     (inputs / "notes.txt").write_text("ignored")
     (inputs / "nested" / "clip.avi").write_bytes(video.read_bytes())
     out = tmp_path / "out"
-    status = main(["detect", str(inputs), "--checkpoint", str(checkpoint), "--out", str(out), "--plot",
-                   "--format", "openface", "--threshold", "0.5", "AU12=0.3", "--every", "3", "--skip-bad"])
+    status = main(
+        [
+            "detect",
+            str(inputs),
+            "--checkpoint",
+            str(checkpoint),
+            "--out",
+            str(out),
+            "--plot",
+            "--format",
+            "openface",
+            "--threshold",
+            "0.5",
+            "AU12=0.3",
+            "--every",
+            "3",
+            "--skip-bad",
+        ]
+    )
     assert status == 0
     printed = capsys.readouterr().out
     assert "not meaningful" in printed and "1 unreadable inputs skipped" in printed and "1 files with other extensions" in printed

@@ -12,7 +12,12 @@ from auformer.explain import grad_cam, tsne_points
 from auformer.model import build_model
 from auformer.model.checkpoint import save_checkpoint
 
-TINY = dict(backbone="vit_tiny_patch16_224", backbone_weights="random", img_size=32, backbone_kwargs={"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2})
+TINY = dict(
+    backbone="vit_tiny_patch16_224",
+    backbone_weights="random",
+    img_size=32,
+    backbone_kwargs={"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2},
+)
 
 
 def test_grad_cam_maps_are_normalised_per_target():
@@ -56,8 +61,22 @@ def test_explain_writes_gradcam_and_tsne(tmp_path, capsys):
     for index in range(6):
         Image.fromarray(np.random.default_rng(index).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(faces / f"{index}.png")
     (faces / "broken.png").write_bytes(b"not an image")
-    code = main(["explain", str(tmp_path / "ckpt"), str(faces), "--out", str(tmp_path / "out"), "--gradcam-images", "2",
-                 "--compare-checkpoint", str(tmp_path / "ckpt"), "--titles", "with aux", "without aux"])
+    code = main(
+        [
+            "explain",
+            str(tmp_path / "ckpt"),
+            str(faces),
+            "--out",
+            str(tmp_path / "out"),
+            "--gradcam-images",
+            "2",
+            "--compare-checkpoint",
+            str(tmp_path / "ckpt"),
+            "--titles",
+            "with aux",
+            "without aux",
+        ]
+    )
     assert code == 0
     captured = capsys.readouterr()
     assert sorted(p.name for p in (tmp_path / "out" / "gradcam").iterdir()) == ["0.png", "1.png"]

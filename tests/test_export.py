@@ -18,8 +18,14 @@ from auformer.export import export_model
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     torch.manual_seed(1)
-    model = auformer.build_model(3, backbone="vit_tiny_patch16_224", backbone_weights="random", img_size=32, aus=[1, 6, 12],
-                                 backbone_kwargs=dict(patch_size=8, embed_dim=32, depth=2, num_heads=2))
+    model = auformer.build_model(
+        3,
+        backbone="vit_tiny_patch16_224",
+        backbone_weights="random",
+        img_size=32,
+        aus=[1, 6, 12],
+        backbone_kwargs=dict(patch_size=8, embed_dim=32, depth=2, num_heads=2),
+    )
     torch.nn.init.normal_(model.head.weight, std=0.5)
     path = tmp_path_factory.mktemp("ckpt") / "tiny"
     auformer.save_checkpoint(model, path)

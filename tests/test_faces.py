@@ -63,8 +63,9 @@ def test_none_detector_keeps_whole_image():
     assert np.abs(aligned[0].crop.astype(int) - resized).mean() < 0.5  # area-shrunk, no aliasing, no half-pixel shift
 
 
-@pytest.mark.parametrize("name, min_faces_found, min_nonfaces_rejected",
-                         [("dlib", 0.90, 1.0), ("haar", 0.95, 1.0), ("yunet", 0.97, 1.0)])
+@pytest.mark.parametrize(
+    "name, min_faces_found, min_nonfaces_rejected", [("dlib", 0.90, 1.0), ("haar", 0.95, 1.0), ("yunet", 0.97, 1.0)]
+)
 def test_lfw_subset_detection_rates(name, min_faces_found, min_nonfaces_rejected):
     """Regression guard at the measured rates (dlib 0.91/1.00, haar 0.97/1.00, yunet 0.99/1.00; docs/detect.md)."""
     detector = get_detector(name)
@@ -86,7 +87,9 @@ def test_default_detector_finds_every_face_of_the_group_photo():
     faces = get_detector().detect(image)
     assert len(faces) == len(boxes) == 5
     for x, y, w, h in boxes:
-        inside = [face for face in faces if x <= face.box[0] + face.box[2] / 2 <= x + w and y <= face.box[1] + face.box[3] / 2 <= y + h]
+        inside = [
+            face for face in faces if x <= face.box[0] + face.box[2] / 2 <= x + w and y <= face.box[1] + face.box[3] / 2 <= y + h
+        ]
         assert len(inside) == 1, (x, y, w, h)
         eyes = inside[0].landmarks[:2]
         assert np.all((eyes[:, 0] > x) & (eyes[:, 0] < x + w) & (eyes[:, 1] > y) & (eyes[:, 1] < y + h / 2 + 10))

@@ -27,7 +27,9 @@ from auformer.errors import AUFormerError
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 AU_NUMBERS = st.sampled_from(sorted(AU_NAMES))
 # Text made of what AU strings and CSV files are made of, so that near-misses are common.
-SOUP = st.lists(st.sampled_from(list("AaUu0123456789 +,;/.-LRBTCcE\t\n\"'9x") + ["AU", "12", "\x00", "é"]), max_size=20).map("".join)
+SOUP = st.lists(st.sampled_from(list("AaUu0123456789 +,;/.-LRBTCcE\t\n\"'9x") + ["AU", "12", "\x00", "é"]), max_size=20).map(
+    "".join
+)
 
 
 def _user_error(call, *args):
@@ -40,7 +42,10 @@ def _user_error(call, *args):
 
 
 @FUZZ
-@given(AU_NUMBERS, st.sampled_from(["AU{n}", "AU{n:02d}", "au {n}", "{n}", "{n:02d}", "R{n}", "L{n}", "AU{n}R", "{n}c", "{n}.0", " B{n} "]))
+@given(
+    AU_NUMBERS,
+    st.sampled_from(["AU{n}", "AU{n:02d}", "au {n}", "{n}", "{n:02d}", "R{n}", "L{n}", "AU{n}R", "{n}c", "{n}.0", " B{n} "]),
+)
 def test_parse_au_documented_forms(number, form):
     assert parse_au(form.format(n=number)) == number
 
@@ -49,7 +54,9 @@ def test_parse_au_documented_forms(number, form):
 @given(st.lists(AU_NUMBERS, min_size=1, max_size=6, unique=True), st.sampled_from(["+", ",", " ", ";", "/", " + "]))
 def test_parse_au_list_documented_forms(numbers, separator):
     assert parse_au_list(separator.join(f"AU{n}" for n in numbers)) == numbers
-    assert parse_au_list(separator.join(f"R{n}" for n in numbers) + separator + separator.join(f"L{n}" for n in numbers)) == numbers
+    assert (
+        parse_au_list(separator.join(f"R{n}" for n in numbers) + separator + separator.join(f"L{n}" for n in numbers)) == numbers
+    )
 
 
 @FUZZ
@@ -78,7 +85,9 @@ def _write(folder: Path, text: str | bytes, name: str) -> Path:
     return folder / name
 
 
-CELLS = st.sampled_from(["", "1", "0", "-1", "1.0", "9", "x", "a.png", "s1", "AU01", "AU02", " AU04", "image", "subject", '"q,uoted"'])
+CELLS = st.sampled_from(
+    ["", "1", "0", "-1", "1.0", "9", "x", "a.png", "s1", "AU01", "AU02", " AU04", "image", "subject", '"q,uoted"']
+)
 CSV_TEXT = st.lists(st.lists(CELLS, min_size=0, max_size=5).map(",".join), max_size=6).map("\n".join)
 
 

@@ -26,8 +26,22 @@ def test_count_flops_is_two_per_mac():
 
 
 def test_info_json_for_a_tiny_backbone(capsys, tmp_path):
-    code = main(["info", "--backbone", "vit_tiny_patch16_224", "--num-aus", "3", "--img-size", "32",
-                 "--backbone-kwargs", TINY_KWARGS_JSON, "--json", "--out", str(tmp_path)])
+    code = main(
+        [
+            "info",
+            "--backbone",
+            "vit_tiny_patch16_224",
+            "--num-aus",
+            "3",
+            "--img-size",
+            "32",
+            "--backbone-kwargs",
+            TINY_KWARGS_JSON,
+            "--json",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert code == 0
     info = json.loads(capsys.readouterr().out)
     assert info == json.loads((tmp_path / "info.json").read_text())
@@ -46,17 +60,53 @@ def test_info_table_and_bad_kwargs(capsys):
 
 
 def test_info_method_counts_that_method(capsys):
-    assert main(["info", "--backbone", "vit_tiny_patch16_224", "--num-aus", "3", "--img-size", "32",
-                 "--backbone-kwargs", TINY_KWARGS_JSON, "--method", "lora", "--json"]) == 0
+    assert (
+        main(
+            [
+                "info",
+                "--backbone",
+                "vit_tiny_patch16_224",
+                "--num-aus",
+                "3",
+                "--img-size",
+                "32",
+                "--backbone-kwargs",
+                TINY_KWARGS_JSON,
+                "--method",
+                "lora",
+                "--json",
+            ]
+        )
+        == 0
+    )
     info = json.loads(capsys.readouterr().out)
-    model = build_model(3, "vit_tiny_patch16_224", "random", img_size=32, backbone_kwargs=json.loads(TINY_KWARGS_JSON), method="lora")
+    model = build_model(
+        3, "vit_tiny_patch16_224", "random", img_size=32, backbone_kwargs=json.loads(TINY_KWARGS_JSON), method="lora"
+    )
     assert info["method"] == "lora" and info["learnable_params"] == count_parameters(model)["learnable"]
     assert info["backbone_params"] + info["learnable_params"] == info["total_params"]
 
 
 def test_info_compare_writes_the_fig1_table_and_bubble_plot(capsys, tmp_path):
-    assert main(["info", "--compare", "--backbone", "vit_tiny_patch16_224", "--num-aus", "3", "--img-size", "32",
-                 "--backbone-kwargs", TINY_KWARGS_JSON, "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "info",
+                "--compare",
+                "--backbone",
+                "vit_tiny_patch16_224",
+                "--num-aus",
+                "3",
+                "--img-size",
+                "32",
+                "--backbone-kwargs",
+                TINY_KWARGS_JSON,
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert out.startswith("| method | learnable params | total params | GFLOPs | GMACs | paper F1 (BP4D, %) |")
     rows = {row["method"]: row for row in json.loads((tmp_path / "compare.json").read_text())}

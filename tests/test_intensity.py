@@ -12,7 +12,6 @@ import pytest
 import torch
 from scipy.stats import pearsonr
 from skimage import data
-from test_train import write_tiny_preset
 
 import auformer
 from auformer.cli import main
@@ -25,9 +24,14 @@ from auformer.export import export_model
 from auformer.losses import intensity_loss
 from auformer.metrics import icc_3_1, intensity_metrics
 from auformer.model.checkpoint import load_adapter_weights
+from test_train import write_tiny_preset
 
-TINY_VIT = {"backbone": "vit_tiny_patch16_224", "backbone_weights": "random", "img_size": 32,
-            "backbone_kwargs": {"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}}
+TINY_VIT = {
+    "backbone": "vit_tiny_patch16_224",
+    "backbone_weights": "random",
+    "img_size": 32,
+    "backbone_kwargs": {"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2},
+}
 
 
 # ---------------------------------------------------------------- metrics
@@ -60,7 +64,9 @@ def test_icc_and_pearson_agree_with_independent_formulas():
     assert set(scores) == {"icc", "pearson", "mae", "known"}
     # A constant offset costs MAE but not r; ICC(3,1) (consistency) ignores it too.
     shifted = intensity_metrics((truth + 1)[:, None], truth[:, None])["per_au"]["0"]
-    assert shifted["icc"] == pytest.approx(1.0) and shifted["pearson"] == pytest.approx(1.0) and shifted["mae"] == pytest.approx(1.0)
+    assert (
+        shifted["icc"] == pytest.approx(1.0) and shifted["pearson"] == pytest.approx(1.0) and shifted["mae"] == pytest.approx(1.0)
+    )
 
 
 def test_unknown_targets_are_excluded_and_uncoded_aus_left_out_of_the_means():
@@ -99,7 +105,12 @@ def test_intensity_heads_shapes_range_and_gradients(task):
     total = output.intensity.sum() + output.aux_intensity.sum() + (output.logits.sum() if output.logits is not None else 0)
     total.backward()
     heads = [n for n, p in model.named_parameters() if p.requires_grad and n.startswith("intensity.")]
-    assert sorted(heads) == ["intensity.aux_head.bias", "intensity.aux_head.weight", "intensity.head.bias", "intensity.head.weight"]
+    assert sorted(heads) == [
+        "intensity.aux_head.bias",
+        "intensity.aux_head.weight",
+        "intensity.head.bias",
+        "intensity.head.weight",
+    ]
     assert all(p.grad is not None for n, p in model.named_parameters() if n in heads)
     with pytest.raises(ValueError, match="task must be one of occurrence, intensity, both"):
         auformer.build_model(3, task="intensities", **TINY_VIT)
@@ -174,8 +185,21 @@ def test_training_with_both_tasks_writes_both_metric_families(both_run, tmp_path
     config = load_config(str(run_dir / "config.yaml"))
     again = trainer.evaluate(run_dir / "best", config, tmp_path / "eval", verbose=False)
     assert again["intensity"]["mean_icc"] == pytest.approx(saved["intensity"]["mean_icc"], abs=1e-5)
-    assert main(["evaluate", str(run_dir / "best"), "--preset", str(run_dir / "config.yaml"), "--set", "model.task=occurrence",
-                 "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                str(run_dir / "best"),
+                "--preset",
+                str(run_dir / "config.yaml"),
+                "--set",
+                "model.task=occurrence",
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
 
 
 def test_intensity_needs_intensity_annotations(tmp_path, monkeypatch):
@@ -201,12 +225,16 @@ def test_adapters_learn_intensity_far_above_chance(tmp_path, monkeypatch):
         images = rng.integers(0, 40, (240, 32, 32, 3)).astype(np.uint8)
         images[:, :, :16] += (40 * levels[:, 0]).astype(np.uint8)[:, None, None, None]
         subjects = [f"S{i % 12:02d}" for i in range(240)]
-        table = AUTable(Path("."), [f"synthetic/{i:05d}.png" for i in range(240)], subjects, (levels >= 2).astype(np.float32), [12], levels)
+        table = AUTable(
+            Path("."), [f"synthetic/{i:05d}.png" for i in range(240)], subjects, (levels >= 2).astype(np.float32), [12], levels
+        )
         return trainer.Source(table, [[f"S{j:02d}" for j in range(k, 12, 3)] for k in range(3)], images)
 
     monkeypatch.setattr(trainer, "load_source", graded_source)
     torch.set_num_threads(1)
-    config = load_config(write_tiny_preset(tmp_path / "t.yaml", model={"task": "intensity"}, train={"epochs": 4, "head_lr": 1e-2}))
+    config = load_config(
+        write_tiny_preset(tmp_path / "t.yaml", model={"task": "intensity"}, train={"epochs": 4, "head_lr": 1e-2})
+    )
     metrics = trainer.train(config, tmp_path / "run", verbose=False)
     scores = metrics["intensity"]["per_au"]["AU12"]
     assert scores["pearson"] > 0.8 and scores["icc"] > 0.8 and scores["mae"] < 1.0, scores  # chance: r ~ 0, MAE ~ 1.5
@@ -238,18 +266,49 @@ def test_detect_writes_intensity_columns_openface_style(both_checkpoint, tmp_pat
     import cv2
 
     cv2.imwrite(str(image), cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR))
-    assert main(["detect", str(image), "--checkpoint", str(both_checkpoint), "--out", str(tmp_path / "of"),
-                 "--format", "openface", "--plot"]) == 0
+    assert (
+        main(
+            [
+                "detect",
+                str(image),
+                "--checkpoint",
+                str(both_checkpoint),
+                "--out",
+                str(tmp_path / "of"),
+                "--format",
+                "openface",
+                "--plot",
+            ]
+        )
+        == 0
+    )
     header = pd.read_csv(tmp_path / "of" / "images.csv").columns.tolist()
-    assert header[header.index("AU01_r"):] == ["AU01_r", "AU06_r", "AU12_r", "AU01_c", "AU06_c", "AU12_c", "AU01", "AU06", "AU12"]
+    assert header[header.index("AU01_r") :] == [
+        "AU01_r",
+        "AU06_r",
+        "AU12_r",
+        "AU01_c",
+        "AU06_c",
+        "AU12_c",
+        "AU01",
+        "AU06",
+        "AU12",
+    ]
     assert (tmp_path / "of" / "plots" / "astronaut_face0.png").is_file()
 
 
 def test_intensity_time_series_plot(tmp_path):
     from auformer.viz import plot_au_timeseries
 
-    table = pd.DataFrame({"time_s": [0.0, 0.1, 0.2], "face": [0, 0, None], "AU12": [0.2, 0.8, None],
-                          "AU12_c": [0, 1, None], "AU12_r": [0.5, 3.0, None]})
+    table = pd.DataFrame(
+        {
+            "time_s": [0.0, 0.1, 0.2],
+            "face": [0, 0, None],
+            "AU12": [0.2, 0.8, None],
+            "AU12_c": [0, 1, None],
+            "AU12_r": [0.5, 3.0, None],
+        }
+    )
     assert plot_au_timeseries(table, tmp_path / "series.png", 0.5).is_file()
     assert plot_au_timeseries(table.drop(columns=["AU12", "AU12_c"]), tmp_path / "only_r.png", 0.5).is_file()
 
@@ -279,8 +338,10 @@ def test_export_carries_both_heads(both_checkpoint, tmp_path, format):
 def test_fold_mean_of_intensity_scores_and_cv_table():
     def run(icc: float | None, known: int) -> dict:
         per_au = {"AU12": {"icc": icc, "pearson": 0.5, "mae": 1.0, "known": known}}
-        return {"intensity": {"mean_icc": icc, "mean_pearson": 0.5, "mean_mae": 1.0, "per_au": per_au},
-                "backbone_weights": "random"}
+        return {
+            "intensity": {"mean_icc": icc, "mean_pearson": 0.5, "mean_mae": 1.0, "per_au": per_au},
+            "backbone_weights": "random",
+        }
 
     mean = trainer.mean_metrics([run(0.6, 3), run(None, 0), run(0.8, 5)])  # an undefined fold is left out
     assert mean["intensity"]["mean_icc"] == pytest.approx(0.7)

@@ -14,8 +14,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from test_bad_inputs import noise_video
-from test_train import write_tiny_preset
 
 import auformer
 from auformer.cli import main
@@ -23,6 +21,8 @@ from auformer.config import load_config
 from auformer.engine import checkpointing, trainer
 from auformer.errors import AUFormerError
 from auformer.model.checkpoint import load_checkpoint
+from test_bad_inputs import noise_video
+from test_train import write_tiny_preset
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 TINY_MODEL = {"backbone": "vit_tiny_patch16_224", "backbone_weights": "random", "img_size": 32, "aus": [1, 2, 4],

@@ -282,10 +282,22 @@ def test_loss_variants_of_the_ablation_by_hand():
     from auformer.losses import classification_loss
 
     log = math.log
-    mwa_entries = [0.6 * -log(0.8), 1.2 * -0.2 * log(0.8), 0.0,  # p=0.05 < m: truncated
-                   0.6 * -0.5 * log(0.5), 1.2 * -log(0.5), 1.2 * -0.8 * log(0.2)]
-    dwa_entries = [0.6 * -log(0.8), 1.2 * -(0.3**1.25) * log(0.7), 1.2 * -(0.05**1.25) * log(0.95),
-                   0.6 * -(0.6**1.5) * log(0.4), 1.2 * -log(0.5), 1.2 * -(0.9**1.25) * log(0.1)]
+    mwa_entries = [
+        0.6 * -log(0.8),
+        1.2 * -0.2 * log(0.8),
+        0.0,  # p=0.05 < m: truncated
+        0.6 * -0.5 * log(0.5),
+        1.2 * -log(0.5),
+        1.2 * -0.8 * log(0.2),
+    ]
+    dwa_entries = [
+        0.6 * -log(0.8),
+        1.2 * -(0.3**1.25) * log(0.7),
+        1.2 * -(0.05**1.25) * log(0.95),
+        0.6 * -(0.6**1.5) * log(0.4),
+        1.2 * -log(0.5),
+        1.2 * -(0.9**1.25) * log(0.1),
+    ]
     mwa = classification_loss("mwa", margin=0.1, gamma_bounds=(1.0, 2.0))
     dwa = classification_loss("dwa", margin=0.1, gamma_bounds=(1.0, 2.0))
     assert mwa(LOGITS, TARGETS, RATES).item() == pytest.approx(sum(mwa_entries) / 6, abs=1e-7)

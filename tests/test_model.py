@@ -81,8 +81,13 @@ def test_every_trainable_parameter_gets_a_gradient(tiny_model_kwargs, moke):
     output = model(torch.randn(2, 3, 32, 32))
     (output.logits.sum() + output.aux_logits.sum()).backward()
     last = len(model.backbone.blocks) - 1
-    dead = {f"{kind}_groups.{last}.experts.{i}.ca.{qk}.{w}"
-            for kind in ("attn", "mlp") for i in range(3) for qk in "qk" for w in ("weight", "bias")}
+    dead = {
+        f"{kind}_groups.{last}.experts.{i}.ca.{qk}.{w}"
+        for kind in ("attn", "mlp")
+        for i in range(3)
+        for qk in "qk"
+        for w in ("weight", "bias")
+    }
     for name, p in model.named_parameters():
         if not p.requires_grad:
             assert p.grad is None, name
@@ -143,8 +148,12 @@ def _context_attention_by_hand(q, k, v, size: int, d: int) -> torch.Tensor:
         for c in range(channels):
             for y in range(height):
                 for x in range(width):
-                    nbrs = [(yy, xx) for yy in range(y - r, y + r + 1) for xx in range(x - r, x + r + 1)
-                            if 0 <= yy < height and 0 <= xx < width]
+                    nbrs = [
+                        (yy, xx)
+                        for yy in range(y - r, y + r + 1)
+                        for xx in range(x - r, x + r + 1)
+                        if 0 <= yy < height and 0 <= xx < width
+                    ]
                     scores = torch.stack([q[b, c, y, x] * k[b, c, yy, xx] / math.sqrt(d) for yy, xx in nbrs])
                     weights = scores.softmax(0)
                     out[b, c, y, x] = sum(w * v[b, c, yy, xx] for w, (yy, xx) in zip(weights, nbrs))

@@ -38,9 +38,9 @@ def _model_pair(tiny_model_kwargs: dict, dtype: torch.dtype, **options):
 
 def _outputs_and_grads(model, images: torch.Tensor) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
     output = model(images)
-    loss = (output.logits ** 2).sum() + output.logits.sum()
+    loss = (output.logits**2).sum() + output.logits.sum()
     if output.aux_logits is not None:
-        loss = loss + (output.aux_logits ** 3).sum()
+        loss = loss + (output.aux_logits**3).sum()
     loss.backward()
     grads = {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
     outputs = [t for t in (output.logits, output.aux_logits, output.features, output.expert_features) if t is not None]

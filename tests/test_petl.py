@@ -9,7 +9,12 @@ from auformer.model import build_model
 from auformer.model.checkpoint import load_checkpoint, save_checkpoint
 from auformer.model.petl import METHODS
 
-TINY = dict(backbone="vit_tiny_patch16_224", backbone_weights="random", img_size=32, backbone_kwargs={"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2})
+TINY = dict(
+    backbone="vit_tiny_patch16_224",
+    backbone_weights="random",
+    img_size=32,
+    backbone_kwargs={"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2},
+)
 IMAGES = torch.randn(2, 3, 32, 32)
 
 

@@ -83,8 +83,10 @@ def test_prepare_folder_on_real_photos(photo_folder, tmp_path, capsys):
     assert sorted(report["no_face"]) == [str(photo_folder / "lfw" / f"street{k}.png") for k in (0, 1)]
     assert report["unreadable_image"] == [str(photo_folder / "broken.jpg")]
     assert sorted(report["missing_image"]) == [f"{photo_folder / 'clip.avi'}#7", str(photo_folder / "gone.png")]
-    assert report["bad_rows"] == ["labels.csv line 15: occurrence '2' is not 1, 0 or empty/-1/9 (unknown)",
-                                  "labels.csv line 14: lfw/lfw0.png: photo labelled twice"]
+    assert report["bad_rows"] == [
+        "labels.csv line 15: occurrence '2' is not 1, 0 or empty/-1/9 (unknown)",
+        "labels.csv line 14: lfw/lfw0.png: photo labelled twice",
+    ]
     table = read_manifest(out)
     print((out / "manifest.csv").read_text().splitlines()[:4])
     assert sorted(table.images)[:2] == ["images/astronaut.jpg", "images/clip_f000000.jpg"]

@@ -21,8 +21,14 @@ from auformer.data.pretrain import (
 from auformer.data.synthetic import LATENT_NAMES, SyntheticData, generate_synthetic, render_faces
 from auformer.model.backbone import SYNTHETIC_WEIGHTS, create_backbone
 
-TINY = PretrainConfig(img_size=32, backbone_kwargs={"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2},
-                      num_images=48, num_subjects=4, batch_size=16, max_steps=2)
+TINY = PretrainConfig(
+    img_size=32,
+    backbone_kwargs={"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2},
+    num_images=48,
+    num_subjects=4,
+    batch_size=16,
+    max_steps=2,
+)
 
 
 def test_pretrain_is_deterministic_and_saves_timm_keys(tmp_path):
@@ -74,7 +80,8 @@ def test_linear_probe_separates_informative_from_random_features():
 @pytest.mark.skipif(not SYNTHETIC_WEIGHTS.is_file(), reason="the synthetic backbone asset is not built yet")
 def test_shipped_asset_loads_as_described():
     description = json.loads(SYNTHETIC_WEIGHTS.with_suffix(".json").read_text())
-    model = create_backbone(description["timm_name"], weights="synthetic", img_size=description["img_size"],
-                            **description["backbone_kwargs"])
+    model = create_backbone(
+        description["timm_name"], weights="synthetic", img_size=description["img_size"], **description["backbone_kwargs"]
+    )
     assert model(torch.zeros(1, 3, description["img_size"], description["img_size"])).shape == (1, model.num_features)
     assert SYNTHETIC_WEIGHTS.stat().st_size < 8 * 2**20

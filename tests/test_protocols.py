@@ -53,7 +53,20 @@ def test_bp4d_preset_dry_run_from_a_fake_raw_tree(tmp_path):
     mean = trainer.cross_validate(config, tmp_path / "cv", verbose=False)
     table = (tmp_path / "cv" / "table.md").read_text()
     print(table)
-    assert list(mean["per_au"]) == ["AU01", "AU02", "AU04", "AU06", "AU07", "AU10", "AU12", "AU14", "AU15", "AU17", "AU23", "AU24"]
+    assert list(mean["per_au"]) == [
+        "AU01",
+        "AU02",
+        "AU04",
+        "AU06",
+        "AU07",
+        "AU10",
+        "AU12",
+        "AU14",
+        "AU15",
+        "AU17",
+        "AU23",
+        "AU24",
+    ]
     assert "| AU | fold0 | fold1 | fold2 | mean |" in table
     fold_sizes = [len(pd.read_csv(tmp_path / "cv" / f"fold{k}" / "predictions.csv")) for k in range(3)]
     assert fold_sizes == [2 * 13, 2 * 14, 2 * 14]  # the JAA-Net folds: 13, 14, 14 subjects
@@ -77,7 +90,9 @@ def test_cross_domain_tests_on_the_whole_target(tmp_path):
     write_synthetic(tmp_path / "source", num_images=60, num_subjects=6, seed=0)
     write_synthetic(tmp_path / "target", num_images=30, num_subjects=3, seed=1)
     overrides = _tiny_overrides(f"data.target_root={tmp_path / 'target'}", "data.cv_folds=[2]")
-    mean = trainer.cross_validate(load_config("bp4d-to-disfa", overrides, data_dir=str(tmp_path / "source")), tmp_path / "cd", verbose=False)
+    mean = trainer.cross_validate(
+        load_config("bp4d-to-disfa", overrides, data_dir=str(tmp_path / "source")), tmp_path / "cd", verbose=False
+    )
     assert list(mean["per_au"]) == ["AU01", "AU02", "AU04", "AU06", "AU12"]
     predictions = pd.read_csv(tmp_path / "cd" / "fold2" / "predictions.csv")
     assert len(predictions) == 30 and predictions["image"].str.startswith("images/").all()

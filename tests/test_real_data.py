@@ -13,9 +13,7 @@ import pandas as pd
 import pytest
 import timm
 import torch
-from fake_raw import make_fake_bp4d
 from safetensors.torch import save_file
-from test_config import REAL_PRESETS
 
 from auformer.cli import main
 from auformer.config import load_config
@@ -23,6 +21,8 @@ from auformer.data.converters.bp4d import prepare_bp4d
 from auformer.engine.schedule import plan_run, plan_schedule
 from auformer.engine.trainer import check_backbone_weights
 from auformer.model import build_model
+from fake_raw import make_fake_bp4d
+from test_config import REAL_PRESETS
 
 HUB_TAG = "vit_tiny_patch16_224.augreg_in21k_ft_in1k"  # a real timm tag, shrunk by the kwargs below
 TINY_KWARGS = dict(patch_size=8, embed_dim=32, depth=2, num_heads=2)
@@ -191,7 +191,16 @@ def test_dry_run_lists_every_problem_then_fails_in_one_line(fake_bp4d, tmp_path,
     manifest.to_csv(data / "manifest.csv", index=False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    argv = ["data-efficiency", "--preset", "bp4d-data-efficiency", "--data", str(data), "--dry-run", "--out", str(tmp_path / "de")]
+    argv = [
+        "data-efficiency",
+        "--preset",
+        "bp4d-data-efficiency",
+        "--data",
+        str(data),
+        "--dry-run",
+        "--out",
+        str(tmp_path / "de"),
+    ]
     assert main(argv) == 2
     captured = capsys.readouterr()
     print(captured.out)

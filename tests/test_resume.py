@@ -65,7 +65,9 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path, length
 
     expected, got = (json.loads((run / "metrics.json").read_text()) for run in (reference, killed))
     assert got["mean_f1"] == pytest.approx(expected["mean_f1"], abs=1e-9)
-    assert {au: s["f1"] for au, s in got["per_au"].items()} == pytest.approx({au: s["f1"] for au, s in expected["per_au"].items()})
+    assert {au: s["f1"] for au, s in got["per_au"].items()} == pytest.approx(
+        {au: s["f1"] for au, s in expected["per_au"].items()}
+    )
     a = pd.read_csv(reference / "predictions.csv").filter(like="_prob").to_numpy()
     b = pd.read_csv(killed / "predictions.csv").filter(like="_prob").to_numpy()
     np.testing.assert_allclose(b, a, atol=1e-6)

@@ -42,14 +42,15 @@ def test_photo_with_two_faces(detector, tmp_path):
     # Each face's box is drawn where the table says: its top-left corner takes the box colour.
     for _, row in table.iterrows():
         assert tuple(result.boxed[int(round(row["y"])), int(round(row["x"]))]) == BOX_COLOR
-    assert sorted(float(x) for x in table["x"]) [1] > 512  # one face on each half of the photo
+    assert sorted(float(x) for x in table["x"])[1] > 512  # one face on each half of the photo
 
 
 def test_video_gives_time_series_and_preview(detector, tmp_path):
     video = write_moving_face_video(tmp_path / "clip.avi", FACE_FRAMES, BLANK_FRAMES)
     result = analyse(detector, video, tmp_path / "out")
-    assert result.status.startswith(f"**clip.avi**: {FACE_FRAMES + BLANK_FRAMES} frames analysed, "
-                                    f"{FACE_FRAMES} with a face, {BLANK_FRAMES} without.")
+    assert result.status.startswith(
+        f"**clip.avi**: {FACE_FRAMES + BLANK_FRAMES} frames analysed, {FACE_FRAMES} with a face, {BLANK_FRAMES} without."
+    )
     assert "Shown: frame 0 (0.00 s)" in result.status
     table = pd.read_csv(result.csv)
     assert table["frame"].tolist() == list(range(FACE_FRAMES + BLANK_FRAMES))
@@ -65,9 +66,11 @@ def test_bad_files_give_a_message_not_an_exception(detector, tmp_path):
     corrupt.write_bytes(b"\xff\xd8\xff\xe0" + b"not a jpeg" * 50)
     broken_video = tmp_path / "clip.mp4"
     broken_video.write_bytes(b"not a video" * 50)
-    for path, message in ((corrupt, "photo.jpg: cannot decode image"),
-                          (broken_video, "clip.mp4: cannot open video"),
-                          (tmp_path / "gone.png", "gone.png: image file not found")):
+    for path, message in (
+        (corrupt, "photo.jpg: cannot decode image"),
+        (broken_video, "clip.mp4: cannot open video"),
+        (tmp_path / "gone.png", "gone.png: image file not found"),
+    ):
         result = analyse(detector, path, tmp_path / "out")
         assert result.status.startswith("**Could not analyse this file.** ") and message in result.status
         assert str(tmp_path) not in result.status  # the upload's temporary path is not shown
@@ -84,8 +87,9 @@ def test_photo_without_face(detector, tmp_path):
 
 def test_draw_face_boxes_marks_only_face_rows():
     image = np.zeros((100, 120, 3), dtype=np.uint8)
-    table = pd.DataFrame({"success": [1, 0], "face": [0, None], "x": [10.0, None], "y": [40.0, None],
-                          "w": [50.0, None], "h": [30.0, None]})
+    table = pd.DataFrame(
+        {"success": [1, 0], "face": [0, None], "x": [10.0, None], "y": [40.0, None], "w": [50.0, None], "h": [30.0, None]}
+    )
     boxed = draw_face_boxes(image, table)
     assert tuple(boxed[40, 10]) == tuple(boxed[70, 60]) == BOX_COLOR  # two corners of the box
     assert not boxed[55, 35].any() and not image.any()  # inside the box untouched; input not modified

@@ -41,8 +41,10 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 if CHROMIUM is None or CHROMEDRIVER is None:
-    pytest.skip("no Chromium browser and driver on PATH: run .ci/install-browser "
-                "(apt-get install chromium chromium-driver)", allow_module_level=True)
+    pytest.skip(
+        "no Chromium browser and driver on PATH: run .ci/install-browser (apt-get install chromium chromium-driver)",
+        allow_module_level=True,
+    )
 
 pytestmark = pytest.mark.slow
 WINDOW = (1400, 1700)  # browser viewport in CSS pixels: the screenshot's size
@@ -73,10 +75,10 @@ def _next_line(server_lines: queue.Queue, timeout: float) -> str:
 
 @pytest.fixture(scope="module")
 def server() -> Server:
-    command = [sys.executable, "-m", "auformer", "serve", "--port", str(_free_port()),
-               "--max-upload-mb", str(MAX_UPLOAD_MB)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    command = [sys.executable, "-m", "auformer", "serve", "--port", str(_free_port()), "--max-upload-mb", str(MAX_UPLOAD_MB)]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line.rstrip("\n")) for line in process.stdout], daemon=True).start()
     work = url = None
@@ -104,9 +106,19 @@ def browser():
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     profile = tempfile.mkdtemp(prefix="auformer-chromium-")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", f"--user-data-dir={profile}", f"--window-size={WINDOW[0]},{WINDOW[1]}"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}",
+        f"--window-size={WINDOW[0]},{WINDOW[1]}",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
     yield driver
@@ -139,8 +151,8 @@ def _screenshot(browser, name: str, folder: Path) -> np.ndarray:
 def _loaded_images(browser, selector: str) -> int:
     """How many images under ``selector`` the browser has decoded (not just placed)."""
     return browser.execute_script(
-        "return [...document.querySelectorAll(arguments[0])].filter(i => i.complete && i.naturalWidth > 0).length",
-        selector)
+        "return [...document.querySelectorAll(arguments[0])].filter(i => i.complete && i.naturalWidth > 0).length", selector
+    )
 
 
 def test_photo_with_two_faces(server, browser, tmp_path):
@@ -150,8 +162,9 @@ def test_photo_with_two_faces(server, browser, tmp_path):
     status = _status_when(browser, "faces found")
     assert status.splitlines()[0] == "two_faces.png: 2 faces found."
     assert "Demo model: its predictions mean nothing on real faces." in browser.find_element(By.ID, "banner").text
-    WebDriverWait(browser, 30).until(lambda driver: _loaded_images(driver, "#bars img") == 1
-                                     and _loaded_images(driver, "#boxed img") == 1)
+    WebDriverWait(browser, 30).until(
+        lambda driver: _loaded_images(driver, "#bars img") == 1 and _loaded_images(driver, "#boxed img") == 1
+    )
     link = browser.find_element(By.CSS_SELECTOR, "#csv a[download]")
     assert link.get_attribute("download") == "two_faces.csv"
     with urllib.request.urlopen(link.get_attribute("href"), timeout=30) as response:  # what the download gives
@@ -192,7 +205,9 @@ def test_upload_over_the_limit_is_refused(server, browser, tmp_path):
     big = tmp_path / "big.png"
     big.write_bytes(np.random.default_rng(0).bytes(int(1.5 * MAX_UPLOAD_MB * 2**20)))
     _upload(browser, server, big)
-    WebDriverWait(browser, 60).until(lambda driver: "exceed the maximum allowed size" in driver.find_element(By.TAG_NAME, "body").text)
+    WebDriverWait(browser, 60).until(
+        lambda driver: "exceed the maximum allowed size" in driver.find_element(By.TAG_NAME, "body").text
+    )
     _screenshot(browser, "serve_too_big.png", tmp_path)
     assert not list(server.work.rglob("big.png"))
 

@@ -22,8 +22,19 @@ from auformer.data.synthetic import (
     write_synthetic,
 )
 
-NEUTRAL_IMAGE = {"yaw": 0.0, "rotation": 0.0, "scale": 1.0, "shift_x": 0.0, "shift_y": 0.0, "light_x": 0.0,
-                 "light_y": 0.0, "brightness": 1.0, "blur": 0.0, "noise": 0.0, "background": 0.5}
+NEUTRAL_IMAGE = {
+    "yaw": 0.0,
+    "rotation": 0.0,
+    "scale": 1.0,
+    "shift_x": 0.0,
+    "shift_y": 0.0,
+    "light_x": 0.0,
+    "light_y": 0.0,
+    "brightness": 1.0,
+    "blur": 0.0,
+    "noise": 0.0,
+    "background": 0.5,
+}
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +90,20 @@ def _neutral_latents(small, count: int) -> np.ndarray:
 # Image rows each AU may change in an upright face, from the neutral face's landmarks: "brows" =
 # above the eye centres, "upper" = above the nose tip (AU4's frown lines reach between the eyes),
 # "eyes" = brows to nose tip, "eyes_cheeks" = brows to mouth, "lower" = below the eye centres.
-AU_REGIONS = {1: "brows", 2: "brows", 4: "upper", 6: "eyes_cheeks", 7: "eyes", 10: "lower", 12: "lower",
-              14: "lower", 15: "lower", 17: "lower", 25: "lower", 26: "lower"}
+AU_REGIONS = {
+    1: "brows",
+    2: "brows",
+    4: "upper",
+    6: "eyes_cheeks",
+    7: "eyes",
+    10: "lower",
+    12: "lower",
+    14: "lower",
+    15: "lower",
+    17: "lower",
+    25: "lower",
+    26: "lower",
+}
 
 
 def test_each_au_changes_its_region(small):
@@ -94,8 +117,13 @@ def test_each_au_changes_its_region(small):
     brow_y = min(marks[f"brow_{side}_{part}"][1] for side in ("left", "right") for part in ("inner", "middle", "outer"))
     nose_y = marks["nose_tip"][1]
     mouth_y = marks["mouth_right"][1]
-    bands = {"brows": (0, eye_y - 2), "upper": (0, nose_y), "eyes": (brow_y - 2, nose_y), "eyes_cheeks": (brow_y - 2, mouth_y),
-             "lower": (eye_y + 2, size)}
+    bands = {
+        "brows": (0, eye_y - 2),
+        "upper": (0, nose_y),
+        "eyes": (brow_y - 2, nose_y),
+        "eyes_cheeks": (brow_y - 2, mouth_y),
+        "lower": (eye_y + 2, size),
+    }
     for j, au in enumerate(SYNTHETIC_AUS):
         changed = np.abs(images[1 + j].astype(int) - images[0].astype(int)).max(-1) > 12  # (S, S)
         rows = np.nonzero(changed)[0]

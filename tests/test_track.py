@@ -15,7 +15,6 @@ import auformer
 from auformer.detect import Detector, in_background
 from auformer.faces import get_detector
 from auformer.faces.track import FaceTracker
-
 from face_photos import grace_hopper
 
 AUS = [1, 2, 4, 6, 12]
@@ -35,8 +34,14 @@ def moving_head_frames(count: int, step: float, size: int = 120) -> list[np.ndar
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     torch.manual_seed(0)
-    model = auformer.build_model(len(AUS), backbone="vit_tiny_patch16_224", backbone_weights="random", img_size=32, aus=AUS,
-                                 backbone_kwargs=dict(patch_size=8, embed_dim=32, depth=2, num_heads=2))
+    model = auformer.build_model(
+        len(AUS),
+        backbone="vit_tiny_patch16_224",
+        backbone_weights="random",
+        img_size=32,
+        aus=AUS,
+        backbone_kwargs=dict(patch_size=8, embed_dim=32, depth=2, num_heads=2),
+    )
     torch.nn.init.normal_(model.head.weight, std=0.5)
     path = tmp_path_factory.mktemp("ckpt") / "tiny"
     auformer.save_checkpoint(model, path)
@@ -143,8 +148,25 @@ def test_cli_detect_every_and_bf16(checkpoint, slow_video, tmp_path, capsys):
     from auformer.cli import main
 
     out = tmp_path / "out"
-    assert main(["detect", str(slow_video), "--checkpoint", str(checkpoint), "--out", str(out),
-                 "--detect-every", "6", "--amp", "bf16", "--batch-size", "5"]) == 0
+    assert (
+        main(
+            [
+                "detect",
+                str(slow_video),
+                "--checkpoint",
+                str(checkpoint),
+                "--out",
+                str(out),
+                "--detect-every",
+                "6",
+                "--amp",
+                "bf16",
+                "--batch-size",
+                "5",
+            ]
+        )
+        == 0
+    )
     assert f"wrote {out / 'slow.csv'}" in capsys.readouterr().out
     table = pd.read_csv(out / "slow.csv")
     assert table["frame"].tolist() == list(range(24)) and table["success"].all()

@@ -10,12 +10,12 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from test_killed import TINY_MODEL
-from test_train import write_tiny_preset
 
 import auformer
 from auformer.cli import main
 from auformer.config import load_config, save_config
+from test_killed import TINY_MODEL
+from test_train import write_tiny_preset
 
 
 class _Payload:

@@ -32,17 +32,34 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--num-aus", type=int, default=12, help="number of AUs N (default: %(default)s)")
     parser.add_argument("--img-size", type=int, default=224, help="input size in pixels (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    parser.add_argument("--moke", default="fused", choices=("fused", "reference"),
-                        help="expert-group implementation to count (default: %(default)s)")
-    parser.add_argument("--backbone-kwargs", default=None, metavar="JSON",
-                        help='extra timm.create_model arguments as a JSON object, e.g. \'{"depth": 6}\'')
-    parser.add_argument("--out", default=None, metavar="DIR",
-                        help="also write DIR/info.json; with --compare the folder for compare.md/.json/.png "
-                        "(default: print only; with --compare ./info-compare)")
-    parser.add_argument("--method", default="auformer", choices=METHODS,
-                        help="method to count, with its default hyper-parameters (default: %(default)s)")
-    parser.add_argument("--compare", action="store_true",
-                        help="count every method: the paper's Fig. 1 table (with its F1) and a bubble plot PNG")
+    parser.add_argument(
+        "--moke",
+        default="fused",
+        choices=("fused", "reference"),
+        help="expert-group implementation to count (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--backbone-kwargs",
+        default=None,
+        metavar="JSON",
+        help="extra timm.create_model arguments as a JSON object, e.g. '{\"depth\": 6}'",
+    )
+    parser.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="also write DIR/info.json; with --compare the folder for compare.md/.json/.png "
+        "(default: print only; with --compare ./info-compare)",
+    )
+    parser.add_argument(
+        "--method",
+        default="auformer",
+        choices=METHODS,
+        help="method to count, with its default hyper-parameters (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--compare", action="store_true", help="count every method: the paper's Fig. 1 table (with its F1) and a bubble plot PNG"
+    )
     parser.set_defaults(func=_run_info)
 
 
@@ -64,14 +81,33 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help="AUFormer checkpoint (PATH, PATH.safetensors or PATH.json)")
     parser.add_argument("images", nargs="+", metavar="IMAGES", help="aligned face images or folders (searched recursively)")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for gradcam/*.png and tsne.png")
-    parser.add_argument("--compare-checkpoint", default=None, metavar="CKPT",
-                        help="second checkpoint for a t-SNE panel beside the first (default: none)")
-    parser.add_argument("--titles", nargs="+", default=None, metavar="TITLE",
-                        help="t-SNE panel titles, one per checkpoint (default: the checkpoint paths)")
-    parser.add_argument("--gradcam-images", type=int, default=8, metavar="K",
-                        help="Grad-CAM figures for the first K images (default: %(default)s)")
-    parser.add_argument("--threshold", type=float, default=0.5, metavar="T",
-                        help="probability at which an AU counts as present (default: %(default)s)")
+    parser.add_argument(
+        "--compare-checkpoint",
+        default=None,
+        metavar="CKPT",
+        help="second checkpoint for a t-SNE panel beside the first (default: none)",
+    )
+    parser.add_argument(
+        "--titles",
+        nargs="+",
+        default=None,
+        metavar="TITLE",
+        help="t-SNE panel titles, one per checkpoint (default: the checkpoint paths)",
+    )
+    parser.add_argument(
+        "--gradcam-images",
+        type=int,
+        default=8,
+        metavar="K",
+        help="Grad-CAM figures for the first K images (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=0.5,
+        metavar="T",
+        help="probability at which an AU counts as present (default: %(default)s)",
+    )
     _add_backbone_weights_flag(parser)
     parser.set_defaults(func=_run_explain)
 
@@ -84,17 +120,30 @@ def _run_explain(args: argparse.Namespace) -> None:
 
 def _add_backbone_weights_flag(parser: argparse.ArgumentParser) -> None:
     """--backbone-weights, shared by the commands that load a checkpoint for inference."""
-    parser.add_argument("--backbone-weights", default=None, metavar="FILE",
-                        help="backbone weights file, if it moved since training (default: the one the checkpoint records)")
+    parser.add_argument(
+        "--backbone-weights",
+        default=None,
+        metavar="FILE",
+        help="backbone weights file, if it moved since training (default: the one the checkpoint records)",
+    )
 
 
 def _add_detector_flags(parser: argparse.ArgumentParser) -> None:
     """The `Detector` settings, shared by detect and serve: face detector, thresholds, device, backbone file."""
-    parser.add_argument("--face-detector", default=DEFAULT_FACE_DETECTOR, choices=FACE_DETECTORS,
-                        help="face detector; auto = yunet where the yuface wheel is installed (Python 3.10/3.11), else dlib; "
-                        "'none' treats each image as an aligned face crop (default: %(default)s)")
-    parser.add_argument("--threshold", nargs="+", default=None, metavar="T",
-                        help="occurrence threshold: one number for all AUs and/or AU=VALUE per AU, e.g. 0.5 AU12=0.4 (default: 0.5)")
+    parser.add_argument(
+        "--face-detector",
+        default=DEFAULT_FACE_DETECTOR,
+        choices=FACE_DETECTORS,
+        help="face detector; auto = yunet where the yuface wheel is installed (Python 3.10/3.11), else dlib; "
+        "'none' treats each image as an aligned face crop (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--threshold",
+        nargs="+",
+        default=None,
+        metavar="T",
+        help="occurrence threshold: one number for all AUs and/or AU=VALUE per AU, e.g. 0.5 AU12=0.4 (default: 0.5)",
+    )
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: %(default)s)")
     _add_backbone_weights_flag(parser)
 
@@ -107,24 +156,50 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
         "per face and frame: OUT/images.csv for photos, OUT/<video>.csv per video (written as it goes).",
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, video files or folders (searched recursively)")
-    parser.add_argument("--checkpoint", required=True, metavar="CKPT", help="AUFormer checkpoint (PATH, PATH.safetensors or PATH.json) or Hugging Face Hub repo id user/name[@revision]")
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        metavar="CKPT",
+        help="AUFormer checkpoint (PATH, PATH.safetensors or PATH.json) or Hugging Face Hub repo id user/name[@revision]",
+    )
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for the CSV files (and plots/ with --plot)")
     parser.add_argument("--every", type=int, default=1, metavar="K", help="analyse every K-th video frame (default: %(default)s)")
     parser.add_argument("--start", type=float, default=None, metavar="S", help="video start time in seconds (default: beginning)")
     parser.add_argument("--end", type=float, default=None, metavar="S", help="video end time in seconds (default: end)")
-    parser.add_argument("--format", default="auformer", choices=("auformer", "openface"),
-                        help="CSV column names: auformer (time_s, face_score) or OpenFace-style (timestamp, confidence) (default: %(default)s)")
-    parser.add_argument("--plot", action="store_true", help="also write OUT/plots: AU bars per face in photos, AU time series per video")
+    parser.add_argument(
+        "--format",
+        default="auformer",
+        choices=("auformer", "openface"),
+        help="CSV column names: auformer (time_s, face_score) or OpenFace-style (timestamp, confidence) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--plot", action="store_true", help="also write OUT/plots: AU bars per face in photos, AU time series per video"
+    )
     parser.add_argument("--batch-size", type=int, default=32, metavar="B", help="faces per model batch (default: %(default)s)")
-    parser.add_argument("--skip-bad", action="store_true",
-                        help="skip unreadable images and videos (counted, listed at the end and in OUT/detect.json) instead of stopping")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue a killed run in the same OUT: keep its CSVs and go on after the last frame written in full")
-    parser.add_argument("--detect-every", type=int, default=5, metavar="K",
-                        help="videos: run the face detector on every K-th analysed frame and track the faces in between; "
-                        "1 detects every frame (default: %(default)s)")
-    parser.add_argument("--amp", default="none", choices=("none", "bf16"),
-                        help="run the network under bfloat16 autocast on --device (default: %(default)s)")
+    parser.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="skip unreadable images and videos (counted, listed at the end and in OUT/detect.json) instead of stopping",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a killed run in the same OUT: keep its CSVs and go on after the last frame written in full",
+    )
+    parser.add_argument(
+        "--detect-every",
+        type=int,
+        default=5,
+        metavar="K",
+        help="videos: run the face detector on every K-th analysed frame and track the faces in between; "
+        "1 detects every frame (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--amp",
+        default="none",
+        choices=("none", "bf16"),
+        help="run the network under bfloat16 autocast on --device (default: %(default)s)",
+    )
     _add_detector_flags(parser)
     parser.set_defaults(func=_run_detect)
 
@@ -142,8 +217,11 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         description="Write one self-contained model file (backbone + experts + head, fixed input size, free batch) "
         "mapping normalised images to AU probabilities, checked against PyTorch (1e-4), plus a JSON describing it.",
     )
-    parser.add_argument("checkpoint", metavar="CKPT",
-                        help="AUFormer checkpoint (PATH, PATH.safetensors or PATH.json) or Hugging Face Hub repo id user/name[@revision]")
+    parser.add_argument(
+        "checkpoint",
+        metavar="CKPT",
+        help="AUFormer checkpoint (PATH, PATH.safetensors or PATH.json) or Hugging Face Hub repo id user/name[@revision]",
+    )
     parser.add_argument("--format", default="onnx", choices=("onnx", "torchscript"), help="output format (default: %(default)s)")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for NAME.onnx / NAME.pt and its NAME.<ext>.json")
     _add_backbone_weights_flag(parser)
@@ -164,14 +242,26 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         "dropped and each face is shown boxed with its AU bars, a video with its AU time series, and the table is a "
         "CSV download. Uploads and results go to a temporary folder deleted when the server stops. See docs/serve.md.",
     )
-    parser.add_argument("--checkpoint", default=None, metavar="CKPT",
-                        help="AUFormer checkpoint (PATH, PATH.safetensors or PATH.json) (default: an untrained demo "
-                        "model on the packaged synthetic-face ViT, whose predictions mean nothing)")
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to listen on; 0.0.0.0 makes the page reachable from other machines (default: %(default)s)")
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        metavar="CKPT",
+        help="AUFormer checkpoint (PATH, PATH.safetensors or PATH.json) (default: an untrained demo "
+        "model on the packaged synthetic-face ViT, whose predictions mean nothing)",
+    )
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on; 0.0.0.0 makes the page reachable from other machines (default: %(default)s)",
+    )
     parser.add_argument("--port", type=int, default=7860, help="port to listen on (default: %(default)s)")
-    parser.add_argument("--max-upload-mb", type=float, default=200, metavar="MB",
-                        help="largest file the page accepts, in megabytes (default: %(default)s)")
+    parser.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=200,
+        metavar="MB",
+        help="largest file the page accepts, in megabytes (default: %(default)s)",
+    )
     parser.add_argument("--every", type=int, default=1, metavar="K", help="analyse every K-th video frame (default: %(default)s)")
     _add_detector_flags(parser)
     parser.set_defaults(func=_run_serve)
@@ -185,13 +275,24 @@ def _run_serve(args: argparse.Namespace) -> None:
 
 def _add_prepare_flags(parser: argparse.ArgumentParser) -> None:
     """--align / --face-detector / --size / --workers, shared by every `prepare` source."""
-    parser.add_argument("--align", default="auto", choices=("auto", "none"),
-                        help="auto: detect and align faces; none: images are already face crops, only resized (default: %(default)s)")
-    parser.add_argument("--face-detector", default=DEFAULT_FACE_DETECTOR, choices=FACE_DETECTORS,
-                        help="face detector for --align auto (default: %(default)s)")
-    parser.add_argument("--size", type=int, default=256, metavar="PX", help="side of the square face crops in pixels (default: %(default)s)")
-    parser.add_argument("--workers", type=int, default=None, metavar="K",
-                        help="worker processes (default: the CPU count, at most 8)")
+    parser.add_argument(
+        "--align",
+        default="auto",
+        choices=("auto", "none"),
+        help="auto: detect and align faces; none: images are already face crops, only resized (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--face-detector",
+        default=DEFAULT_FACE_DETECTOR,
+        choices=FACE_DETECTORS,
+        help="face detector for --align auto (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--size", type=int, default=256, metavar="PX", help="side of the square face crops in pixels (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=None, metavar="K", help="worker processes (default: the CPU count, at most 8)"
+    )
 
 
 def _add_prepare(sub: argparse._SubParsersAction) -> None:
@@ -204,8 +305,11 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     )
     sources = parser.add_subparsers(dest="dataset", metavar="SOURCE", required=True)
     for name in ("bp4d", "disfa", "casme2"):
-        release = sources.add_parser(name, help=f"the official {name.upper()} release (the protocol's folds, docs/datasets.md)",
-                                     description=f"Convert the official raw {name.upper()} release; folds.json holds the protocol's folds.")
+        release = sources.add_parser(
+            name,
+            help=f"the official {name.upper()} release (the protocol's folds, docs/datasets.md)",
+            description=f"Convert the official raw {name.upper()} release; folds.json holds the protocol's folds.",
+        )
         release.add_argument("raw_dir", metavar="RAW_DIR", help="folder of the raw release (label files and images/videos)")
         release.add_argument("out_dir", metavar="OUT_DIR", help="folder to write the prepared dataset to")
         _add_prepare_flags(release)
@@ -218,9 +322,16 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     folder.add_argument("raw_dir", metavar="INPUT", help="folder the label file's paths are relative to")
     folder.add_argument("labels", metavar="LABELS.csv", help="label file (one row per photo or video frame)")
     folder.add_argument("out_dir", metavar="OUT_DIR", help="folder to write the prepared dataset to")
-    folder.add_argument("--folds", type=int, default=3, metavar="K", help="number of subject-exclusive folds (default: %(default)s)")
-    folder.add_argument("--intensity-threshold", type=float, default=None, metavar="T",
-                        help="occurrence = intensity >= T for intensity columns (AU12_r, AU12_int), e.g. 2 (required with them)")
+    folder.add_argument(
+        "--folds", type=int, default=3, metavar="K", help="number of subject-exclusive folds (default: %(default)s)"
+    )
+    folder.add_argument(
+        "--intensity-threshold",
+        type=float,
+        default=None,
+        metavar="T",
+        help="occurrence = intensity >= T for intensity columns (AU12_r, AU12_int), e.g. 2 (required with them)",
+    )
     _add_prepare_flags(folder)
     parser.set_defaults(func=_run_prepare)
 
@@ -232,11 +343,16 @@ def _run_prepare(args: argparse.Namespace) -> None:
     from auformer.data.converters.disfa import prepare_disfa
     from auformer.data.converters.folder import prepare_folder
 
-    options = dict(align=args.align, detector=args.face_detector, size=args.size,
-                   workers=default_workers() if args.workers is None else args.workers)
+    options = dict(
+        align=args.align,
+        detector=args.face_detector,
+        size=args.size,
+        workers=default_workers() if args.workers is None else args.workers,
+    )
     if args.dataset == "folder":
-        prepare_folder(args.raw_dir, args.labels, args.out_dir, folds=args.folds,
-                       intensity_threshold=args.intensity_threshold, **options)
+        prepare_folder(
+            args.raw_dir, args.labels, args.out_dir, folds=args.folds, intensity_threshold=args.intensity_threshold, **options
+        )
         return
     prepare = {"bp4d": prepare_bp4d, "disfa": prepare_disfa, "casme2": prepare_casme2}[args.dataset]
     prepare(args.raw_dir, args.out_dir, **options)
@@ -250,8 +366,11 @@ def _add_weights(sub: argparse._SubParsersAction) -> None:
         "with a network), then train with --set model.backbone_weights=DIR/model.safetensors. See docs/training.md.",
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    download = actions.add_parser("download", help="download TAG's weight file into --out",
-                                  description="Download TAG's weight file (model.safetensors) into DIR and print its path.")
+    download = actions.add_parser(
+        "download",
+        help="download TAG's weight file into --out",
+        description="Download TAG's weight file (model.safetensors) into DIR and print its path.",
+    )
     download.add_argument("tag", metavar="TAG", help="timm pretrained tag, e.g. vit_base_patch16_224.augreg_in1k")
     download.add_argument("--out", required=True, metavar="DIR", help="folder to write the weight file to")
     parser.set_defaults(func=_run_weights)
@@ -274,20 +393,38 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("out_dir", metavar="OUT_DIR", help="folder to write the dataset to (created if missing)")
     parser.add_argument("--num-images", type=int, default=3000, metavar="K", help="number of faces (default: %(default)s)")
-    parser.add_argument("--size", type=int, default=64, metavar="PX", help="image side in pixels, 16 to 1024 (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, metavar="S", help="generator seed; same seed, same dataset (default: %(default)s)")
+    parser.add_argument(
+        "--size", type=int, default=64, metavar="PX", help="image side in pixels, 16 to 1024 (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, metavar="S", help="generator seed; same seed, same dataset (default: %(default)s)"
+    )
     parser.add_argument("--num-subjects", type=int, default=60, metavar="N", help="number of identities (default: %(default)s)")
-    parser.add_argument("--label-noise", type=float, default=0.0, metavar="R",
-                        help="fraction of labels flipped in manifest.csv, 0 to 1 (default: %(default)s)")
-    parser.add_argument("--folds", type=int, default=3, metavar="K", help="number of subject-exclusive folds (default: %(default)s)")
+    parser.add_argument(
+        "--label-noise",
+        type=float,
+        default=0.0,
+        metavar="R",
+        help="fraction of labels flipped in manifest.csv, 0 to 1 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--folds", type=int, default=3, metavar="K", help="number of subject-exclusive folds (default: %(default)s)"
+    )
     parser.set_defaults(func=_run_synth)
 
 
 def _run_synth(args: argparse.Namespace) -> None:
     from auformer.data.synthetic import write_synthetic
 
-    out = write_synthetic(args.out_dir, num_images=args.num_images, size=args.size, seed=args.seed,
-                          num_subjects=args.num_subjects, label_noise=args.label_noise, num_folds=args.folds)
+    out = write_synthetic(
+        args.out_dir,
+        num_images=args.num_images,
+        size=args.size,
+        seed=args.seed,
+        num_subjects=args.num_subjects,
+        label_noise=args.label_noise,
+        num_folds=args.folds,
+    )
     print(f"wrote {args.num_images} synthetic faces to {out} (manifest.csv, folds.json)")
 
 
@@ -313,8 +450,14 @@ def _add_pretrain_synthetic(sub: argparse._SubParsersAction) -> None:
 def _run_pretrain_synthetic(args: argparse.Namespace) -> None:
     from auformer.data.pretrain import PretrainConfig, run_pretrain
 
-    flags = {"seed": args.seed, "epochs": args.epochs, "num_images": args.num_images, "batch_size": args.batch_size,
-             "lr": args.lr, "max_steps": args.max_steps}
+    flags = {
+        "seed": args.seed,
+        "epochs": args.epochs,
+        "num_images": args.num_images,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "max_steps": args.max_steps,
+    }
     config = PretrainConfig(**{name: value for name, value in flags.items() if value is not None})
     weights = run_pretrain(config, args.out, validate=not args.no_validate)
     print(f"wrote {weights} and {weights.with_suffix('.json')}")
@@ -324,23 +467,37 @@ def _add_run_flags(parser: argparse.ArgumentParser, default_preset: str, data_he
     """--preset / --set / --data / --out, shared by the training and protocol commands."""
     from auformer.config import preset_names  # light: PyYAML only
 
-    parser.add_argument("--preset", default=default_preset, metavar="NAME|FILE.yaml",
-                        help=f"experiment preset: {', '.join(preset_names())}, "
-                        "or a YAML file such as a run's config.yaml (default: %(default)s)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override one config value, YAML syntax, repeatable (e.g. --set train.epochs=1 --set data.aus=[1,2])")
+    parser.add_argument(
+        "--preset",
+        default=default_preset,
+        metavar="NAME|FILE.yaml",
+        help=f"experiment preset: {', '.join(preset_names())}, or a YAML file such as a run's config.yaml (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value, YAML syntax, repeatable (e.g. --set train.epochs=1 --set data.aus=[1,2])",
+    )
     parser.add_argument("--data", default=None, metavar="DIR", help=data_help)
-    parser.add_argument("--out", default=None, metavar="DIR",
-                        help="output folder (default: runs/<preset>-<UTC timestamp>)")
-    parser.add_argument("--skip-bad", action="store_true",
-                        help="drop missing or undecodable images (each decoded once up front; listed at the end and "
-                        "in OUT/skipped.json) instead of stopping; same as --set data.skip_bad=true")
+    parser.add_argument("--out", default=None, metavar="DIR", help="output folder (default: runs/<preset>-<UTC timestamp>)")
+    parser.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="drop missing or undecodable images (each decoded once up front; listed at the end and "
+        "in OUT/skipped.json) instead of stopping; same as --set data.skip_bad=true",
+    )
 
 
 def _add_dry_run_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dry-run", action="store_true",
-                        help="check data, folds, AUs per fold, weights, device, output folder and disk space, print the "
-                        "plan (runs, steps, warm-up, evaluations) and stop without training")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check data, folds, AUs per fold, weights, device, output folder and disk space, print the "
+        "plan (runs, steps, warm-up, evaluations) and stop without training",
+    )
 
 
 def _dry_run(args: argparse.Namespace, config, out: str) -> bool:
@@ -386,8 +543,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "torchrun --nproc-per-node K -m auformer train ...",
     )
     _add_run_flags(parser, "synthetic", _DATA_HELP)
-    parser.add_argument("--resume", default=None, metavar="RUN_DIR",
-                        help="continue a killed run from its folder, with its own config.yaml (not combinable with --set/--data/--out)")
+    parser.add_argument(
+        "--resume",
+        default=None,
+        metavar="RUN_DIR",
+        help="continue a killed run from its folder, with its own config.yaml (not combinable with --set/--data/--out)",
+    )
     _add_dry_run_flag(parser)
     parser.set_defaults(func=_run_train)
 
@@ -397,7 +558,9 @@ def _run_train(args: argparse.Namespace) -> None:
 
     if args.resume:
         if args.overrides or args.data or args.out or args.skip_bad:
-            raise AUFormerError("--resume continues the run with its own config.yaml and folder: drop --set, --data, --out and --skip-bad")
+            raise AUFormerError(
+                "--resume continues the run with its own config.yaml and folder: drop --set, --data, --out and --skip-bad"
+            )
         trainer.resume(args.resume)
         return
     config, out = _run_config(args)
@@ -414,13 +577,28 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint path without suffix, e.g. runs/x/best")
     _add_run_flags(parser, None, _DATA_HELP)
-    parser.add_argument("--fold", type=int, default=None, metavar="K", help="test fold, 0-based (default: the config's data.fold)")
-    parser.add_argument("--target", default=None, metavar="DIR", help="score on the whole of this prepared dataset instead of a fold")
-    parser.add_argument("--list", nargs=2, default=None, metavar=("IMG_LIST", "LABEL_LIST"),
-                        help="score on ME-GraphAU list files instead (image paths; one 1/0/-1 per AU a line)")
-    parser.add_argument("--list-aus", default=None, metavar="AUS",
-                        help="AUs of the label list's columns, e.g. 1,2,4,6 (default: the checkpoint's AUs)")
-    parser.add_argument("--image-root", default=".", metavar="DIR", help="folder the list's image paths are relative to (default: .)")
+    parser.add_argument(
+        "--fold", type=int, default=None, metavar="K", help="test fold, 0-based (default: the config's data.fold)"
+    )
+    parser.add_argument(
+        "--target", default=None, metavar="DIR", help="score on the whole of this prepared dataset instead of a fold"
+    )
+    parser.add_argument(
+        "--list",
+        nargs=2,
+        default=None,
+        metavar=("IMG_LIST", "LABEL_LIST"),
+        help="score on ME-GraphAU list files instead (image paths; one 1/0/-1 per AU a line)",
+    )
+    parser.add_argument(
+        "--list-aus",
+        default=None,
+        metavar="AUS",
+        help="AUs of the label list's columns, e.g. 1,2,4,6 (default: the checkpoint's AUs)",
+    )
+    parser.add_argument(
+        "--image-root", default=".", metavar="DIR", help="folder the list's image paths are relative to (default: .)"
+    )
     parser.set_defaults(func=_run_evaluate)
 
 
@@ -445,7 +623,9 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     trainer.evaluate(args.checkpoint, config, out, table=table)
 
 
-def _add_protocol(sub: argparse._SubParsersAction, name: str, default_preset: str, data_help: str, **texts: str) -> argparse.ArgumentParser:
+def _add_protocol(
+    sub: argparse._SubParsersAction, name: str, default_preset: str, data_help: str, **texts: str
+) -> argparse.ArgumentParser:
     """A multi-run protocol command (cv, cross-domain, data-efficiency): run flags + ``_run_protocol``."""
     parser = sub.add_parser(name, **texts)
     _add_run_flags(parser, default_preset, data_help)
@@ -492,8 +672,12 @@ def _add_ablation(sub: argparse._SubParsersAction) -> None:
         "killed fold resumes. Rows: docs/ablations.md.",
     )
     _add_run_flags(parser, "bp4d", _DATA_HELP)
-    parser.add_argument("--table", required=True, choices=("4", "5a", "5b", "5c", "5d"),
-                        help="4: components; 5a: adaptation module; 5b: MRF dilations; 5c: CA size; 5d: MDWA margin")
+    parser.add_argument(
+        "--table",
+        required=True,
+        choices=("4", "5a", "5b", "5c", "5d"),
+        help="4: components; 5a: adaptation module; 5b: MRF dilations; 5c: CA size; 5d: MDWA margin",
+    )
     parser.set_defaults(func=_run_ablation)
 
 
@@ -546,9 +730,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"auformer {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands = (
-        _add_info, _add_detect, _add_export, _add_prepare, _add_train, _add_evaluate, _add_cv, _add_cross_domain,
-        _add_data_efficiency, _add_synth, _add_pretrain_synthetic, _add_push, _add_weights,
-        _add_ablation, _add_explain, _add_serve,
+        _add_info,
+        _add_detect,
+        _add_export,
+        _add_prepare,
+        _add_train,
+        _add_evaluate,
+        _add_cv,
+        _add_cross_domain,
+        _add_data_efficiency,
+        _add_synth,
+        _add_pretrain_synthetic,
+        _add_push,
+        _add_weights,
+        _add_ablation,
+        _add_explain,
+        _add_serve,
     )
     for add in commands:
         add(sub)

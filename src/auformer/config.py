@@ -52,7 +52,9 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     backbone: str = "vit_base_patch16_224"  # timm ViT name
-    backbone_weights: str = "hub"  # "hub" (timm tag's weights, HF cache first), a local .safetensors/.pth/.npz file, "synthetic" or "random"
+    backbone_weights: str = (
+        "hub"  # "hub" (timm tag's weights, HF cache first), a local .safetensors/.pth/.npz file, "synthetic" or "random"
+    )
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm create_model kwargs
     moke: str = "fused"  # expert-group implementation: "fused" (fast) or "reference" (literal)
     d: int = 4  # expert width after the down-projection
@@ -106,7 +108,9 @@ class TrainConfig:
     seed: int = 0  # seeds model init, sampling order, augmentation and dropout
     threshold: float = 0.5  # probability threshold for F1
     eval_every: int = 1  # evaluate every this many epochs (and always after the last); ignored with train.steps
-    eval_every_steps: int | None = None  # with train.steps: evaluate at the end of the epoch reaching each multiple; None = at the end only
+    eval_every_steps: int | None = (
+        None  # with train.steps: evaluate at the end of the epoch reaching each multiple; None = at the end only
+    )
     checkpoint_every: int = 50  # write a resumable checkpoint every this many optimiser steps
 
 
@@ -295,19 +299,25 @@ def _validate_weights(weights: str) -> None:
     from auformer.model.backbone import WEIGHT_SOURCES, WEIGHT_SUFFIXES
 
     if weights not in WEIGHT_SOURCES and not weights.endswith(WEIGHT_SUFFIXES):
-        raise AUFormerError(f"config model.backbone_weights: {weights!r} is not one of {', '.join(WEIGHT_SOURCES)} "
-                         f"nor a weight file ({', '.join(WEIGHT_SUFFIXES)})")
+        raise AUFormerError(
+            f"config model.backbone_weights: {weights!r} is not one of {', '.join(WEIGHT_SOURCES)} "
+            f"nor a weight file ({', '.join(WEIGHT_SUFFIXES)})"
+        )
 
 
 def _validate_switches(config: Config) -> None:
     """Refuse ablation-switch combinations that have no meaning (docs/training.md, "Ablation switches")."""
     model, loss = config.model, config.loss
     if not model.collaborate and (model.aux_head or loss.aux_weight > 0):
-        raise AUFormerError("config model.collaborate: false (the paper's no-collaboration rows: one shared expert per group) "
-                         "has no per-AU experts for auxiliary heads; also pass --set model.aux_head=false --set loss.aux_weight=0")
+        raise AUFormerError(
+            "config model.collaborate: false (the paper's no-collaboration rows: one shared expert per group) "
+            "has no per-AU experts for auxiliary heads; also pass --set model.aux_head=false --set loss.aux_weight=0"
+        )
     if not model.aux_head and loss.aux_weight > 0:
-        raise AUFormerError(f"config loss.aux_weight: {loss.aux_weight} weights an auxiliary loss, but model.aux_head is false; "
-                         "pass --set loss.aux_weight=0 (or keep the heads)")
+        raise AUFormerError(
+            f"config loss.aux_weight: {loss.aux_weight} weights an auxiliary loss, but model.aux_head is false; "
+            "pass --set loss.aux_weight=0 (or keep the heads)"
+        )
     if loss.aux_weight < 0:
         raise AUFormerError(f"config loss.aux_weight: {loss.aux_weight} must be >= 0")
     if loss.eps <= 0:

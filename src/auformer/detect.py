@@ -53,8 +53,10 @@ INTENSITY_SUFFIX = "_r"  # AU12_r: intensity 0-5, as OpenFace names it
 OPENFACE_NAMES = {"face": "face_id", "time_s": "timestamp", "face_score": "confidence"}
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16}  # --amp: autocast dtype of the model's forward
 PREFETCH = 16  # frames each pipeline stage may run ahead of the next (16 decoded 1080p frames: 100 MB)
-SYNTHETIC_WARNING = ("warning: this checkpoint was trained on synthetic faces: its AU predictions on real "
-                     "photos are not meaningful (it only shows that the pipeline runs)")
+SYNTHETIC_WARNING = (
+    "warning: this checkpoint was trained on synthetic faces: its AU predictions on real "
+    "photos are not meaningful (it only shows that the pipeline runs)"
+)
 
 
 @dataclass
@@ -77,8 +79,9 @@ def _frame_range(fps: float, start: float | None, end: float | None) -> tuple[in
     return round((start or 0.0) * fps), (round(end * fps) if end is not None else None)
 
 
-def video_frames(path: str | os.PathLike, every: int = 1, start: float | None = None,
-                 end: float | None = None, after: int | None = None) -> Iterator[Frame]:
+def video_frames(
+    path: str | os.PathLike, every: int = 1, start: float | None = None, end: float | None = None, after: int | None = None
+) -> Iterator[Frame]:
     """Decode every ``every``-th frame of a video between ``start`` and ``end`` seconds.
 
     ``after`` (a resumed run) skips the frames up to and including that frame number,
@@ -117,8 +120,9 @@ def video_frames(path: str | os.PathLike, every: int = 1, start: float | None = 
         raise AUFormerError(f"{path}: decoding stopped at frame {index} of {expected} (truncated or corrupt video)")
 
 
-def count_video_frames(path: str | os.PathLike, every: int = 1, start: float | None = None,
-                       end: float | None = None) -> int | None:
+def count_video_frames(
+    path: str | os.PathLike, every: int = 1, start: float | None = None, end: float | None = None
+) -> int | None:
     """How many frames `video_frames` will yield, from the container's frame count (None if unknown)."""
     capture = cv2.VideoCapture(str(path))
     fps, total = capture.get(cv2.CAP_PROP_FPS), int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
@@ -203,9 +207,17 @@ class Detector:
     on ``device`` (``"cpu"``, ``"cuda"``, ...).
     """
 
-    def __init__(self, checkpoint: str | os.PathLike, face_detector: str = DEFAULT_DETECTOR, device: str = "cpu",
-                 batch_size: int = 32, threshold: float | Mapping[str | int, float] = 0.5,
-                 backbone_weights: str | None = None, detect_every: int = 5, amp: str = "none") -> None:
+    def __init__(
+        self,
+        checkpoint: str | os.PathLike,
+        face_detector: str = DEFAULT_DETECTOR,
+        device: str = "cpu",
+        batch_size: int = 32,
+        threshold: float | Mapping[str | int, float] = 0.5,
+        backbone_weights: str | None = None,
+        detect_every: int = 5,
+        amp: str = "none",
+    ) -> None:
         if batch_size < 1:
             raise AUFormerError(f"batch_size must be a positive integer, got {batch_size}")
         if detect_every < 1:
@@ -229,7 +241,9 @@ class Detector:
         data_config = self.model.data_config
         # The training run's own test resize (recorded by the trainer), else the default 256/224 ratio.
         resize_size = meta.get("extra", {}).get("resize_size")
-        self.transform = build_transform(False, data_config["input_size"][-1], data_config["mean"], data_config["std"], resize_size)
+        self.transform = build_transform(
+            False, data_config["input_size"][-1], data_config["mean"], data_config["std"], resize_size
+        )
         weights = backbone_weights or self.model.config.get("backbone_weights")
         self.synthetic = meta.get("extra", {}).get("dataset") == "synthetic" or weights == "synthetic"
 
@@ -239,7 +253,9 @@ class Detector:
         by_column = {("default" if key == "default" else au_column(key)): float(value) for key, value in threshold.items()}
         unknown = set(by_column) - {"default", *self.au_columns}
         if unknown:
-            raise AUFormerError(f"thresholds for {sorted(unknown)}, which the model does not predict ({', '.join(self.au_columns)})")
+            raise AUFormerError(
+                f"thresholds for {sorted(unknown)}, which the model does not predict ({', '.join(self.au_columns)})"
+            )
         default = by_column.get("default", 0.5)
         return np.array([by_column.get(column, default) for column in self.au_columns])
 
@@ -255,10 +271,11 @@ class Detector:
         parts = {name: [np.zeros((0, len(self.au_columns)), dtype=np.float32)] for name in names}
         if self.device.type == "cuda" and len(images):
             images = images.pin_memory()  # page-locked: the copies below overlap with the GPU's work
-        autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
-                    else contextlib.nullcontext())
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None else contextlib.nullcontext()
+        )
         for begin in range(0, len(images), self.batch_size):
-            batch = images[begin:begin + self.batch_size].to(self.device, non_blocking=True)  # (B, 3, S, S)
+            batch = images[begin : begin + self.batch_size].to(self.device, non_blocking=True)  # (B, 3, S, S)
             with autocast:
                 output = self.model(batch)
             if self.occurrence:
@@ -309,8 +326,9 @@ class Detector:
                     rows.append({**base, "success": 0})
                 for number, face in enumerate(aligned):
                     x, y, w, h = face.face.box
-                    rows.append({**base, "face": number, "x": x, "y": y, "w": w, "h": h,
-                                 "face_score": face.face.score, "success": 1})
+                    rows.append(
+                        {**base, "face": number, "x": x, "y": y, "w": w, "h": h, "face_score": face.face.score, "success": 1}
+                    )
                 faces.extend(aligned)
                 inputs.append(images)
                 if len(rows) >= self.batch_size:  # rows, not faces: a long stretch without faces is written too
@@ -350,8 +368,9 @@ class Detector:
             frame = Frame(str(image), 0, 0.0, read_image(image))
         return pd.concat([table for table, _ in self.iter_results([frame])], ignore_index=True)
 
-    def detect_video(self, path: str | os.PathLike, every: int = 1, start: float | None = None,
-                     end: float | None = None) -> pd.DataFrame:
+    def detect_video(
+        self, path: str | os.PathLike, every: int = 1, start: float | None = None, end: float | None = None
+    ) -> pd.DataFrame:
         """AUs of every face in every ``every``-th frame between ``start`` and ``end`` seconds."""
         tables = [table for table, _ in self.iter_results(video_frames(path, every, start, end))]
         if not tables:
@@ -369,7 +388,8 @@ def to_openface(table: pd.DataFrame) -> pd.DataFrame:
     table["frame"] = table["frame"] + 1
     # OpenFace's order: intensities (_r) before occurrences (_c); the probabilities, which it lacks, last.
     kinds = [[c for c in table.columns if not c.startswith("AU")]] + [
-        [c for c in table.columns if c.startswith("AU") and c.endswith(suffix)] for suffix in (INTENSITY_SUFFIX, "_c")]
+        [c for c in table.columns if c.startswith("AU") and c.endswith(suffix)] for suffix in (INTENSITY_SUFFIX, "_c")
+    ]
     kinds.append([c for c in table.columns if c not in {c for kind in kinds for c in kind}])
     return table[[c for kind in kinds for c in kind]]
 
@@ -471,8 +491,9 @@ class _Counts:
         self.skipped.append(str(error))
 
 
-def _run(detector: Detector, frames: Iterable[Frame], writer: _CsvWriter, progress: tqdm, counts: _Counts,
-         plot_dir: Path | None) -> None:
+def _run(
+    detector: Detector, frames: Iterable[Frame], writer: _CsvWriter, progress: tqdm, counts: _Counts, plot_dir: Path | None
+) -> None:
     """Feed ``frames`` through ``detector`` into ``writer``, updating the progress bar and counts."""
     from auformer.viz import plot_face_aus
 
@@ -484,11 +505,15 @@ def _run(detector: Detector, frames: Iterable[Frame], writer: _CsvWriter, progre
         counts.faces += len(faces)
         counts.frames_without_face += int((table["success"] == 0).sum())
         progress.update(len(new_frames))
-        progress.set_postfix(faces=counts.faces, faces_per_s=f"{(counts.faces - faces_before) / (time.perf_counter() - started):.1f}")
+        progress.set_postfix(
+            faces=counts.faces, faces_per_s=f"{(counts.faces - faces_before) / (time.perf_counter() - started):.1f}"
+        )
         if plot_dir is not None:
             for (_, row), face in zip(table[table["success"] == 1].iterrows(), faces):
                 probabilities = {column: row[column] for column in detector.au_columns} if detector.occurrence else {}
-                intensity = {column: row[column + INTENSITY_SUFFIX] for column in detector.au_columns} if detector.intensity else None
+                intensity = (
+                    {column: row[column + INTENSITY_SUFFIX] for column in detector.au_columns} if detector.intensity else None
+                )
                 thresholds = dict(zip(detector.au_columns, detector.thresholds))
                 title = f"{row['input']}, face {row['face']}"
                 title += " (synthetic checkpoint: not meaningful)" if detector.synthetic else ""
@@ -523,9 +548,16 @@ def run_detect(args: argparse.Namespace) -> None:
     images, videos, ignored = expand_inputs(args.inputs)
     if not images and not videos:
         raise AUFormerError(f"no images or videos found in {', '.join(map(str, args.inputs))}")
-    detector = Detector(args.checkpoint, face_detector=args.face_detector, device=args.device,
-                        batch_size=args.batch_size, threshold=parse_thresholds(args.threshold or ["0.5"]),
-                        backbone_weights=args.backbone_weights, detect_every=args.detect_every, amp=args.amp)
+    detector = Detector(
+        args.checkpoint,
+        face_detector=args.face_detector,
+        device=args.device,
+        batch_size=args.batch_size,
+        threshold=parse_thresholds(args.threshold or ["0.5"]),
+        backbone_weights=args.backbone_weights,
+        detect_every=args.detect_every,
+        amp=args.amp,
+    )
     if detector.synthetic:
         print(SYNTHETIC_WARNING)
     out = Path(args.out)
@@ -558,16 +590,27 @@ def run_detect(args: argparse.Namespace) -> None:
                     continue
         written.append(writer.path)
         if plot_dir is not None and writer.rows:
-            plot_au_timeseries(pd.read_csv(writer.path), plot_dir / f"{writer.path.stem}_aus.png",
-                               dict(zip(detector.au_columns, detector.thresholds)))
-    print(f"{counts.frames} frames ({len(images)} images, {len(videos)} videos): {counts.faces} faces, "
-          f"{counts.frames_without_face} frames without a face, {counts.unreadable} unreadable inputs skipped"
-          + (f", {ignored} files with other extensions ignored" if ignored else ""))
+            plot_au_timeseries(
+                pd.read_csv(writer.path),
+                plot_dir / f"{writer.path.stem}_aus.png",
+                dict(zip(detector.au_columns, detector.thresholds)),
+            )
+    print(
+        f"{counts.frames} frames ({len(images)} images, {len(videos)} videos): {counts.faces} faces, "
+        f"{counts.frames_without_face} frames without a face, {counts.unreadable} unreadable inputs skipped"
+        + (f", {ignored} files with other extensions ignored" if ignored else "")
+    )
     for line in counts.skipped:
         print(f"skipped: {line}")
-    summary = {"frames": counts.frames, "faces": counts.faces, "frames_without_face": counts.frames_without_face,
-               "skipped": counts.skipped, "ignored_files": ignored, "csv": [str(path) for path in written],
-               "face_detector": detector.face_detector.name}  # what `auto` resolved to
+    summary = {
+        "frames": counts.frames,
+        "faces": counts.faces,
+        "frames_without_face": counts.frames_without_face,
+        "skipped": counts.skipped,
+        "ignored_files": ignored,
+        "csv": [str(path) for path in written],
+        "face_detector": detector.face_detector.name,
+    }  # what `auto` resolved to
     atomic_write_text(out / "detect.json", json.dumps(summary, indent=2) + "\n")
     for path in written:
         print(f"wrote {path}")

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from auformer.detect import Detector, expand_inputs, read_image
-from auformer.model.auformer import AUFormer
 from auformer.errors import AUFormerError
+from auformer.model.auformer import AUFormer
 
 
 def grad_cam(model: AUFormer, image: torch.Tensor, targets: list[int]) -> np.ndarray:
@@ -116,15 +116,21 @@ def run_explain(args: argparse.Namespace) -> None:
         present = [i for i in np.argsort(-prob) if prob[i] >= detector.thresholds[i]]
         maps = grad_cam(model, image[None].clone(), present)
         labels = [f"{names[i]} p={prob[i]:.2f}" for i in present]
-        written = plot_gradcam(_display(image, mean, std), maps, labels, out / "gradcam" / f"{path.stem}.png",
-                               title=f"{path.name}: Grad-CAM per {target}, AUs predicted present")
+        written = plot_gradcam(
+            _display(image, mean, std),
+            maps,
+            labels,
+            out / "gradcam" / f"{path.stem}.png",
+            title=f"{path.name}: Grad-CAM per {target}, AUs predicted present",
+        )
         print(f"wrote {written}")
     checkpoints = [args.checkpoint] + ([args.compare_checkpoint] if args.compare_checkpoint else [])
     titles = args.titles or checkpoints
     if len(titles) != len(checkpoints):
         raise AUFormerError(f"--titles names {len(titles)} panels but there are {len(checkpoints)} checkpoints")
-    models = [model] + [Detector(path, face_detector="none", backbone_weights=args.backbone_weights).model
-                        for path in checkpoints[1:]]
+    models = [model] + [
+        Detector(path, face_detector="none", backbone_weights=args.backbone_weights).model for path in checkpoints[1:]
+    ]
     tokens = [expert_tokens(each, images) for each in models]  # each (M, E, D)
     count = tokens[0].shape[1]
     legend = names if count == len(names) else [f"expert {e}" for e in range(count)]

@@ -56,8 +56,16 @@ def _export_onnx(module: AUOutputs, example: torch.Tensor, path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         axes = {name: {0: "batch"} for name in ["images", *module.names]}
-        torch.onnx.export(module, (example,), str(path), input_names=["images"], output_names=module.names,
-                          dynamic_axes=axes, opset_version=18, dynamo=False)
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            input_names=["images"],
+            output_names=module.names,
+            dynamic_axes=axes,
+            opset_version=18,
+            dynamo=False,
+        )
 
 
 def _export_torchscript(module: nn.Module, example: torch.Tensor, path: Path) -> None:
@@ -84,8 +92,9 @@ def _arrays(results: torch.Tensor | tuple[torch.Tensor, ...]) -> list[np.ndarray
     return [t.detach().numpy() for t in ((results,) if isinstance(results, torch.Tensor) else results)]
 
 
-def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, format: str = "onnx",
-                 backbone_weights: str | None = None) -> Path:
+def export_model(
+    checkpoint: str | os.PathLike, out_dir: str | os.PathLike, format: str = "onnx", backbone_weights: str | None = None
+) -> Path:
     """Write ``OUT_DIR/NAME.onnx`` (or ``.pt``) and its description ``NAME.onnx.json``; returns the model path.
 
     The model is exported with a batch of 2 and run on a batch of 3 random images,
@@ -115,16 +124,27 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, form
             raise AUFormerError(f"{path}: exported model differs from PyTorch by {difference:.2e} (> {TOLERANCE:.0e})")
     data_config = model.data_config
     resize_size = read_checkpoint_meta(checkpoint).get("extra", {}).get("resize_size") or default_resize_size(size)
-    outputs = [{"name": name, "shape": ["batch", len(model.aus)], "range": [0, scale],
-                "columns": [c + ("" if name == "probabilities" else "_r") for c in au_columns(model.aus)]}
-               for name, scale in zip(module.names, scales)]
+    outputs = [
+        {
+            "name": name,
+            "shape": ["batch", len(model.aus)],
+            "range": [0, scale],
+            "columns": [c + ("" if name == "probabilities" else "_r") for c in au_columns(model.aus)],
+        }
+        for name, scale in zip(module.names, scales)
+    ]
     description = {
         "model": path.name,
         "format": format,
         "checkpoint": str(checkpoint_paths(checkpoint)[0]),
-        "input": {"name": "images", "shape": ["batch", 3, size, size], "layout": "RGB, float32, normalised",
-                  "mean": list(data_config["mean"]), "std": list(data_config["std"]),
-                  "preprocessing": f"auformer.faces.align_faces crop (256 px), resize to {resize_size}, centre crop {size}"},
+        "input": {
+            "name": "images",
+            "shape": ["batch", 3, size, size],
+            "layout": "RGB, float32, normalised",
+            "mean": list(data_config["mean"]),
+            "std": list(data_config["std"]),
+            "preprocessing": f"auformer.faces.align_faces crop (256 px), resize to {resize_size}, centre crop {size}",
+        },
         "output": outputs[0],  # the first of "outputs" (kept for readers of single-output files)
         "outputs": outputs,
         "max_abs_difference_vs_pytorch": difference,  # over outputs, each divided by its range (1 or 5)

@@ -15,7 +15,6 @@ import os
 import re
 from pathlib import Path
 
-from auformer.errors import AUFormerError
 from huggingface_hub import CommitOperationAdd, HfApi, hf_hub_download
 from huggingface_hub.utils import (
     EntryNotFoundError,
@@ -23,6 +22,8 @@ from huggingface_hub.utils import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
+
+from auformer.errors import AUFormerError
 
 REPO_STEM = "adapter"  # adapter.safetensors + adapter.json in the repo
 # user/name[@revision]: the Hub's naming rules (letters, digits, - _ .), revision a branch, tag or commit.

@@ -96,7 +96,9 @@ def weighted_bce_loss(
 LOSS_VARIANTS = {"mdwa": (True, True), "dwa": (False, True), "mwa": (True, False), "wa": None, "wce": None}
 
 
-def classification_loss(name: str, margin: float = 0.1, gamma_bounds: tuple[float, float] = (1.0, 2.0)) -> Callable[..., torch.Tensor]:
+def classification_loss(
+    name: str, margin: float = 0.1, gamma_bounds: tuple[float, float] = (1.0, 2.0)
+) -> Callable[..., torch.Tensor]:
     """``loss(logits, targets, occurrence_rate, mask=None)`` for a ``LOSS_VARIANTS`` name.
 
     ``mdwa``: margin and difficulty-aware gamma (eq. 6); ``dwa``: gamma only (m = 0);
@@ -186,7 +188,9 @@ def intensity_loss(
     reports, are squared/absolute errors on the numeric scale (docs/intensity.md).
     """
     if intensity.ndim != 2 or targets.shape != intensity.shape:
-        raise ValueError(f"intensity and targets must both have shape (B, N), got {tuple(intensity.shape)} and {tuple(targets.shape)}")
+        raise ValueError(
+            f"intensity and targets must both have shape (B, N), got {tuple(intensity.shape)} and {tuple(targets.shape)}"
+        )
     dtype = torch.float64 if intensity.dtype == torch.float64 else torch.float32
     intensity = intensity.to(dtype)
     targets = targets.to(device=intensity.device, dtype=dtype)
@@ -276,9 +280,7 @@ def _as_rate_tensor(occurrence_rate: torch.Tensor | Sequence[float]) -> torch.Te
     rate = torch.as_tensor(occurrence_rate)
     rate = rate.to(torch.float64 if rate.dtype == torch.float64 else torch.float32)
     if rate.ndim != 1 or rate.numel() == 0:
-        raise ValueError(
-            f"occurrence_rate must be a non-empty 1-D sequence (one rate per AU), got shape {tuple(rate.shape)}"
-        )
+        raise ValueError(f"occurrence_rate must be a non-empty 1-D sequence (one rate per AU), got shape {tuple(rate.shape)}")
     if not bool(((rate >= 0) & (rate <= 1)).all()):
         raise ValueError(f"occurrence_rate values must lie in [0, 1], got {rate.tolist()}")
     return rate

@@ -87,8 +87,11 @@ def au_metrics(
         }
     no_positive = [key for key, scores in per_au.items() if scores["support"] == 0]
     if no_positive:  # a fold without positives cannot measure detection of that AU: say so, never silently
-        warnings.warn(f"no positive label for {', '.join(no_positive)} in this evaluation set: their F1 says nothing "
-                      "about detecting them (marked undefined unless something was predicted present)", stacklevel=2)
+        warnings.warn(
+            f"no positive label for {', '.join(no_positive)} in this evaluation set: their F1 says nothing "
+            "about detecting them (marked undefined unless something was predicted present)",
+            stacklevel=2,
+        )
     mean_f1 = float(np.mean([scores["f1"] for scores in per_au.values()])) if per_au else 0.0
     undefined = [key for key, scores in per_au.items() if scores["undefined"]]
     return {"mean_f1": mean_f1, "undefined_aus": undefined, "per_au": per_au}
@@ -115,9 +118,7 @@ def icc_3_1(pred: np.ndarray, target: np.ndarray) -> float:
     return float((ms_rows - ms_error) / denominator) if denominator > 0 else float("nan")
 
 
-def intensity_metrics(
-    pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor, aus: list[int] | None = None
-) -> dict:
+def intensity_metrics(pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor, aus: list[int] | None = None) -> dict:
     """Per-AU ICC(3,1), Pearson r and MAE of intensities, averaged over AUs (the intensity literature's table).
 
     pred: (M, N) predicted intensities (0-5). target: (M, N) annotated intensities, -1 or

@@ -30,24 +30,37 @@ from tqdm import tqdm
 from auformer.aus import au_label
 from auformer.config import load_config
 from auformer.data.synthetic import SYNTHETIC_AUS
-from auformer.detect import (IMAGE_EXTENSIONS, SYNTHETIC_WARNING, VIDEO_EXTENSIONS, Detector, Frame,
-                             count_video_frames, parse_thresholds, read_image, video_frames)
+from auformer.detect import (
+    IMAGE_EXTENSIONS,
+    SYNTHETIC_WARNING,
+    VIDEO_EXTENSIONS,
+    Detector,
+    Frame,
+    count_video_frames,
+    parse_thresholds,
+    read_image,
+    video_frames,
+)
+from auformer.errors import AUFormerError
 from auformer.model.auformer import build_model
 from auformer.model.checkpoint import save_checkpoint
 from auformer.viz import draw_face_boxes, plot_au_timeseries, plot_face_aus
-from auformer.errors import AUFormerError
 
 if TYPE_CHECKING:
     import gradio as gr
 
-DEMO_BANNER = ("**Demo model: its predictions mean nothing on real faces.** No `--checkpoint` was given, so this "
-               "page runs untrained MoKE adapters on the small synthetic-face ViT that ships with auformer. It shows "
-               "how the page works, nothing more. For real predictions start it with "
-               "`auformer serve --checkpoint runs/<run>/best` (a model trained on real faces).")
-INTRO = ("# AUFormer: facial Action Units\n"
-         "Drop a photo or a video. Every face found is boxed and numbered; each face gets a bar per Action Unit "
-         "(red: present, at or above the black threshold tick). A video also gets the AU time series of its best "
-         "face. The table of every face and frame is a CSV download below.")
+DEMO_BANNER = (
+    "**Demo model: its predictions mean nothing on real faces.** No `--checkpoint` was given, so this "
+    "page runs untrained MoKE adapters on the small synthetic-face ViT that ships with auformer. It shows "
+    "how the page works, nothing more. For real predictions start it with "
+    "`auformer serve --checkpoint runs/<run>/best` (a model trained on real faces)."
+)
+INTRO = (
+    "# AUFormer: facial Action Units\n"
+    "Drop a photo or a video. Every face found is boxed and numbered; each face gets a bar per Action Unit "
+    "(red: present, at or above the black threshold tick). A video also gets the AU time series of its best "
+    "face. The table of every face and frame is a CSV download below."
+)
 
 
 @dataclass
@@ -72,15 +85,20 @@ def demo_checkpoint(folder: str | os.PathLike) -> Path:
     aus = config.data.aus or SYNTHETIC_AUS
     with torch.random.fork_rng():  # leave the caller's random state alone
         torch.manual_seed(0)
-        model = build_model(len(aus), backbone=config.model.backbone, backbone_weights=config.model.backbone_weights,
-                            img_size=config.data.img_size, aus=aus, backbone_kwargs=config.model.backbone_kwargs)
+        model = build_model(
+            len(aus),
+            backbone=config.model.backbone,
+            backbone_weights=config.model.backbone_weights,
+            img_size=config.data.img_size,
+            aus=aus,
+            backbone_kwargs=config.model.backbone_kwargs,
+        )
     path = Path(folder) / "demo"
     save_checkpoint(model, path, extra={"dataset": "synthetic", "resize_size": config.data.resize_size})
     return path
 
 
-def _face_plots(detector: Detector, table: pd.DataFrame, faces: list, out: Path, stem: str,
-                prefix: str = "") -> list[Path]:
+def _face_plots(detector: Detector, table: pd.DataFrame, faces: list, out: Path, stem: str, prefix: str = "") -> list[Path]:
     """`plot_face_aus` for every face row of ``table`` (faces in the order of its ``success=1`` rows)."""
     thresholds = dict(zip(detector.au_columns, detector.thresholds))
     note = " (demo/synthetic model: not meaningful)" if detector.synthetic else ""
@@ -106,7 +124,7 @@ def tile_plots(paths: list[Path], columns: int = 2) -> np.ndarray | None:
     tiled = np.full((rows * height, columns * width, 3), 255, dtype=np.uint8)
     for index, image in enumerate(images):
         top, left = (index // columns) * height, (index % columns) * width
-        tiled[top:top + image.shape[0], left:left + image.shape[1]] = image
+        tiled[top : top + image.shape[0], left : left + image.shape[1]] = image
     return tiled
 
 
@@ -122,12 +140,12 @@ def _analyse_photo(detector: Detector, path: Path, out: Path) -> Analysis:
     csv = out / f"{path.stem}.csv"
     table.to_csv(csv, index=False, float_format="%.6g")
     if not faces:
-        return Analysis(f"**{path.name}**: no face found. Try a photo where the face is larger, frontal and well lit.",
-                        boxed=image, csv=csv)
+        return Analysis(
+            f"**{path.name}**: no face found. Try a photo where the face is larger, frontal and well lit.", boxed=image, csv=csv
+        )
     lines = [f"**{path.name}**: {len(faces)} face{'s' * (len(faces) > 1)} found."]
     lines += [f"- face {row['face']}: {_present(detector, row)}" for _, row in table[table["success"] == 1].iterrows()]
-    return Analysis("\n".join(lines), draw_face_boxes(image, table), _face_plots(detector, table, faces, out, path.stem),
-                    csv=csv)
+    return Analysis("\n".join(lines), draw_face_boxes(image, table), _face_plots(detector, table, faces, out, path.stem), csv=csv)
 
 
 def _analyse_video(detector: Detector, path: Path, out: Path, every: int) -> Analysis:
@@ -146,8 +164,11 @@ def _analyse_video(detector: Detector, path: Path, out: Path, every: int) -> Ana
     timeseries = plot_au_timeseries(table, out / f"{path.stem}_aus.png", dict(zip(detector.au_columns, detector.thresholds)))
     frame_count = table["frame"].nunique()
     with_face = table.loc[table["success"] == 1, "frame"].nunique()
-    status = (f"**{path.name}**: {frame_count} frames analysed" + (f" (1 in {every})" if every > 1 else "")
-              + f", {with_face} with a face, {frame_count - with_face} without.")
+    status = (
+        f"**{path.name}**: {frame_count} frames analysed"
+        + (f" (1 in {every})" if every > 1 else "")
+        + f", {with_face} with a face, {frame_count - with_face} without."
+    )
     if preview is None:
         return Analysis(status + " No face in any frame.", timeseries=timeseries, csv=csv)
     frame, frame_table, faces = preview
@@ -177,12 +198,18 @@ def build_app(detector: Detector, work: Path, banner: str | None, every: int = 1
     """The page: upload on the left, status and boxed faces beside it, then bars, time series and CSV."""
     import gradio as gr
 
-    def on_upload(upload: str | None, progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple:
+    def on_upload(upload: str | None, progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple:  # noqa: B008 (Gradio injects it)
         if upload is None:  # the file was removed from the upload box
             return "", None, None, gr.Column(visible=False), None, None
         result = analyse(detector, upload, tempfile.mkdtemp(dir=work, prefix="result-"), every)
-        return (result.status, result.boxed, tile_plots(result.face_plots), gr.Column(visible=result.timeseries is not None),
-                result.timeseries and str(result.timeseries), result.csv and str(result.csv))
+        return (
+            result.status,
+            result.boxed,
+            tile_plots(result.face_plots),
+            gr.Column(visible=result.timeseries is not None),
+            result.timeseries and str(result.timeseries),
+            result.csv and str(result.csv),
+        )
 
     extensions = sorted(IMAGE_EXTENSIONS | VIDEO_EXTENSIONS)
     with gr.Blocks(title="auformer: facial Action Units", analytics_enabled=False) as app:
@@ -191,8 +218,9 @@ def build_app(detector: Detector, work: Path, banner: str | None, every: int = 1
             gr.Markdown(banner, elem_id="banner")
         with gr.Row():
             with gr.Column(scale=1):
-                upload = gr.File(label=f"Photo or video ({', '.join(extensions)})", file_types=extensions,
-                                 type="filepath", elem_id="upload")
+                upload = gr.File(
+                    label=f"Photo or video ({', '.join(extensions)})", file_types=extensions, type="filepath", elem_id="upload"
+                )
                 status = gr.Markdown(elem_id="status")
                 csv = gr.File(label="AU table (CSV): one row per face and frame", interactive=False, elem_id="csv")
             boxed = gr.Image(label="Faces found", type="numpy", interactive=False, scale=1, elem_id="boxed")
@@ -201,8 +229,9 @@ def build_app(detector: Detector, work: Path, banner: str | None, every: int = 1
         bars = gr.Image(label="AU bars per face", show_label=False, type="numpy", interactive=False, elem_id="bars")
         with gr.Column(visible=False) as video_only:
             gr.Markdown("### AU time series of the best face per frame")
-            timeseries = gr.Image(label="AU time series", show_label=False, type="filepath", interactive=False,
-                                  elem_id="timeseries")
+            timeseries = gr.Image(
+                label="AU time series", show_label=False, type="filepath", interactive=False, elem_id="timeseries"
+            )
         upload.change(on_upload, upload, [status, boxed, bars, video_only, timeseries, csv])
     return app
 
@@ -214,27 +243,43 @@ def _stop_on_sigterm(signum: int, frame: object) -> None:
 def run_serve(args: argparse.Namespace) -> None:
     """``auformer serve``: start the page on ``args.host:args.port`` and block until stopped."""
     if args.max_upload_mb <= 0 or args.every < 1:
-        raise AUFormerError(f"--max-upload-mb must be positive and --every at least 1 "
-                         f"(got {args.max_upload_mb} and {args.every})")
+        raise AUFormerError(
+            f"--max-upload-mb must be positive and --every at least 1 (got {args.max_upload_mb} and {args.every})"
+        )
     work = Path(tempfile.mkdtemp(prefix="auformer-serve-"))
     try:
         # Gradio reads its upload folder from the environment when it is imported: set it first.
         os.environ["GRADIO_TEMP_DIR"] = str(work / "uploads")
         os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # no telemetry or version check from a local tool
         checkpoint = args.checkpoint or demo_checkpoint(work)
-        detector = Detector(checkpoint, face_detector=args.face_detector, device=args.device,
-                            threshold=parse_thresholds(args.threshold or ["0.5"]), backbone_weights=args.backbone_weights)
+        detector = Detector(
+            checkpoint,
+            face_detector=args.face_detector,
+            device=args.device,
+            threshold=parse_thresholds(args.threshold or ["0.5"]),
+            backbone_weights=args.backbone_weights,
+        )
         banner = DEMO_BANNER if args.checkpoint is None else (SYNTHETIC_WARNING if detector.synthetic else None)
         app = build_app(detector, work, banner, args.every)
         signal.signal(signal.SIGTERM, _stop_on_sigterm)
         try:
-            app.launch(server_name=args.host, server_port=args.port, max_file_size=int(args.max_upload_mb * 2**20),
-                       show_error=True, quiet=True, prevent_thread_lock=True)
+            app.launch(
+                server_name=args.host,
+                server_port=args.port,
+                max_file_size=int(args.max_upload_mb * 2**20),
+                show_error=True,
+                quiet=True,
+                prevent_thread_lock=True,
+            )
         except OSError as error:
-            raise AUFormerError(f"cannot start the server on {args.host}:{args.port}: the port is in use or the host is not an "
-                             f"address of this computer; choose another --port or --host") from error
-        print(f"model: {'demo (untrained, synthetic-face ViT)' if args.checkpoint is None else args.checkpoint}; "
-              f"AUs: {', '.join(detector.au_columns)}; uploads up to {args.max_upload_mb:g} MB")
+            raise AUFormerError(
+                f"cannot start the server on {args.host}:{args.port}: the port is in use or the host is not an "
+                f"address of this computer; choose another --port or --host"
+            ) from error
+        print(
+            f"model: {'demo (untrained, synthetic-face ViT)' if args.checkpoint is None else args.checkpoint}; "
+            f"AUs: {', '.join(detector.au_columns)}; uploads up to {args.max_upload_mb:g} MB"
+        )
         print(f"uploads and results in {work} (deleted when the server stops)")
         if args.host not in ("127.0.0.1", "localhost", "::1"):
             print(f"warning: listening on {args.host}: other machines that can reach this one can use the page")

@@ -45,9 +45,14 @@ def _save(figure: Figure, out_path: str | os.PathLike) -> Path:
     return out_path
 
 
-def plot_face_aus(aligned_crop: np.ndarray, probs: Mapping[str, float], threshold: float | Mapping[str, float],
-                  out_path: str | os.PathLike, title: str | None = None,
-                  intensity: Mapping[str, float] | None = None) -> Path:
+def plot_face_aus(
+    aligned_crop: np.ndarray,
+    probs: Mapping[str, float],
+    threshold: float | Mapping[str, float],
+    out_path: str | os.PathLike,
+    title: str | None = None,
+    intensity: Mapping[str, float] | None = None,
+) -> Path:
     """The aligned face beside a horizontal bar per AU (FACS name, probability, threshold tick).
 
     ``probs`` maps ``AU01``-style names to probabilities; bars at or above their
@@ -65,7 +70,9 @@ def plot_face_aus(aligned_crop: np.ndarray, probs: Mapping[str, float], threshol
     face_axes.set_axis_off()
     face_axes.set_title("aligned face")
     if probs:
-        _probability_bars(panels.pop(0), columns, np.array([probs[c] for c in columns], dtype=float), _thresholds(columns, threshold))
+        _probability_bars(
+            panels.pop(0), columns, np.array([probs[c] for c in columns], dtype=float), _thresholds(columns, threshold)
+        )
     if intensity is not None:
         _intensity_bars(panels.pop(0), columns, np.array([intensity[c] for c in columns], dtype=float))
     return _save(figure, out_path)
@@ -139,8 +146,11 @@ def plot_au_timeseries(df: pd.DataFrame, out_path: str | os.PathLike, threshold:
         axes.spines[["top", "right"]].set_visible(False)
     axes_list[-1].set_xlabel("time (s)")
     axes_list[-1].set_xlim(times.min(), max(times.max(), times.min() + 1e-3))
-    axes_list[0].set_title("AU probability (red: present; dotted: threshold) and intensity 0-5 (blue) of the best face "
-                           "per frame; grey hatched: no face", fontsize=10)
+    axes_list[0].set_title(
+        "AU probability (red: present; dotted: threshold) and intensity 0-5 (blue) of the best face "
+        "per frame; grey hatched: no face",
+        fontsize=10,
+    )
     return _save(figure, out_path)
 
 
@@ -160,8 +170,13 @@ def plot_cost_bubbles(rows: list[dict], out_path: str | os.PathLike, title: str)
         size = 30 + 3000 * row["learnable_params"] / largest
         axes.scatter(row["gflops"], f1, s=size, alpha=0.5, edgecolors="black")
         note = "" if row["paper_f1"] is not None else ", no F1"
-        axes.annotate(f"{row['method']}\n{row['learnable_params'] / 1e6:.2f} M{note}", (row["gflops"], f1),
-                      fontsize=7, ha="center", va="center")
+        axes.annotate(
+            f"{row['method']}\n{row['learnable_params'] / 1e6:.2f} M{note}",
+            (row["gflops"], f1),
+            fontsize=7,
+            ha="center",
+            va="center",
+        )
     axes.set_xlabel("GFLOPs (2 x MACs, batch 1)")
     axes.set_ylabel("paper F1 on BP4D (%)")
     axes.set_title(f"{title}; bubble area ~ learnable parameters", fontsize=9)
@@ -219,6 +234,7 @@ def draw_face_boxes(image: np.ndarray, table: pd.DataFrame) -> np.ndarray:
         x, y, w, h = (int(round(row[key])) for key in ("x", "y", "w", "h"))
         cv2.rectangle(boxed, (x, y), (x + w, y + h), BOX_COLOR, thickness)
         label_y = y - 2 * thickness if y > 30 * font_scale else y + h + int(30 * font_scale)  # above the box, else below
-        cv2.putText(boxed, f"face {row['face']}", (x, label_y), cv2.FONT_HERSHEY_SIMPLEX, font_scale, BOX_COLOR,
-                    thickness, cv2.LINE_AA)
+        cv2.putText(
+            boxed, f"face {row['face']}", (x, label_y), cv2.FONT_HERSHEY_SIMPLEX, font_scale, BOX_COLOR, thickness, cv2.LINE_AA
+        )
     return boxed

@@ -202,8 +202,9 @@ def read_manifest(path: str | Path, on_missing: str = "error") -> AUTable:
     return table if exists.all() else table.subset(exists)
 
 
-def _read_intensity_columns(file: Path, header: list[str], rows: list[list[str]], lines: list[int],
-                            aus: list[int]) -> np.ndarray | None:
+def _read_intensity_columns(
+    file: Path, header: list[str], rows: list[list[str]], lines: list[int], aus: list[int]
+) -> np.ndarray | None:
     """``(M, N)`` intensities from the ``AU12_int`` columns (-1 unknown or not coded), None without such columns."""
     columns = [c for c in header[2:] if c.endswith(INTENSITY_SUFFIX)]
     if not columns:
@@ -223,8 +224,10 @@ def _read_intensity_columns(file: Path, header: list[str], rows: list[list[str]]
             except ValueError:
                 value = float("nan")
             if not (value == -1 or 0 <= value <= MAX_INTENSITY):  # NaN (not a number) is bad too
-                raise AUFormerError(f"{file}: line {line}, column {column}: invalid intensity {row[index]!r} "
-                                    "(allowed: 0 to 5, empty or -1 for unknown)")
+                raise AUFormerError(
+                    f"{file}: line {line}, column {column}: invalid intensity {row[index]!r} "
+                    "(allowed: 0 to 5, empty or -1 for unknown)"
+                )
             intensity[number, aus.index(au)] = value
     return intensity
 
@@ -247,7 +250,9 @@ def write_manifest(table: AUTable, out_dir: str | Path) -> Path:
     header = ["image", "subject", *au_columns(table.aus)]
     if table.intensity is not None:
         coded = (table.intensity >= 0).any(axis=0)  # (N,)
-        values = np.vectorize(lambda v: f"{v:g}" if v >= 0 else "", otypes=[str])(table.intensity[:, coded]).reshape(len(table), -1)
+        values = np.vectorize(lambda v: f"{v:g}" if v >= 0 else "", otypes=[str])(table.intensity[:, coded]).reshape(
+            len(table), -1
+        )
         cells = np.concatenate([cells, values], axis=1)  # (M, N + coded)
         header += [column + INTENSITY_SUFFIX for column in np.array(au_columns(table.aus))[coded]]
 
@@ -274,8 +279,9 @@ def read_folds(path: str | Path) -> tuple[list[list[str]], list[int]]:
     for fold, subjects in enumerate(folds):
         for subject in subjects:
             if first_fold.setdefault(subject, fold) != fold:
-                raise AUFormerError(f"{file}: subject {subject!r} is in folds {first_fold[subject]} and {fold} "
-                                    "(folds must be subject-exclusive)")
+                raise AUFormerError(
+                    f"{file}: subject {subject!r} is in folds {first_fold[subject]} and {fold} (folds must be subject-exclusive)"
+                )
     return folds, aus
 
 

@@ -146,7 +146,9 @@ def pretrain_backbone(config: PretrainConfig, progress: bool = True) -> tuple[to
     params = [*model.parameters(), *head.parameters(), *dense_head.parameters()]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(images) / config.batch_size)
-    total = steps_per_epoch * config.epochs if config.max_steps is None else min(config.max_steps, steps_per_epoch * config.epochs)
+    total = (
+        steps_per_epoch * config.epochs if config.max_steps is None else min(config.max_steps, steps_per_epoch * config.epochs)
+    )
     order_rng = torch.Generator().manual_seed(config.seed)
     history: list[float] = []
     step = 0
@@ -162,8 +164,9 @@ def pretrain_backbone(config: PretrainConfig, progress: bool = True) -> tuple[to
                 group["lr"] = config.lr * _lr_factor(step, total, max(1, round(config.warmup_fraction * total)))
             tokens = model.forward_features(images[batch])  # (B, 1 + T, D), final norm applied
             heatmaps = landmark_heatmaps(landmarks[batch], model.patch_embed.grid_size, config.heatmap_sigma)  # (B, T, K)
-            loss = (F.mse_loss(head(tokens[:, 0]), targets[batch])
-                    + config.heatmap_weight * F.mse_loss(dense_head(tokens[:, model.num_prefix_tokens:]), heatmaps))
+            loss = F.mse_loss(head(tokens[:, 0]), targets[batch]) + config.heatmap_weight * F.mse_loss(
+                dense_head(tokens[:, model.num_prefix_tokens :]), heatmaps
+            )
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -187,8 +190,8 @@ def backbone_features(model: torch.nn.Module, images: np.ndarray, batch_size: in
     rows, cols = model.patch_embed.grid_size
     features = []
     for start in range(0, len(images), batch_size):
-        tokens = model.forward_features(normalise(images[start:start + batch_size], model))  # (B, 1 + T, D)
-        grid = tokens[:, model.num_prefix_tokens:].transpose(1, 2).reshape(len(tokens), -1, rows, cols)  # (B, D, rows, cols)
+        tokens = model.forward_features(normalise(images[start : start + batch_size], model))  # (B, 1 + T, D)
+        grid = tokens[:, model.num_prefix_tokens :].transpose(1, 2).reshape(len(tokens), -1, rows, cols)  # (B, D, rows, cols)
         pooled = F.adaptive_avg_pool2d(grid, 4).flatten(1)  # (B, 16 D)
         features.append(torch.cat([tokens[:, 0], pooled], 1))  # (B, 17 D)
     return torch.cat(features).numpy()
@@ -229,8 +232,11 @@ def linear_probe(features: np.ndarray, data: SyntheticData, num_folds: int = 3) 
         probs = _fit_probe(scaler.transform(features[~test]), data.labels[~test], scaler.transform(features[test]))
         fold_scores.append(au_metrics(probs, data.clean_labels[test], aus=SYNTHETIC_AUS))
     per_au = {key: float(np.mean([fold["per_au"][key]["f1"] for fold in fold_scores])) for key in au_columns(SYNTHETIC_AUS)}
-    return {"mean_f1": float(np.mean([fold["mean_f1"] for fold in fold_scores])),
-            "per_fold": [float(fold["mean_f1"]) for fold in fold_scores], "per_au": per_au}
+    return {
+        "mean_f1": float(np.mean([fold["mean_f1"] for fold in fold_scores])),
+        "per_fold": [float(fold["mean_f1"]) for fold in fold_scores],
+        "per_au": per_au,
+    }
 
 
 def validate_backbone(model: torch.nn.Module, config: PretrainConfig, num_images: int = 3000, seed: int = 0) -> dict:
@@ -241,8 +247,10 @@ def validate_backbone(model: torch.nn.Module, config: PretrainConfig, num_images
     """
     data = generate_synthetic(num_images, config.img_size, seed)
     torch.manual_seed(config.seed)
-    return {name: linear_probe(backbone_features(vit, data.images), data)
-            for name, vit in (("pretrained", model), ("random_init", create_vit(config)))}
+    return {
+        name: linear_probe(backbone_features(vit, data.images), data)
+        for name, vit in (("pretrained", model), ("random_init", create_vit(config)))
+    }
 
 
 def save_backbone(model: torch.nn.Module, config: PretrainConfig, out_dir: str | Path, report: dict) -> Path:
@@ -254,7 +262,7 @@ def save_backbone(model: torch.nn.Module, config: PretrainConfig, out_dir: str |
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(temp), metadata={"format": "pt"})
     description = {
         "what": "headless timm ViT pre-trained on auformer synthetic faces: per-patch landmark heatmaps plus "
-                "CLS regression of landmarks and identity/pose/lighting parameters; no AU labels or intensities used",
+        "CLS regression of landmarks and identity/pose/lighting parameters; no AU labels or intensities used",
         "timm_name": config.backbone,
         "img_size": config.img_size,
         "backbone_kwargs": config.backbone_kwargs,
@@ -262,7 +270,7 @@ def save_backbone(model: torch.nn.Module, config: PretrainConfig, out_dir: str |
         "std": list(model.pretrained_cfg["std"]),
         "targets": {"landmarks": LANDMARK_NAMES, "latents": LATENT_NAMES},
         "command": f"auformer pretrain-synthetic --out DIR --seed {config.seed} --epochs {config.epochs} "
-                   f"--num-images {config.num_images}",
+        f"--num-images {config.num_images}",
         "config": asdict(config),
         "torch": torch.__version__,
         "timm": timm.__version__,
@@ -276,8 +284,11 @@ def run_pretrain(config: PretrainConfig, out_dir: str | Path, validate: bool = T
     """Pre-train, optionally probe, save; returns the safetensors path. The CLI's ``pretrain-synthetic``."""
     start = time.perf_counter()
     model, history = pretrain_backbone(config)
-    report: dict = {"loss_per_epoch": history, "pretrain_seconds": round(time.perf_counter() - start, 1),
-                    "torch_threads": torch.get_num_threads()}
+    report: dict = {
+        "loss_per_epoch": history,
+        "pretrain_seconds": round(time.perf_counter() - start, 1),
+        "torch_threads": torch.get_num_threads(),
+    }
     if validate:
         report["linear_probe"] = validate_backbone(model, config)
     return save_backbone(model, config, out_dir, report)

@@ -36,8 +36,18 @@ SYNTHETIC_AUS: list[int] = [1, 2, 4, 6, 7, 10, 12, 14, 15, 17, 25, 26]
 
 # Occurrence rates: BP4D's for its AUs (1..17), DISFA-like for 25 and 26.
 OCCURRENCE_RATES: dict[int, float] = {
-    1: 0.21, 2: 0.17, 4: 0.20, 6: 0.46, 7: 0.55, 10: 0.59,
-    12: 0.56, 14: 0.46, 15: 0.17, 17: 0.34, 25: 0.30, 26: 0.15,
+    1: 0.21,
+    2: 0.17,
+    4: 0.20,
+    6: 0.46,
+    7: 0.55,
+    10: 0.59,
+    12: 0.56,
+    14: 0.46,
+    15: 0.17,
+    17: 0.34,
+    25: 0.30,
+    26: 0.15,
 }
 
 # Co-occurrence as a Gaussian copula: each AU's latent score is a weighted sum of
@@ -188,7 +198,10 @@ def _face_shapes(p: dict[str, np.ndarray], au: dict[int, np.ndarray]) -> dict[st
     head_y = fh[:, None] * np.sin(angle) + jaw_drop[:, None] * below**2
     head = np.stack([head_x, head_y], -1)  # (M, 48, 2)
     shapes["hair_back"] = (_ellipse(_xy(0.0, 0.05), fw * 1.16, fh * 1.12, 24), "outline")
-    shapes["neck"] = (np.stack([_xy(-0.42 * fw, 0.5), _xy(0.42 * fw, 0.5), _xy(0.5 * fw, 3.0), _xy(-0.5 * fw, 3.0)], 1), "outline")
+    shapes["neck"] = (
+        np.stack([_xy(-0.42 * fw, 0.5), _xy(0.42 * fw, 0.5), _xy(0.5 * fw, 3.0), _xy(-0.5 * fw, 3.0)], 1),
+        "outline",
+    )
     shapes["ears"] = (np.stack([_ellipse(_xy(s * fw * 0.97, p["eye_y"] + 0.12), 0.09, 0.17, 12) for s in (-1, 1)], 1), "outline")
     shapes["head"] = (head, "outline")
     top = np.linspace(np.pi + 0.2, 2 * np.pi - 0.2, 16)
@@ -215,18 +228,23 @@ def _face_shapes(p: dict[str, np.ndarray], au: dict[int, np.ndarray]) -> dict[st
         lashes.append(upper_lid)
         creases.append(upper_lid[:, 1:-1] + [0.0, -0.03])
         tension.append(lower_lid[:, 1:-1] + [0.0, 0.025])
-        furrows.append(_arc(_xy(cx - s * 0.6 * ew, cy + lower_open + 0.04), _xy(cx + s * 0.7 * ew, cy + lower_open + 0.035), _xy(0.0, 0.02)))
+        furrows.append(
+            _arc(_xy(cx - s * 0.6 * ew, cy + lower_open + 0.04), _xy(cx + s * 0.7 * ew, cy + lower_open + 0.035), _xy(0.0, 0.02))
+        )
         for dy in (-0.035, 0.0, 0.035):
             crows.append(np.stack([_xy(cx + s * (ew + 0.02), cy + dy), _xy(cx + s * (ew + 0.09), cy + 2.2 * dy)], 1))
         cheeks.append(_ellipse(_xy(cx + s * 0.06, cy + 0.3 - 0.09 * au[6]), 0.15 + 0.02 * au[6], 0.09 + 0.02 * au[6]))
 
         # Brows: AU1 raises the inner end, AU2 the outer, AU4 lowers and draws them in.
         base = cy - p["eye_h"] - p["brow_gap"]
-        brow = np.stack([
-            _xy(cx - s * 0.9 * ew - s * 0.05 * au[4], base + 0.01 - 0.14 * au[1] + 0.09 * au[4]),
-            _xy(cx + s * 0.1 * ew, base - 0.035 - 0.06 * au[1] - 0.07 * au[2] + 0.05 * au[4]),
-            _xy(cx + s * 1.3 * ew, base + 0.01 - 0.14 * au[2] + 0.03 * au[4]),
-        ], 1)  # (M, 3, 2) inner, middle, outer
+        brow = np.stack(
+            [
+                _xy(cx - s * 0.9 * ew - s * 0.05 * au[4], base + 0.01 - 0.14 * au[1] + 0.09 * au[4]),
+                _xy(cx + s * 0.1 * ew, base - 0.035 - 0.06 * au[1] - 0.07 * au[2] + 0.05 * au[4]),
+                _xy(cx + s * 1.3 * ew, base + 0.01 - 0.14 * au[2] + 0.03 * au[4]),
+            ],
+            1,
+        )  # (M, 3, 2) inner, middle, outer
         brows.append(brow)
         wrinkles2.extend(_arc(_xy(s * 0.3, base - d), _xy(s * 0.6, base - d + 0.02), _xy(0.0, -0.02), 5) for d in (0.14, 0.21))
     shapes["cheeks"] = (np.stack(cheeks, 1), "face")
@@ -240,17 +258,34 @@ def _face_shapes(p: dict[str, np.ndarray], au: dict[int, np.ndarray]) -> dict[st
     shapes["infraorbital"] = (np.stack(furrows, 1), "face")
     shapes["crows_feet"] = (np.stack(crows, 1), "face")
     brow_pts = np.stack(brows, 1)  # (M, 2, 3, 2)
-    shapes["brows"] = (_band(brow_pts.reshape(-1, 3, 2), p["brow_thick"].repeat(2)[:, None] * [0.55, 0.5, 0.3]).reshape(len(fw), 2, 6, 2), "face")
+    shapes["brows"] = (
+        _band(brow_pts.reshape(-1, 3, 2), p["brow_thick"].repeat(2)[:, None] * [0.55, 0.5, 0.3]).reshape(len(fw), 2, 6, 2),
+        "face",
+    )
     base = brow_pts[:, 0, 0, 1]  # (M,) right inner brow height
-    shapes["glabella"] = (np.stack([np.stack([_xy(s * 0.05, base - 0.02), _xy(s * 0.045, base + 0.08)], 1) for s in (-1, 1)], 1), "face")
-    shapes["wrinkles_inner"] = (np.stack([_arc(_xy(-0.22, base - d), _xy(0.22, base - d), _xy(0.0, -0.02), 7) for d in (0.13, 0.2)], 1), "face")
+    shapes["glabella"] = (
+        np.stack([np.stack([_xy(s * 0.05, base - 0.02), _xy(s * 0.045, base + 0.08)], 1) for s in (-1, 1)], 1),
+        "face",
+    )
+    shapes["wrinkles_inner"] = (
+        np.stack([_arc(_xy(-0.22, base - d), _xy(0.22, base - d), _xy(0.0, -0.02), 7) for d in (0.13, 0.2)], 1),
+        "face",
+    )
     shapes["wrinkles_outer"] = (np.stack(wrinkles2, 1), "face")
 
     # Nose: AU10 lifts the alae and deepens the nasolabial folds.
     ny, nw = p["nose_y"], p["nose_w"]
     lift = 0.025 * au[10]
-    shapes["nose_sides"] = (np.stack([np.stack([_xy(s * 0.07, p["eye_y"] + 0.03), _xy(s * 0.8 * nw, ny - 0.09)], 1) for s in (-1, 1)], 1), "face")
-    shapes["alae"] = (np.stack([_arc(_xy(s * nw, ny - 0.06 - lift), _xy(s * 0.35 * nw, ny + 0.03 - lift), _xy(s * 0.035, 0.01)) for s in (-1, 1)], 1), "nose")
+    shapes["nose_sides"] = (
+        np.stack([np.stack([_xy(s * 0.07, p["eye_y"] + 0.03), _xy(s * 0.8 * nw, ny - 0.09)], 1) for s in (-1, 1)], 1),
+        "face",
+    )
+    shapes["alae"] = (
+        np.stack(
+            [_arc(_xy(s * nw, ny - 0.06 - lift), _xy(s * 0.35 * nw, ny + 0.03 - lift), _xy(s * 0.035, 0.01)) for s in (-1, 1)], 1
+        ),
+        "nose",
+    )
     shapes["nose_tip"] = (_arc(_xy(-0.35 * nw, ny + 0.03), _xy(0.35 * nw, ny + 0.03), _xy(0.0, 0.015))[:, None], "nose")
     shapes["nostrils"] = (np.stack([_ellipse(_xy(s * 0.5 * nw, ny + 0.005 - lift), 0.03, 0.016, 10) for s in (-1, 1)], 1), "nose")
 
@@ -268,8 +303,18 @@ def _face_shapes(p: dict[str, np.ndarray], au: dict[int, np.ndarray]) -> dict[st
     lower_inner = _arc(left, right, _xy(0.0, lower_inner_y - corner_y))
     lower_outer = _arc(left, right, _xy(0.0, lower_inner_y + p["lip_lower"] * (1 + 0.3 * au[17]) - corner_y))
     peak_y = upper_inner_y - p["lip_upper"] * (1 - 0.3 * au[14]) - 0.045 * au[10]
-    upper_outer = np.stack([left, _xy(-0.7 * corner_x, peak_y + 0.01), _xy(-0.35 * corner_x, peak_y), _xy(0.0, peak_y + 0.012),
-                            _xy(0.35 * corner_x, peak_y), _xy(0.7 * corner_x, peak_y + 0.01), right], 1)
+    upper_outer = np.stack(
+        [
+            left,
+            _xy(-0.7 * corner_x, peak_y + 0.01),
+            _xy(-0.35 * corner_x, peak_y),
+            _xy(0.0, peak_y + 0.012),
+            _xy(0.35 * corner_x, peak_y),
+            _xy(0.7 * corner_x, peak_y + 0.01),
+            right,
+        ],
+        1,
+    )
     teeth_edge = upper_inner.copy()
     teeth_edge[..., 1] += np.minimum(0.5 * gap, 0.03)[:, None]
     shapes["mouth_inside"] = (np.concatenate([upper_inner, lower_inner[:, ::-1]], 1)[:, None], "face")
@@ -278,8 +323,14 @@ def _face_shapes(p: dict[str, np.ndarray], au: dict[int, np.ndarray]) -> dict[st
     shapes["lower_lip"] = (np.concatenate([lower_inner, lower_outer[:, ::-1]], 1)[:, None], "face")
     shapes["lip_line"] = (np.stack([upper_inner, lower_inner], 1), "face")
     sides = [(s, _xy(s * corner_x, corner_y)) for s in (-1, 1)]
-    shapes["nasolabial"] = (np.stack([_arc(_xy(s * (nw + 0.03), ny - 0.03 - lift), c + [s * 0.05, 0.05], _xy(s * 0.04, 0.0)) for s, c in sides], 1), "face")
-    shapes["dimples"] = (np.stack([_arc(c + [s * 0.05, -0.03], c + [s * 0.05, 0.03], _xy(s * 0.015, 0.0), 5) for s, c in sides], 1), "face")
+    shapes["nasolabial"] = (
+        np.stack([_arc(_xy(s * (nw + 0.03), ny - 0.03 - lift), c + [s * 0.05, 0.05], _xy(s * 0.04, 0.0)) for s, c in sides], 1),
+        "face",
+    )
+    shapes["dimples"] = (
+        np.stack([_arc(c + [s * 0.05, -0.03], c + [s * 0.05, 0.03], _xy(s * 0.015, 0.0), 5) for s, c in sides], 1),
+        "face",
+    )
     shapes["depressor"] = (np.stack([np.stack([c + [s * 0.01, 0.01], c + [s * 0.04, 0.09]], 1) for s, c in sides], 1), "face")
     crease_y = lower_inner_y + p["lip_lower"] + 0.07 - 0.04 * au[17]
     shapes["chin_crease"] = (_arc(_xy(-0.12, crease_y), _xy(0.12, crease_y), _xy(0.0, -0.02))[:, None], "face")
@@ -299,9 +350,20 @@ def _face_shapes(p: dict[str, np.ndarray], au: dict[int, np.ndarray]) -> dict[st
 LANDMARK_NAMES: list[str] = [
     *(f"brow_{side}_{part}" for side in ("right", "left") for part in ("inner", "middle", "outer")),
     *(f"eye_{side}_{part}" for side in ("right", "left") for part in ("inner", "outer", "top", "bottom")),
-    "nose_bridge", "nose_tip", "nostril_right", "nostril_left",
-    "mouth_right", "mouth_left", "upper_lip_top", "upper_lip_inner", "lower_lip_inner", "lower_lip_bottom",
-    "cheek_right", "cheek_left", "chin_crease", *(f"jaw_{deg}" for deg in (30, 60, 90, 120, 150)),
+    "nose_bridge",
+    "nose_tip",
+    "nostril_right",
+    "nostril_left",
+    "mouth_right",
+    "mouth_left",
+    "upper_lip_top",
+    "upper_lip_inner",
+    "lower_lip_inner",
+    "lower_lip_bottom",
+    "cheek_right",
+    "cheek_left",
+    "chin_crease",
+    *(f"jaw_{deg}" for deg in (30, 60, 90, 120, 150)),
 ]
 
 
@@ -385,8 +447,9 @@ def _strokes(p: dict[str, np.ndarray], au: dict[int, np.ndarray]) -> list[tuple[
     ]
 
 
-def render_faces(latents: np.ndarray, intensities: np.ndarray, size: int = 64,
-                 rng: np.random.Generator | None = None, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def render_faces(
+    latents: np.ndarray, intensities: np.ndarray, size: int = 64, rng: np.random.Generator | None = None, progress: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Draw faces from latents (M, L) (columns LATENT_NAMES) and AU intensities (M, 12) in [0, 1].
 
     Returns images (M, size, size, 3) uint8 RGB and landmarks (M, K, 2) in [0, 1]
@@ -434,8 +497,11 @@ def _light(images: np.ndarray, p: dict[str, np.ndarray], rng: np.random.Generato
     ramp = np.linspace(-1.0, 1.0, size, dtype=np.float32)
     for start in range(0, len(images), 256):  # chunks bound the float32 working memory
         part = slice(start, start + 256)
-        gain = (p["brightness"][part, None, None] + p["light_x"][part, None, None] * ramp[None, None, :]
-                + p["light_y"][part, None, None] * ramp[None, :, None]).astype(np.float32)  # (m, S, S)
+        gain = (
+            p["brightness"][part, None, None]
+            + p["light_x"][part, None, None] * ramp[None, None, :]
+            + p["light_y"][part, None, None] * ramp[None, :, None]
+        ).astype(np.float32)  # (m, S, S)
         pixels = images[part].astype(np.float32) * gain[..., None]  # (m, S, S, 3)
         if rng is not None:
             pixels += rng.standard_normal(pixels.shape, dtype=np.float32) * p["noise"][part, None, None, None].astype(np.float32)
@@ -452,8 +518,14 @@ def _uniform(rng: np.random.Generator, ranges: dict[str, tuple[float, float]], c
     return (low + (high - low) * rng.random((count, len(ranges)))).astype(np.float32)
 
 
-def generate_synthetic(num_images: int = 3000, size: int = 64, seed: int = 0, num_subjects: int = 60,
-                       label_noise: float = 0.0, progress: bool = False) -> SyntheticData:
+def generate_synthetic(
+    num_images: int = 3000,
+    size: int = 64,
+    seed: int = 0,
+    num_subjects: int = 60,
+    label_noise: float = 0.0,
+    progress: bool = False,
+) -> SyntheticData:
     """Generate an in-memory synthetic AU dataset, deterministic by seed.
 
     Subjects get equal shares of the images. Labels, identities, poses and pixel
@@ -464,7 +536,9 @@ def generate_synthetic(num_images: int = 3000, size: int = 64, seed: int = 0, nu
         raise AUFormerError(f"num_images and num_subjects must be >= 1, got {num_images} and {num_subjects}")
     if not 16 <= size <= 1024:
         raise AUFormerError(f"size must be between 16 and 1024 pixels, got {size}")
-    label_rng, identity_rng, image_rng, noise_rng, flip_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(5))
+    label_rng, identity_rng, image_rng, noise_rng, flip_rng = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(5)
+    )
     clean = sample_au_labels(label_rng, num_images)
     intensities = clean * label_rng.uniform(*ACTIVE_INTENSITY, clean.shape).astype(np.float32)
     subject_index = image_rng.permutation(np.arange(num_images) % num_subjects)
@@ -490,8 +564,15 @@ def synthetic_folds(subjects: list[str], k: int = 3) -> list[list[str]]:
     return [unique[fold::k] for fold in range(k)]
 
 
-def write_synthetic(out_dir: str | Path, num_images: int = 3000, size: int = 64, seed: int = 0, num_subjects: int = 60,
-                    label_noise: float = 0.0, num_folds: int = 3) -> Path:
+def write_synthetic(
+    out_dir: str | Path,
+    num_images: int = 3000,
+    size: int = 64,
+    seed: int = 0,
+    num_subjects: int = 60,
+    label_noise: float = 0.0,
+    num_folds: int = 3,
+) -> Path:
     """Write a synthetic dataset as a prepared dataset folder and return the folder.
 
     Layout (the same as real prepared data, see docs/architecture.md):
@@ -510,10 +591,23 @@ def write_synthetic(out_dir: str | Path, num_images: int = 3000, size: int = 64,
             raise OSError(f"could not write {out / name}")
     extras = out / "synthetic.npz"
     with atomic_path(extras) as tmp:
-        np.savez(tmp, clean_labels=data.clean_labels, landmarks=data.landmarks, latents=data.latents,
-                 landmark_names=np.array(LANDMARK_NAMES), latent_names=np.array(LATENT_NAMES))
-    settings = {"generator": "auformer.data.synthetic", "num_images": num_images, "size": size, "seed": seed,
-                "num_subjects": num_subjects, "label_noise": label_noise, "aus": au_columns(SYNTHETIC_AUS)}
+        np.savez(
+            tmp,
+            clean_labels=data.clean_labels,
+            landmarks=data.landmarks,
+            latents=data.latents,
+            landmark_names=np.array(LANDMARK_NAMES),
+            latent_names=np.array(LATENT_NAMES),
+        )
+    settings = {
+        "generator": "auformer.data.synthetic",
+        "num_images": num_images,
+        "size": size,
+        "seed": seed,
+        "num_subjects": num_subjects,
+        "label_noise": label_noise,
+        "aus": au_columns(SYNTHETIC_AUS),
+    }
     atomic_write_text(out / "synthetic.json", json.dumps(settings, indent=2) + "\n")
     write_folds(out, folds, SYNTHETIC_AUS)
     write_manifest(AUTable(out, names, data.subjects, data.labels, SYNTHETIC_AUS, data.intensities.round(3)), out)

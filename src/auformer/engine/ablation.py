@@ -22,8 +22,8 @@ import pandas as pd
 
 from auformer.config import Config, apply_values, validate
 from auformer.engine import distributed, trainer
-from auformer.files import atomic_write_text
 from auformer.errors import AUFormerError
+from auformer.files import atomic_write_text
 
 TABLE4_COLUMNS = ("Baseline", "PETL", "Collab.", "MRF", "CA", "γ", "m")  # the check-mark columns of Table 4
 
@@ -45,8 +45,11 @@ def _model(method: str = "auformer", loss: str = "wa", **model: Any) -> dict[str
 
 def _no_collaboration(overrides: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The paper's no-collaboration rows: one shared expert per group, hence no per-AU aux heads or aux loss."""
-    return {**overrides, "model": {**overrides["model"], "collaborate": False, "aux_head": False},
-            "loss": {**overrides["loss"], "aux_weight": 0.0}}
+    return {
+        **overrides,
+        "model": {**overrides["model"], "collaborate": False, "aux_head": False},
+        "loss": {**overrides["loss"], "aux_weight": 0.0},
+    }
 
 
 NO_MOKE = {"use_mrf": False, "use_ca": False}  # one Convpass-like expert per AU: collaboration without MRF/CA
@@ -82,7 +85,8 @@ TABLES: dict[str, list[Row]] = {
         Row(f"{size}×{size}", {"model": {"ca_size": size}}, f1) for size, f1 in ((3, 66.2), (5, 65.9), (7, 66.0))
     ],
     "5d": [  # MDWA truncation margin m
-        Row(f"{margin}", {"loss": {"margin": margin}}, f1) for margin, f1 in ((0.01, 65.6), (0.05, 65.9), (0.1, 66.2), (0.2, 65.4))
+        Row(f"{margin}", {"loss": {"margin": margin}}, f1)
+        for margin, f1 in ((0.01, 65.6), (0.05, 65.9), (0.1, 66.2), (0.2, 65.4))
     ],
 }
 FIRST_COLUMN = {"5a": "Type", "5b": "Dilated rates", "5c": "S×S", "5d": "m"}
@@ -136,8 +140,10 @@ def ablation_markdown(table: str, frame: pd.DataFrame) -> str:
     ours = [f"{value:.1f}" for value in frame["ours_f1"]]
     if table == "4":
         head = ["row", *TABLE4_COLUMNS]
-        cells = [[label, *("✓" if tick else "" for tick in ticks)]
-                 for label, *ticks in frame[["row", *TABLE4_COLUMNS]].itertuples(index=False)]
+        cells = [
+            [label, *("✓" if tick else "" for tick in ticks)]
+            for label, *ticks in frame[["row", *TABLE4_COLUMNS]].itertuples(index=False)
+        ]
     else:
         head, cells = [FIRST_COLUMN[table]], [[label] for label in frame["row"]]
     head += ["Avg. (ours)", "Avg. (paper, BP4D)"]

@@ -118,18 +118,27 @@ def dry_run(config: Config, out_dir: str | Path, command: str) -> list[str]:
     if info is not None:
         per_step = info.world_size * config.train.grad_accum
         if config.train.batch_size % per_step:
-            problem("batch", f"config train.batch_size: {config.train.batch_size} is not divisible by processes x grad_accum = {per_step}")
+            problem(
+                "batch",
+                f"config train.batch_size: {config.train.batch_size} is not divisible by processes x grad_accum = {per_step}",
+            )
         else:
             micro_batch = config.train.batch_size // per_step
-            ok("device", f"{info.device}, {info.world_size} process(es), micro-batch {micro_batch} x {config.train.grad_accum} "
-                         f"accumulation = batch {config.train.batch_size}")
+            ok(
+                "device",
+                f"{info.device}, {info.world_size} process(es), micro-batch {micro_batch} x {config.train.grad_accum} "
+                f"accumulation = batch {config.train.batch_size}",
+            )
     source = check("data", lambda: load_source(config))
     target = check("target", lambda: load_source(config, config.data.target_root)) if config.data.target_root else None
     plans, au_problems, checked_tests = [], 0, set()
     if source is not None:
         table = source.table
-        ok("data", f"{config.data.root or 'synthetic (generated in memory)'}: {len(table)} samples, "
-                   f"{len(set(table.subjects))} subjects, AUs {', '.join(au_columns(table.aus))}")
+        ok(
+            "data",
+            f"{config.data.root or 'synthetic (generated in memory)'}: {len(table)} samples, "
+            f"{len(set(table.subjects))} subjects, AUs {', '.join(au_columns(table.aus))}",
+        )
         ok("folds", f"{len(source.folds)} folds of {', '.join(str(len(f)) for f in source.folds)} test subjects")
         for name, run_config in protocol_runs(config, command, len(source.folds)):
             splits = check(name, lambda run_config=run_config: build_splits(run_config, source, target))
@@ -147,8 +156,13 @@ def dry_run(config: Config, out_dir: str | Path, command: str) -> list[str]:
                 elif empty:
                     lines.append(f"  {name:<8} note     the {split} subset has no positive of {', '.join(empty)}")
             if micro_batch is not None:
-                plans.append((name, splits, plan_run(run_config.train, len(splits.train), splits.full_train_size,
-                                                     micro_batch, info.world_size)))
+                plans.append(
+                    (
+                        name,
+                        splits,
+                        plan_run(run_config.train, len(splits.train), splits.full_train_size, micro_batch, info.world_size),
+                    )
+                )
         if plans and not au_problems:
             ok("AUs", f"every AU has positives in each test fold and each full training split ({len(plans)} run(s))")
     out = Path(out_dir)
@@ -170,9 +184,11 @@ def dry_run(config: Config, out_dir: str | Path, command: str) -> list[str]:
             length = f"{schedule.epochs} epochs" + (", a step budget" if schedule.by_steps else "")
             points = schedule.eval_points()
             shown = ", ".join(map(str, points[:5])) + (f", ... ({len(points)} in all)" if len(points) > 5 else "")
-            lines.append(f"  {name}: train {len(splits.train)}{val} / test {len(splits.test)} samples; "
-                         f"{schedule.steps_per_epoch} steps an epoch, {schedule.total_steps} steps ({length}), "
-                         f"warm-up {schedule.warmup_steps}, evaluation after step {shown}")
+            lines.append(
+                f"  {name}: train {len(splits.train)}{val} / test {len(splits.test)} samples; "
+                f"{schedule.steps_per_epoch} steps an epoch, {schedule.total_steps} steps ({length}), "
+                f"warm-up {schedule.warmup_steps}, evaluation after step {shown}"
+            )
     verdict = f"{len(problems)} problem(s)" if problems else "passed: drop --dry-run to train"
     lines.append(f"dry run {verdict} ({time.perf_counter() - start:.1f} s)")
     print("\n".join(lines), flush=True)

@@ -45,8 +45,9 @@ class RunLogger:
 
         Not on a terminal (a log file, CI) there is no bar: the trainer's one line per epoch says it all.
         """
-        return tqdm(iterable, total=total, desc=desc, disable=not (self.enabled and interactive()), dynamic_ncols=True,
-                    leave=False)
+        return tqdm(
+            iterable, total=total, desc=desc, disable=not (self.enabled and interactive()), dynamic_ncols=True, leave=False
+        )
 
     def step(self, global_step: int, loss: float, lr: float) -> None:
         """Per-optimiser-step scalars for TensorBoard."""

@@ -89,7 +89,10 @@ def load_source(config: Config, root: str | None = None) -> Source:
         from auformer.data.synthetic import SYNTHETIC_AUS, generate_synthetic, synthetic_folds
 
         faces = generate_synthetic(
-            num_images=data.synthetic_images, size=data.synthetic_size, seed=data.synthetic_seed, num_subjects=data.synthetic_subjects
+            num_images=data.synthetic_images,
+            size=data.synthetic_size,
+            seed=data.synthetic_seed,
+            num_subjects=data.synthetic_subjects,
         )
         subjects = [str(s) for s in faces.subjects]
         names = [f"synthetic/{row:05d}.png" for row in range(len(subjects))]
@@ -153,8 +156,12 @@ def check_backbone_weights(config: Config, verbose: bool = True) -> str:
     model = config.model
     resolved = resolve_weights(model.backbone_weights, model.backbone)
     if resolved == "random" and verbose:
-        print(f"warning: backbone_weights is 'random': {model.backbone} keeps its random init, frozen; the scores will "
-              "not reflect a pre-trained backbone (recorded in metrics.json and the checkpoint JSON)", file=sys.stderr, flush=True)
+        print(
+            f"warning: backbone_weights is 'random': {model.backbone} keeps its random init, frozen; the scores will "
+            "not reflect a pre-trained backbone (recorded in metrics.json and the checkpoint JSON)",
+            file=sys.stderr,
+            flush=True,
+        )
     return resolved
 
 
@@ -173,7 +180,9 @@ def build_loss(config: Config) -> Any:
     cfg = config.loss
     classify = losses.classification_loss(cfg.name, cfg.margin, tuple(cfg.gamma_bounds))
 
-    def loss(output: Any, targets: torch.Tensor, rate: torch.Tensor, intensity: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def loss(
+        output: Any, targets: torch.Tensor, rate: torch.Tensor, intensity: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         terms = {}
         if output.logits is not None:
             terms[cfg.name] = classify(output.logits, targets, rate)
@@ -184,7 +193,9 @@ def build_loss(config: Config) -> Any:
         if output.intensity is not None:
             terms["intensity"] = cfg.intensity_weight * losses.intensity_loss(output.intensity, intensity)
             if output.aux_intensity is not None and cfg.aux_weight > 0:
-                terms["intensity_aux"] = cfg.intensity_weight * cfg.aux_weight * losses.intensity_loss(output.aux_intensity, intensity)
+                terms["intensity_aux"] = (
+                    cfg.intensity_weight * cfg.aux_weight * losses.intensity_loss(output.aux_intensity, intensity)
+                )
         terms["total"] = sum(terms.values())
         return terms
 
@@ -228,8 +239,10 @@ def results_text(metrics: dict[str, Any]) -> str:
         parts.append(f"{metrics_table_markdown(metrics)}\nmean F1 {metrics['mean_f1']:.3f}")
     if "intensity" in metrics:
         scores = metrics["intensity"]
-        parts.append(f"{intensity_table_markdown(scores)}\nintensity: mean ICC(3,1) {scores['mean_icc']:.3f}, "
-                     f"mean Pearson r {scores['mean_pearson']:.3f}, mean MAE {scores['mean_mae']:.3f}")
+        parts.append(
+            f"{intensity_table_markdown(scores)}\nintensity: mean ICC(3,1) {scores['mean_icc']:.3f}, "
+            f"mean Pearson r {scores['mean_pearson']:.3f}, mean MAE {scores['mean_mae']:.3f}"
+        )
     return "\n\n".join(parts)
 
 
@@ -244,8 +257,10 @@ def write_results(
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics_json(metrics, backbone_weights), indent=2) + "\n")
-    for name, scores, markdown in (("per_au", metrics, metrics_table_markdown),
-                                   ("per_au_intensity", metrics.get("intensity"), intensity_table_markdown)):
+    for name, scores, markdown in (
+        ("per_au", metrics, metrics_table_markdown),
+        ("per_au_intensity", metrics.get("intensity"), intensity_table_markdown),
+    ):
         if scores is not None and "per_au" in scores:
             per_au = pd.DataFrame.from_dict(scores["per_au"], orient="index").rename_axis("au").reset_index()
             atomic_write_text(out_dir / f"{name}.csv", per_au.to_csv(index=False))
@@ -279,12 +294,16 @@ def mean_metrics(runs: list[dict[str, Any]]) -> dict[str, Any]:
             known = [v for v in values if v is not None]
             return float(np.mean(known)) if known else None
 
-        per_au = {au: {key: mean([fold["per_au"][au][key] for fold in folds]) for key in ("icc", "pearson", "mae")}
-                  for au in folds[0]["per_au"]}
+        per_au = {
+            au: {key: mean([fold["per_au"][au][key] for fold in folds]) for key in ("icc", "pearson", "mae")}
+            for au in folds[0]["per_au"]
+        }
         for au in per_au:
             per_au[au]["known"] = int(sum(fold["per_au"][au]["known"] for fold in folds))
-        result["intensity"] = {**{key: mean([fold[key] for fold in folds]) for key in ("mean_icc", "mean_pearson", "mean_mae")},
-                               "per_au": per_au}
+        result["intensity"] = {
+            **{key: mean([fold[key] for fold in folds]) for key in ("mean_icc", "mean_pearson", "mean_mae")},
+            "per_au": per_au,
+        }
     result["backbone_weights"] = runs[0]["backbone_weights"]
     return result
 
@@ -331,14 +350,18 @@ class Trainer:
     def setup(self) -> None:
         cfg, data = self.config, self.config.data
         if not self.resume and (self.run_dir / checkpointing.TRAIN_STATE).exists():
-            raise AUFormerError(f"{self.run_dir} already holds a run: continue it with --resume {self.run_dir} or pick another --out")
+            raise AUFormerError(
+                f"{self.run_dir} already holds a run: continue it with --resume {self.run_dir} or pick another --out"
+            )
         self.dist = distributed.setup(cfg.train.device)
         check_backbone_weights(cfg, verbose=self.verbose and self.dist.is_main)
         if cfg.train.amp == "fp16" and self.dist.device.type != "cuda":
             raise AUFormerError("config train.amp: fp16 needs a CUDA device; use bf16 or none on CPU")
         per_step = self.dist.world_size * cfg.train.grad_accum
         if cfg.train.batch_size % per_step:
-            raise AUFormerError(f"config train.batch_size: {cfg.train.batch_size} is not divisible by processes x grad_accum = {per_step}")
+            raise AUFormerError(
+                f"config train.batch_size: {cfg.train.batch_size} is not divisible by processes x grad_accum = {per_step}"
+            )
         self.micro_batch = cfg.train.batch_size // per_step
 
         source = load_source(cfg)
@@ -348,8 +371,10 @@ class Trainer:
         self.aus = list(self.splits.train.aus)
         train_intensity = self.splits.train.intensity
         if has_intensity(cfg.model.task) and (train_intensity is None or not (train_intensity >= 0).any()):
-            raise AUFormerError(f"config model.task: {cfg.model.task!r} needs intensity annotations, and the training split "
-                             "has none (manifest.csv AU12_int columns, see docs/intensity.md)")
+            raise AUFormerError(
+                f"config model.task: {cfg.model.task!r} needs intensity annotations, and the training split "
+                "has none (manifest.csv AU12_int columns, see docs/intensity.md)"
+            )
         rate = occurrence_rate(self.splits.train.labels)  # (N,)
         self.rate = torch.from_numpy(rate).to(self.dist.device)
 
@@ -367,10 +392,13 @@ class Trainer:
         # foreach: a few multi-tensor ops for all parameter tensors (24 x N experts make thousands of small
         # ones; the default per-tensor loop on CPU cost a third of the synthetic model's step). fused=True
         # (torch 2.14, CPU) stopped the tiny model in tests/test_train.py from learning: not used.
-        self.optimizer = torch.optim.AdamW(self._param_groups(), betas=tuple(cfg.train.betas), weight_decay=cfg.train.weight_decay,
-                                           foreach=True)
+        self.optimizer = torch.optim.AdamW(
+            self._param_groups(), betas=tuple(cfg.train.betas), weight_decay=cfg.train.weight_decay, foreach=True
+        )
         self.micro_per_epoch = math.ceil(len(self.sampler) / self.micro_batch)
-        self.schedule = plan_run(cfg.train, len(self.splits.train), self.splits.full_train_size, self.micro_batch, self.dist.world_size)
+        self.schedule = plan_run(
+            cfg.train, len(self.splits.train), self.splits.full_train_size, self.micro_batch, self.dist.world_size
+        )
         self.scheduler = self._build_scheduler()
         self.loss_fn = build_loss(cfg)
         self.scaler = torch.amp.GradScaler(self.dist.device.type, enabled=cfg.train.amp == "fp16")
@@ -452,7 +480,9 @@ class Trainer:
 
     def _load_state(self, state: dict[str, Any]) -> None:
         if state["world_size"] != self.dist.world_size:
-            raise AUFormerError(f"{self.run_dir}: run was started with {state['world_size']} processes; resume it with the same number")
+            raise AUFormerError(
+                f"{self.run_dir}: run was started with {state['world_size']} processes; resume it with the same number"
+            )
         missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
         learnable = set(self.model.learnable_state_dict())
         if unexpected or learnable & set(missing):
@@ -502,8 +532,10 @@ class Trainer:
             if eval_metrics is not None and "intensity" in eval_metrics:
                 f1_text += f", {split_name} mean ICC {eval_metrics['intensity']['mean_icc']:.3f}"
             if evaluate_now or not schedule.by_steps:  # step budgets on tiny sets run thousands of short epochs
-                self._print(f"epoch {self.epoch + 1}/{schedule.epochs} (step {self.global_step}/{schedule.total_steps}): "
-                            f"loss {loss:.4f}, {images_per_s:.0f} images/s{f1_text}")
+                self._print(
+                    f"epoch {self.epoch + 1}/{schedule.epochs} (step {self.global_step}/{schedule.total_steps}): "
+                    f"loss {loss:.4f}, {images_per_s:.0f} images/s{f1_text}"
+                )
             improved = split_name == "val" and main_score(eval_metrics) > self.best_f1
             if improved:
                 self.best_f1 = main_score(eval_metrics)
@@ -524,7 +556,10 @@ class Trainer:
         self.logger.close()
         self._print(f"{results_text(test_metrics)}\noutputs written to {self.run_dir}")
         if self.skipped:
-            self._print("\n".join(f"skipped: {line}" for line in self.skipped) + f"\n{len(self.skipped)} bad images skipped (listed in {self.run_dir / 'skipped.json'})")
+            self._print(
+                "\n".join(f"skipped: {line}" for line in self.skipped)
+                + f"\n{len(self.skipped)} bad images skipped (listed in {self.run_dir / 'skipped.json'})"
+            )
         return metrics_json(test_metrics, self.config.model.backbone_weights)
 
     def _train_epoch(self) -> tuple[float, float, float]:
@@ -604,18 +639,25 @@ def evaluate_model(
     """
     sampler = distributed.sampler(dataset, info, shuffle=False, seed=0)
     indices = np.array(list(sampler))  # (M_rank,) this rank's rows
-    loader = DataLoader(dataset, batch_size=config.train.batch_size, sampler=indices.tolist(), num_workers=config.data.num_workers)
+    loader = DataLoader(
+        dataset, batch_size=config.train.batch_size, sampler=indices.tolist(), num_workers=config.data.num_workers
+    )
     network.eval()
     chunks: dict[str, list[np.ndarray]] = {"probs": [], "intensity": []}
-    for images, *_ in tqdm(loader, desc="evaluate", disable=not (info.is_main and interactive()), leave=False, dynamic_ncols=True):
+    for images, *_ in tqdm(
+        loader, desc="evaluate", disable=not (info.is_main and interactive()), leave=False, dynamic_ncols=True
+    ):
         with torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=config.train.amp != "none"):
             output = network(images.to(info.device))
         if output.logits is not None:
             chunks["probs"].append(torch.sigmoid(output.logits.float()).cpu().numpy())  # (B, N)
         if output.intensity is not None:
             chunks["intensity"].append(output.intensity.float().cpu().numpy())  # (B, N)
-    predictions = {name: distributed.gather_rows(indices, np.concatenate(parts), info, total=len(dataset))  # (M, N)
-                   for name, parts in chunks.items() if parts}
+    predictions = {
+        name: distributed.gather_rows(indices, np.concatenate(parts), info, total=len(dataset))  # (M, N)
+        for name, parts in chunks.items()
+        if parts
+    }
     metrics = {}
     if "probs" in predictions:
         metrics = au_metrics(predictions["probs"], dataset.labels.numpy(), aus, threshold=config.train.threshold)
@@ -679,8 +721,10 @@ def evaluate(
     info = distributed.setup(config.train.device)
     model = load_checkpoint(checkpoint).to(info.device)
     if model.task != config.model.task:
-        raise AUFormerError(f"{checkpoint}: checkpoint was trained for task {model.task!r} but the config asks for "
-                         f"model.task={config.model.task!r} (pass --set model.task={model.task})")
+        raise AUFormerError(
+            f"{checkpoint}: checkpoint was trained for task {model.task!r} but the config asks for "
+            f"model.task={config.model.task!r} (pass --set model.task={model.task})"
+        )
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, aus=list(model.aus)))
     if table is not None:
         source, test = Source(table, []), table.select_aus(model.aus)

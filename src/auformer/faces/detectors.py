@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 from typing import Protocol
 
 import cv2
@@ -111,11 +111,15 @@ class HaarDetector:
     def detect(self, image_rgb: np.ndarray) -> list[Face]:
         gray = cv2.cvtColor(check_image(image_rgb), cv2.COLOR_RGB2GRAY)
         boxes, _, weights = self.cascade.detectMultiScale3(
-            gray, scaleFactor=1.1, minNeighbors=self.min_neighbors, minSize=(self.min_size, self.min_size),
+            gray,
+            scaleFactor=1.1,
+            minNeighbors=self.min_neighbors,
+            minSize=(self.min_size, self.min_size),
             outputRejectLevels=True,
         )  # boxes (F, 4) x, y, w, h; weights (F,)
-        faces = [Face(box=tuple(float(v) for v in box), score=float(weight), landmarks=None)
-                 for box, weight in zip(boxes, weights)]
+        faces = [
+            Face(box=tuple(float(v) for v in box), score=float(weight), landmarks=None) for box, weight in zip(boxes, weights)
+        ]
         return sorted(faces, key=lambda face: face.score, reverse=True)
 
 
@@ -227,13 +231,17 @@ class YuNetDetector:
     """
 
     name = "yunet"
-    box_crop = BoxCrop(scale=1.23, shift_y=-0.03)  # YuNet boxes include the forehead: matched to the dlib framing on the astronaut
+    box_crop = BoxCrop(
+        scale=1.23, shift_y=-0.03
+    )  # YuNet boxes include the forehead: matched to the dlib framing on the astronaut
 
     def __init__(self, working_size: int = 320, min_score: float = 0.5) -> None:
         try:
             import yuface  # lazy: only this backend needs it
         except ImportError as error:
-            raise ImportError(f"the yunet face detector needs the yuface package: pip install 'yuface>=2023.5.1' ({error})") from error
+            raise ImportError(
+                f"the yunet face detector needs the yuface package: pip install 'yuface>=2023.5.1' ({error})"
+            ) from error
 
         self.yuface = yuface
         self.fitter = _landmark_fitter()
@@ -259,7 +267,10 @@ def best_available_detector() -> FaceDetector:
 
 
 DETECTORS: dict[str, Callable[[], FaceDetector]] = {
-    "dlib": DlibDetector, "haar": HaarDetector, "none": WholeImageDetector, "yunet": YuNetDetector,
+    "dlib": DlibDetector,
+    "haar": HaarDetector,
+    "none": WholeImageDetector,
+    "yunet": YuNetDetector,
     "auto": best_available_detector,
 }
 DEFAULT_DETECTOR = "auto"

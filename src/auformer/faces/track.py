@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from auformer.errors import AUFormerError
 from auformer.faces.align import TEMPLATE_5PT, TEMPLATE_SIZE, similarity_matrix, warp
 from auformer.faces.detectors import Face, FaceDetector, LandmarkFitter, _landmark_fitter, check_image
-from auformer.errors import AUFormerError
 
 PATCH_SIZE = 32  # side of the grey crops compared to tell a tracked face from a lost one
 TEMPLATE_SIDE = 24  # side in pixels of the face square matched between frames (coarse: landmarks refine it)
@@ -55,7 +55,7 @@ def _grey_square(image_rgb: np.ndarray, box: tuple[float, float, float, float], 
     x, y, w, h = box
     left, top = max(0, round(x)), max(0, round(y))
     right, bottom = min(image_rgb.shape[1], round(x + w)), min(image_rgb.shape[0], round(y + h))
-    crop = cv2.cvtColor(image_rgb[top:max(top + 1, bottom), left:max(left + 1, right)], cv2.COLOR_RGB2GRAY)
+    crop = cv2.cvtColor(image_rgb[top : max(top + 1, bottom), left : max(left + 1, right)], cv2.COLOR_RGB2GRAY)
     size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
     return cv2.resize(crop, size, interpolation=cv2.INTER_AREA), left, top
 

@@ -104,7 +104,8 @@ class AUFormer(nn.Module):
                 group.recompute = recompute  # read by the fused groups; the reference keeps every activation
         else:
             self.attn_groups, self.mlp_groups = side_branches(
-                method, dim, depth, options.get("adapter_bottleneck"), options.get("adapter_scale"))
+                method, dim, depth, options.get("adapter_bottleneck"), options.get("adapter_scale")
+            )
         self.lora = LoRA(dim, depth, options["lora_rank"], options["lora_alpha"]) if method == "lora" else None
         if self.lora is not None:
             self.lora.attach(backbone)
@@ -168,8 +169,19 @@ class AUFormer(nn.Module):
         return AUFormerOutput(logits, aux_logits, features, expert_features, intensity, aux_intensity)
 
 
-def _check_options(num_aus: int, moke: str, d: int, dilations: Sequence[int], ca_size: int, dropout: float,
-                   scale: float, backbone_kwargs: dict, method: str, method_options: dict, task: str) -> None:
+def _check_options(
+    num_aus: int,
+    moke: str,
+    d: int,
+    dilations: Sequence[int],
+    ca_size: int,
+    dropout: float,
+    scale: float,
+    backbone_kwargs: dict,
+    method: str,
+    method_options: dict,
+    task: str,
+) -> None:
     """Validate build arguments before anything is built (one clear line per problem)."""
     if not isinstance(num_aus, int) or num_aus < 1:
         raise AUFormerError(f"num_aus must be a positive integer, got {num_aus!r}")
@@ -239,22 +251,58 @@ def build_model(
     recomputing them: faster training steps, more memory.
     """
     backbone_kwargs = dict(backbone_kwargs or {})
-    method_options = dict(adapter_bottleneck=adapter_bottleneck, adapter_scale=adapter_scale, lora_rank=lora_rank,
-                          lora_alpha=lora_alpha, vpt_prompts=vpt_prompts)
+    method_options = dict(
+        adapter_bottleneck=adapter_bottleneck,
+        adapter_scale=adapter_scale,
+        lora_rank=lora_rank,
+        lora_alpha=lora_alpha,
+        vpt_prompts=vpt_prompts,
+    )
     _check_options(num_aus, moke, d, dilations, ca_size, dropout, scale, backbone_kwargs, method, method_options, task)
     if aus is not None:
         aus = parse_au_list(aus)
         if len(aus) != num_aus:
             raise AUFormerError(f"aus lists {len(aus)} distinct AUs {aus} but num_aus is {num_aus}")
     config = dict(
-        num_aus=num_aus, backbone=backbone, backbone_weights=weights_source(backbone_weights),
-        img_size=img_size, moke=moke, aus=aus, d=d, dilations=list(dilations), ca_size=ca_size, use_mrf=use_mrf,
-        use_ca=use_ca, collaborate=collaborate, aux_head=aux_head, dropout=dropout, scale=scale,
-        backbone_kwargs=backbone_kwargs, task=task, method=method, recompute=recompute, **method_options,
+        num_aus=num_aus,
+        backbone=backbone,
+        backbone_weights=weights_source(backbone_weights),
+        img_size=img_size,
+        moke=moke,
+        aus=aus,
+        d=d,
+        dilations=list(dilations),
+        ca_size=ca_size,
+        use_mrf=use_mrf,
+        use_ca=use_ca,
+        collaborate=collaborate,
+        aux_head=aux_head,
+        dropout=dropout,
+        scale=scale,
+        backbone_kwargs=backbone_kwargs,
+        task=task,
+        method=method,
+        recompute=recompute,
+        **method_options,
     )
     vit = create_backbone(backbone, backbone_weights, img_size, **backbone_kwargs)
     return AUFormer(
-        vit, num_aus, moke=moke, d=d, dilations=dilations, ca_size=ca_size, use_mrf=use_mrf, use_ca=use_ca,
-        collaborate=collaborate, aux_head=aux_head, dropout=dropout, scale=scale, aus=aus, config=config, task=task,
-        method=method, method_options=method_options, recompute=recompute,
+        vit,
+        num_aus,
+        moke=moke,
+        d=d,
+        dilations=dilations,
+        ca_size=ca_size,
+        use_mrf=use_mrf,
+        use_ca=use_ca,
+        collaborate=collaborate,
+        aux_head=aux_head,
+        dropout=dropout,
+        scale=scale,
+        aus=aus,
+        config=config,
+        task=task,
+        method=method,
+        method_options=method_options,
+        recompute=recompute,
     )

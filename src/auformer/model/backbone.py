@@ -45,7 +45,9 @@ def resolve_weights(weights: str, backbone: str | None = None) -> str:
     path = SYNTHETIC_WEIGHTS if weights == "synthetic" else Path(weights).expanduser()
     if not path.is_file():
         if weights == "synthetic":
-            raise FileNotFoundError(f"the synthetic backbone asset is missing: {path} (reinstall auformer or re-run its pre-training)")
+            raise FileNotFoundError(
+                f"the synthetic backbone asset is missing: {path} (reinstall auformer or re-run its pre-training)"
+            )
         raise FileNotFoundError(f"backbone weights file not found: {path}")
     if not path.name.endswith(WEIGHT_SUFFIXES):
         raise AUFormerError(f"{path}: unsupported backbone weights format; expected one of {', '.join(WEIGHT_SUFFIXES)}")
@@ -57,8 +59,9 @@ def _short(keys: list[str], limit: int = 5) -> str:
     return ", ".join(keys[:limit]) + more
 
 
-def describe_mismatch(expected: dict[str, torch.Tensor], loaded: dict[str, torch.Tensor],
-                      ignore_unexpected: tuple[str, ...] = ()) -> str:
+def describe_mismatch(
+    expected: dict[str, torch.Tensor], loaded: dict[str, torch.Tensor], ignore_unexpected: tuple[str, ...] = ()
+) -> str:
     """One line listing missing, unexpected and wrongly shaped keys of ``loaded``; empty when it fits."""
     missing = sorted(set(expected) - set(loaded))
     unexpected = sorted(k for k in set(loaded) - set(expected) if not k.startswith(ignore_unexpected))
@@ -67,8 +70,11 @@ def describe_mismatch(expected: dict[str, torch.Tensor], loaded: dict[str, torch
         for k in set(expected) & set(loaded)
         if loaded[k].shape != expected[k].shape
     )
-    problems = [(label, keys) for label, keys in
-                (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)) if keys]
+    problems = [
+        (label, keys)
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched))
+        if keys
+    ]
     return "; ".join(f"{label}: {_short(keys)}" for label, keys in problems)
 
 
@@ -107,8 +113,10 @@ def create_backbone(name: str, weights: str = "random", img_size: int = 224, **k
             raise
         raise AUFormerError(f"unknown timm model {name!r}; list ViTs with timm.list_models('vit_*')") from None
     except TypeError as error:  # a non-ViT family (no img_size) or a wrong backbone_kwargs key
-        raise AUFormerError(f"timm.create_model({name!r}) failed: {error}; AUFormer needs a timm "
-                         "VisionTransformer, check the name and backbone_kwargs") from None
+        raise AUFormerError(
+            f"timm.create_model({name!r}) failed: {error}; AUFormer needs a timm "
+            "VisionTransformer, check the name and backbone_kwargs"
+        ) from None
     if not isinstance(model, VisionTransformer):
         raise AUFormerError(f"backbone {name!r} is a {type(model).__name__}, not a timm VisionTransformer")
     block = model.blocks[0]
@@ -123,9 +131,10 @@ def create_backbone(name: str, weights: str = "random", img_size: int = 224, **k
 def weights_source(weights: str) -> str:
     """How a checkpoint records the backbone weights: ``"hub"``, ``"synthetic"``, ``"random"`` or an absolute path."""
     if not isinstance(weights, str):
-        raise AUFormerError(f"backbone_weights {weights!r} is not a weight source: pass a file path or one of "
-                         f"{', '.join(WEIGHT_SOURCES)} (a random backbone is asked for as 'random')")
+        raise AUFormerError(
+            f"backbone_weights {weights!r} is not a weight source: pass a file path or one of "
+            f"{', '.join(WEIGHT_SOURCES)} (a random backbone is asked for as 'random')"
+        )
     if weights in WEIGHT_SOURCES:
         return weights
     return str(Path(weights).expanduser().resolve())
-

@@ -139,20 +139,26 @@ def load_adapter_weights(model: AUFormer, path: str | os.PathLike) -> None:
     if not weights_path.is_file():
         raise FileNotFoundError(f"checkpoint weights not found: {weights_path}")
     if meta["aus"] != model.aus or meta["config"]["num_aus"] != model.num_aus:
-        raise AUFormerError(f"{weights_path}: adapters are for {meta['config']['num_aus']} AUs {meta['aus']}, "
-                         f"the model predicts {model.num_aus} AUs {model.aus}")
+        raise AUFormerError(
+            f"{weights_path}: adapters are for {meta['config']['num_aus']} AUs {meta['aus']}, "
+            f"the model predicts {model.num_aus} AUs {model.aus}"
+        )
     task = meta["config"].get("task", "occurrence")  # checkpoints before intensity were occurrence-only
     if task != model.task:
-        raise AUFormerError(f"{weights_path}: checkpoint was trained for task {task!r}, the model is built for task "
-                         f"{model.task!r} (set model.task={task} or use a {model.task} checkpoint)")
+        raise AUFormerError(
+            f"{weights_path}: checkpoint was trained for task {task!r}, the model is built for task "
+            f"{model.task!r} (set model.task={task} or use a {model.task} checkpoint)"
+        )
     if meta["config"]["backbone"] != model.config.get("backbone"):
-        raise AUFormerError(f"{weights_path}: adapters are for backbone {meta['config']['backbone']!r}, "
-                         f"the model uses {model.config.get('backbone')!r}")
+        raise AUFormerError(
+            f"{weights_path}: adapters are for backbone {meta['config']['backbone']!r}, "
+            f"the model uses {model.config.get('backbone')!r}"
+        )
     try:
         tensors = load_file(str(weights_path))  # safetensors: data only, nothing in the file can run
     except SafetensorError as error:
         raise AUFormerError(f"{weights_path}: not a safetensors file ({error})") from None
-    backbone_state = {k[len(BACKBONE_PREFIX):]: v for k, v in tensors.items() if k.startswith(BACKBONE_PREFIX)}
+    backbone_state = {k[len(BACKBONE_PREFIX) :]: v for k, v in tensors.items() if k.startswith(BACKBONE_PREFIX)}
     adapter_state = {k: v for k, v in tensors.items() if not k.startswith(BACKBONE_PREFIX)}
     # full-finetune: the learnable backbone travels with the backbone tensors, checked below
     learnable = {k: v for k, v in model.learnable_state_dict().items() if not k.startswith(BACKBONE_PREFIX)}
@@ -166,8 +172,9 @@ def load_adapter_weights(model: AUFormer, path: str | os.PathLike) -> None:
         model.backbone.load_state_dict(backbone_state)
 
 
-def load_checkpoint(path: str | os.PathLike, backbone_weights: str | None = None,
-                    map_location: str | torch.device = "cpu") -> AUFormer:
+def load_checkpoint(
+    path: str | os.PathLike, backbone_weights: str | None = None, map_location: str | torch.device = "cpu"
+) -> AUFormer:
     """Rebuild the model from ``PATH.json`` and load ``PATH.safetensors`` into it.
 
     ``path`` may also be a Hugging Face Hub repo id, ``user/name`` or ``user/name@revision``
@@ -183,13 +190,18 @@ def load_checkpoint(path: str | os.PathLike, backbone_weights: str | None = None
         config["backbone_weights"] = backbone_weights
     source = config["backbone_weights"]
     if source not in WEIGHT_SOURCES and not Path(source).is_file():
-        raise FileNotFoundError(f"{checkpoint_paths(path)[1]}: backbone weights {source} not found "
-                                "(moved? pass the new file as backbone_weights / --backbone-weights)")
+        raise FileNotFoundError(
+            f"{checkpoint_paths(path)[1]}: backbone weights {source} not found "
+            "(moved? pass the new file as backbone_weights / --backbone-weights)"
+        )
     if recorded.get("sha256") and source not in ("random", "hub"):
         actual = file_sha256(resolve_weights(source))
         if actual != recorded["sha256"]:
-            warnings.warn(f"backbone weights {source} differ from the ones the checkpoint was trained with "
-                          f"(sha256 {actual[:12]} != {recorded['sha256'][:12]})", stacklevel=2)
+            warnings.warn(
+                f"backbone weights {source} differ from the ones the checkpoint was trained with "
+                f"(sha256 {actual[:12]} != {recorded['sha256'][:12]})",
+                stacklevel=2,
+            )
     model = build_model(**config)
     load_adapter_weights(model, path)
     return model.to(map_location).eval()

@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import timm
+
 from auformer.errors import AUFormerError
 
 HUB_FILENAMES = ("model.safetensors", "pytorch_model.bin")  # what timm looks for, preferred first
@@ -25,8 +26,10 @@ def hub_repo(tag: str) -> str:
     if cfg is None:
         raise AUFormerError(f"timm has no pretrained weights for {tag!r}; list them with timm.list_pretrained('vit_*')")
     if not cfg.hf_hub_id:
-        raise AUFormerError(f"timm tag {tag!r} has no Hugging Face copy ({cfg.url or 'no url'}); "
-                         "download it yourself and pass --set model.backbone_weights=PATH")
+        raise AUFormerError(
+            f"timm tag {tag!r} has no Hugging Face copy ({cfg.url or 'no url'}); "
+            "download it yourself and pass --set model.backbone_weights=PATH"
+        )
     return cfg.hf_hub_id
 
 
@@ -76,8 +79,9 @@ def download_weights(tag: str, out_dir: str | Path | None = None) -> Path:
         except EntryNotFoundError:
             continue  # an older repository with only pytorch_model.bin
         except Exception as error:  # network, proxy, auth and disk errors all mean "cannot have it"
-            raise _unavailable(tag, repo, f"not in the Hugging Face cache and the download failed: "
-                                          f"{type(error).__name__}") from None
+            raise _unavailable(
+                tag, repo, f"not in the Hugging Face cache and the download failed: {type(error).__name__}"
+            ) from None
     raise _unavailable(tag, repo, f"the repository has none of {', '.join(HUB_FILENAMES)}")
 
 
@@ -92,4 +96,6 @@ def remote_size(tag: str) -> int:
     try:
         return get_hf_file_metadata(hf_hub_url(repo, HUB_FILENAMES[0])).size or 0
     except Exception as error:  # network, proxy and auth errors all mean "cannot have it"
-        raise _unavailable(tag, repo, f"not in the Hugging Face cache and the hub is unreachable: {type(error).__name__}") from None
+        raise _unavailable(
+            tag, repo, f"not in the Hugging Face cache and the hub is unreachable: {type(error).__name__}"
+        ) from None

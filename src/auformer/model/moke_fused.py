@@ -159,8 +159,7 @@ class FusedMoKEGroup(MoKEGroup):
             centre = torch.zeros_like(folded)
             centre[0, :, :, :, 1, 1] = eye  # + M'': the centre tap of any dilation is the pixel itself
             folded = folded + centre
-            branch_weights = tuple(w.reshape(experts * d, d, 3, 3).contiguous(memory_format=torch.channels_last)
-                                   for w in folded)
+            branch_weights = tuple(w.reshape(experts * d, d, 3, 3).contiguous(memory_format=torch.channels_last) for w in folded)
             branch_biases = torch.stack([self._cat(f"mrf.branches.{j}.bias") for j in range(k)])  # (k, C)
             branch_bias = torch.einsum("eojc,jec->eo", fuse, branch_biases.view(k, experts, d)).reshape(-1)
             branch_bias = branch_bias + self._cat("mrf.fuse.bias")

@@ -40,12 +40,17 @@ def count_flops(module: nn.Module, *inputs: torch.Tensor) -> int:
     return counter.get_total_flops()
 
 
-def model_info(num_aus: int, backbone: str = "vit_base_patch16_224", img_size: int = 224, moke: str = "fused",
-               backbone_kwargs: dict | None = None, method: str = "auformer") -> dict:
+def model_info(
+    num_aus: int,
+    backbone: str = "vit_base_patch16_224",
+    img_size: int = 224,
+    moke: str = "fused",
+    backbone_kwargs: dict | None = None,
+    method: str = "auformer",
+) -> dict:
     """Parameter and FLOP counts of a ``method`` and of its plain ViT at batch 1 (random init, meta device)."""
     with torch.device("meta"):
-        model = build_model(num_aus, backbone, "random", img_size, moke, backbone_kwargs=backbone_kwargs,
-                            method=method).eval()
+        model = build_model(num_aus, backbone, "random", img_size, moke, backbone_kwargs=backbone_kwargs, method=method).eval()
         images = torch.empty(1, 3, img_size, img_size)
     params = count_parameters(model)
     flops = count_flops(model, images)
@@ -68,7 +73,7 @@ def model_info(num_aus: int, backbone: str = "vit_base_patch16_224", img_size: i
         "backbone_gmacs": backbone_flops / 2e9,
         "flops_increase_pct": 100.0 * (flops / backbone_flops - 1.0),
         "flop_convention": "FLOPs = 2 x MACs (torch.utils.flop_counter, matmul/conv/attention only); "
-                           "the paper's 17.6 G for ViT-B/16 are MACs",
+        "the paper's 17.6 G for ViT-B/16 are MACs",
     }
 
 
@@ -111,17 +116,30 @@ def compare_rows(num_aus: int, backbone: str, img_size: int, moke: str, backbone
     rows = []
     for method in METHODS:
         info = model_info(num_aus, backbone, img_size, moke, backbone_kwargs, method)
-        rows.append({"method": method, "learnable_params": info["learnable_params"], "total_params": info["total_params"],
-                     "gflops": info["gflops"], "gmacs": info["gmacs"], "paper_f1": PAPER_F1.get(method)})
+        rows.append(
+            {
+                "method": method,
+                "learnable_params": info["learnable_params"],
+                "total_params": info["total_params"],
+                "gflops": info["gflops"],
+                "gmacs": info["gmacs"],
+                "paper_f1": PAPER_F1.get(method),
+            }
+        )
     return rows
 
 
 def compare_markdown(rows: list[dict]) -> str:
-    lines = ["| method | learnable params | total params | GFLOPs | GMACs | paper F1 (BP4D, %) |", "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| method | learnable params | total params | GFLOPs | GMACs | paper F1 (BP4D, %) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for row in rows:
         paper = "-" if row["paper_f1"] is None else f"{row['paper_f1']:.1f}"
-        lines.append(f"| {row['method']} | {row['learnable_params'] / 1e6:.3f} M | {row['total_params'] / 1e6:.2f} M "
-                     f"| {row['gflops']:.2f} | {row['gmacs']:.2f} | {paper} |")
+        lines.append(
+            f"| {row['method']} | {row['learnable_params'] / 1e6:.3f} M | {row['total_params'] / 1e6:.2f} M "
+            f"| {row['gflops']:.2f} | {row['gmacs']:.2f} | {paper} |"
+        )
     return "\n".join(lines)
 
 

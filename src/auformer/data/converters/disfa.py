@@ -75,8 +75,10 @@ def collect_disfa(raw_dir: str | Path) -> list[Source]:
         frames, labels, intensity = subject_labels(labels_root / subject, subject)
         video = videos.get(subject)
         origin = f"{video or video_dir / f'LeftVideo{subject}_comp.avi'}#"
-        items = [Frame(f"images/{subject}/{n:05d}.jpg", subject, row, f"{origin}{n}", level)
-                 for n, row, level in zip(frames, labels, intensity)]
+        items = [
+            Frame(f"images/{subject}/{n:05d}.jpg", subject, row, f"{origin}{n}", level)
+            for n, row, level in zip(frames, labels, intensity)
+        ]
         if video is None:
             sources.append(Source(items, image_paths=[None] * len(items)))
         else:

@@ -47,7 +47,9 @@ def label_columns(path: Path, columns: list[str]) -> dict[str, tuple[int, str]]:
     lowered = [c.strip().lower() for c in columns]
     for required in ("file", "subject"):
         if required not in lowered:
-            raise AUFormerError(f"{path}: no {required!r} column (expected file,[frame,]subject,AU01,...; found {','.join(columns)})")
+            raise AUFormerError(
+                f"{path}: no {required!r} column (expected file,[frame,]subject,AU01,...; found {','.join(columns)})"
+            )
     found: dict[str, tuple[int, str]] = {}
     for column in columns:
         if column.strip().lower() in _RESERVED:
@@ -94,7 +96,9 @@ def read_labels(path: str | Path, intensity_threshold: float | None = None) -> t
     kinds = {kind for _, kind in columns.values()}
     if "intensity" in kinds and intensity_threshold is None:
         shown = ", ".join(c for c, (_, kind) in columns.items() if kind == "intensity")
-        raise AUFormerError(f"{path}: intensity columns ({shown}) need --intensity-threshold T (occurrence = intensity >= T, e.g. 2)")
+        raise AUFormerError(
+            f"{path}: intensity columns ({shown}) need --intensity-threshold T (occurrence = intensity >= T, e.g. 2)"
+        )
     table.columns = [c.strip().lower() if c.strip().lower() in _RESERVED else c for c in table.columns]
     if "frame" not in table.columns:
         table["frame"] = ""
@@ -111,8 +115,16 @@ def read_labels(path: str | Path, intensity_threshold: float | None = None) -> t
             bad.append(f"{path.name} line {line}: {error}")
             continue
         # labels (N, 2): occurrence, and the annotated intensity kept for intensity training (manifest AU12_int)
-        rows.append({"file": row["file"].strip(), "frame": int(frame) if frame else None, "subject": row["subject"].strip(),
-                     "labels": labels[:, 0], "intensity": labels[:, 1] if "intensity" in kinds else None, "line": line})
+        rows.append(
+            {
+                "file": row["file"].strip(),
+                "frame": int(frame) if frame else None,
+                "subject": row["subject"].strip(),
+                "labels": labels[:, 0],
+                "intensity": labels[:, 1] if "intensity" in kinds else None,
+                "line": line,
+            }
+        )
     frame_columns = ["file", "frame", "subject", "labels", "intensity", "line"]
     return pd.DataFrame(rows, columns=frame_columns), [au for au, _ in columns.values()], bad
 
@@ -136,8 +148,10 @@ def collect_folder(input_dir: str | Path, labels: pd.DataFrame, labels_name: str
             reject(group[no_frame], file, "a video row needs a frame")
             reject(group[repeated], file, "frame labelled twice")
             group = group[~no_frame & ~repeated]
-            frames = [Frame(f"images/{stem}_f{int(r.frame):06d}.jpg", r.subject, r.labels, f"{path}#{int(r.frame)}",
-                            r.intensity) for r in group.itertuples()]
+            frames = [
+                Frame(f"images/{stem}_f{int(r.frame):06d}.jpg", r.subject, r.labels, f"{path}#{int(r.frame)}", r.intensity)
+                for r in group.itertuples()
+            ]
             if frames:
                 sources.append(Source(frames, video=path, video_frames=[int(f) for f in group["frame"]]))
             continue
@@ -153,8 +167,14 @@ def collect_folder(input_dir: str | Path, labels: pd.DataFrame, labels_name: str
     return sources + [Source(frames, image_paths=paths) for frames, paths in photos.values()]
 
 
-def prepare_folder(input_dir: str | Path, labels_csv: str | Path, out_dir: str | Path, folds: int = 3,
-                   intensity_threshold: float | None = None, **options: Any) -> PrepareReport:
+def prepare_folder(
+    input_dir: str | Path,
+    labels_csv: str | Path,
+    out_dir: str | Path,
+    folds: int = 3,
+    intensity_threshold: float | None = None,
+    **options: Any,
+) -> PrepareReport:
     """Convert INPUT + LABELS.csv into a prepared dataset folder with ``folds`` subject-exclusive folds.
 
     ``options``: ``align``, ``detector``, ``size``, ``workers``, as in :func:`run_prepare`.
