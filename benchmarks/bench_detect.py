@@ -44,9 +44,12 @@ from face_photos import group_photo, lfw_images, portraits  # noqa: E402  (the p
 
 MODELS = {
     "synthetic": dict(
-        backbone="vit_tiny_patch16_224", img_size=64, backbone_kwargs=dict(patch_size=8, embed_dim=96, depth=4, num_heads=3)
+        backbone="vit_tiny_patch16_224",
+        backbone_weights="random",  # speed only: the weights' values do not matter
+        img_size=64,
+        backbone_kwargs=dict(patch_size=8, embed_dim=96, depth=4, num_heads=3),
     ),
-    "vit-b": dict(backbone="vit_base_patch16_224", img_size=224, backbone_kwargs={}),
+    "vit-b": dict(backbone="vit_base_patch16_224", backbone_weights="random", img_size=224, backbone_kwargs={}),
 }
 
 

@@ -34,7 +34,7 @@ import auformer
 from auformer.data import AUTable, write_folds, write_manifest
 from auformer.files import atomic_write_text
 
-TINY = {"backbone": "vit_tiny_patch16_224", "img_size": 32, "aus": [1, 2, 4, 6, 12],
+TINY = {"backbone": "vit_tiny_patch16_224", "backbone_weights": "random", "img_size": 32, "aus": [1, 2, 4, 6, 12],
         "backbone_kwargs": {"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}}  # fmt: skip
 FPS = 10.0
 

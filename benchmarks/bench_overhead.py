@@ -29,7 +29,7 @@ from auformer.model import build_model
 def build_models(num_aus: int, backbone: str, swin: bool) -> dict[str, torch.nn.Module]:
     """``vit``, ``auformer`` (same backbone object) and optionally ``swin_b``, in eval mode."""
     torch.manual_seed(0)
-    model = build_model(num_aus, backbone).eval()
+    model = build_model(num_aus, backbone, "random").eval()  # speed only: the weights' values do not matter
     models = {"vit": model.backbone, "auformer": model}
     if swin:
         models["swin_b"] = timm.create_model("swin_base_patch4_window7_224", pretrained=False).eval()
