@@ -123,10 +123,7 @@ def detector_table(skip_slow: bool = False) -> dict:
 
 
 def _write_inputs(folder: Path, model: str, lfw_count: int, video_frames: int) -> dict:
-    """Portrait JPEGs, a slow-motion 640x480 video and a random checkpoint in ``folder``."""
-    import torch
-
-    import auformer
+    """Portrait JPEGs and a slow-motion 640x480 video in ``folder`` (each worker writes its own checkpoint)."""
 
     paths: dict = {}
     for size, images in portraits(lfw_count).items():
@@ -147,11 +144,27 @@ def _write_inputs(folder: Path, model: str, lfw_count: int, video_frames: int) -
         )
     writer.release()
     paths["video"] = str(video)
-    torch.manual_seed(0)
-    checkpoint = folder / "model"
-    auformer.save_checkpoint(auformer.build_model(12, aus=list(auformer.aus.BP4D_AUS), **MODELS[model]), checkpoint)
-    paths["checkpoint"] = str(checkpoint)
+    paths["folder"] = str(folder)
     return paths
+
+
+def _random_checkpoint(path: Path, model: str) -> Path:
+    """A random-init checkpoint written by the ``auformer`` of this process, so each tree reads its own format.
+
+    Trees before issue 9 called a random backbone ``None`` (their ``build_model`` default).
+    """
+    import inspect
+
+    import torch
+
+    import auformer
+
+    options = dict(MODELS[model])
+    if inspect.signature(auformer.build_model).parameters["backbone_weights"].default is None:
+        options["backbone_weights"] = None
+    torch.manual_seed(0)
+    auformer.save_checkpoint(auformer.build_model(12, aus=list(auformer.aus.BP4D_AUS), **options), path)
+    return path
 
 
 def _best(run, repeats: int) -> dict:
@@ -179,7 +192,8 @@ def worker(job: dict) -> dict:
         options["detect_every"] = job["detect_every"]
     if job.get("amp"):
         options["amp"] = job["amp"]
-    detector = Detector(job["checkpoint"], **options)
+    checkpoint = _random_checkpoint(Path(job["folder"]) / f"model-{os.getpid()}", job["model"])
+    detector = Detector(checkpoint, **options)
     default = inspect.signature(Detector).parameters["face_detector"].default
     faces = []  # faces found per timed run
     if job["kind"] == "images":
@@ -232,7 +246,7 @@ def throughput_table(
     results: dict = {}
     with tempfile.TemporaryDirectory() as folder:
         paths = _write_inputs(Path(folder), model, lfw_count, video_frames)
-        base = {"checkpoint": paths["checkpoint"], "batch_size": batch_size, "repeats": repeats, "threads": threads}
+        base = {"folder": paths["folder"], "model": model, "batch_size": batch_size, "repeats": repeats, "threads": threads}
         jobs = {f"{size} photos": {**base, "kind": "images", "paths": paths[size]} for size in ("640x490", "256x256")}
         jobs["640x480 video, detect every frame"] = {**base, "kind": "video", "paths": [paths["video"]], "detect_every": 1}
         jobs["640x480 video, detect every 5th frame"] = {**base, "kind": "video", "paths": [paths["video"]], "detect_every": 5}
