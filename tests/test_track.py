@@ -8,14 +8,13 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from skimage import data
 
-import auformer
 from auformer.detect import Detector, in_background
 from auformer.faces import get_detector
 from auformer.faces.track import FaceTracker
 from face_photos import grace_hopper
+from media import tiny_checkpoint
 
 AUS = [1, 2, 4, 6, 12]
 
@@ -33,19 +32,7 @@ def moving_head_frames(count: int, step: float, size: int = 120) -> list[np.ndar
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = auformer.build_model(
-        len(AUS),
-        backbone="vit_tiny_patch16_224",
-        backbone_weights="random",
-        img_size=32,
-        aus=AUS,
-        backbone_kwargs=dict(patch_size=8, embed_dim=32, depth=2, num_heads=2),
-    )
-    torch.nn.init.normal_(model.head.weight, std=0.5)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny"
-    auformer.save_checkpoint(model, path)
-    return path
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", AUS)
 
 
 @pytest.fixture(scope="module")
