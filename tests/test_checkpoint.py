@@ -52,6 +52,20 @@ def test_round_trip_with_random_backbone_stores_the_backbone(tmp_path, tiny_mode
     assert not list(tmp_path.glob("run/*.tmp")) and not list(tmp_path.glob("run/.*"))  # no temp files left
 
 
+def test_checkpoint_from_before_random_was_named_still_loads(tmp_path, tiny_model_kwargs):
+    """Wave-1 checkpoints recorded a random (stored) backbone as null; they load as 'random'."""
+    model = _trained_like(build_model(3, aus=[1, 2, 4], **tiny_model_kwargs)).eval()
+    save_checkpoint(model, tmp_path / "old")
+    meta = json.loads((tmp_path / "old.json").read_text())
+    meta["config"]["backbone_weights"] = meta["backbone"]["weights"] = None
+    (tmp_path / "old.json").write_text(json.dumps(meta))
+    loaded = load_checkpoint(tmp_path / "old")
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images).logits, model(images).logits, rtol=0, atol=0)
+    assert loaded.config["backbone_weights"] == "random"
+
+
 def test_backbone_file_is_referenced_not_copied(tmp_path, tiny_model_kwargs, tiny_backbone_kwargs):
     backbone_path = _backbone_file(tmp_path, tiny_backbone_kwargs)
     model = _trained_like(build_model(2, **(tiny_model_kwargs | {"backbone_weights": backbone_path})))

@@ -189,6 +189,8 @@ def load_checkpoint(
     if backbone_weights is not None:
         config["backbone_weights"] = backbone_weights
     source = config["backbone_weights"]
+    if source is None:  # written before random backbones were named (0.1.0 wave 1), which stored them inside too
+        source = config["backbone_weights"] = "random"
     if source not in WEIGHT_SOURCES and not Path(source).is_file():
         raise FileNotFoundError(
             f"{checkpoint_paths(path)[1]}: backbone weights {source} not found "
