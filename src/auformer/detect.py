@@ -26,7 +26,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -360,6 +360,25 @@ class Detector:
                 parts.append(pd.DataFrame(full, columns=[c + INTENSITY_SUFFIX for c in self.au_columns]))
         return pd.concat(parts, axis=1)
 
+    def plot_faces(
+        self,
+        table: pd.DataFrame,
+        faces: list[AlignedFace],
+        path_of: Callable[[pd.Series], Path],
+        title_of: Callable[[pd.Series], str],
+    ) -> list[Path]:
+        """`viz.plot_face_aus` for every face row of a result ``table`` (``faces`` in the order of its
+        ``success=1`` rows): probabilities and/or intensities, as the checkpoint has them."""
+        from auformer.viz import plot_face_aus
+
+        thresholds = dict(zip(self.au_columns, self.thresholds))
+        paths = []
+        for (_, row), face in zip(table[table["success"] == 1].iterrows(), faces):
+            probabilities = {column: row[column] for column in self.au_columns} if self.occurrence else {}
+            intensity = {column: row[column + INTENSITY_SUFFIX] for column in self.au_columns} if self.intensity else None
+            paths.append(plot_face_aus(face.crop, probabilities, thresholds, path_of(row), title_of(row), intensity))
+        return paths
+
     def detect(self, image: str | os.PathLike | np.ndarray) -> pd.DataFrame:
         """AUs of every face in one image (a path, or a uint8 (H, W, 3) RGB array)."""
         if isinstance(image, np.ndarray):
@@ -495,9 +514,8 @@ def _run(
     detector: Detector, frames: Iterable[Frame], writer: _CsvWriter, progress: tqdm, counts: _Counts, plot_dir: Path | None
 ) -> None:
     """Feed ``frames`` through ``detector`` into ``writer``, updating the progress bar and counts."""
-    from auformer.viz import plot_face_aus
-
     started, faces_before = time.perf_counter(), counts.faces
+    note = " (synthetic checkpoint: not meaningful)" if detector.synthetic else ""  # plot titles
     for table, faces in detector.iter_results(frames):
         writer.write(table)
         new_frames = table.drop_duplicates(["input", "frame"])
@@ -509,16 +527,12 @@ def _run(
             faces=counts.faces, faces_per_s=f"{(counts.faces - faces_before) / (time.perf_counter() - started):.1f}"
         )
         if plot_dir is not None:
-            for (_, row), face in zip(table[table["success"] == 1].iterrows(), faces):
-                probabilities = {column: row[column] for column in detector.au_columns} if detector.occurrence else {}
-                intensity = (
-                    {column: row[column + INTENSITY_SUFFIX] for column in detector.au_columns} if detector.intensity else None
-                )
-                thresholds = dict(zip(detector.au_columns, detector.thresholds))
-                title = f"{row['input']}, face {row['face']}"
-                title += " (synthetic checkpoint: not meaningful)" if detector.synthetic else ""
-                plot_path = plot_dir / f"{Path(row['input']).stem}_face{row['face']}.png"
-                plot_face_aus(face.crop, probabilities, thresholds, plot_path, title, intensity)
+            detector.plot_faces(
+                table,
+                faces,
+                lambda row: plot_dir / f"{Path(row['input']).stem}_face{row['face']}.png",
+                lambda row: f"{row['input']}, face {row['face']}{note}",
+            )
 
 
 def _image_frames(paths: list[Path], progress: tqdm, counts: _Counts, skip_bad: bool) -> Iterator[Frame]:

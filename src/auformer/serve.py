@@ -32,6 +32,7 @@ from auformer.config import load_config
 from auformer.data.synthetic import SYNTHETIC_AUS
 from auformer.detect import (
     IMAGE_EXTENSIONS,
+    INTENSITY_SUFFIX,
     SYNTHETIC_WARNING,
     VIDEO_EXTENSIONS,
     Detector,
@@ -44,7 +45,7 @@ from auformer.detect import (
 from auformer.errors import AUFormerError
 from auformer.model.auformer import build_model
 from auformer.model.checkpoint import save_checkpoint
-from auformer.viz import draw_face_boxes, plot_au_timeseries, plot_face_aus
+from auformer.viz import draw_face_boxes, plot_au_timeseries
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -99,15 +100,11 @@ def demo_checkpoint(folder: str | os.PathLike) -> Path:
 
 
 def _face_plots(detector: Detector, table: pd.DataFrame, faces: list, out: Path, stem: str, prefix: str = "") -> list[Path]:
-    """`plot_face_aus` for every face row of ``table`` (faces in the order of its ``success=1`` rows)."""
-    thresholds = dict(zip(detector.au_columns, detector.thresholds))
+    """The per-face AU plots of ``table`` (faces in the order of its ``success=1`` rows)."""
     note = " (demo/synthetic model: not meaningful)" if detector.synthetic else ""
-    paths = []
-    for (_, row), face in zip(table[table["success"] == 1].iterrows(), faces):
-        probabilities = {column: row[column] for column in detector.au_columns}
-        path = out / f"{stem}_face{row['face']}.png"
-        paths.append(plot_face_aus(face.crop, probabilities, thresholds, path, f"{prefix}face {row['face']}{note}"))
-    return paths
+    return detector.plot_faces(
+        table, faces, lambda row: out / f"{stem}_face{row['face']}.png", lambda row: f"{prefix}face {row['face']}{note}"
+    )
 
 
 def tile_plots(paths: list[Path], columns: int = 2) -> np.ndarray | None:
@@ -129,8 +126,12 @@ def tile_plots(paths: list[Path], columns: int = 2) -> np.ndarray | None:
 
 
 def _present(detector: Detector, row: pd.Series) -> str:
-    """The AUs at or above their threshold in one face row, as FACS labels."""
-    labels = [au_label(column) for column, limit in zip(detector.au_columns, detector.thresholds) if row[column] >= limit]
+    """The AUs of one face row that the detector called present (``AU01_c``), as FACS labels; for an
+    intensity-only checkpoint the AUs with an intensity of at least 1 (FACS A)."""
+    if detector.occurrence:
+        labels = [au_label(column) for column in detector.au_columns if row[column + "_c"] == 1]
+    else:
+        labels = [au_label(column) for column in detector.au_columns if row[column + INTENSITY_SUFFIX] >= 1]
     return ", ".join(labels) or "none"
 
 
@@ -149,15 +150,18 @@ def _analyse_photo(detector: Detector, path: Path, out: Path) -> Analysis:
 
 
 def _analyse_video(detector: Detector, path: Path, out: Path, every: int) -> Analysis:
-    """Frame by frame (each frame's faces one model batch), keeping the frame with most faces as the preview."""
-    tables, preview = [], None
-    for frame in tqdm(video_frames(path, every), total=count_video_frames(path, every), desc=path.name, unit="frame"):
-        ((table, faces),) = detector.iter_results([Frame(path.name, frame.index, frame.time_s, frame.image)])
+    """One pass over the video (faces tracked between detections, batched across frames); the preview is
+    the first frame with the most faces, decoded once more for its picture."""
+    decoded = tqdm(video_frames(path, every), total=count_video_frames(path, every), desc=path.name, unit="frame")
+    frames = (Frame(path.name, frame.index, frame.time_s, frame.image) for frame in decoded)  # the CSV names the upload
+    tables, preview = [], None  # preview: (frame number, time, its rows, its faces)
+    for table, faces in detector.iter_results(frames):
         tables.append(table)
-        if faces and (preview is None or len(faces) > len(preview[2])):
-            preview = (frame, table, faces)
-    if not tables:
-        raise AUFormerError(f"{path.name}: no frame could be decoded")
+        found = table[table["success"] == 1]
+        for index, rows in found.groupby("frame", sort=False):
+            if preview is None or len(rows) > len(preview[3]):
+                chosen = (found["frame"] == index).to_numpy()
+                preview = (index, rows["time_s"].iloc[0], rows, [face for face, keep in zip(faces, chosen) if keep])
     table = pd.concat(tables, ignore_index=True)
     csv = out / f"{path.stem}.csv"
     table.to_csv(csv, index=False, float_format="%.6g")
@@ -171,10 +175,11 @@ def _analyse_video(detector: Detector, path: Path, out: Path, every: int) -> Ana
     )
     if preview is None:
         return Analysis(status + " No face in any frame.", timeseries=timeseries, csv=csv)
-    frame, frame_table, faces = preview
-    status += f" Shown: frame {frame.index} ({frame.time_s:.2f} s), the first with the most faces ({len(faces)})."
-    plots = _face_plots(detector, frame_table, faces, out, f"{path.stem}_frame{frame.index}", f"frame {frame.index}, ")
-    return Analysis(status, draw_face_boxes(frame.image, frame_table), plots, timeseries, csv)
+    index, time_s, frame_table, faces = preview
+    status += f" Shown: frame {index} ({time_s:.2f} s), the first with the most faces ({len(faces)})."
+    plots = _face_plots(detector, frame_table, faces, out, f"{path.stem}_frame{index}", f"frame {index}, ")
+    image = next(video_frames(path, after=index - 1)).image  # (H, W, 3) of the preview frame
+    return Analysis(status, draw_face_boxes(image, frame_table), plots, timeseries, csv)
 
 
 def analyse(detector: Detector, path: str | os.PathLike, out: str | os.PathLike, every: int = 1) -> Analysis:

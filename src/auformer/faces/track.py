@@ -99,7 +99,7 @@ class FaceTracker:
         self.box_crop = detector.box_crop
         self.every = every
         self.min_similarity = min_similarity  # the same face under a new expression stays above ~0.8
-        self.fitter: LandmarkFitter | None = _landmark_fitter() if every > 1 else None
+        self.fitter: LandmarkFitter | None = None  # loaded at the first trackable detection (haar/none never need it)
         self.tracks: list[_Track] = []
         self.since_detection = 0
         self.detections = 0  # full detections run, for the benchmark and the tests
@@ -122,7 +122,9 @@ class FaceTracker:
         faces = self.detector.detect(image_rgb)
         self.detections += 1
         self.since_detection = 0
-        trackable = self.fitter is not None and all(face.landmarks is not None for face in faces)
+        trackable = self.every > 1 and all(face.landmarks is not None for face in faces)
+        if trackable and self.fitter is None:
+            self.fitter = _landmark_fitter()
         self.tracks = [_Track(face, image_rgb) for face in faces] if trackable else []
         return faces
 
