@@ -91,27 +91,25 @@ def weighted_bce_loss(
     return _masked_weighted_mean(per_entry, weights, mask)
 
 
-# The loss variants of the ablations (Table 4), all `mdwa_loss` with parts switched off except
-# WA (ME-GraphAU's, focus weight detached) and WCE: name -> (uses margin, uses gamma).
-LOSS_VARIANTS = {"mdwa": (True, True), "dwa": (False, True), "mwa": (True, False), "wa": None, "wce": None}
-
-
 def classification_loss(
     name: str, margin: float = 0.1, gamma_bounds: tuple[float, float] = (1.0, 2.0)
 ) -> Callable[..., torch.Tensor]:
-    """``loss(logits, targets, occurrence_rate, mask=None)`` for a ``LOSS_VARIANTS`` name.
+    """``loss(logits, targets, occurrence_rate, mask=None)`` for a ``loss.name`` of the ablations (Table 4).
 
     ``mdwa``: margin and difficulty-aware gamma (eq. 6); ``dwa``: gamma only (m = 0);
-    ``mwa``: margin only (gamma = 1); ``wa``: ME-GraphAU's WA loss; ``wce``: weighted BCE.
+    ``mwa``: margin only (gamma = 1); ``wa``: ME-GraphAU's WA loss (focus weight detached);
+    ``wce``: weighted BCE.
     """
-    if name not in LOSS_VARIANTS:
-        raise ValueError(f"unknown loss {name!r}; choose from {', '.join(LOSS_VARIANTS)}")
-    if name == "wa":
-        return wa_loss
-    if name == "wce":
-        return weighted_bce_loss
-    uses_margin, uses_gamma = LOSS_VARIANTS[name]
-    return partial(mdwa_loss, margin=margin if uses_margin else 0.0, gamma_bounds=gamma_bounds if uses_gamma else (1.0, 1.0))
+    variants = {
+        "mdwa": partial(mdwa_loss, margin=margin, gamma_bounds=gamma_bounds),
+        "dwa": partial(mdwa_loss, margin=0.0, gamma_bounds=gamma_bounds),
+        "mwa": partial(mdwa_loss, margin=margin, gamma_bounds=(1.0, 1.0)),
+        "wa": wa_loss,
+        "wce": weighted_bce_loss,
+    }
+    if name not in variants:
+        raise ValueError(f"unknown loss {name!r}; choose from {', '.join(variants)}")
+    return variants[name]
 
 
 def wdi_loss(
@@ -191,12 +189,8 @@ def intensity_loss(
         raise ValueError(
             f"intensity and targets must both have shape (B, N), got {tuple(intensity.shape)} and {tuple(targets.shape)}"
         )
-    dtype = torch.float64 if intensity.dtype == torch.float64 else torch.float32
-    intensity = intensity.to(dtype)
-    targets = targets.to(device=intensity.device, dtype=dtype)
-    known = targets >= 0 if mask is None else mask.to(intensity.device).bool()
-    error = (intensity - torch.where(known, targets, intensity.detach())) / max_intensity  # 0 at unknown entries
-    return torch.where(known, error.square(), torch.zeros_like(error)).sum() / known.sum().clamp(min=1)
+    intensity, targets, known = _upcast_and_mask(intensity, targets, mask)
+    return _masked_weighted_mean(((intensity - targets) / max_intensity).square(), 1.0, known)
 
 
 def _asymmetric_loss(
@@ -245,7 +239,7 @@ def _truncated_focal_log(logits: torch.Tensor, gamma: torch.Tensor, margin: floa
     return torch.where(active, focus * log_one_minus_pm, torch.zeros_like(logits))
 
 
-def _masked_weighted_mean(per_entry: torch.Tensor, weights: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def _masked_weighted_mean(per_entry: torch.Tensor, weights: torch.Tensor | float, mask: torch.Tensor) -> torch.Tensor:
     """Sum of ``omega_i * l[b, i]`` over known entries / number of known entries (0 when none is known)."""
     weighted = torch.where(mask, per_entry * weights, torch.zeros_like(per_entry))  # (B, N)
     return weighted.sum() / mask.sum().clamp(min=1)
@@ -264,15 +258,23 @@ def _prepare(
         raise ValueError(f"targets shape {tuple(targets.shape)} does not match logits shape {tuple(logits.shape)}")
     if mask is not None and mask.shape != logits.shape:
         raise ValueError(f"mask shape {tuple(mask.shape)} does not match logits shape {tuple(logits.shape)}")
-    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    logits = logits.to(dtype)
-    targets = targets.to(device=logits.device, dtype=dtype)
-    known = targets >= 0 if mask is None else mask.to(logits.device).bool()
-    targets = torch.where(known, targets, torch.zeros_like(targets))  # junk at unknown entries -> 0
+    logits, targets, known = _upcast_and_mask(logits, targets, mask)
     weights = au_weights(occurrence_rate).to(logits)
     if weights.numel() != logits.shape[1]:
         raise ValueError(f"occurrence_rate has {weights.numel()} entries but logits have {logits.shape[1]} AUs")
     return logits, targets, weights, known
+
+
+def _upcast_and_mask(
+    values: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Upcast to float32 (autocast safety; float64 stays), the bool mask of known entries (``targets >= 0``
+    unless ``mask`` is given), and targets with the junk at unknown entries (-1, NaN) set to 0."""
+    dtype = torch.float64 if values.dtype == torch.float64 else torch.float32
+    values = values.to(dtype)
+    targets = targets.to(device=values.device, dtype=dtype)
+    known = targets >= 0 if mask is None else mask.to(values.device).bool()
+    return values, torch.where(known, targets, torch.zeros_like(targets)), known
 
 
 def _as_rate_tensor(occurrence_rate: torch.Tensor | Sequence[float]) -> torch.Tensor:
