@@ -140,7 +140,7 @@ def intensity_metrics(pred: np.ndarray | torch.Tensor, target: np.ndarray | torc
         guess, truth = pred_np[rows, column], target_np[rows, column]
         defined = truth.size >= 2 and guess.std() > 0 and truth.std() > 0
         per_au[key] = {
-            "icc": icc_3_1(guess, truth) if truth.size else float("nan"),
+            "icc": icc_3_1(guess, truth),  # NaN for fewer than 2 known targets
             "pearson": float(np.corrcoef(guess, truth)[0, 1]) if defined else float("nan"),
             "mae": float(np.abs(guess - truth).mean()) if truth.size else float("nan"),
             "known": int(truth.size),

@@ -34,8 +34,8 @@ def quick_gelu(x: torch.Tensor) -> torch.Tensor:
 def context_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, size: int, head_dim: int) -> torch.Tensor:
     """Eq. 5: per channel, softmax over the ``size x size`` neighbourhood of ``q[x] * k[x'] / sqrt(head_dim)``.
 
-    ``q, k, v``: ``(B, C, H, W)``; returns ``(B, C, H, W)``. Channels never mix, so the
-    same function serves one expert (C = d) and a fused group (C = N*d). Neighbours
+    ``q, k, v``: ``(B, C, H, W)``; returns ``(B, C, H, W)``. Channels never mix (one expert:
+    C = d; `moke_fused` computes the same per channel in its own layout). Neighbours
     outside the map are excluded from the softmax (set to -inf), not zero-padded in.
     ``head_dim`` is the per-expert width d of the ``sqrt(d)`` temperature.
     """

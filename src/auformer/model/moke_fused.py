@@ -14,7 +14,9 @@ channels (E experts of width d side by side):
   3x3 conv with dilation r_j) and the ``M''`` identity into the centre tap of the first
   branch, so ``M'' + K_MRF`` is the sum of k grouped convolutions;
 - CA's Q, K, V 1x1 convs are one block-diagonal ``C -> 3C`` matmul (``1/sqrt(d)`` folded
-  into Q) and its neighbourhoods are zero-copy windows (``Tensor.unfold``) of the padded map;
+  into Q) and its S x S neighbourhoods are shifted windows of the padded map, stacked
+  channels-innermost so the softmax over neighbours is vectorised; positions outside the map
+  get an additive -inf mask built once per group;
 - patch tokens are run channels-last, which is how the tokens already lie in memory
   (``(B, H*W, C)``), so no layout change is needed and oneDNN's grouped convolutions run
   fast (about 10x faster than channels-first at batch 32 on CPU);
@@ -108,6 +110,10 @@ class FusedMoKEGroup(MoKEGroup):
         self._cache: tuple[list[torch.Tensor], list[tuple[int, int]], FusedWeights] | None = None
         self.register_load_state_dict_post_hook(FusedMoKEGroup._drop_cache)
         self._carry_cache: tuple[torch.Tensor, FusedWeights, tuple[torch.Tensor, torch.Tensor]] | None = None
+        # Depends on the grid and S only: built once, moved and cast with the module (not saved).
+        ca = self.experts[0].ca
+        mask = _outside_mask(self.grid_size, ca.size, torch.zeros(())) if ca is not None else None
+        self.register_buffer("ca_mask", mask, persistent=False)
 
     @staticmethod
     def _drop_cache(module: FusedMoKEGroup, incompatible_keys: object) -> None:
@@ -173,7 +179,7 @@ class FusedMoKEGroup(MoKEGroup):
             qkv_bias = torch.cat([self._cat("ca.q.bias") * temperature, self._cat("ca.k.bias"), self._cat("ca.v.bias")])
             prefix_blocks = prefix_blocks + v  # CA on a 1x1 image is V itself
             prefix_bias = prefix_bias + self._cat("ca.v.bias")
-            ca_mask = _outside_mask(self.grid_size, first.ca.size, conv_weight.detach())
+            ca_mask = self.ca_mask
         up_weight = self._cat("up.weight", dim=1)  # (D, C)
         up_bias = torch.stack([expert.up.bias for expert in self.experts])  # (E, D)
         mean = self.scale / experts
