@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from auformer.detect import Detector, expand_inputs, read_image
 from auformer.errors import AUFormerError
 from auformer.model.auformer import AUFormer
+from auformer.model.checkpoint import load_checkpoint
 
 
 def grad_cam(model: AUFormer, image: torch.Tensor, targets: list[int]) -> np.ndarray:
@@ -109,7 +110,7 @@ def run_explain(args: argparse.Namespace) -> None:
     model, mean, std = detector.model, detector.model.data_config["mean"], detector.model.data_config["std"]
     paths, videos, ignored = expand_inputs(args.images)
     paths, images, skipped = _load(paths, detector)
-    probs = torch.sigmoid(torch.cat([model(images[i : i + 64]).logits.detach() for i in range(0, len(images), 64)])).numpy()
+    probs = detector._predict(images)["probs"]  # (M, N), batched without autograd
     names = detector.au_columns
     target = "expert (aux head)" if model.aux_head is not None else "main head"
     for path, image, prob in list(zip(paths, images, probs))[: args.gradcam_images]:
@@ -128,9 +129,7 @@ def run_explain(args: argparse.Namespace) -> None:
     titles = args.titles or checkpoints
     if len(titles) != len(checkpoints):
         raise AUFormerError(f"--titles names {len(titles)} panels but there are {len(checkpoints)} checkpoints")
-    models = [model] + [
-        Detector(path, face_detector="none", backbone_weights=args.backbone_weights).model for path in checkpoints[1:]
-    ]
+    models = [model] + [load_checkpoint(path, backbone_weights=args.backbone_weights) for path in checkpoints[1:]]
     tokens = [expert_tokens(each, images) for each in models]  # each (M, E, D)
     count = tokens[0].shape[1]
     legend = names if count == len(names) else [f"expert {e}" for e in range(count)]
