@@ -42,14 +42,25 @@ class AUDataset(torch.utils.data.Dataset):
 class ArrayAUDataset(torch.utils.data.Dataset):
     """Images held in memory: uint8 ``(M, H, W, 3)`` plus labels ``(M, N)`` (the synthetic default)."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Callable, intensity: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        transform: Callable,
+        intensity: np.ndarray | None = None,
+        with_intensity: bool | None = None,
+    ) -> None:
+        """``with_intensity``: also return ``intensity`` (all unknown when it is None), as :class:`AUDataset`;
+        None (the default) means: when ``intensity`` is given."""
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
             raise AUFormerError(f"images must be a uint8 (M, H, W, 3) array, got {images.dtype} {images.shape}")
         if len(labels) != len(images):
             raise AUFormerError(f"{len(images)} images but {len(labels)} label rows")
         self.images = images
         self.labels = torch.as_tensor(np.asarray(labels, dtype=np.float32))  # (M, N)
-        self.intensity = None if intensity is None else _intensity_tensor(intensity, self.labels)
+        if with_intensity is None:
+            with_intensity = intensity is not None
+        self.intensity = _intensity_tensor(intensity, self.labels) if with_intensity else None
         self.transform = transform
 
     def __len__(self) -> int:

@@ -23,7 +23,7 @@ import torch
 from auformer.aus import au_columns
 from auformer.config import Config
 from auformer.engine import distributed
-from auformer.engine.schedule import plan_run
+from auformer.engine.schedule import micro_batch_size, plan_run
 
 # Bytes a run keeps per learnable float32 value: last + best checkpoints, and train_state.pt
 # with the model and AdamW's two moments; a random backbone rides in both checkpoints.
@@ -63,17 +63,13 @@ def _weights(config: Config) -> str:
     return f"hub: {hub_repo(model.backbone)} reachable, {size / 1e6:.0f} MB to download at the start of the run"
 
 
-def _checkpoint_bytes(config: Config, num_aus: int) -> int:
+def _checkpoint_bytes(config: Config, aus: list[int]) -> int:
     """Disk a run's checkpoints take, from the model built on the meta device (nothing allocated, no weights read)."""
-    from auformer.model.auformer import build_model
+    from auformer.engine.trainer import model_from_config
 
     m = config.model
     with torch.device("meta"):
-        model = build_model(
-            num_aus, m.backbone, "random", config.data.img_size, m.moke, d=m.d, dilations=tuple(m.dilations),
-            ca_size=m.ca_size, use_mrf=m.use_mrf, use_ca=m.use_ca, collaborate=m.collaborate, aux_head=m.aux_head,
-            backbone_kwargs=m.backbone_kwargs or None,
-        )  # fmt: skip
+        model = model_from_config(config, aus, "random")
     size = BYTES_PER_LEARNABLE * sum(p.numel() for p in model.learnable_parameters())
     if m.backbone_weights == "random":  # the checkpoints then carry the backbone too
         size += BYTES_PER_RANDOM_BACKBONE_VALUE * sum(p.numel() for p in model.backbone.parameters())
@@ -116,14 +112,8 @@ def dry_run(config: Config, out_dir: str | Path, command: str) -> list[str]:
     info = check("device", lambda: distributed.setup(config.train.device))
     micro_batch = None
     if info is not None:
-        per_step = info.world_size * config.train.grad_accum
-        if config.train.batch_size % per_step:
-            problem(
-                "batch",
-                f"config train.batch_size: {config.train.batch_size} is not divisible by processes x grad_accum = {per_step}",
-            )
-        else:
-            micro_batch = config.train.batch_size // per_step
+        micro_batch = check("batch", lambda: micro_batch_size(config.train, info.world_size))
+        if micro_batch is not None:
             ok(
                 "device",
                 f"{info.device}, {info.world_size} process(es), micro-batch {micro_batch} x {config.train.grad_accum} "
@@ -170,7 +160,7 @@ def dry_run(config: Config, out_dir: str | Path, command: str) -> list[str]:
     if not os.access(existing, os.W_OK):
         problem("output", f"{out}: cannot write in {existing}")
     elif plans:
-        needed = len(plans) * _checkpoint_bytes(config, len(plans[0][1].train.aus))
+        needed = len(plans) * _checkpoint_bytes(config, list(plans[0][1].train.aus))
         free = shutil.disk_usage(existing).free
         text = f"{out} is writable; {free / 1e9:.1f} GB free, about {needed / 1e9:.2f} GB needed for {len(plans)} run(s)' checkpoints"
         if free < needed:

@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass
 
 from auformer.config import TrainConfig
+from auformer.errors import AUFormerError
 
 # A warm-up given in epochs takes at most this fraction of the run: one epoch of a large
 # set is a sensible warm-up for 20 epochs, not for a 100-step --set train.steps=100 run.
@@ -47,6 +48,17 @@ class Schedule:
     def eval_points(self) -> list[int]:
         """The optimiser steps after which the run evaluates."""
         return [min((e + 1) * self.steps_per_epoch, self.total_steps) for e in range(self.epochs) if self.evaluates_after(e)]
+
+
+def micro_batch_size(train: TrainConfig, world_size: int) -> int:
+    """Samples per process and forward pass: ``train.batch_size`` split over ``world_size`` processes and
+    ``train.grad_accum`` accumulation steps; raises when it does not divide evenly."""
+    per_step = world_size * train.grad_accum
+    if train.batch_size % per_step:
+        raise AUFormerError(
+            f"config train.batch_size: {train.batch_size} is not divisible by processes x grad_accum = {per_step}"
+        )
+    return train.batch_size // per_step
 
 
 def plan_schedule(train: TrainConfig, micro_per_epoch: int) -> Schedule:

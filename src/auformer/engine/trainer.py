@@ -48,11 +48,11 @@ from auformer.data import (
 from auformer.data.images import drop_unreadable
 from auformer.engine import checkpointing, distributed
 from auformer.engine.logging import RunLogger, interactive
-from auformer.engine.schedule import plan_run
+from auformer.engine.schedule import micro_batch_size, plan_run
 from auformer.errors import AUFormerError
 from auformer.files import atomic_path, atomic_write_text
 from auformer.metrics import au_metrics, intensity_metrics, intensity_table_markdown, metrics_table_markdown
-from auformer.model.auformer import build_model
+from auformer.model.auformer import AUFormer, build_model
 from auformer.model.backbone import resolve_weights
 from auformer.model.checkpoint import load_adapter_weights, load_checkpoint, save_checkpoint
 from auformer.model.heads import has_intensity
@@ -110,10 +110,7 @@ def make_dataset(source: Source, table: AUTable, transform: Any, with_intensity:
     if source.pixels is None:
         return AUDataset(table, transform, with_intensity)
     rows = [int(Path(name).stem) for name in table.images]
-    intensity = None
-    if with_intensity:  # all unknown (-1) when the table has none
-        intensity = table.intensity if table.intensity is not None else np.full(table.labels.shape, -1.0, np.float32)
-    return ArrayAUDataset(source.pixels[rows], table.labels, transform, intensity)
+    return ArrayAUDataset(source.pixels[rows], table.labels, transform, table.intensity, with_intensity)
 
 
 def build_splits(config: Config, source: Source, target: Source | None = None) -> Splits:
@@ -163,6 +160,20 @@ def check_backbone_weights(config: Config, verbose: bool = True) -> str:
             flush=True,
         )
     return resolved
+
+
+def model_from_config(config: Config, aus: list[int], backbone_weights: str) -> AUFormer:
+    """The model of ``config.model`` for ``aus`` on ``backbone_weights`` (``"random"`` for a shape-only build):
+    the one list of model settings, shared by the trainer and ``--dry-run``'s disk estimate."""
+    m = config.model
+    return build_model(
+        len(aus), backbone=m.backbone, backbone_weights=backbone_weights, img_size=config.data.img_size,
+        moke=m.moke, aus=aus, d=m.d, dilations=tuple(m.dilations), ca_size=m.ca_size, use_mrf=m.use_mrf,
+        use_ca=m.use_ca, collaborate=m.collaborate, aux_head=m.aux_head, dropout=m.dropout, scale=m.scale,
+        backbone_kwargs=m.backbone_kwargs or None, task=m.task, method=m.method, adapter_bottleneck=m.adapter_bottleneck,
+        adapter_scale=m.adapter_scale, lora_rank=m.lora_rank, lora_alpha=m.lora_alpha, vpt_prompts=m.vpt_prompts,
+        recompute=m.recompute,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------- loss
@@ -326,13 +337,21 @@ def cv_table_markdown(runs: dict[str, dict[str, Any]]) -> str:
 
 
 def report_skipped(out_dir: Path, skipped: list[str], is_main: bool) -> list[str]:
-    """Write ``out_dir/skipped.json`` (count and one line per bad image, ``data.skip_bad``) and print each line."""
+    """Write ``out_dir/skipped.json`` (count and one line per bad image, ``data.skip_bad``); returns ``skipped``.
+
+    Nothing is printed here: `skipped_text` is shown once, at the end of the run.
+    """
     if skipped and is_main:
-        for line in skipped:
-            print(f"skipped: {line}", flush=True)
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / "skipped.json", json.dumps({"count": len(skipped), "skipped": skipped}, indent=2) + "\n")
     return skipped
+
+
+def skipped_text(out_dir: Path, skipped: list[str]) -> str:
+    """What a run prints about the bad images ``data.skip_bad`` dropped: one ``skipped:`` line each, then the count."""
+    lines = [f"skipped: {line}" for line in skipped]
+    lines.append(f"{len(skipped)} bad images skipped (listed in {out_dir / 'skipped.json'})")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- the recipe
@@ -357,12 +376,7 @@ class Trainer:
         check_backbone_weights(cfg, verbose=self.verbose and self.dist.is_main)
         if cfg.train.amp == "fp16" and self.dist.device.type != "cuda":
             raise AUFormerError("config train.amp: fp16 needs a CUDA device; use bf16 or none on CPU")
-        per_step = self.dist.world_size * cfg.train.grad_accum
-        if cfg.train.batch_size % per_step:
-            raise AUFormerError(
-                f"config train.batch_size: {cfg.train.batch_size} is not divisible by processes x grad_accum = {per_step}"
-            )
-        self.micro_batch = cfg.train.batch_size // per_step
+        self.micro_batch = micro_batch_size(cfg.train, self.dist.world_size)
 
         source = load_source(cfg)
         target = load_source(cfg, data.target_root) if data.target_root else None
@@ -421,15 +435,7 @@ class Trainer:
             random.seed(seed)
 
     def _build_model(self) -> torch.nn.Module:
-        m = self.config.model
-        return build_model(
-            len(self.aus), backbone=m.backbone, backbone_weights=m.backbone_weights, img_size=self.config.data.img_size,
-            moke=m.moke, aus=self.aus, d=m.d, dilations=tuple(m.dilations), ca_size=m.ca_size, use_mrf=m.use_mrf,
-            use_ca=m.use_ca, collaborate=m.collaborate, aux_head=m.aux_head, dropout=m.dropout, scale=m.scale,
-            backbone_kwargs=m.backbone_kwargs or None, task=m.task, method=m.method, adapter_bottleneck=m.adapter_bottleneck,
-            adapter_scale=m.adapter_scale, lora_rank=m.lora_rank, lora_alpha=m.lora_alpha, vpt_prompts=m.vpt_prompts,
-            recompute=m.recompute,
-        )  # fmt: skip
+        return model_from_config(self.config, self.aus, self.config.model.backbone_weights)
 
     def _param_groups(self) -> list[dict[str, Any]]:
         """Experts at ``train.lr``, the linear heads (``head``, ``aux_head``, ``intensity``) at ``train.head_lr``.
@@ -556,10 +562,7 @@ class Trainer:
         self.logger.close()
         self._print(f"{results_text(test_metrics)}\noutputs written to {self.run_dir}")
         if self.skipped:
-            self._print(
-                "\n".join(f"skipped: {line}" for line in self.skipped)
-                + f"\n{len(self.skipped)} bad images skipped (listed in {self.run_dir / 'skipped.json'})"
-            )
+            self._print(skipped_text(self.run_dir, self.skipped))
         return metrics_json(test_metrics, self.config.model.backbone_weights)
 
     def _train_epoch(self) -> tuple[float, float, float]:
@@ -742,7 +745,7 @@ def evaluate(
         write_results(out_dir, metrics, test, predictions, model.config["backbone_weights"])
         skipped = report_skipped(out_dir, source.skipped, True)
         if verbose and skipped:
-            print(f"{len(skipped)} bad images skipped (listed in {out_dir / 'skipped.json'})", flush=True)
+            print(skipped_text(out_dir, skipped), flush=True)
         if verbose:
             print(f"{results_text(metrics)}\noutputs written to {out_dir}", flush=True)
     return metrics_json(metrics, model.config["backbone_weights"])
@@ -761,7 +764,7 @@ def cross_validate(config: Config, out_dir: str | Path, verbose: bool = True) ->
     check_backbone_weights(config, verbose=False)  # before the folds are read; each fold's run warns on random
     folds = config.data.cv_folds
     if folds is None:
-        folds = range(len(load_source(config).folds)) if config.data.root else range(config.data.synthetic_folds)
+        folds = range(len(read_folds(config.data.root)[0])) if config.data.root else range(config.data.synthetic_folds)
     runs = {}
     for fold in folds:
         fold_config = dataclasses.replace(config, data=dataclasses.replace(config.data, fold=fold))
