@@ -9,7 +9,8 @@ Runs the tables that docs/performance.md reports and writes them as Markdown
 - ``first-run``: ``auformer train`` with no arguments, as a new user runs it (wall time, CPU
   time, mean F1);
 - ``loader``: data-loader images/s over generated JPEG face crops (`bench_loader.py`);
-- ``detect``: `bench_detect.py`'s detection timings, when that script is present.
+- ``detect``: `bench_detect.py`'s face-detector and ``auformer detect`` throughput tables
+  (its own files under ``out/detect``).
 
     python -m benchmarks                                  # everything, into runs/benchmarks-<UTC time>
     python -m benchmarks --tables overhead --quick --out /tmp/bench
@@ -31,7 +32,6 @@ import torch
 from auformer.files import atomic_write_text
 
 TABLES = ("overhead", "first-run", "loader", "detect")
-HERE = Path(__file__).resolve().parent
 
 
 def run_overhead(args: argparse.Namespace) -> dict:
@@ -85,15 +85,12 @@ def run_loader(args: argparse.Namespace) -> dict:
 
 
 def run_detect(args: argparse.Namespace, out: Path) -> dict:
-    """The detection script's own JSON (its tables belong to it), or why there is none."""
-    script = HERE / "bench_detect.py"
-    if not script.is_file():
-        return {"skipped": "benchmarks/bench_detect.py not present"}
-    target = out / "detect.json"
-    log = subprocess.run([sys.executable, str(script), "--out", str(target)], capture_output=True, text=True)
-    if log.returncode or not target.is_file():
-        return {"error": (log.stderr.strip().splitlines() or ["no output"])[-1]}
-    return json.loads(target.read_text())
+    """`bench_detect.run`'s results (its tables belong to it; it also writes them to ``out/detect``)."""
+    from benchmarks.bench_detect import run
+
+    if args.quick:  # no dlib CNN, 4 + 2 portraits a size, a 20-frame video, one timed run each
+        return run(out / "detect", repeats=1, skip_slow=True, lfw_count=2, video_frames=20)
+    return run(out / "detect")
 
 
 def markdown(results: dict) -> str:

@@ -122,8 +122,8 @@ def detector_table(skip_slow: bool = False) -> dict:
     return results
 
 
-def _write_inputs(folder: Path, model: str, lfw_count: int, video_frames: int) -> dict:
-    """Portrait JPEGs and a slow-motion 640x480 video in ``folder`` (each worker writes its own checkpoint)."""
+def _write_inputs(folder: Path, lfw_count: int, video_frames: int) -> dict:
+    """Portrait JPEGs and a slow-motion 640x480 video in ``folder`` (each tree writes its own checkpoint)."""
 
     paths: dict = {}
     for size, images in portraits(lfw_count).items():
@@ -144,7 +144,6 @@ def _write_inputs(folder: Path, model: str, lfw_count: int, video_frames: int) -
         )
     writer.release()
     paths["video"] = str(video)
-    paths["folder"] = str(folder)
     return paths
 
 
@@ -192,7 +191,9 @@ def worker(job: dict) -> dict:
         options["detect_every"] = job["detect_every"]
     if job.get("amp"):
         options["amp"] = job["amp"]
-    checkpoint = _random_checkpoint(Path(job["folder"]) / f"model-{os.getpid()}", job["model"])
+    checkpoint = Path(job["checkpoint"])  # one per tree, written by the first of its jobs
+    if not any(checkpoint.parent.glob(f"{checkpoint.name}.*")):
+        _random_checkpoint(checkpoint, job["model"])
     detector = Detector(checkpoint, **options)
     default = inspect.signature(Detector).parameters["face_detector"].default
     faces = []  # faces found per timed run
@@ -213,7 +214,7 @@ def worker(job: dict) -> dict:
     timing = _best(run, job["repeats"])
     if faces:
         timing["faces_found"] = f"{faces[-1]}/{len(job['paths'])}"
-    timing["face_detector"] = job.get("face_detector", default)
+    timing["face_detector"] = default
     return timing
 
 
@@ -245,8 +246,8 @@ def throughput_table(
     trees = {"after": ROOT / "src"} | ({"before": before_src} if before_src else {})
     results: dict = {}
     with tempfile.TemporaryDirectory() as folder:
-        paths = _write_inputs(Path(folder), model, lfw_count, video_frames)
-        base = {"folder": paths["folder"], "model": model, "batch_size": batch_size, "repeats": repeats, "threads": threads}
+        paths = _write_inputs(Path(folder), lfw_count, video_frames)
+        base = {"model": model, "batch_size": batch_size, "repeats": repeats, "threads": threads}
         jobs = {f"{size} photos": {**base, "kind": "images", "paths": paths[size]} for size in ("640x490", "256x256")}
         jobs["640x480 video, detect every frame"] = {**base, "kind": "video", "paths": [paths["video"]], "detect_every": 1}
         jobs["640x480 video, detect every 5th frame"] = {**base, "kind": "video", "paths": [paths["video"]], "detect_every": 5}
@@ -254,7 +255,9 @@ def throughput_table(
             for tree, src in trees.items():
                 if tree == "before" and job.get("detect_every") == 5:
                     continue  # the old code has no tracking
-                run_job = {**job, "amp": amp} if tree == "after" and amp != "none" else dict(job)
+                run_job = {**job, "checkpoint": str(Path(folder) / f"model-{tree}")}  # written once per tree
+                if tree == "after" and amp != "none":
+                    run_job["amp"] = amp
                 if tree == "before":
                     run_job.pop("detect_every", None)
                 results.setdefault(name, {})[tree] = _in_subprocess(run_job, src)

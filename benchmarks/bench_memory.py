@@ -27,15 +27,15 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 from PIL import Image
 
-import auformer
 from auformer.data import AUTable, write_folds, write_manifest
 from auformer.files import atomic_write_text
 
-TINY = {"backbone": "vit_tiny_patch16_224", "backbone_weights": "random", "img_size": 32, "aus": [1, 2, 4, 6, 12],
-        "backbone_kwargs": {"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}}  # fmt: skip
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from media import tiny_checkpoint  # noqa: E402  (the tests' tiny model: 2 blocks, width 32, 32 px; after sys.path)
+
+AUS = [1, 2, 4, 6, 12]
 FPS = 10.0
 
 
@@ -79,10 +79,10 @@ def write_dataset(folder: Path, rows: int) -> None:
         name = f"images/{row:07d}.png"
         os.symlink(folder / "pool" / f"{row % 16:06d}.png", folder / name)
         names.append(name)
-    labels = np.random.default_rng(0).integers(0, 2, (rows, len(TINY["aus"]))).astype(np.float32)
+    labels = np.random.default_rng(0).integers(0, 2, (rows, len(AUS))).astype(np.float32)
     subjects = [f"s{row % 8}" for row in range(rows)]
-    write_manifest(AUTable(folder, names, subjects, labels, TINY["aus"]), folder)
-    write_folds(folder, [[f"s{k}" for k in range(8)]], TINY["aus"])
+    write_manifest(AUTable(folder, names, subjects, labels, AUS), folder)
+    write_folds(folder, [[f"s{k}" for k in range(8)]], AUS)
 
 
 def main() -> None:
@@ -110,9 +110,7 @@ def main() -> None:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="auformer-bench-memory-"))
-    torch.manual_seed(0)
-    checkpoint = work / "tiny"
-    auformer.save_checkpoint(auformer.build_model(len(TINY["aus"]), **TINY), checkpoint)
+    checkpoint = tiny_checkpoint(work / "tiny", AUS)
     auformer_cli = [sys.executable, "-m", "auformer"]
     detect = [*auformer_cli, "detect", "--checkpoint", str(checkpoint), "--face-detector", "none"]
     results = []
