@@ -405,12 +405,15 @@ def to_openface(table: pd.DataFrame) -> pd.DataFrame:
     """
     table = table.rename(columns=OPENFACE_NAMES)
     table["frame"] = table["frame"] + 1
+
     # OpenFace's order: intensities (_r) before occurrences (_c); the probabilities, which it lacks, last.
-    kinds = [[c for c in table.columns if not c.startswith("AU")]] + [
-        [c for c in table.columns if c.startswith("AU") and c.endswith(suffix)] for suffix in (INTENSITY_SUFFIX, "_c")
-    ]
-    kinds.append([c for c in table.columns if c not in {c for kind in kinds for c in kind}])
-    return table[[c for kind in kinds for c in kind]]
+    # A stable sort keeps the AU order within each group.
+    def group(column: str) -> int:
+        if not column.startswith("AU"):
+            return 0
+        return 1 if column.endswith(INTENSITY_SUFFIX) else 2 if column.endswith("_c") else 3
+
+    return table[sorted(table.columns, key=group)]
 
 
 def expand_inputs(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Path], int]:
