@@ -12,6 +12,8 @@ from collections.abc import Iterable
 
 from auformer.errors import AUFormerError
 
+INTENSITY_MAX = 5.0  # FACS intensity A-E = 1-5, 0 = absent (DISFA, BP4D FERA 2015, OpenFace's AU12_r)
+
 # FACS action descriptors (Ekman & Friesen 2002): main codes, head and eye codes.
 AU_NAMES: dict[int, str] = {
     1: "Inner Brow Raiser",

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from auformer.aus import au_columns
+from auformer.aus import INTENSITY_MAX, au_columns
 from auformer.data.transforms import default_resize_size
 from auformer.errors import AUFormerError
 from auformer.files import atomic_path
@@ -111,7 +111,7 @@ def export_model(
     images = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))  # (3, 3, S, S)
     with torch.no_grad():
         expected = _arrays(module(images))  # each (B, N)
-    scales = [1.0 if name == "probabilities" else 5.0 for name in module.names]
+    scales = [1.0 if name == "probabilities" else INTENSITY_MAX for name in module.names]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     name = checkpoint_paths(checkpoint)[0].stem

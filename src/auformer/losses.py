@@ -28,6 +28,8 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
+from auformer.aus import INTENSITY_MAX
+
 # Occurrence rates are clamped to at least this before 1/r: an AU that never occurs in
 # the training split gets a large but finite weight instead of inf/NaN.
 MIN_OCCURRENCE_RATE = 1e-3
@@ -174,7 +176,7 @@ def auformer_loss(
 
 
 def intensity_loss(
-    intensity: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None, max_intensity: float = 5.0
+    intensity: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None, max_intensity: float = INTENSITY_MAX
 ) -> torch.Tensor:
     """Masked mean squared error of AU intensities on the 0-1 scale: ``((pred - y) / 5)^2``.
 

@@ -19,13 +19,12 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from auformer.aus import au_label
+from auformer.aus import INTENSITY_MAX, au_label
 from auformer.files import atomic_path
 
 OCCURS_COLOR = "#d1495b"  # probability at or above the AU's threshold
 ABSENT_COLOR = "#8d99ae"
 INTENSITY_COLOR = "#2e86ab"
-MAX_INTENSITY = 5.0
 _PROBABILITY_COLUMN = re.compile(r"^AU\d+$")
 _INTENSITY_COLUMN = re.compile(r"^AU\d+_r$")
 BOX_COLOR = (255, 200, 0)  # RGB: face boxes drawn on photos, visible on skin and most backgrounds
@@ -83,10 +82,10 @@ def _intensity_bars(bar_axes, columns: list[str], values: np.ndarray) -> None:
     positions = np.arange(len(columns))
     bar_axes.barh(positions, values, color=INTENSITY_COLOR, height=0.7)
     for position, value in zip(positions, values):
-        bar_axes.text(MAX_INTENSITY * 1.03, position, f"{value:.1f}", va="center", fontsize=10)
+        bar_axes.text(INTENSITY_MAX * 1.03, position, f"{value:.1f}", va="center", fontsize=10)
     bar_axes.set_yticks(positions, [au_label(column) for column in columns], fontsize=10)
     bar_axes.invert_yaxis()
-    bar_axes.set_xlim(0, MAX_INTENSITY * 1.12)
+    bar_axes.set_xlim(0, INTENSITY_MAX * 1.12)
     bar_axes.set_xticks(range(6))
     bar_axes.set_xlabel("intensity  (0 absent, 1-5 = FACS A-E)")
     bar_axes.spines[["top", "right"]].set_visible(False)
@@ -133,7 +132,7 @@ def plot_au_timeseries(df: pd.DataFrame, out_path: str | os.PathLike, threshold:
     axes_list = np.atleast_1d(figure.subplots(len(panels), 1, sharex=True))
     for axes, column, limit in zip(axes_list, panels, thresholds):
         values = frames[column].to_numpy(dtype=float)
-        top, color = (1.0, OCCURS_COLOR) if limit is not None else (MAX_INTENSITY, INTENSITY_COLOR)
+        top, color = (1.0, OCCURS_COLOR) if limit is not None else (INTENSITY_MAX, INTENSITY_COLOR)
         if limit is not None:
             axes.fill_between(times, 0, 1, where=values >= limit, color=OCCURS_COLOR, alpha=0.2, linewidth=0, step="mid")
             axes.axhline(limit, color="black", linewidth=0.6, linestyle=":")

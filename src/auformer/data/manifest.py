@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from auformer.aus import au_columns, parse_au
+from auformer.aus import INTENSITY_MAX, au_columns, parse_au
 from auformer.errors import AUFormerError
 from auformer.files import atomic_write_text
 
@@ -33,7 +33,6 @@ MANIFEST_NAME = "manifest.csv"
 FOLDS_NAME = "folds.json"
 _AU_COLUMN = re.compile(r"^AU\d+$")
 INTENSITY_SUFFIX = "_int"  # manifest intensity columns: AU12_int beside AU12
-MAX_INTENSITY = 5.0
 # Subject ids of BP4D (F001, M012), DISFA (SN001) and CASME II (sub01) in list-file paths.
 _SUBJECT_IN_PATH = re.compile(r"^(?:[FM]\d{3}|SN\d{3}|sub\d+)$", re.IGNORECASE)
 
@@ -223,7 +222,7 @@ def _read_intensity_columns(
                 value = float(row[index] or -1)
             except ValueError:
                 value = float("nan")
-            if not (value == -1 or 0 <= value <= MAX_INTENSITY):  # NaN (not a number) is bad too
+            if not (value == -1 or 0 <= value <= INTENSITY_MAX):  # NaN (not a number) is bad too
                 raise AUFormerError(
                     f"{file}: line {line}, column {column}: invalid intensity {row[index]!r} "
                     "(allowed: 0 to 5, empty or -1 for unknown)"

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from auformer.aus import au_columns
+from auformer.aus import INTENSITY_MAX, au_columns
 from auformer.data.manifest import AUTable, write_folds, write_manifest
 from auformer.errors import AUFormerError
 from auformer.files import atomic_path, atomic_write_text
@@ -61,7 +61,6 @@ EXPRESSION_FACTORS: dict[str, dict[int, float]] = {
     "mouth_open": {25: 0.8, 26: 0.7},
 }
 
-INTENSITY_SCALE = 5.0  # drawn intensities (0-1) times this = the FACS 0-5 scale of DISFA/BP4D and OpenFace
 ACTIVE_INTENSITY = (0.8, 1.0)  # an active AU's intensity is drawn uniformly from this range (weaker ones
 # made the default 3,000-image run unlearnable in a few CPU minutes: a small CNN stayed near the label prior)
 
@@ -552,7 +551,7 @@ def generate_synthetic(
         clean_labels=clean,
         landmarks=landmarks,
         latents=latents,
-        intensities=INTENSITY_SCALE * intensities,
+        intensities=INTENSITY_MAX * intensities,  # drawn 0-1 -> the FACS 0-5 scale
     )
 
 

@@ -16,8 +16,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from auformer.aus import INTENSITY_MAX
+
 TASKS = ("occurrence", "intensity", "both")
-INTENSITY_MAX = 5.0  # FACS A-E = 1-5, 0 = absent (DISFA, BP4D FERA 2015)
 
 
 def has_occurrence(task: str) -> bool:
