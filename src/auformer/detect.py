@@ -37,7 +37,7 @@ import torch
 from tqdm import tqdm
 
 from auformer.aus import au_column, au_columns
-from auformer.data.images import read_rgb
+from auformer.data.images import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, read_rgb
 from auformer.data.transforms import build_transform
 from auformer.errors import AUFormerError
 from auformer.faces import DEFAULT_DETECTOR, TEMPLATE_SIZE, AlignedFace, align_faces, get_detector
@@ -45,8 +45,6 @@ from auformer.faces.track import FaceTracker
 from auformer.files import atomic_write_text
 from auformer.model.checkpoint import load_checkpoint, read_checkpoint_meta, resolve_checkpoint
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pgm", ".ppm"})
-VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"})
 FACE_COLUMNS = ["input", "frame", "time_s", "face", "x", "y", "w", "h", "face_score", "success"]
 INTENSITY_SUFFIX = "_r"  # AU12_r: intensity 0-5, as OpenFace names it
 # auformer name -> OpenFace name (OpenFace's frame numbers start at 1).

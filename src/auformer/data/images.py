@@ -17,6 +17,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from auformer.data.manifest import AUTable
 from auformer.errors import AUFormerError
 
+# File name suffixes read as photos and as videos (detect, serve, prepare folder).
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pgm", ".ppm"})
+VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"})
+
 # Pillow modes of one-channel images with more than 8 bits per pixel.
 _WIDE_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 

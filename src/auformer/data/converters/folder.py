@@ -34,9 +34,9 @@ import pandas as pd
 from auformer.aus import au_column, parse_au
 from auformer.data.converters import Frame, PrepareReport, Source, run_prepare
 from auformer.data.folds import subject_kfold
+from auformer.data.images import VIDEO_EXTENSIONS
 from auformer.errors import AUFormerError
 
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 UNKNOWN = ("", "-1", "9", "nan")  # label values that mean "not coded"
 _AU_HEADER = re.compile(r"^(?P<au>.+?)(?:_(?P<kind>c|r|int))?$", re.IGNORECASE)
 _RESERVED = ("file", "frame", "subject")
@@ -141,7 +141,7 @@ def collect_folder(input_dir: str | Path, labels: pd.DataFrame, labels_name: str
     for file, group in labels.groupby("file", sort=True):
         stem = Path(file).with_suffix("").as_posix().lstrip("/")
         path = input_dir / file
-        if Path(file).suffix.lower() in VIDEO_SUFFIXES:
+        if Path(file).suffix.lower() in VIDEO_EXTENSIONS:
             group = group.sort_values("frame")
             no_frame = group["frame"].isna()
             repeated = group["frame"].duplicated() & ~no_frame
