@@ -152,16 +152,22 @@ def _analyse_photo(detector: Detector, path: Path, out: Path) -> Analysis:
 def _analyse_video(detector: Detector, path: Path, out: Path, every: int) -> Analysis:
     """One pass over the video (faces tracked between detections, batched across frames); the preview is
     the first frame with the most faces, decoded once more for its picture."""
-    decoded = tqdm(video_frames(path, every), total=count_video_frames(path, every), desc=path.name, unit="frame")
-    frames = (Frame(path.name, frame.index, frame.time_s, frame.image) for frame in decoded)  # the CSV names the upload
+    frames = (Frame(path.name, f.index, f.time_s, f.image) for f in video_frames(path, every))  # the CSV names the upload
     tables, preview = [], None  # preview: (frame number, time, its rows, its faces)
+    # The bar advances here, in the request's thread, as results arrive (decoding runs in a worker
+    # thread, where Gradio's tqdm tracking would not see it); a frame's rows never span two tables.
+    progress = tqdm(total=count_video_frames(path, every), desc=path.name, unit="frame")
     for table, faces in detector.iter_results(frames):
+        progress.update(table["frame"].nunique())
         tables.append(table)
         found = table[table["success"] == 1]
         for index, rows in found.groupby("frame", sort=False):
             if preview is None or len(rows) > len(preview[3]):
                 chosen = (found["frame"] == index).to_numpy()
                 preview = (index, rows["time_s"].iloc[0], rows, [face for face, keep in zip(faces, chosen) if keep])
+    progress.close()
+    if not tables:
+        raise AUFormerError(f"{path.name}: no frame could be decoded")
     table = pd.concat(tables, ignore_index=True)
     csv = out / f"{path.stem}.csv"
     table.to_csv(csv, index=False, float_format="%.6g")
