@@ -26,7 +26,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,7 +40,7 @@ from auformer.aus import au_column, au_columns
 from auformer.data.images import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, read_rgb
 from auformer.data.transforms import build_transform
 from auformer.errors import AUFormerError
-from auformer.faces import DEFAULT_DETECTOR, TEMPLATE_SIZE, AlignedFace, align_faces, get_detector
+from auformer.faces import DEFAULT_DETECTOR, TEMPLATE_SIZE, AlignedFace, Face, align_faces, get_detector
 from auformer.faces.track import FaceTracker
 from auformer.files import atomic_write_text
 from auformer.model.checkpoint import load_checkpoint, read_checkpoint_meta, resolve_checkpoint
@@ -292,22 +292,32 @@ class Detector:
             raise AUFormerError("this checkpoint predicts intensity only (model.task='intensity'): use predict()")
         return self.predict(crops)["probs"]
 
-    def _find_faces(self, frames: Iterable[Frame]) -> Iterator[tuple[Frame, list[AlignedFace], torch.Tensor]]:
-        """Each frame with its aligned faces and their model inputs; one tracker per video."""
+    def _find_faces(
+        self, frames: Iterable[Frame], carried: Sequence[Face] = (), next_face_id: int = 0
+    ) -> Iterator[tuple[Frame, list[AlignedFace], torch.Tensor]]:
+        """Each frame with its aligned faces and their model inputs; one tracker per video (`iter_results`)."""
         tracker = FaceTracker(self.face_detector, self.detect_every)
         previous: Frame | None = None
         for frame in frames:
-            if previous is None or frame.input != previous.input or frame.index <= previous.index:
-                tracker.reset()  # a new photo or video (or a jump back): nothing to track from
+            if previous is None:
+                tracker.reset(carried, next_face_id)
+            elif frame.input != previous.input or frame.index <= previous.index:
+                tracker.reset()  # a new photo or video (or a jump back): nothing to track from, ids from 0
             aligned = align_faces(frame.image, tracker, size=TEMPLATE_SIZE)
             yield frame, aligned, self._inputs([face.crop for face in aligned])
             previous = frame
 
-    def iter_results(self, frames: Iterable[Frame]) -> Iterator[tuple[pd.DataFrame, list[AlignedFace]]]:
+    def iter_results(
+        self, frames: Iterable[Frame], carried: Sequence[Face] = (), next_face_id: int = 0
+    ) -> Iterator[tuple[pd.DataFrame, list[AlignedFace]]]:
         """Analyse ``frames``; yield ``(table, aligned faces)`` about every ``batch_size`` rows, in frame order.
 
-        The table holds one row per face (``face`` numbers them, best first) and one
-        ``success=0`` row per frame without a face; the faces list is in the order of the
+        The table holds one row per face and one ``success=0`` row per frame without a
+        face. ``face`` is the face's identity (`auformer.faces.track`): in a video a face
+        keeps its number while it stays in view and a new face gets a number not used
+        before in that video; in a photo the numbers are the detector's ranks, best
+        first. ``carried`` and ``next_face_id`` continue the first video's numbering (a
+        resumed run, `written_faces`). The faces list is in the order of the
         table's ``success=1`` rows. Yielding batch by batch lets callers write long videos
         as they go. Frames are decoded and their faces found in background threads while
         the network runs on the previous batch. A stream that fails mid-way (:class:`AUFormerError`)
@@ -318,14 +328,23 @@ class Detector:
         inputs: list[torch.Tensor] = []
         stopped = None
         try:
-            for frame, aligned, images in in_background(self._find_faces(in_background(frames))):
+            for frame, aligned, images in in_background(self._find_faces(in_background(frames), carried, next_face_id)):
                 base = {"input": frame.input, "frame": frame.index, "time_s": round(frame.time_s, 4)}
                 if not aligned:
                     rows.append({**base, "success": 0})
-                for number, face in enumerate(aligned):
+                for face in aligned:
                     x, y, w, h = face.face.box
                     rows.append(
-                        {**base, "face": number, "x": x, "y": y, "w": w, "h": h, "face_score": face.face.score, "success": 1}
+                        {
+                            **base,
+                            "face": face.face.face_id,
+                            "x": x,
+                            "y": y,
+                            "w": w,
+                            "h": h,
+                            "face_score": face.face.score,
+                            "success": 1,
+                        }
                     )
                 faces.extend(aligned)
                 inputs.append(images)
@@ -494,6 +513,26 @@ def completed_frames(path: Path, openface: bool = False) -> dict[str, int]:
     return done
 
 
+def written_faces(path: Path, openface: bool = False) -> tuple[list[Face], int]:
+    """The faces of the last frame in a video's detection CSV (box and ``face_id``) and the next unused id.
+
+    A resumed run continues the video's face numbering from them (`Detector.iter_results`):
+    a face overlapping one of these boxes keeps its number, other faces get new ones.
+    """
+    column = OPENFACE_NAMES["face"] if openface else "face"
+    try:
+        table = pd.read_csv(path, usecols=[column, "frame", "x", "y", "w", "h"])
+        found = table[(table["frame"] == table["frame"].max()) & table[column].notna()]
+        faces = [
+            Face(box=(float(row.x), float(row.y), float(row.w), float(row.h)), score=0.0, landmarks=None, face_id=int(face_id))
+            for face_id, row in zip(found[column], found.itertuples())
+        ]
+        next_id = int(table[column].max()) + 1 if table[column].notna().any() else 0
+    except (ValueError, TypeError) as error:  # a missing column, a cell that is not a number
+        raise AUFormerError(f"{path}: cannot continue its face numbering ({error})") from None
+    return faces, next_id
+
+
 @dataclass
 class _Counts:
     frames: int = 0
@@ -512,12 +551,19 @@ class _Counts:
 
 
 def _run(
-    detector: Detector, frames: Iterable[Frame], writer: _CsvWriter, progress: tqdm, counts: _Counts, plot_dir: Path | None
+    detector: Detector,
+    frames: Iterable[Frame],
+    writer: _CsvWriter,
+    progress: tqdm,
+    counts: _Counts,
+    plot_dir: Path | None,
+    carried: tuple[list[Face], int] = ([], 0),
 ) -> None:
-    """Feed ``frames`` through ``detector`` into ``writer``, updating the progress bar and counts."""
+    """Feed ``frames`` through ``detector`` into ``writer``, updating the progress bar and counts;
+    ``carried``: a resumed video's `written_faces`."""
     started, faces_before = time.perf_counter(), counts.faces
     note = " (synthetic checkpoint: not meaningful)" if detector.synthetic else ""  # plot titles
-    for table, faces in detector.iter_results(frames):
+    for table, faces in detector.iter_results(frames, *carried):
         writer.write(table)
         new_frames = table.drop_duplicates(["input", "frame"])
         counts.frames += len(new_frames)
@@ -594,11 +640,14 @@ def run_detect(args: argparse.Namespace) -> None:
         writer = _CsvWriter(_unique_csv(out, video.stem, used_names), openface, args.resume)
         total = count_video_frames(video, args.every, args.start, args.end)
         after = writer.done.get(str(video))
+        carried = ([], 0)
         if after is not None:
             print(f"resuming {writer.path} after frame {after}")
+            carried = written_faces(writer.path, openface)  # the video's face numbers continue
         with tqdm(total=total, desc=video.name, unit="frame") as progress:
             try:
-                _run(detector, video_frames(video, args.every, args.start, args.end, after), writer, progress, counts, None)
+                frames = video_frames(video, args.every, args.start, args.end, after)
+                _run(detector, frames, writer, progress, counts, None, carried)
             except (AUFormerError, FileNotFoundError) as error:
                 counts.skip(error, progress, args.skip_bad)
                 if not writer.path.is_file():

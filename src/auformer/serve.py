@@ -59,8 +59,8 @@ DEMO_BANNER = (
 INTRO = (
     "# AUFormer: facial Action Units\n"
     "Drop a photo or a video. Every face found is boxed and numbered; each face gets a bar per Action Unit "
-    "(red: present, at or above the black threshold tick). A video also gets the AU time series of its best "
-    "face. The table of every face and frame is a CSV download below."
+    "(red: present, at or above the black threshold tick). A video also gets the AU time series of each "
+    "face, which keeps its number while it stays in view. The table of every face and frame is a CSV download below."
 )
 
 
@@ -239,7 +239,7 @@ def build_app(detector: Detector, work: Path, banner: str | None, every: int = 1
         gr.Markdown("### AU bars per face\nRed: present (at or above the black threshold tick). Grey: absent.")
         bars = gr.Image(label="AU bars per face", show_label=False, type="numpy", interactive=False, elem_id="bars")
         with gr.Column(visible=False) as video_only:
-            gr.Markdown("### AU time series of the best face per frame")
+            gr.Markdown("### AU time series, one line per face")
             timeseries = gr.Image(
                 label="AU time series", show_label=False, type="filepath", interactive=False, elem_id="timeseries"
             )
