@@ -130,14 +130,19 @@ def test_full_finetune_trains_the_backbone_in_train_mode_with_drop_path():
     assert not torch.allclose(model(images).logits, model(images).logits)  # drop-path is on
     model.eval()
     torch.testing.assert_close(model(images).logits, model(images).logits)
-    assert build_model(3, method="full-finetune", **TINY).backbone.blocks[-1].drop_path1.drop_prob == pytest.approx(
-        0.1
-    )  # default
+    default = build_model(3, method="full-finetune", **TINY).backbone.blocks[-1].drop_path1.drop_prob
+    assert default == pytest.approx(0.1)
+    conflicting = {**TINY, "backbone_kwargs": {**TINY["backbone_kwargs"], "drop_path_rate": 0.2}}
+    with pytest.raises(AUFormerError, match="must not set drop_path_rate for full-finetune: set drop_path"):
+        build_model(3, method="full-finetune", **conflicting)
 
 
 @pytest.mark.parametrize("method", [m for m in METHODS if m != "full-finetune"])
 def test_a_frozen_backbone_stays_in_eval_mode_and_deterministic(method):
-    model = _build(method, dropout=0.0, drop_path=0.5)  # no dropout of the methods' own; drop_path is full-finetune's only
+    """Frozen backbones ignore train(): their drop-path and dropout (here 0.5 each) stay off."""
+    torch.manual_seed(0)
+    backbone_kwargs = {**TINY["backbone_kwargs"], "drop_path_rate": 0.5, "proj_drop_rate": 0.5}
+    model = build_model(3, method=method, dropout=0.0, **{**TINY, "backbone_kwargs": backbone_kwargs})  # no own dropout
     _perturb(model)
     model.train()
     assert not model.backbone.training and model.attn_groups.training

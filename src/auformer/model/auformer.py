@@ -218,9 +218,11 @@ def _check_options(
             raise AUFormerError(f"{name} must be in [0, 1), got {value!r}")
     if not math.isfinite(scale):
         raise AUFormerError(f"scale must be a finite number, got {scale!r}")
-    reserved = {"num_classes", "img_size", "pretrained", "drop_path_rate"} & set(backbone_kwargs)
+    reserved = {"num_classes", "img_size", "pretrained"} & set(backbone_kwargs)
     if reserved:
-        raise AUFormerError(f"backbone_kwargs must not set {sorted(reserved)}: build_model sets them (drop_path)")
+        raise AUFormerError(f"backbone_kwargs must not set {sorted(reserved)}: build_model sets them")
+    if method == "full-finetune" and "drop_path_rate" in backbone_kwargs:
+        raise AUFormerError("backbone_kwargs must not set drop_path_rate for full-finetune: set drop_path (model.drop_path)")
 
 
 def build_model(
@@ -305,9 +307,10 @@ def build_model(
         recompute=recompute,
         **method_options,
     )
-    # Only full fine-tuning trains the backbone in train mode; a frozen backbone's drop-path would stay off anyway.
-    drop_path_rate = drop_path if method == "full-finetune" else 0.0
-    vit = create_backbone(backbone, backbone_weights, img_size, drop_path_rate=drop_path_rate, **backbone_kwargs)
+    # Only full fine-tuning trains the backbone in train mode; a frozen backbone stays in eval mode (no drop-path).
+    if method == "full-finetune":
+        backbone_kwargs = {**backbone_kwargs, "drop_path_rate": drop_path}
+    vit = create_backbone(backbone, backbone_weights, img_size, **backbone_kwargs)
     return AUFormer(
         vit,
         num_aus,
