@@ -113,7 +113,6 @@ class AUFormer(nn.Module):
         self.lora = None
         if method == "lora":
             self.lora = LoRA(dim, depth, options["lora_rank"], options["lora_alpha"], options["lora_targets"])
-        if self.lora is not None:
             self.lora.attach(backbone)
         self.prompts = None
         if method == "vpt":
