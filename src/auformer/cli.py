@@ -18,7 +18,7 @@ from auformer.errors import AUFormerError, one_line
 FACE_DETECTORS = ("dlib", "haar", "none", "yunet", "auto")
 DEFAULT_FACE_DETECTOR = "auto"  # auformer.faces.DEFAULT_DETECTOR, tested equal: yunet where installed, else dlib
 # `auformer.model.petl.METHODS` (kept here so --help needs no torch import).
-METHODS = ("auformer", "full-finetune", "linear", "adapter", "lora", "vpt", "convpass")
+METHODS = ("auformer", "full-finetune", "linear", "adapter", "adaptformer", "lora", "vpt", "convpass")
 
 
 def _add_info(sub: argparse._SubParsersAction) -> None:

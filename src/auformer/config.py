@@ -64,15 +64,18 @@ class ModelConfig:
     use_ca: bool = True  # context-aware operator (ablation switch)
     collaborate: bool = True  # carry each expert's knowledge to the next group (ablation switch)
     aux_head: bool = True  # per-AU auxiliary heads on the last expert group
-    dropout: float = 0.1  # dropout inside the experts
+    dropout: float = 0.1  # dropout inside the experts (auformer, convpass) and in AdaptFormer's bottleneck
     scale: float = 1.0  # output scale s of the experts
     task: str = "occurrence"  # heads: occurrence (the paper), intensity (0-5 per AU) or both (docs/intensity.md)
-    method: str = "auformer"  # auformer, or a comparison: full-finetune, linear, adapter, lora, vpt, convpass (docs/ablations.md)
-    adapter_bottleneck: int = 64  # adapter: bottleneck width (AdaptFormer: 64)
-    adapter_scale: float = 0.1  # adapter: output scale s (AdaptFormer: 0.1)
-    lora_rank: int = 8  # lora: rank r of the q and v updates
+    method: str = "auformer"  # auformer, or a comparison: full-finetune, linear, adapter, adaptformer, lora, vpt, convpass
+    # (docs/ablations.md)
+    adapter_bottleneck: int = 64  # adapter (Houlsby) and adaptformer: bottleneck width (both papers' code: 64)
+    adapter_scale: float = 0.1  # adaptformer: output scale s (AdaptFormer: 0.1; Houlsby's adapter has none)
+    lora_rank: int = 8  # lora: rank r of the updates
     lora_alpha: float = 8.0  # lora: the updates are scaled by lora_alpha / lora_rank
+    lora_targets: list[str] = field(default_factory=lambda: ["q", "v"])  # lora: which of q, k, v (LoRA paper: q, v)
     vpt_prompts: int = 10  # vpt: prompt tokens per block (deep VPT)
+    drop_path: float = 0.1  # full-finetune: the backbone's drop-path rate in training (frozen backbones stay in eval mode)
     recompute: bool = True  # fused experts recompute d-space ops in backward: less memory, ~30% slower small-model steps
 
 
@@ -130,7 +133,7 @@ class Config:
 _CHOICES = {
     ("model", "moke"): ("fused", "reference"),
     ("model", "task"): ("occurrence", "intensity", "both"),
-    ("model", "method"): ("auformer", "full-finetune", "linear", "adapter", "lora", "vpt", "convpass"),
+    ("model", "method"): ("auformer", "full-finetune", "linear", "adapter", "adaptformer", "lora", "vpt", "convpass"),
     ("loss", "name"): ("mdwa", "dwa", "mwa", "wa", "wce"),
     ("loss", "wdi_reduction"): ("batch", "sample"),
     ("train", "amp"): ("none", "bf16", "fp16"),
@@ -307,7 +310,12 @@ def _validate_weights(weights: str) -> None:
 
 def _validate_switches(config: Config) -> None:
     """Refuse ablation-switch combinations that have no meaning (docs/training.md, "Ablation switches")."""
+    from auformer.model.petl import check_lora_targets
+
     model, loss = config.model, config.loss
+    check_lora_targets(model.lora_targets, "config model.lora_targets")
+    if not 0 <= model.drop_path < 1:
+        raise AUFormerError(f"config model.drop_path: {model.drop_path} must be in [0, 1)")
     if not model.collaborate and (model.aux_head or loss.aux_weight > 0):
         raise AUFormerError(
             "config model.collaborate: false (the paper's no-collaboration rows: one shared expert per group) "

@@ -171,8 +171,8 @@ def model_from_config(config: Config, aus: list[int], backbone_weights: str) -> 
         moke=m.moke, aus=aus, d=m.d, dilations=tuple(m.dilations), ca_size=m.ca_size, use_mrf=m.use_mrf,
         use_ca=m.use_ca, collaborate=m.collaborate, aux_head=m.aux_head, dropout=m.dropout, scale=m.scale,
         backbone_kwargs=m.backbone_kwargs or None, task=m.task, method=m.method, adapter_bottleneck=m.adapter_bottleneck,
-        adapter_scale=m.adapter_scale, lora_rank=m.lora_rank, lora_alpha=m.lora_alpha, vpt_prompts=m.vpt_prompts,
-        recompute=m.recompute,
+        adapter_scale=m.adapter_scale, lora_rank=m.lora_rank, lora_alpha=m.lora_alpha, lora_targets=m.lora_targets,
+        vpt_prompts=m.vpt_prompts, drop_path=m.drop_path, recompute=m.recompute,
     )  # fmt: skip
 
 
