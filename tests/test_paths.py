@@ -149,8 +149,8 @@ def test_detect_plots_of_photos_with_one_name_stay_apart_and_out_is_not_searched
     argv = ["detect", photos, "--checkpoint", checkpoint, "--out", out, "--plot", "--face-detector", "none"]
     assert run_hostile(argv, tree, out)[0] == 0
     assert sorted(p.name for p in (out / "plots").iterdir()) == ["x_2_face0.png", "x_face0.png"]
-    assert run_hostile([*argv, "--overwrite"], tree, out)[0] == 0
-    assert len(pd.read_csv(out / "images.csv")) == 2  # its own plots were not taken as photos
+    assert run_hostile(["detect", photos / "a" / "x.png", *argv[1:], "--overwrite"], tree, out)[0] == 0  # named twice
+    assert len(pd.read_csv(out / "images.csv")) == 2  # analysed once; its own plots were not taken as photos
     for inputs, out in ((photos, photos), (photos / "a" / "x.png", photos / "a")):  # OUT is or holds an input
         code, stderr = run_hostile(["detect", inputs, "--checkpoint", checkpoint, "--out", out], tree, tree / "nothing")
         assert code == 2 and "error: output folder" in stderr
