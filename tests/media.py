@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import struct
+import zlib
 from pathlib import Path
 
 import cv2
@@ -104,3 +106,14 @@ def two_faces_photo() -> np.ndarray:
     panel = np.full((512, 400, 3), 235, dtype=np.uint8)
     panel[126:386, 70:330] = cv2.resize(lfw_face, (260, 260), interpolation=cv2.INTER_CUBIC)[..., None]
     return np.concatenate([data.astronaut(), panel], axis=1)
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` RGB pixels, with a few bytes of image data: a
+    decompression bomb's shape (a reader that trusts the header allocates width * height * 3 bytes)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(1000))) + chunk(b"IEND", b"")

@@ -23,3 +23,16 @@ def one_line(error: BaseException) -> str:
     if len(lines) > 1 and "Original Traceback" in str(error):
         return lines[-1].split(": ", 1)[-1]
     return " ".join(line.strip() for line in lines)
+
+
+class BadImageError(AUFormerError):
+    """An image file the project's reader (:func:`auformer.data.images.read_rgb`) refuses: not an image, truncated or
+    corrupt, over the pixel limit, or of a degenerate size. ``--skip-bad`` counts and lists it; the run goes on.
+
+    The message is ``"PATH: reason"``; ``reason`` alone is the short text a page shows for an upload. (One
+    positional argument, so that the error survives pickling and a DataLoader worker's re-raise.)
+    """
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or message

@@ -729,8 +729,9 @@ def evaluate(
             f"model.task={config.model.task!r} (pass --set model.task={model.task})"
         )
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, aus=list(model.aus)))
-    if table is not None:
-        source, test = Source(table, []), table.select_aus(model.aus)
+    if table is not None:  # list files: --skip-bad drops their bad rows here, as load_source does for a manifest
+        table, skipped = drop_unreadable(table) if config.data.skip_bad else (table, [])
+        source, test = Source(table, [], skipped=skipped), table.select_aus(model.aus)
     elif config.data.target_root:  # cross-domain: the whole target dataset
         source = load_source(config, config.data.target_root)
         test = source.table.select_aus(model.aus)
