@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import cv2
@@ -211,6 +212,7 @@ def test_resumed_video_continues_the_face_ids(checkpoint, crossing_video, tmp_pa
     full = pd.read_csv(tmp_path / "full" / "crossing.csv")
     (tmp_path / "cut").mkdir()
     full[full["frame"] < 8].to_csv(tmp_path / "cut" / "crossing.csv", index=False)  # a run killed after frame 7
+    shutil.copy(tmp_path / "full" / "detect.json", tmp_path / "cut")  # what wrote it (checked by --resume)
     assert written_faces(tmp_path / "cut" / "crossing.csv") == (
         [
             Face(box=tuple(row[["x", "y", "w", "h"]]), score=0.0, landmarks=None, face_id=row["face"])
