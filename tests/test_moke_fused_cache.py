@@ -166,7 +166,7 @@ def test_cache_built_under_bf16_autocast_serves_fp32(tiny_model_kwargs):
 
 
 OPERATIONS = ["adamw", "fused_adamw", "fused_sgd", "data_write", "no_grad_copy", "load", "load_assign",
-              "functional_call", "bf16_forward", "dtype"]  # fmt: skip
+              "functional_call", "bf16_forward", "inference_forward", "dtype"]  # fmt: skip
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -197,6 +197,9 @@ def test_any_sequence_of_weight_changes_is_seen(tiny_model_kwargs, operations):
             params = _perturbed(fused, seed)
         elif name == "bf16_forward":
             with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+                fused(_images(seed, dtype))
+        elif name == "inference_forward":  # a cache of inference tensors, then used outside inference mode
+            with torch.inference_mode():
                 fused(_images(seed, dtype))
         else:  # "dtype"
             dtype = torch.float64 if dtype == torch.float32 else torch.float32
