@@ -33,6 +33,7 @@ channels (E experts of width d side by side):
 
 from __future__ import annotations
 
+import contextlib
 import math
 from operator import attrgetter
 from typing import NamedTuple
@@ -111,11 +112,13 @@ def _may_cache() -> bool:
     return not (torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing())
 
 
-def _full_precision(like: torch.Tensor) -> torch.autocast:
+def _full_precision(like: torch.Tensor) -> contextlib.AbstractContextManager:
     """Autocast off while deriving fused weights from the parameters: they come out in the parameters' dtype
     whatever the caller's autocast, so weights cached under bf16 autocast also serve an fp32 call (the
-    forward's own ops still autocast them), and the products are rounded once, not twice."""
-    return torch.autocast(like.device.type, enabled=False)
+    forward's own ops still autocast them), and the products are rounded once, not twice. (A device
+    without autocast, such as ``meta`` for FLOP counts, has none to turn off.)"""
+    device = like.device.type
+    return torch.autocast(device, enabled=False) if torch.amp.is_autocast_available(device) else contextlib.nullcontext()
 
 
 class FusedMoKEGroup(MoKEGroup):
