@@ -10,6 +10,8 @@ import onnxruntime
 import pandas as pd
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.stats import pearsonr
 from skimage import data
 
@@ -22,7 +24,7 @@ from auformer.detect import Detector
 from auformer.engine import trainer
 from auformer.export import export_model
 from auformer.losses import intensity_loss
-from auformer.metrics import icc_3_1, intensity_metrics
+from auformer.metrics import icc_3_1, intensity_metrics, intensity_table_markdown
 from auformer.model.checkpoint import load_adapter_weights
 from test_train import write_tiny_preset
 
@@ -80,6 +82,53 @@ def test_unknown_targets_are_excluded_and_uncoded_aus_left_out_of_the_means():
     assert np.isnan(constant["pearson"]) and constant["mae"] == pytest.approx(1.4)
     assert metrics["mean_pearson"] == pytest.approx((first["pearson"] + 0.0) / 2)
     assert metrics["mean_mae"] == pytest.approx((first["mae"] + 1.4) / 2)
+    assert constant["icc"] == 0.0 and metrics["mean_icc"] == pytest.approx(first["icc"] / 2)
+
+
+def test_icc_of_a_constant_rater_is_zero_and_of_two_constants_undefined():
+    """ICC(3,1) = 0 when one rater is constant (no consistency); both constant is 0/0: NaN, shown "n/a"."""
+    varying = np.array([0.0, 1.5, 2.0, 4.0, 5.0, 3.0, 0.5])
+    assert icc_3_1(np.full(7, 0.1), varying) == 0.0 and icc_3_1(varying, np.full(7, 2.0)) == 0.0
+    for pred, truth, frames in ((0.1, 0.7, 3), (0.1, 0.7, 33), (1.3, 2.0, 3), (0.3, 4.7, 7)):  # the ANOVA sums gave +-1
+        assert np.isnan(icc_3_1(np.full(frames, pred), np.full(frames, truth)))
+    pred = np.stack([np.full(7, 0.1), np.full(7, 0.1), varying], axis=1)  # (7, 3)
+    target = np.stack([varying, np.full(7, 3.0), -np.ones(7)], axis=1)  # AU 3 never coded
+    metrics = intensity_metrics(pred, target, aus=[1, 2, 4])
+    table = intensity_table_markdown(metrics).splitlines()
+    assert table[2].startswith("| AU01 | Inner Brow Raiser | 0.000 | n/a | ")  # constant prediction: ICC 0, r undefined
+    assert table[3].startswith("| AU02 | Outer Brow Raiser | n/a | n/a | ")  # both constant: both undefined
+    assert table[4] == "| AU04 | Brow Lowerer | n/a | n/a | n/a | 0 |"
+    assert metrics["mean_icc"] == 0.0 and table[5].startswith("| **Mean** | | **0.000** | **0.000** |")
+    nothing = intensity_table_markdown(intensity_metrics(pred[:, 2:], target[:, 2:]))  # no AU scored at all
+    assert nothing.splitlines()[-1] == "| **Mean** | | n/a | n/a | n/a | |"
+
+
+QUARTERS = st.integers(0, 20).map(lambda q: q / 4)  # intensities and predictions on an exact 0.25 grid
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(QUARTERS, QUARTERS), min_size=0, max_size=12), QUARTERS, QUARTERS)
+def test_icc_equals_the_anova_form_wherever_defined(pairs, shift_pred, shift_truth):
+    """Against the two-way ANOVA written out (Shrout & Fleiss), including constant raters; NaN exactly when
+    fewer than 2 frames or both raters constant; symmetric; a constant offset of either rater changes nothing."""
+    pred, truth = (np.array(column, dtype=float) for column in zip(*pairs)) if pairs else (np.zeros(0), np.zeros(0))
+    icc = icc_3_1(pred, truth)
+    if len(pairs) < 2 or (np.ptp(pred) == 0 and np.ptp(truth) == 0):
+        assert np.isnan(icc)
+        return
+    table = np.stack([pred, truth], axis=1)  # (M, 2)
+    rows = len(pairs)
+    grand = table.mean()
+    ss_rows = 2 * ((table.mean(axis=1) - grand) ** 2).sum()
+    ss_columns = rows * ((table.mean(axis=0) - grand) ** 2).sum()
+    ms_rows = ss_rows / (rows - 1)
+    ms_error = (((table - grand) ** 2).sum() - ss_rows - ss_columns) / (rows - 1)
+    assert icc == pytest.approx((ms_rows - ms_error) / (ms_rows + ms_error), abs=1e-9)
+    assert -1.0 <= icc <= 1.0
+    assert icc_3_1(truth, pred) == icc
+    assert icc_3_1(pred + shift_pred, truth + shift_truth) == pytest.approx(icc, abs=1e-12)
+    if np.ptp(pred) == 0 or np.ptp(truth) == 0:
+        assert icc == 0.0
 
 
 # ---------------------------------------------------------------- loss and model

@@ -1,10 +1,25 @@
-"""The fused groups cache their fused weights without autograd: the cache must never serve stale weights."""
+"""The fused groups cache their fused weights without autograd: the cache must never serve stale weights.
+
+Every way a weight can change is tried, including those that leave a parameter's storage and
+version counter as they were (fused optimisers, ``.data`` writes, collectives, ``functional_call``),
+and after each the fused model must compute what the literal reference computes with the same
+state dict.
+"""
 
 from __future__ import annotations
 
+import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch.func import functional_call
 
 from auformer.model import build_model
+from conftest import TINY_BACKBONE, TINY_IMG_SIZE
+
+TINY = dict(backbone=TINY_BACKBONE, backbone_weights="random", img_size=TINY_IMG_SIZE)
 
 
 def _pair(tiny_model_kwargs):
@@ -15,34 +30,181 @@ def _pair(tiny_model_kwargs):
     return reference, fused
 
 
+def _images(seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return torch.randn(2, 3, TINY_IMG_SIZE, TINY_IMG_SIZE, dtype=dtype, generator=torch.Generator().manual_seed(seed))
+
+
+def _perturbed(model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
+    """The learnable parameters plus noise (the zero-initialised up-projections get weight)."""
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        name: p.detach() + 0.3 * torch.randn(p.shape, generator=generator, dtype=p.dtype)
+        for name, p in model.named_parameters()
+        if p.requires_grad
+    }
+
+
+def _assert_fused_equals_reference(fused, reference, images, params=None) -> None:
+    """No-grad outputs of ``fused`` equal the reference loaded with fused's current state (or both given ``params``)."""
+    reference.to(next(fused.parameters()).dtype).load_state_dict(fused.state_dict())
+    with torch.no_grad():
+        if params is None:
+            got, expected = fused(images), reference(images)
+        else:
+            got, expected = functional_call(fused, params, (images,)), functional_call(reference, params, (images,))
+    rtol, atol = (1e-9, 1e-11) if images.dtype == torch.float64 else (1e-4, 1e-4)  # stale weights are off by > 0.01
+    torch.testing.assert_close(got.logits, expected.logits, rtol=rtol, atol=atol)
+    torch.testing.assert_close(got.aux_logits, expected.aux_logits, rtol=rtol, atol=atol)
+
+
+def _train_step(model, optimizer, images) -> None:
+    model.train()
+    output = model(images)
+    (output.logits.pow(2).sum() + output.aux_logits.sum()).backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    model.eval()
+
+
 def test_cache_is_reused_and_follows_optimizer_steps(tiny_model_kwargs):
     reference, fused = _pair(tiny_model_kwargs)
-    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    images = _images()
     group = fused.mlp_groups[0]
     with torch.no_grad():
         fused(images)
         first = group.fused_weights()
         assert group.fused_weights() is first  # unchanged parameters: no rebuild
-    for model in (reference, fused):  # the same optimiser step on both (up-projections leave zero)
-        optimizer = torch.optim.SGD(model.learnable_parameters(), lr=0.5)
-        output = model(images)
-        (output.logits.sum() + output.aux_logits.sum()).backward()
-        optimizer.step()
+    _train_step(fused, torch.optim.SGD(fused.learnable_parameters(), lr=0.5), images)
     with torch.no_grad():
-        assert group.fused_weights() is not first  # in-place update seen through the version counter
-        torch.testing.assert_close(fused(images).logits, reference(images).logits, rtol=1e-4, atol=1e-5)
+        assert group.fused_weights() is not first
+    _assert_fused_equals_reference(fused, reference, images)
 
 
 def test_cache_follows_load_state_dict_and_dtype(tiny_model_kwargs):
     reference, fused = _pair(tiny_model_kwargs)
-    images = torch.randn(2, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    images = _images(1, torch.float64)
     with torch.no_grad():
         fused.float()(images.float())  # build the float32 cache
         state = {k: (0.3 * torch.randn_like(v) if ".up." in k else v) for k, v in reference.state_dict().items()}
-        reference.load_state_dict(state)
         fused.load_state_dict(state, assign=True)  # new parameter objects
-        reference.double(), fused.double()
-        torch.testing.assert_close(fused(images).logits, reference(images).logits, rtol=1e-9, atol=1e-11)
+        fused.double()
+    _assert_fused_equals_reference(fused, reference, images)
+
+
+@torch.no_grad()
+def _fused_step(model, optimizer_class, seed: int = 0) -> None:
+    """A fused optimiser's step: its kernel writes the parameters without bumping their version counters."""
+    generator = torch.Generator().manual_seed(seed)
+    for p in model.learnable_parameters():
+        p.grad = torch.randn(p.shape, generator=generator, dtype=p.dtype)
+    optimizer_class(model.learnable_parameters(), lr=0.02, fused=True).step()
+
+
+@pytest.fixture
+def cached(tiny_model_kwargs):
+    """(reference, fused, images), the fused model's cache built by a no-grad forward on ``images``."""
+    reference, fused = _pair(tiny_model_kwargs)
+    images = _images()
+    with torch.no_grad():
+        fused(images)
+    return reference, fused, images
+
+
+@pytest.mark.parametrize("optimizer_class", [torch.optim.AdamW, torch.optim.SGD], ids=["adamw", "sgd"])
+def test_cache_follows_a_fused_optimizer_step(cached, optimizer_class):
+    reference, fused, images = cached
+    _fused_step(fused, optimizer_class)
+    _assert_fused_equals_reference(fused, reference, images)
+
+
+def test_cache_follows_functional_call_under_no_grad(cached):
+    reference, fused, images = cached
+    _assert_fused_equals_reference(fused, reference, images, params=_perturbed(fused, 1))  # swapped-in parameters
+    _assert_fused_equals_reference(fused, reference, images)  # and back to the module's own
+
+
+def test_cache_follows_data_writes(cached):
+    reference, fused, images = cached
+    up = fused.mlp_groups[0].experts[1].up.weight
+    up.data.add_(torch.randn(up.shape, generator=torch.Generator().manual_seed(1)))  # .data: a version counter of its own
+    _assert_fused_equals_reference(fused, reference, images)
+
+
+def _broadcast_worker(rank: int, init_file: str) -> None:
+    """Rank 0 and 1 start from different weights; after broadcasting rank 0's, rank 1 must compute rank 0's outputs."""
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        torch.manual_seed(rank)
+        model = build_model(2, moke="fused", backbone_kwargs=dict(patch_size=8, embed_dim=32, depth=2, num_heads=2), **TINY)
+        model.load_state_dict(_perturbed(model, rank), strict=False)
+        model.eval()
+        images = _images()
+        with torch.no_grad():
+            model(images)  # rank 1's cache holds its own weights
+            for p in model.parameters():
+                dist.broadcast(p, src=0)
+            logits = model(images).logits
+        gathered = [torch.empty_like(logits) for _ in range(2)]
+        dist.all_gather(gathered, logits)
+        torch.testing.assert_close(gathered[1], gathered[0], rtol=1e-5, atol=1e-6)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_cache_follows_dist_broadcast(tmp_path):
+    mp.spawn(_broadcast_worker, args=(str(tmp_path / "init"),), nprocs=2)  # raises if a rank's check fails
+
+
+def test_cache_built_under_bf16_autocast_serves_fp32(tiny_model_kwargs):
+    reference, fused = _pair(tiny_model_kwargs)
+    fused.load_state_dict(_perturbed(fused, 2), strict=False)
+    images = _images()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        fused(images)  # builds the cache under autocast
+    _assert_fused_equals_reference(fused, reference, images)
+
+
+OPERATIONS = ["adamw", "fused_adamw", "fused_sgd", "data_write", "no_grad_copy", "load", "load_assign",
+              "functional_call", "bf16_forward", "inference_forward", "dtype"]  # fmt: skip
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(operations=st.lists(st.tuples(st.sampled_from(OPERATIONS), st.integers(0, 2**16)), min_size=1, max_size=6))
+def test_any_sequence_of_weight_changes_is_seen(tiny_model_kwargs, operations):
+    """Fused no-grad forward == reference forward after every operation of a random sequence."""
+    reference, fused = _pair(tiny_model_kwargs)
+    dtype = torch.float32
+    with torch.no_grad():
+        fused(_images(dtype=dtype))
+    for name, seed in operations:
+        learnable = [p for p in fused.parameters() if p.requires_grad]
+        target = learnable[seed % len(learnable)]
+        noise = 0.3 * torch.randn(target.shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+        params = None
+        if name == "adamw":
+            _train_step(fused, torch.optim.AdamW(fused.learnable_parameters(), lr=0.05), _images(seed, dtype))
+        elif name in ("fused_adamw", "fused_sgd"):
+            _fused_step(fused, torch.optim.AdamW if name == "fused_adamw" else torch.optim.SGD, seed)
+        elif name == "data_write":
+            target.data.add_(noise)
+        elif name == "no_grad_copy":
+            with torch.no_grad():
+                target.copy_(noise)
+        elif name in ("load", "load_assign"):
+            fused.load_state_dict(_perturbed(fused, seed), strict=False, assign=name == "load_assign")
+        elif name == "functional_call":
+            params = _perturbed(fused, seed)
+        elif name == "bf16_forward":
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+                fused(_images(seed, dtype))
+        elif name == "inference_forward":  # a cache of inference tensors, then used outside inference mode
+            with torch.inference_mode():
+                fused(_images(seed, dtype))
+        else:  # "dtype"
+            dtype = torch.float64 if dtype == torch.float32 else torch.float32
+            fused.to(dtype)
+        _assert_fused_equals_reference(fused, reference, _images(seed, dtype), params)
 
 
 def test_recompute_off_gives_the_reference_gradients(tiny_model_kwargs):

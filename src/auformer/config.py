@@ -110,10 +110,10 @@ class TrainConfig:
     device: str = "auto"  # auto (cuda if available), cpu or cuda
     seed: int = 0  # seeds model init, sampling order, augmentation and dropout
     threshold: float = 0.5  # probability threshold for F1
-    eval_every: int = 1  # evaluate every this many epochs (and always after the last); ignored with train.steps
-    eval_every_steps: int | None = (
-        None  # with train.steps: evaluate at the end of the epoch reaching each multiple; None = at the end only
-    )
+    eval_every: int = 1  # evaluate every this many epochs (and after the last); step budgets use eval_every_steps
+    # a step budget (train.steps, or a data.train_fraction < 1 subset's, set for it) evaluates after the epoch
+    # reaching each multiple of this; None = at the end only
+    eval_every_steps: int | None = None
     checkpoint_every: int = 50  # write a resumable checkpoint every this many optimiser steps
 
 

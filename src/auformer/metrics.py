@@ -97,25 +97,31 @@ def au_metrics(
     return {"mean_f1": mean_f1, "undefined_aus": undefined, "per_au": per_au}
 
 
-def icc_3_1(pred: np.ndarray, target: np.ndarray) -> float:
-    """ICC(3,1) (Shrout & Fleiss 1979): two-way mixed, consistency, single rater; NaN when undefined.
+def _varies(values: np.ndarray) -> bool:
+    """Whether ``values`` holds two different numbers (exact, where a std of equal floats can be 1e-17)."""
+    return values.size >= 2 and bool(np.ptp(values) > 0)
 
-    The two "raters" are the model and the annotation, the ``M`` "targets" the frames.
-    ``(MS_rows - MS_error) / (MS_rows + (k - 1) MS_error)`` with k = 2, from the two-way
-    ANOVA of the (M, 2) table. Written out here: it is a few lines of numpy, and the
-    statistics packages that have it (pingouin) pull in far more than it needs.
+
+def icc_3_1(pred: np.ndarray, target: np.ndarray) -> float:
+    """ICC(3,1) (Shrout & Fleiss 1979): two-way mixed, consistency, single rater; NaN where undefined.
+
+    The two "raters" are the model and the annotation, the ``M`` "targets" the frames:
+    ``(MS_rows - MS_error) / (MS_rows + (k - 1) MS_error)`` from the two-way ANOVA of the
+    ``(M, k)`` table. With k = 2 and the table's columns centred, ``MS_rows - MS_error`` is
+    ``2 cov`` and ``MS_rows + MS_error`` is ``var_pred + var_target``, the form computed here:
+    it takes no difference of large sums of squares, and a constant column contributes exact
+    zeros (the ANOVA sums left rounding residue there: two different constants scored +-1).
+    Consequences: a constant prediction against varying targets scores 0 (no consistency,
+    like chance), and so do varying predictions against constant targets; both constant
+    (0/0) or fewer than 2 frames is undefined: NaN. Written out here: it is a few lines of
+    numpy, and the statistics packages that have it (pingouin) pull in far more than it needs.
     """
-    table = np.stack([pred, target], axis=1).astype(np.float64)  # (M, k)
-    rows, k = table.shape
-    if rows < 2:
+    varies = np.array([_varies(pred), _varies(target)])  # (2,) per rater
+    if not varies.any():
         return float("nan")
-    grand = table.mean()
-    ss_rows = k * ((table.mean(axis=1) - grand) ** 2).sum()
-    ss_columns = rows * ((table.mean(axis=0) - grand) ** 2).sum()
-    ss_error = ((table - grand) ** 2).sum() - ss_rows - ss_columns
-    ms_rows, ms_error = ss_rows / (rows - 1), ss_error / ((rows - 1) * (k - 1))
-    denominator = ms_rows + (k - 1) * ms_error
-    return float((ms_rows - ms_error) / denominator) if denominator > 0 else float("nan")
+    table = np.stack([pred, target], axis=1).astype(np.float64)  # (M, 2)
+    x, y = np.where(varies, table - table.mean(axis=0), 0.0).T  # (M,) each; a constant's mean can miss it by an ulp
+    return float(2 * (x * y).sum() / ((x * x).sum() + (y * y).sum()))
 
 
 def intensity_metrics(pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor, aus: list[int] | None = None) -> dict:
@@ -125,9 +131,10 @@ def intensity_metrics(pred: np.ndarray | torch.Tensor, target: np.ndarray | torc
     NaN = unknown (excluded AU by AU). Returns ``{"mean_icc", "mean_pearson", "mean_mae",
     "per_au": {"AU12": {"icc", "pearson", "mae", "known"}}}`` (keys as in `au_metrics`).
     An AU with no known target (e.g. a BP4D AU that FERA 2015 did not code for intensity)
-    has NaN scores, ``known = 0``, and is left out of the means. An AU whose ICC or r is
-    undefined (constant predictions or targets) gets NaN for it and counts as 0 in that
-    mean, as an undefined F1 does in `au_metrics`.
+    has NaN scores, ``known = 0``, and is left out of the means. Pearson r is undefined
+    (NaN) when the predictions or the targets are constant; ICC(3,1) only when both are
+    (see `icc_3_1`: a constant prediction has ICC 0). An undefined score counts as 0 in its
+    mean, as an undefined F1 does in `au_metrics`; tables show it as "n/a".
     """
     pred_np, target_np = _as_float_array(pred, "pred"), _as_float_array(target, "target")
     if pred_np.shape != target_np.shape:
@@ -138,10 +145,9 @@ def intensity_metrics(pred: np.ndarray | torch.Tensor, target: np.ndarray | torc
     for column, key in enumerate(_au_keys(aus, pred_np.shape[1])):
         rows = target_np[:, column] >= 0  # NaN >= 0 is False: unknown
         guess, truth = pred_np[rows, column], target_np[rows, column]
-        defined = truth.size >= 2 and guess.std() > 0 and truth.std() > 0
         per_au[key] = {
-            "icc": icc_3_1(guess, truth),  # NaN for fewer than 2 known targets
-            "pearson": float(np.corrcoef(guess, truth)[0, 1]) if defined else float("nan"),
+            "icc": icc_3_1(guess, truth),
+            "pearson": float(np.corrcoef(guess, truth)[0, 1]) if _varies(guess) and _varies(truth) else float("nan"),
             "mae": float(np.abs(guess - truth).mean()) if truth.size else float("nan"),
             "known": int(truth.size),
         }
@@ -154,13 +160,17 @@ def intensity_metrics(pred: np.ndarray | torch.Tensor, target: np.ndarray | torc
 
 
 def intensity_table_markdown(metrics: dict) -> str:
-    """A Markdown table of per-AU ICC(3,1), Pearson r and MAE with a mean row (AUs without known targets marked)."""
+    """A Markdown table of per-AU ICC(3,1), Pearson r and MAE with a mean row; undefined scores (NaN) are "n/a"."""
+
+    def cell(value: float, bold: str = "") -> str:
+        return "n/a" if np.isnan(value) else f"{bold}{value:.3f}{bold}"
+
     lines = ["| AU | Name | ICC(3,1) | Pearson r | MAE | Known |", "|---|---|---:|---:|---:|---:|"]
     for key, scores in metrics["per_au"].items():
         name = au_name(key) if key.startswith("AU") else ""
-        values = " | ".join("n/a" if np.isnan(scores[n]) else f"{scores[n]:.3f}" for n in ("icc", "pearson", "mae"))
+        values = " | ".join(cell(scores[n]) for n in ("icc", "pearson", "mae"))
         lines.append(f"| {key} | {name} | {values} | {scores['known']} |")
-    means = " | ".join(f"**{metrics[n]:.3f}**" for n in ("mean_icc", "mean_pearson", "mean_mae"))
+    means = " | ".join(cell(metrics[n], "**") for n in ("mean_icc", "mean_pearson", "mean_mae"))
     lines.append(f"| **Mean** | | {means} | |")
     return "\n".join(lines) + "\n"
 

@@ -403,11 +403,12 @@ class Trainer:
         self.val_set = make_dataset(source, self.splits.val, test_tf, intensity) if self.splits.val is not None else None
         self.sampler = distributed.sampler(self.train_set, self.dist, shuffle=True, seed=cfg.train.seed)
 
-        # foreach: a few multi-tensor ops for all parameter tensors (24 x N experts make thousands of small
-        # ones; the default per-tensor loop on CPU cost a third of the synthetic model's step). fused=True
-        # (torch 2.14, CPU) stopped the tiny model in tests/test_train.py from learning: not used.
+        # fused: one kernel over all parameter tensors (24 x N experts make thousands of small ones; the
+        # default per-tensor loop on CPU cost a third of the synthetic model's step). Against foreach, the
+        # other multi-tensor form: the same losses and F1, a step about 3x faster (docs/performance.md). It once
+        # seemed to stop the tiny model learning: evaluation read stale fused expert weights (issue 17, fixed).
         self.optimizer = torch.optim.AdamW(
-            self._param_groups(), betas=tuple(cfg.train.betas), weight_decay=cfg.train.weight_decay, foreach=True
+            self._param_groups(), betas=tuple(cfg.train.betas), weight_decay=cfg.train.weight_decay, fused=True
         )
         self.micro_per_epoch = math.ceil(len(self.sampler) / self.micro_batch)
         self.schedule = plan_run(

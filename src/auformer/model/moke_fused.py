@@ -24,14 +24,16 @@ channels (E experts of width d side by side):
   softmax sees only the token itself (weight 1, output V), so the whole prefix path is
   two block-diagonal C x C matmuls instead of convolutions on 1x1 images;
 - all these fused weights are derived from the per-expert parameters in one place,
-  `fused_weights`; without autograd (inference, evaluation) they are cached and rebuilt
-  only when a parameter changes (new storage or in-place update: its ``_version``);
+  `fused_weights`; without autograd (inference, evaluation) they are cached and reused while
+  every parameter and buffer of the group holds the same values (see `fused_weights` for why
+  the values themselves are compared);
 - in training the d-space ops are recomputed in backward (activation checkpointing), so
   activation memory does not grow with the 9x-wide CA neighbourhood tensors.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from operator import attrgetter
 from typing import NamedTuple
@@ -96,6 +98,29 @@ def _outside_mask(grid: tuple[int, int], size: int, like: torch.Tensor) -> torch
     return mask.permute(1, 2, 0).unsqueeze(3)
 
 
+class _Cached(NamedTuple):
+    """A group's fused weights and what they were derived from (see `FusedMoKEGroup.fused_weights`)."""
+
+    key: tuple[torch.dtype, torch.device, float]  # dtype and device of the values, the output scale
+    values: torch.Tensor  # (P,) every parameter and buffer of the group, flattened and concatenated
+    weights: FusedWeights
+
+
+def _may_cache() -> bool:
+    """Whether fused weights may be cached: autograd is off, and no compiler or tracer (ONNX, TorchScript)
+    has to see them derived from the parameters (it would record the cached tensors as constants)."""
+    return not (torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing())
+
+
+def _full_precision(like: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Autocast off while deriving fused weights from the parameters: they come out in the parameters' dtype
+    whatever the caller's autocast, so weights cached under bf16 autocast also serve an fp32 call (the
+    forward's own ops still autocast them), and the products are rounded once, not twice. (A device
+    without autocast, such as ``meta`` for FLOP counts, has none to turn off.)"""
+    device = like.device.type
+    return torch.autocast(device, enabled=False) if torch.amp.is_autocast_available(device) else contextlib.nullcontext()
+
+
 class FusedMoKEGroup(MoKEGroup):
     """`MoKEGroup` computed with grouped ops and a d-space carry (identical results)."""
 
@@ -105,20 +130,13 @@ class FusedMoKEGroup(MoKEGroup):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        # (parameters, their (storage, version) when built, weights) for calls without autograd; a new
-        # storage (.to()) or an in-place update (optimizer step, load_state_dict) invalidates it.
-        self._cache: tuple[list[torch.Tensor], list[tuple[int, int]], FusedWeights] | None = None
-        self.register_load_state_dict_post_hook(FusedMoKEGroup._drop_cache)
+        self._cache: _Cached | None = None  # the fused weights of the last call without autograd
+        # (the previous group's up_weight, this group's cached weights, their carry map and bias)
         self._carry_cache: tuple[torch.Tensor, FusedWeights, tuple[torch.Tensor, torch.Tensor]] | None = None
         # Depends on the grid and S only: built once, moved and cast with the module (not saved).
         ca = self.experts[0].ca
         mask = _outside_mask(self.grid_size, ca.size, torch.zeros(())) if ca is not None else None
         self.register_buffer("ca_mask", mask, persistent=False)
-
-    @staticmethod
-    def _drop_cache(module: FusedMoKEGroup, incompatible_keys: object) -> None:
-        """After ``load_state_dict`` (``assign=True`` replaces the parameter objects the cache checks)."""
-        module._cache = None
 
     def _cat(self, name: str, dim: int = 0) -> torch.Tensor:
         """The experts' parameter ``name`` (e.g. ``"ca.q.weight"``) concatenated along ``dim``."""
@@ -134,23 +152,33 @@ class FusedMoKEGroup(MoKEGroup):
         return self.experts[0].scale
 
     def fused_weights(self) -> FusedWeights:
-        """The fused tensors, cached while autograd is off and no parameter has changed.
+        """The fused tensors; without autograd, cached and reused while the group's values are unchanged.
 
-        Changes are seen through each parameter's storage and version counter; writing through
-        ``param.data`` bypasses the counter, so code that does so must set ``_cache = None``.
+        Why the values themselves are compared: a parameter can change with neither a new storage
+        nor a version-counter bump (fused optimiser kernels, ``.data`` writes, collectives such as
+        ``dist.broadcast``), and ``functional_call`` swaps in other tensors for one call. So every
+        call reads the group's current parameters and buffers, concatenates them, and reuses the
+        weights only when the values, dtype, device and output scale are those they were built
+        from: one ``cat`` and one ``equal``, a third to a half of a rebuild (docs/performance.md). On
+        a GPU the ``equal`` waits for the device, once per group.
         """
-        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        if not _may_cache():
             return self._build_fused_weights()
-        if self._cache is not None:  # cheap check of the parameters the cache was built from
-            params, versions, weights = self._cache
-            if [(p.data_ptr(), p._version) for p in params] == versions:
-                return weights
-        params = list(self.parameters())  # walking the modules costs more than the check: done once per rebuild
+        # One walk over the modules for parameters and buffers alike (parameters() + buffers() walk twice).
+        tensors = (t for module in self.modules() for t in (*module._parameters.values(), *module._buffers.values()))
+        values = torch.cat([t.reshape(-1) for t in tensors if t is not None])  # (P,)
+        key = (values.dtype, values.device, self.scale)
+        if self._cache is not None and self._cache.key == key and torch.equal(self._cache.values, values):  # NaN: never
+            return self._cache.weights
         weights = self._build_fused_weights()
-        self._cache = (params, [(p.data_ptr(), p._version) for p in params], weights)
+        self._cache = _Cached(key, values, weights)
         return weights
 
     def _build_fused_weights(self) -> FusedWeights:
+        with _full_precision(self.experts[0].down.weight):  # weights in the parameters' dtype (see the helper)
+            return self._derive_fused_weights()
+
+    def _derive_fused_weights(self) -> FusedWeights:
         experts, d, first = len(self.experts), self.d, self.experts[0]
         conv_weight, conv_bias = self._cat("conv.weight"), self._cat("conv.bias")  # (C, d, 3, 3), (C,)
         eye = torch.eye(d, dtype=conv_weight.dtype, device=conv_weight.device).expand(experts, d, d)  # (E, d, d)
@@ -229,14 +257,16 @@ class FusedMoKEGroup(MoKEGroup):
 
     def _carry_down(self, carry: ExpertState, w: FusedWeights) -> tuple[torch.Tensor, torch.Tensor]:
         """``Down_i(K_prev,i) = h_prev @ map^T + bias``: the block-diagonal ``(C, C)`` map and ``(C,)`` bias."""
+        # Both inputs are derived tensors that nothing writes in place: their identity names their values.
         if self._carry_cache is not None and self._carry_cache[0] is carry.up_weight and self._carry_cache[1] is w:
             return self._carry_cache[2]
         experts = len(self.experts)
         down = w.down_weight.view(experts, self.d, -1)  # (E, d_out, D)
         up = carry.up_weight.view(-1, experts, self.d)  # (D, E, d_in)
-        carry_map = _block_diagonal(torch.einsum("eoD,Dei->eoi", down, up) * self.scale)  # (C, C)
-        carry_bias = torch.einsum("eoD,eD->eo", down, carry.up_bias).reshape(-1) * self.scale  # (C,)
-        if not torch.is_grad_enabled():
+        with _full_precision(down):
+            carry_map = _block_diagonal(torch.einsum("eoD,Dei->eoi", down, up) * self.scale)  # (C, C)
+            carry_bias = torch.einsum("eoD,eD->eo", down, carry.up_bias).reshape(-1) * self.scale  # (C,)
+        if self._cache is not None and self._cache.weights is w:  # cached weights: cache their carry too
             self._carry_cache = (carry.up_weight, w, (carry_map, carry_bias))
         return carry_map, carry_bias
 
