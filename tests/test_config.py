@@ -82,7 +82,7 @@ def test_overrides_are_parsed_as_yaml_and_type_checked():
         ("train.amp=fp8", "not one of none, bf16, fp16"),
         ("loss.name=focal", "not one of mdwa, dwa, mwa, wa, wce"),
         ("train.lr", "expected section.key=value"),
-        ("train.epochs=0", "train.epochs: 0 must be >= 1"),
+        ("train.epochs=0", r"train.epochs: 0 must be in \[1, 100000\]"),
     ],
 )
 def test_bad_overrides_fail_with_a_message_naming_the_key(override, message):

@@ -157,7 +157,9 @@ def dry_run(config: Config, out_dir: str | Path, command: str) -> list[str]:
             ok("AUs", f"every AU has positives in each test fold and each full training split ({len(plans)} run(s))")
     out = Path(out_dir)
     existing = _nearest_existing(out)
-    if not os.access(existing, os.W_OK):
+    if not existing.is_dir():
+        problem("output", f"{out}: {existing} is a file, not a folder")
+    elif not os.access(existing, os.W_OK):
         problem("output", f"{out}: cannot write in {existing}")
     elif plans:
         needed = len(plans) * _checkpoint_bytes(config, list(plans[0][1].train.aus))
