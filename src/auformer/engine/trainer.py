@@ -461,38 +461,39 @@ class Trainer:
 
     # ------------------------------------------------------------ state
 
+    def _state(self, rngs: list[dict[str, Any]]) -> dict[str, Any]:
+        """What ``train_state.pt`` holds after the current optimiser step (``rngs``: every rank's RNG states)."""
+        return {
+            "model": self.model.learnable_state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rngs,
+            "epoch": self.epoch,
+            "micro_done": self.micro_done,
+            "loss_sum": self.loss_sum,
+            "loss_count": self.loss_count,
+            "global_step": self.global_step,
+            "best_f1": self.best_f1,
+            "world_size": self.dist.world_size,
+            "seed": self.config.train.seed,
+            "config": self.config.to_dict(),  # whose run this is: --resume refuses another run's state
+            "aus": self.aus,
+        }
+
     def _save_state(self) -> None:
         """Resume point after the current optimiser step: written atomically by rank 0."""
         rngs = distributed.gather_objects(checkpointing.rng_state(), self.dist)
         if self.dist.is_main:
-            state = {
-                "model": self.model.learnable_state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "rng": rngs,
-                "epoch": self.epoch,
-                "micro_done": self.micro_done,
-                "loss_sum": self.loss_sum,
-                "loss_count": self.loss_count,
-                "global_step": self.global_step,
-                "best_f1": self.best_f1,
-                "world_size": self.dist.world_size,
-                "seed": self.config.train.seed,
-            }
-            checkpointing.save_train_state(self.run_dir, state)
+            checkpointing.save_train_state(self.run_dir, self._state(rngs))
             save_checkpoint(self.model, self.run_dir / "last", extra=self._extra())
         distributed.barrier(self.dist)
 
     def _load_state(self, state: dict[str, Any]) -> None:
-        if state["world_size"] != self.dist.world_size:
-            raise AUFormerError(
-                f"{self.run_dir}: run was started with {state['world_size']} processes; resume it with the same number"
-            )
-        missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
-        learnable = set(self.model.learnable_state_dict())
-        if unexpected or learnable & set(missing):
-            raise AUFormerError(f"{self.run_dir}/train_state.pt does not match the model of config.yaml")
+        own = self._state([checkpointing.rng_state()] * self.dist.world_size)
+        path = self.run_dir / checkpointing.TRAIN_STATE
+        checkpointing.check_train_state(state, path, own, self.optimizer, self.aus)  # this run's, before any use
+        self.model.load_state_dict(state["model"], strict=False)  # keys and shapes checked
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
