@@ -585,19 +585,15 @@ class Trainer:
             with torch.autocast(self.dist.device.type, dtype=self._amp_dtype(), enabled=cfg.amp != "none"):
                 output = self.network(images)
             loss = self.loss_fn(output, targets, self.rate, intensity)["total"]
-            if not torch.isfinite(loss):  # stop before the step: no NaN reaches the weights or a checkpoint
-                raise AUFormerError(
-                    f"{self.run_dir}: training loss is {loss.item()} at step {self.global_step + 1} (epoch {self.epoch + 1}, "
-                    f"batch {self.micro_done + 1}); stopped. {checkpointing.TRAIN_STATE} and last.safetensors hold the "
-                    "last checkpoint before it (try a lower train.lr or train.grad_clip)"
-                )
+            value = loss.item()
+            self._stop_if_not_finite(value)
             self.scaler.scale(loss / cfg.grad_accum).backward()
             self.micro_done += 1
             seen += len(images) * self.dist.world_size
-            self.loss_sum, self.loss_count = self.loss_sum + loss.item(), self.loss_count + 1
+            self.loss_sum, self.loss_count = self.loss_sum + value, self.loss_count + 1
             if self.micro_done % cfg.grad_accum == 0 or self.micro_done == self.micro_per_epoch:
-                self._optimizer_step(loss.item())
-                bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
+                self._optimizer_step(value)
+                bar.set_postfix(loss=f"{value:.4f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
                 if self.global_step == self.schedule.total_steps:
                     break  # the step budget ends inside this epoch
                 if self.global_step % cfg.checkpoint_every == 0 and self.micro_done < self.micro_per_epoch:
@@ -605,6 +601,21 @@ class Trainer:
         seconds = time.perf_counter() - start
         mean_loss = distributed.mean_across(self.loss_sum / max(self.loss_count, 1), self.dist)
         return mean_loss, seen / max(seconds, 1e-9), seconds
+
+    def _stop_if_not_finite(self, loss: float) -> None:
+        """Stop before the backward pass when any rank's loss is NaN or infinite: no NaN reaches the
+        weights or a checkpoint, and every rank raises the same error in the same step (under DDP a
+        rank that stopped alone would leave the others waiting in the gradient all-reduce)."""
+        losses = distributed.values_across(loss, self.dist)  # (world_size,)
+        bad = next((rank for rank, value in enumerate(losses) if not math.isfinite(value)), None)
+        if bad is None:
+            return
+        where = f" on rank {bad} of {self.dist.world_size}" if self.dist.enabled else ""
+        raise AUFormerError(
+            f"{self.run_dir}: training loss is {losses[bad]} at step {self.global_step + 1} (epoch {self.epoch + 1}, "
+            f"batch {self.micro_done + 1}){where}; stopped. {checkpointing.TRAIN_STATE} and last.safetensors hold the "
+            "last checkpoint before it (try a lower train.lr or train.grad_clip)"
+        )
 
     def _optimizer_step(self, loss: float) -> None:
         cfg = self.config.train
