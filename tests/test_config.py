@@ -109,3 +109,105 @@ def test_saved_config_reads_back_identically(tmp_path):
     again = load_config(str(tmp_path / "config.yaml"))
     assert again == config
     assert isinstance(again, Config)
+
+
+# ---------------------------------------------------------------- every field's range (issue 18)
+
+import dataclasses  # noqa: E402
+
+from auformer.config import FIELD_RULES, DataConfig, TrainConfig  # noqa: E402
+
+
+def test_every_field_of_every_section_has_a_rule():
+    names = {"preset"} | {
+        f"{section.name}.{field.name}"
+        for section in dataclasses.fields(Config)
+        if section.name != "preset"
+        for field in dataclasses.fields(section.default_factory())
+    }
+    assert set(FIELD_RULES) == names
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [  # the issue's cases, which passed --dry-run and failed (or trained with a negative rate) later
+        ("train.threshold=2", r"config train.threshold: 2.0 must be in \[0, 1\]"),
+        ("train.min_lr=-1", r"config train.min_lr: -1.0 must be in \[0, 10\]"),
+        ("train.betas=[2,3]", r"config train.betas: \[2.0, 3.0\]: 2.0 must be in \[0, 1\)"),
+        ("data.num_workers=-1", r"config data.num_workers: -1 must be in \[0, 256\]"),
+        ("data.img_size=0", r"config data.img_size: 0 must be in \[1, 4096\]"),
+        ("train.head_lr=-1", r"config train.head_lr: -1.0 must be in \(0, 10\]"),
+        # and their siblings
+        ("train.lr=.nan", r"config train.lr: nan must be in \(0, 10\]"),
+        ("train.lr=1e400", r"config train.lr: inf must be in \(0, 10\]"),
+        ("train.grad_clip=0", r"config train.grad_clip: 0.0 must be in \(0, 1e\+06\]"),
+        ("train.betas=[0.9]", r"config train.betas: \[0.9\] has 1 values; exactly 2 allowed"),
+        ("train.seed=-1", r"config train.seed: -1 must be in \[0, 2147483647\]"),
+        ("train.min_lr=0.1", r"config train.min_lr: 0.1 must be <= train.lr \(0.005\)"),
+        ("data.aus=[1, 1]", r"config data.aus: \[1, 1\]: the values must differ"),
+        ("data.aus=[3]", r"config data.aus: \[3\]: 3 is not a FACS action unit"),
+        ("data.resize_size=16", r"config data.resize_size: 16 must be >= data.img_size \(64\)"),
+        ("data.synthetic_folds=100", r"config data.synthetic_folds: 100 must be <= the subjects with faces \(60"),
+        ("data.dataset=''", "config data.dataset: '' must be a non-empty name"),
+        ("data.root=''", "config data.root: '' must be a non-empty path"),
+        ("model.ca_size=4", "config model.ca_size: 4 must be odd"),
+        ("model.dilations=[]", r"config model.dilations: \[\] has 0 values; 1 to 8 allowed"),
+        ("model.scale=0", r"config model.scale: 0.0 must be in \(0, 1000\]"),
+        (
+            "model.backbone_kwargs={embed_dim: 1048576}",
+            r"config model.backbone_kwargs: embed_dim: 1048576 must be in \[1, 8192\]",
+        ),
+        ("model.backbone_kwargs={depth: [1]}", r"config model.backbone_kwargs: depth: \[1\] must be a number"),
+        ("loss.gamma_bounds=[1, 2, 3]", r"config loss.gamma_bounds: \[1.0, 2.0, 3.0\] has 3 values; exactly 2 allowed"),
+        ("loss.eps=0", r"config loss.eps: 0.0 must be in \(0, 1e\+06\]"),
+    ],
+)
+def test_out_of_range_values_name_field_value_and_range(override, message):
+    with pytest.raises(ValueError, match=message) as error:
+        load_config("synthetic", [override])
+    assert "\n" not in str(error.value)
+
+
+def test_configs_built_in_python_are_checked_too():
+    with pytest.raises(ValueError, match=r"config train.lr: -1.0 must be in \(0, 10\]"):
+        TrainConfig(lr=-1)
+    with pytest.raises(ValueError, match=r"config data.fold: -1 must be in \[0, 99\]"):
+        dataclasses.replace(DataConfig(), fold=-1)
+    assert isinstance(TrainConfig(lr=1).lr, float)
+
+
+def test_dry_run_and_the_run_stop_at_the_same_line(tmp_path, capsys):
+    from auformer.cli import main
+
+    for argv in (["--dry-run"], []):
+        assert main(["train", "--set", "train.threshold=2", "--out", str(tmp_path / "run"), *argv]) == 2
+        assert capsys.readouterr().err.strip() == "error: config train.threshold: 2.0 must be in [0, 1]"
+    assert not (tmp_path / "run").exists()  # refused before any work
+
+
+def test_yaml_size_and_shape_caps(tmp_path):
+    huge = tmp_path / "huge.yaml"
+    huge.write_text("data:\n  cv_folds: [" + ", ".join(["1"] * 40_000) + "]\n")
+    with pytest.raises(ValueError, match="huge.yaml: larger than 64 kB"):
+        load_config(str(huge))
+    long = tmp_path / "long.yaml"
+    long.write_text("data:\n  cv_folds: [" + ", ".join(["1"] * 1000) + "]\n")  # 6 kB: read, then refused by length
+    with pytest.raises(ValueError, match=r"config data.cv_folds: \[1, 1, .* has 1000 values; 1 to 100 allowed"):
+        load_config(str(long))
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("data: " + "[" * 20_000 + "]" * 20_000)
+    with pytest.raises(ValueError, match="deep.yaml: YAML nested too deeply"):
+        load_config(str(deep))
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"data: {dataset: \xff\xfe}")
+    with pytest.raises(ValueError, match="binary.yaml: not UTF-8 text"):
+        load_config(str(binary))
+    aliases = tmp_path / "aliases.yaml"  # shared references: never expanded, refused by their type
+    aliases.write_text("a: &a [1, 1, 1, 1, 1, 1, 1, 1]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a]\ndata: {cv_folds: [*b, *b, *b]}\n")
+    with pytest.raises(ValueError, match="unknown config key 'a'"):
+        load_config(str(aliases))
+    with pytest.raises(ValueError, match="longer than 4096 characters"):
+        load_config("synthetic", ["data.aus=[" + ",".join(["1"] * 3000) + "]"])
+    (tmp_path / "preset.yaml").write_text("preset: 3\n")
+    with pytest.raises(ValueError, match="config preset: 3 is not a valid str"):
+        load_config(str(tmp_path / "preset.yaml"))

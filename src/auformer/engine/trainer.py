@@ -423,16 +423,16 @@ class Trainer:
         self.epoch, self.micro_done, self.global_step, self.best_f1 = 0, 0, 0, -1.0
         self.loss_sum, self.loss_count = 0.0, 0  # running training loss of the current epoch
         state = checkpointing.load_train_state(self.run_dir) if self.resume else None
-        self.logger = RunLogger(self.run_dir, enabled=self.dist.is_main, resume_epoch=state["epoch"] if state else None)
-        if self.dist.is_main:
-            save_config(cfg, self.run_dir / "config.yaml")
         if state is not None:
-            self._load_state(state)
+            self._load_state(state)  # checked to be this run's before any of it is used
         else:
             seed = cfg.train.seed + self.dist.rank  # different augmentation/dropout per rank
             torch.manual_seed(seed)
             np.random.seed(seed)
             random.seed(seed)
+        self.logger = RunLogger(self.run_dir, enabled=self.dist.is_main, resume_epoch=self.epoch if state else None)
+        if self.dist.is_main:
+            save_config(cfg, self.run_dir / "config.yaml")
 
     def _build_model(self) -> torch.nn.Module:
         return model_from_config(self.config, self.aus, self.config.model.backbone_weights)

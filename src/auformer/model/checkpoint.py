@@ -308,6 +308,9 @@ def load_checkpoint(
                 f"(sha256 {actual[:12]} != {recorded['sha256'][:12]})",
                 stacklevel=2,
             )
-    model = build_model(**config)
+    try:
+        model = build_model(**config)  # its own checks: the geometry and size the description asks for
+    except AUFormerError as error:
+        raise AUFormerError(f"{checkpoint_paths(path)[1]}: config: {error}") from None
     load_adapter_weights(model, path)
     return model.to(map_location).eval()
