@@ -211,3 +211,21 @@ def test_yaml_size_and_shape_caps(tmp_path):
     (tmp_path / "preset.yaml").write_text("preset: 3\n")
     with pytest.raises(ValueError, match="config preset: 3 is not a valid str"):
         load_config(str(tmp_path / "preset.yaml"))
+
+
+def test_docs_list_every_field_with_its_rule():
+    """docs/training.md's table of valid values is the table the code checks (field, type, rule)."""
+    import re
+    from pathlib import Path
+
+    from auformer.config import field_spec
+
+    text = (Path(__file__).parent.parent / "docs" / "training.md").read_text()
+    rows = dict(re.findall(r"^\| `((?:data|model|loss|train)\.[a-z_]+)` \| (.+) \|$", text, flags=re.M))
+    expected = {}
+    for name, rule in FIELD_RULES.items():
+        if name != "preset":
+            hint = str(field_spec(name)[0]).replace("typing.", "").replace("<class '", "").replace("'>", "")
+            kind = hint.replace(" | None", " or null").replace("list[", "list of ").replace("dict[str, Any]", "mapping")
+            expected[name] = f"{kind.replace(']', '')} | {rule.describe() if rule else 'true or false'}"
+    assert rows == expected

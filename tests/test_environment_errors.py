@@ -8,21 +8,16 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
-import auformer
 from auformer.cli import main
 from auformer.errors import environment_problem
-from test_killed import TINY_MODEL
+from media import tiny_checkpoint
 from test_train import write_tiny_preset
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny"
-    auformer.save_checkpoint(auformer.build_model(3, **TINY_MODEL), path)
-    return path
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", [1, 2, 4])
 
 
 def _one_line(argv: list, capsys) -> str:

@@ -18,19 +18,19 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-import auformer
 from auformer.config import FIELD_RULES, Config, field_spec
 from auformer.engine import trainer
 from hostile import run_hostile
+from media import tiny_checkpoint
 from test_killed import TINY_MODEL
 from test_train import write_tiny_preset
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+FUZZ_PAIRS = settings(FUZZ, max_examples=30)  # two commands per example
 COUNTS: Counter = Counter()  # examples run per property, and how they ended
 
 FIELDS = sorted(name for name in FIELD_RULES if "." in name)  # every section field ("preset" is not a --set key)
@@ -111,7 +111,8 @@ def _setup_only(self) -> dict:
     return {}
 
 
-@FUZZ
+@pytest.mark.slow
+@FUZZ_PAIRS
 @given(overrides=OVERRIDES)
 def test_dry_run_and_the_real_command_refuse_the_same_configs(root, overrides, monkeypatch):
     """Whatever --dry-run passes, the real command's set-up passes too, and whatever the set-up refuses
@@ -140,9 +141,7 @@ def test_dry_run_and_the_real_command_refuse_the_same_configs(root, overrides, m
 @pytest.fixture(scope="module")
 def checkpoint(root) -> tuple[Path, dict]:
     """A tiny checkpoint (weights file + JSON) and a face crop to run it on."""
-    torch.manual_seed(0)
-    path = root / "ckpt" / "tiny"
-    auformer.save_checkpoint(auformer.build_model(3, **TINY_MODEL), path, extra={"dataset": "synthetic", "resize_size": 32})
+    path = tiny_checkpoint(root / "ckpt" / "tiny", [1, 2, 4])
     Image.new("RGB", (32, 32), (120, 90, 60)).save(root / "face.png")
     return path, json.loads(path.with_suffix(".json").read_text())
 
@@ -191,6 +190,7 @@ def _mutated(meta: dict, edits: list[tuple[tuple, object]]) -> dict:
 COMMANDS = ("export", "detect", "evaluate")
 
 
+@pytest.mark.slow
 @FUZZ
 @given(st.data(), st.sampled_from(COMMANDS))
 def test_commands_on_mutated_checkpoint_json(root, checkpoint, data, command):

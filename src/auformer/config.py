@@ -176,6 +176,7 @@ class Rule:
     length: tuple[int, int] | None = None  # a list's (fewest, most) values
     distinct: bool = False  # a list's values must differ
     check: Callable[[Any], str | None] | None = None  # e.g. "is not a FACS action unit"
+    text: str = ""  # what ``check`` accepts, in words (docs/training.md lists every rule)
 
     def problem(self, value: Any) -> str | None:
         """What is wrong with ``value`` (already of the field's type), or None."""
@@ -190,6 +191,18 @@ class Rule:
             first = next((text for text in problems if text), None)
             return f"{_show(value)}: {first}" if first else None
         return self._scalar_problem(value)
+
+    def describe(self) -> str:
+        """The rule in words, as the table of docs/training.md shows it."""
+        parts = [f"one of {', '.join(map(str, self.choices))}"] if self.choices else []
+        if self.low is not None or self.high is not None:
+            parts.append(("each " if self.length else "") + _interval(self))
+        if self.length:
+            fewest, most = self.length
+            parts.append(f"exactly {most} values" if fewest == most else f"{fewest} to {most} values")
+        if self.distinct:
+            parts.append("distinct")
+        return "; ".join([*parts, self.text] if self.text else parts)
 
     def _scalar_problem(self, value: Any) -> str | None:
         if self.choices and value not in self.choices:
@@ -284,7 +297,9 @@ def timm_kwargs_problem(value: dict) -> str | None:
 
 
 FOLDS = 100  # the most folds a dataset may have
-NAME, PATH, SEED = Rule(check=_name), Rule(check=_path), Rule(0, 2**31 - 1)
+NAME = Rule(check=_name, text="a name of 1 to 255 printable characters")
+PATH = Rule(check=_path, text="a path of 1 to 4096 characters, no NUL")
+SEED = Rule(0, 2**31 - 1)
 FRACTION = Rule(0, 1, open_low=True)  # (0, 1]
 UNIT = Rule(0, 1, open_high=True)  # [0, 1)
 LEARNING_RATE = Rule(0, 10, open_low=True)
@@ -302,7 +317,7 @@ FIELD_RULES: dict[str, Rule | None] = {
     "preset": PATH,  # a preset name or a YAML path
     "data.dataset": NAME,
     "data.root": PATH,
-    "data.aus": Rule(length=(1, len(AU_NAMES)), distinct=True, check=_facs_au),
+    "data.aus": Rule(length=(1, len(AU_NAMES)), distinct=True, check=_facs_au, text="FACS AU numbers"),
     "data.fold": Rule(0, FOLDS - 1),
     "data.cv_folds": Rule(0, FOLDS - 1, length=(1, FOLDS), distinct=True),
     "data.val_fold": Rule(0, FOLDS - 1),
@@ -321,12 +336,12 @@ FIELD_RULES: dict[str, Rule | None] = {
     "data.synthetic_seed": SEED,
     "data.skip_bad": None,
     "model.backbone": NAME,
-    "model.backbone_weights": Rule(check=_weight_source),
-    "model.backbone_kwargs": Rule(check=timm_kwargs_problem),
+    "model.backbone_weights": Rule(check=_weight_source, text="hub, synthetic, random or a weight file"),
+    "model.backbone_kwargs": Rule(check=timm_kwargs_problem, text=f"at most {MAX_TIMM_KWARGS} timm arguments; sizes bounded"),
     "model.moke": _choices("model", "moke"),
     "model.d": Rule(1, 256),
     "model.dilations": Rule(1, 64, length=(1, 8)),
-    "model.ca_size": Rule(1, 15, check=_odd),
+    "model.ca_size": Rule(1, 15, check=_odd, text="odd"),
     "model.use_mrf": None,
     "model.use_ca": None,
     "model.collaborate": None,
