@@ -313,3 +313,21 @@ def test_a_backbone_without_cls_token_is_refused(tiny_model_kwargs):
     kwargs = tiny_model_kwargs["backbone_kwargs"] | dict(class_token=False, global_pool="avg")
     with pytest.raises(ValueError, match="has no CLS token; AUFormer's heads read it"):
         build_model(3, **(tiny_model_kwargs | dict(backbone_kwargs=kwargs)))
+
+
+def test_commands_refuse_a_checkpoint_without_au_list(tmp_path, tiny_model_kwargs, capsys):
+    """Python may save a model built without ``aus`` (it loads); the commands name their outputs by AU."""
+    from auformer.cli import main
+    from test_train import write_tiny_preset
+
+    save_checkpoint(build_model(3, **tiny_model_kwargs), tmp_path / "unnamed")
+    assert load_checkpoint(tmp_path / "unnamed").aus is None
+    preset = write_tiny_preset(tmp_path / "tiny.yaml")
+    for argv in (["export", str(tmp_path / "unnamed"), "--out", str(tmp_path / "export")],
+                 ["evaluate", str(tmp_path / "unnamed"), "--preset", preset, "--out", str(tmp_path / "eval")]):  # fmt: skip
+        assert main(argv) == 2
+        assert (
+            capsys.readouterr().err.strip()
+            == f"error: {tmp_path / 'unnamed'}: checkpoint has no AU list; cannot name the output columns"
+        )
+    assert not (tmp_path / "export").exists()

@@ -169,7 +169,10 @@ def mutations(draw, meta: dict) -> list[tuple[tuple, object]]:
     """1-3 (key path, new value or DELETE) edits of a checkpoint JSON."""
     paths = _paths(meta)
     edits = st.tuples(st.sampled_from(paths), st.one_of(st.just(DELETE), HOSTILE_JSON))
-    return draw(st.lists(edits, min_size=1, max_size=3))
+    # Fields stored twice, edited alike (an edit of one alone is refused as inconsistent at once).
+    twins = HOSTILE_JSON.map(lambda value: [(("aus",), value), (("config", "aus"), value)])
+    twins |= HOSTILE_JSON.map(lambda value: [(("backbone", "name"), value), (("config", "backbone"), value)])
+    return draw(st.one_of(st.lists(edits, min_size=1, max_size=3), twins))
 
 
 def _mutated(meta: dict, edits: list[tuple[tuple, object]]) -> dict:

@@ -54,7 +54,7 @@ from auformer.files import atomic_path, atomic_write_text
 from auformer.metrics import au_metrics, intensity_metrics, intensity_table_markdown, metrics_table_markdown
 from auformer.model.auformer import AUFormer, build_model
 from auformer.model.backbone import resolve_weights
-from auformer.model.checkpoint import load_adapter_weights, load_checkpoint, save_checkpoint
+from auformer.model.checkpoint import checkpoint_aus, load_adapter_weights, load_checkpoint, save_checkpoint
 from auformer.model.heads import has_intensity
 
 METRIC_KEYS = ("f1", "precision", "recall", "support")  # per-AU fields of metrics.json
@@ -740,7 +740,7 @@ def evaluate(
             f"{checkpoint}: checkpoint was trained for task {model.task!r} but the config asks for "
             f"model.task={config.model.task!r} (pass --set model.task={model.task})"
         )
-    config = dataclasses.replace(config, data=dataclasses.replace(config.data, aus=list(model.aus)))
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, aus=checkpoint_aus(model, checkpoint)))
     if table is not None:
         source, test = Source(table, []), table.select_aus(model.aus)
     elif config.data.target_root:  # cross-domain: the whole target dataset

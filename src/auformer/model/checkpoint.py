@@ -276,6 +276,14 @@ def _header(weights_path: Path) -> dict[str, torch.Tensor]:
         raise AUFormerError(f"{weights_path}: not a safetensors file ({error})") from None
 
 
+def checkpoint_aus(model: AUFormer, checkpoint: str | os.PathLike) -> list[int]:
+    """The AUs a loaded checkpoint predicts; one line when it has none (built without ``aus``), since
+    the commands name their outputs by AU."""
+    if not model.aus:
+        raise AUFormerError(f"{checkpoint}: checkpoint has no AU list; cannot name the output columns")
+    return list(model.aus)
+
+
 def load_checkpoint(
     path: str | os.PathLike, backbone_weights: str | None = None, map_location: str | torch.device = "cpu"
 ) -> AUFormer:
