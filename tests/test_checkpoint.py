@@ -291,7 +291,7 @@ def test_learnable_bound_is_above_every_method(tiny_model_kwargs, method, option
 
     kwargs = tiny_model_kwargs | dict(method=method, adapter_bottleneck=5, lora_rank=3, vpt_prompts=4)
     model = build_model(**kwargs, **options)
-    geometry = backbone_geometry(TINY_BACKBONE, tiny_model_kwargs["img_size"], **tiny_model_kwargs["backbone_kwargs"])
+    geometry = backbone_geometry(TINY_BACKBONE, tiny_model_kwargs["img_size"], tiny_model_kwargs["backbone_kwargs"])
     learnable = sum(p.numel() for name, p in model.named_parameters() if p.requires_grad and not name.startswith("backbone."))
     method_options = dict(adapter_bottleneck=5, lora_rank=3, vpt_prompts=4)
     assert learnable <= learnable_bound(geometry, options["num_aus"], options["d"], options["dilations"], method_options)

@@ -229,3 +229,15 @@ def test_docs_list_every_field_with_its_rule():
             kind = hint.replace(" | None", " or null").replace("list[", "list of ").replace("dict[str, Any]", "mapping")
             expected[name] = f"{kind.replace(']', '')} | {rule.describe() if rule else 'true or false'}"
     assert rows == expected
+
+
+def test_a_model_that_cannot_be_built_is_refused_before_any_data_is_read(tmp_path, capsys, monkeypatch):
+    from auformer.cli import main
+
+    argv = ["train", "--set", "data.img_size=36", "--set", "data.resize_size=36", "--out", str(tmp_path / "run")]
+    assert main([*argv, "--dry-run"]) == 2
+    line = "img_size 36 is not a multiple of vit_tiny_patch16_224's patch size 8"
+    assert capsys.readouterr().err.strip() == f"error: dry run found 1 problem(s); first: model: {line}"
+    monkeypatch.setattr("auformer.engine.trainer.load_source", lambda *args: pytest.fail("data read before the model check"))
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == f"error: {line}"

@@ -237,8 +237,9 @@ KWARG_EDITS = st.dictionaries(st.sampled_from(["depth", "embed_dim", "num_heads"
 )
 def test_info_on_hostile_model_flags(root, num_aus, img_size, kwargs):
     out = _fresh(root, "info")
-    argv = ["info", "--backbone", "vit_tiny_patch16_224", "--num-aus", num_aus, "--img-size", img_size,
-            "--backbone-kwargs", json.dumps(kwargs), "--json", "--out", out]  # fmt: skip
+    # --flag=VALUE: argparse reads a separate value that starts with '-' (-1e+300) as a flag (found by this test)
+    argv = ["info", "--backbone", "vit_tiny_patch16_224", f"--num-aus={num_aus}", f"--img-size={img_size}",
+            f"--backbone-kwargs={json.dumps(kwargs)}", "--json", "--out", out]  # fmt: skip
     code, text = run_hostile(argv, root, out)
     _ended("info", code, text)
 

@@ -53,7 +53,7 @@ from auformer.errors import AUFormerError
 from auformer.files import atomic_path, atomic_write_text
 from auformer.metrics import au_metrics, intensity_metrics, intensity_table_markdown, metrics_table_markdown
 from auformer.model.auformer import AUFormer, build_model
-from auformer.model.backbone import resolve_weights
+from auformer.model.backbone import backbone_geometry, resolve_weights
 from auformer.model.checkpoint import checkpoint_aus, load_adapter_weights, load_checkpoint, save_checkpoint
 from auformer.model.heads import has_intensity
 
@@ -372,6 +372,7 @@ class Trainer:
             raise AUFormerError(
                 f"{self.run_dir} already holds a run: continue it with --resume {self.run_dir} or pick another --out"
             )
+        backbone_geometry(cfg.model.backbone, data.img_size, cfg.model.backbone_kwargs)  # before weights and data, as --dry-run
         self.dist = distributed.setup(cfg.train.device)
         check_backbone_weights(cfg, verbose=self.verbose and self.dist.is_main)
         if cfg.train.amp == "fp16" and self.dist.device.type != "cuda":

@@ -275,7 +275,7 @@ def build_model(
         vpt_prompts=vpt_prompts,
     )
     _check_options(num_aus, moke, d, dilations, ca_size, dropout, scale, backbone_kwargs, method, method_options, task)
-    learnable = learnable_bound(backbone_geometry(backbone, img_size, **backbone_kwargs), num_aus, d, dilations, method_options)
+    learnable = learnable_bound(backbone_geometry(backbone, img_size, backbone_kwargs), num_aus, d, dilations, method_options)
     if learnable > MAX_LEARNABLE_VALUES:
         raise AUFormerError(
             f"{num_aus} AUs with d={d}, dilations {list(dilations)} and {method_options} make up to {learnable:,} "
@@ -307,7 +307,7 @@ def build_model(
         recompute=recompute,
         **method_options,
     )
-    vit = create_backbone(backbone, backbone_weights, img_size, **backbone_kwargs)
+    vit = create_backbone(backbone, backbone_weights, img_size, backbone_kwargs)
     return AUFormer(
         vit,
         num_aus,

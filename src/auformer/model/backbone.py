@@ -114,15 +114,26 @@ class Geometry:
     values: int  # parameters of the backbone
 
 
-def _timm_vit(name: str, img_size: int, **kwargs) -> VisionTransformer:
-    """``timm.create_model`` for a headless ViT; a bad name or argument is one line naming it."""
+def _timm_vit(name: str, img_size: int, kwargs: dict, skip_init: bool = False) -> VisionTransformer:
+    """``timm.create_model`` for a headless ViT; a bad name or argument is one line naming it.
+
+    ``skip_init``: no weight init (timm's ``weight_init="skip"``), for a shape-only build on the meta device.
+    """
     try:
-        model = timm.create_model(name, pretrained=False, num_classes=0, img_size=img_size, **kwargs)
+        skip = {"weight_init": "skip"} if skip_init else {}
+        model = timm.create_model(name, pretrained=False, num_classes=0, img_size=img_size, **{**kwargs, **skip})
+    except TypeError as error:
+        if skip_init and "weight_init" in str(error):  # another family (no such argument): refused below
+            return _timm_vit(name, img_size, kwargs)
+        raise AUFormerError(
+            f"timm.create_model({name!r}) failed: TypeError: {error}; AUFormer needs a timm "
+            "VisionTransformer, check the name and backbone_kwargs"
+        ) from None
     except RuntimeError as error:
         if "Unknown model" not in str(error):
             raise
         raise AUFormerError(f"unknown timm model {name!r}; list ViTs with timm.list_models('vit_*')") from None
-    except (TypeError, AssertionError, KeyError, ValueError) as error:  # a non-ViT family, a wrong or bad kwarg
+    except (AssertionError, KeyError, ValueError) as error:  # a wrong or bad kwarg
         raise AUFormerError(
             f"timm.create_model({name!r}) failed: {type(error).__name__}: {error}; AUFormer needs a timm "
             "VisionTransformer, check the name and backbone_kwargs"
@@ -135,8 +146,8 @@ def _timm_vit(name: str, img_size: int, **kwargs) -> VisionTransformer:
     return model
 
 
-def backbone_geometry(name: str, img_size: int = 224, **kwargs) -> Geometry:
-    """What ``create_backbone(name, img_size=img_size, **kwargs)`` would build, checked before it is built.
+def backbone_geometry(name: str, img_size: int = 224, kwargs: dict | None = None) -> Geometry:
+    """What ``create_backbone(name, img_size=img_size, kwargs=kwargs)`` would build, checked before it is built.
 
     The ViT is built on the meta device without weight init (no memory, milliseconds for ViT-B),
     so a description asking for a huge width, depth or input fails here in one line instead of
@@ -145,11 +156,12 @@ def backbone_geometry(name: str, img_size: int = 224, **kwargs) -> Geometry:
     """
     from auformer.config import timm_kwargs_problem  # the bounds of the sizing arguments, with the config's
 
+    kwargs = kwargs or {}
     problem = timm_kwargs_problem(kwargs)
     if problem:
         raise AUFormerError(f"backbone_kwargs: {problem}")
     with torch.device("meta"):
-        model = _timm_vit(name, img_size, **{**kwargs, "weight_init": "skip"})
+        model = _timm_vit(name, img_size, kwargs, skip_init=True)
     patch, grid = tuple(model.patch_embed.patch_size), tuple(model.patch_embed.grid_size)
     if img_size % patch[0] or img_size % patch[1] or min(grid) < 1:
         raise AUFormerError(f"img_size {img_size} is not a multiple of {name}'s patch size {patch[0]}")
@@ -163,15 +175,15 @@ def backbone_geometry(name: str, img_size: int = 224, **kwargs) -> Geometry:
     return Geometry(model.embed_dim, len(model.blocks), grid, values)
 
 
-def create_backbone(name: str, weights: str = "random", img_size: int = 224, **kwargs) -> VisionTransformer:
+def create_backbone(name: str, weights: str = "random", img_size: int = 224, kwargs: dict | None = None) -> VisionTransformer:
     """A frozen, headless timm ViT (``num_classes=0``) in eval mode.
 
-    ``kwargs`` go to ``timm.create_model`` (e.g. ``patch_size``, ``embed_dim``,
+    ``kwargs`` (a dict) go to ``timm.create_model`` (e.g. ``patch_size``, ``embed_dim``,
     ``depth``, ``num_heads`` for tiny test models); `build_model` checks them first
     (`backbone_geometry`).
     """
     weights = resolve_weights(weights, name)
-    model = _timm_vit(name, img_size, **kwargs)
+    model = _timm_vit(name, img_size, kwargs or {})
     if weights != "random":
         load_backbone_weights(model, weights)
     model.requires_grad_(False)
