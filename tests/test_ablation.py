@@ -14,6 +14,7 @@ import pytest
 from auformer.config import apply_values, load_config, save_config, validate
 from auformer.engine import trainer
 from auformer.engine.ablation import TABLES, ablation_frame, ablation_markdown, row_folder
+from auformer.model.petl import METHODS
 from test_train import TINY
 
 
@@ -22,7 +23,26 @@ def test_every_row_is_a_valid_config(table):
     base = load_config("synthetic")
     for row in TABLES[table]:
         config = validate(apply_values(row.overrides, base))
-        assert config.model.method in ("auformer", "full-finetune", "linear", "adapter", "lora", "vpt", "convpass")
+        assert config.model.method in METHODS
+
+
+def test_table5a_rows_use_the_cited_settings_and_table4_keeps_auformers_width():
+    base = load_config("synthetic")
+    rows = {row.label: validate(apply_values(row.overrides, base)).model for row in TABLES["5a"]}
+    assert {label: model.method for label, model in rows.items()} == {
+        "Adapter": "adapter",  # Houlsby's, as the paper cites
+        "LoRA": "lora",
+        "VPT": "vpt",
+        "Convpass": "convpass",
+        "AdaptFormer": "adaptformer",  # not in the paper's table
+    }
+    assert rows["LoRA"].lora_targets == ["q", "k"]  # the AUFormer paper's text: queries and keys
+    assert (rows["Convpass"].d, rows["Convpass"].scale, rows["Convpass"].dropout) == (8, 1.0, 0.1)  # Convpass's code
+    adaptformer = rows["AdaptFormer"]
+    assert (adaptformer.adapter_bottleneck, adaptformer.adapter_scale, adaptformer.dropout) == (64, 0.1, 0.1)
+    assert base.model.dropout == 0.0  # the synthetic preset's, which the published forms above override
+    petl_row = validate(apply_values(TABLES["4"][2].overrides, base)).model
+    assert (petl_row.method, petl_row.d) == ("convpass", 4)  # Table 4's step from row 3 to row 4 changes one thing
 
 
 def test_table4_layout_has_ticks_and_both_averages():

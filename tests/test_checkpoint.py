@@ -282,14 +282,16 @@ def test_hub_checkpoint_with_a_crafted_json_is_one_line(tmp_path, tiny_model_kwa
     assert err.startswith("error: ") and "\n" not in err and "adapter.json: config.backbone_kwargs: embed_dim" in err
 
 
-@pytest.mark.parametrize("method", ["auformer", "convpass", "linear", "adapter", "lora", "vpt", "full-finetune"])
+@pytest.mark.parametrize("method", ["auformer", "convpass", "linear", "adapter", "adaptformer", "lora", "vpt", "full-finetune"])
 @pytest.mark.parametrize("options", [dict(num_aus=1, d=1, dilations=[1]), dict(num_aus=5, d=6, dilations=[1, 2, 3, 4])])
 def test_learnable_bound_is_above_every_method(tiny_model_kwargs, method, options):
     """`learnable_bound`, what build_model checks before building, is more than any method builds."""
     from auformer.model.auformer import learnable_bound
     from auformer.model.backbone import backbone_geometry
 
-    kwargs = tiny_model_kwargs | dict(method=method, adapter_bottleneck=5, lora_rank=3, vpt_prompts=4)
+    kwargs = tiny_model_kwargs | dict(
+        method=method, adapter_bottleneck=5, lora_rank=3, vpt_prompts=4, lora_targets=["q", "k", "v"]
+    )
     model = build_model(**kwargs, **options)
     geometry = backbone_geometry(TINY_BACKBONE, tiny_model_kwargs["img_size"], tiny_model_kwargs["backbone_kwargs"])
     learnable = sum(p.numel() for name, p in model.named_parameters() if p.requires_grad and not name.startswith("backbone."))

@@ -241,3 +241,9 @@ def test_a_model_that_cannot_be_built_is_refused_before_any_data_is_read(tmp_pat
     monkeypatch.setattr("auformer.engine.trainer.load_source", lambda *args: pytest.fail("data read before the model check"))
     assert main(argv) == 2
     assert capsys.readouterr().err.strip() == f"error: {line}"
+
+
+def test_lora_targets_rule_is_petls_list():
+    from auformer.model.petl import LORA_TARGETS
+
+    assert FIELD_RULES["model.lora_targets"].choices == LORA_TARGETS

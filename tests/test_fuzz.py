@@ -4,6 +4,7 @@ one-line error (AUFormerError, or FileNotFoundError for a missing file); nothing
 from __future__ import annotations
 
 import json
+import posixpath
 from pathlib import Path
 
 import numpy as np
@@ -112,7 +113,17 @@ def test_manifest_round_trip(folder, rows, aus, rng):
         return
     labels = np.array([[rng.choice([1.0, 0.0, -1.0]) for _ in aus] for _ in rows], dtype=np.float32)
     table = AUTable(folder, [image for image, _ in rows], [subject for _, subject in rows], labels, aus)
-    back = read_manifest(write_manifest(table, folder), on_missing="keep")
+    # A manifest may only name files inside its folder (no symbolic links here): "/x", "../x", "a/../.." are refused.
+    escapes = [
+        image for image, _ in rows if posixpath.normpath(image).startswith(("/", "..")) or posixpath.normpath(image) == "."
+    ]
+    try:
+        written = write_manifest(table, folder)
+    except AUFormerError as error:
+        assert escapes and "is not inside" in str(error), (escapes, str(error))
+        return
+    assert not escapes
+    back = read_manifest(written, on_missing="keep")
     assert back.images == table.images and back.subjects == table.subjects and back.aus == aus
     np.testing.assert_array_equal(back.labels, labels)
 
@@ -140,7 +151,9 @@ LABEL_LINE = st.lists(st.sampled_from(["1", "0", "-1", "2", "x", "1.0", "nan", "
 @given(st.lists(LABEL_LINE, max_size=4), st.integers(0, 4))
 def test_read_list_files_parses_or_raises_one_line(folder, lines, images):
     img_list = _write(folder, "".join(f"F001/{i}.jpg\n" for i in range(images)), "img.txt")
-    result = _user_error(read_list_files, img_list, _write(folder, "\n".join(lines), "label.txt"), [1, 2, 4], img_list.parent)
+    result = _user_error(
+        read_list_files, img_list, _write(folder, "\n".join(lines), "label.txt"), [1, 2, 4], img_list.parent, "keep"
+    )
     if isinstance(result, AUTable):
         assert set(np.unique(result.labels)) <= {-1.0, 0.0, 1.0} and result.labels.shape == (images, 3)
 

@@ -110,7 +110,10 @@ def test_info_compare_writes_the_fig1_table_and_bubble_plot(capsys, tmp_path):
     out = capsys.readouterr().out
     assert out.startswith("| method | learnable params | total params | GFLOPs | GMACs | paper F1 (BP4D, %) |")
     rows = {row["method"]: row for row in json.loads((tmp_path / "compare.json").read_text())}
-    assert list(rows) == ["auformer", "full-finetune", "linear", "adapter", "lora", "vpt", "convpass"]
+    assert list(rows) == ["auformer", "full-finetune", "linear", "adapter", "adaptformer", "lora", "vpt", "convpass"]
+    # Fig. 1's Convpass at its published width d=8: down D->8, 3x3 conv 8->8, up 8->D, beside MHSA and MLP (2 blocks)
+    assert rows["convpass"]["learnable_params"] == 32 * 3 + 3 + 2 * 2 * (32 * 8 + 8 + 8 * 8 * 9 + 8 + 8 * 32 + 32)
+    assert rows["adaptformer"]["paper_f1"] is None
     assert rows["full-finetune"]["learnable_params"] == rows["full-finetune"]["total_params"]
     assert rows["linear"]["learnable_params"] == 32 * 3 + 3  # the head alone
     assert rows["vpt"]["gflops"] > rows["linear"]["gflops"]  # prompts lengthen every block's sequence

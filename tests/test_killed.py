@@ -142,6 +142,7 @@ def test_detect_resume_after_cut_csv(long_video, tiny_checkpoint, tmp_path, open
     cut = full[: len(full) * 2 // 5]  # ends inside a line
     assert not cut.endswith(b"\n")
     (tmp_path / "cut" / "long.csv").write_bytes(cut)
+    (tmp_path / "cut" / "detect.json").write_bytes((tmp_path / "full" / "detect.json").read_bytes())  # what wrote it
     assert main(_detect(long_video, tiny_checkpoint, tmp_path / "cut", "--resume", *fmt)) == 0
     resumed = pd.read_csv(tmp_path / "cut" / "long.csv")
     start = 1 if openface else 0

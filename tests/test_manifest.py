@@ -36,12 +36,15 @@ def test_manifest_round_trip_keeps_unknown_labels(tmp_path):
     assert not list(tmp_path.glob(".*tmp"))  # no temp file left behind
 
 
-def test_write_manifest_elsewhere_rewrites_relative_paths(tmp_path):
+def test_write_manifest_elsewhere_rewrites_relative_paths_inside_only(tmp_path):
     table = _table(tmp_path / "data")
-    write_manifest(table.subset([2]), tmp_path / "sub")
-    back = read_manifest(tmp_path / "sub" / "manifest.csv")
-    assert back.images == ["../data/M002/T2/3.jpg"]
-    assert back.image_path(0).resolve() == (tmp_path / "data/M002/T2/3.jpg").resolve()
+    write_manifest(table.subset([2]), tmp_path)  # a folder above the images: paths rewritten, still inside
+    back = read_manifest(tmp_path / "manifest.csv")
+    assert back.images == ["data/M002/T2/3.jpg"]
+    assert back.image_path(0) == (tmp_path / "data/M002/T2/3.jpg").resolve()
+    with pytest.raises(ValueError, match=r"sub/manifest.csv: row 1: path '../data/M002/T2/3.jpg' is not inside"):
+        write_manifest(table.subset([2]), tmp_path / "sub")  # a manifest may not point out of its folder
+    assert not (tmp_path / "sub" / "manifest.csv").exists()
 
 
 def test_subset_and_select_aus(tmp_path):

@@ -81,7 +81,7 @@ def test_prepare_folder_on_real_photos(photo_folder, tmp_path, capsys):
     report = json.loads((out / "prepare_report.json").read_text())
     assert report["frames_labelled"] == 12 and report["written"] == 7  # astronaut, 4 LFW faces, 2 video frames
     assert sorted(report["no_face"]) == [str(photo_folder / "lfw" / f"street{k}.png") for k in (0, 1)]
-    assert report["unreadable_image"] == [str(photo_folder / "broken.jpg")]
+    assert report["unreadable_image"] == [f"{photo_folder / 'broken.jpg'}: not an image (or a format Pillow cannot read)"]
     assert sorted(report["missing_image"]) == [f"{photo_folder / 'clip.avi'}#7", str(photo_folder / "gone.png")]
     assert report["bad_rows"] == [
         "labels.csv line 15: occurrence '2' is not 1, 0 or empty/-1/9 (unknown)",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -187,7 +188,7 @@ def test_dry_run_lists_every_problem_then_fails_in_one_line(fake_bp4d, tmp_path,
     (data / "folds.json").write_text((fake_bp4d / "folds.json").read_text())
     manifest = pd.read_csv(fake_bp4d / "manifest.csv", dtype=str, keep_default_na=False)
     manifest["AU24"] = "0"  # no positive anywhere
-    manifest["image"] = [str(fake_bp4d / image) for image in manifest["image"]]
+    shutil.copytree(fake_bp4d / "images", data / "images")  # a manifest's images lie inside its folder
     manifest.to_csv(data / "manifest.csv", index=False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)

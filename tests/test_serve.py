@@ -6,6 +6,12 @@ browser test (test_serve_browser.py) drives the real page.
 
 from __future__ import annotations
 
+import os
+import signal
+import tempfile
+import threading
+import time
+
 import cv2
 import numpy as np
 import pandas as pd
@@ -14,9 +20,9 @@ from PIL import Image
 
 from auformer.cli import build_parser
 from auformer.detect import Detector
-from auformer.serve import analyse, demo_checkpoint, tile_plots
+from auformer.serve import _stop_on_sigterm, analyse, demo_checkpoint, run_serve, tile_plots
 from auformer.viz import BOX_COLOR, draw_face_boxes
-from media import tiny_checkpoint, two_faces_photo, write_moving_face_video
+from media import png_claiming, tiny_checkpoint, two_faces_photo, write_moving_face_video
 
 AUS = [1, 2, 4, 6, 12]
 FACE_FRAMES, BLANK_FRAMES = 6, 3
@@ -66,13 +72,17 @@ def test_bad_files_give_a_message_not_an_exception(detector, tmp_path):
     corrupt.write_bytes(b"\xff\xd8\xff\xe0" + b"not a jpeg" * 50)
     broken_video = tmp_path / "clip.mp4"
     broken_video.write_bytes(b"not a video" * 50)
+    (tmp_path / "bomb.png").write_bytes(png_claiming(30_000, 30_000))
+    Image.fromarray(np.zeros((10, 10_000, 3), np.uint8)).save(tmp_path / "strip.png")
     for path, message in (
-        (corrupt, "photo.jpg: cannot decode image"),
-        (broken_video, "clip.mp4: cannot open video"),
+        (corrupt, "photo.jpg: truncated image (the file ends inside the image data)"),
+        (tmp_path / "bomb.png", "bomb.png: over the limit of 80,000,000 pixels (raise it with AUFORMER_MAX_PIXELS)"),
+        (tmp_path / "strip.png", "strip.png: 10000x10 pixels: one side is more than 20 times the other"),
+        (broken_video, "clip.mp4: cannot open video (corrupt, unsupported codec, or no frame rate)"),
         (tmp_path / "gone.png", "gone.png: image file not found"),
     ):
         result = analyse(detector, path, tmp_path / "out")
-        assert result.status.startswith("**Could not analyse this file.** ") and message in result.status
+        assert result.status == f"**Could not analyse this file.** {message}"  # the gate's short reason, no library text
         assert str(tmp_path) not in result.status  # the upload's temporary path is not shown
         assert result.boxed is None and result.csv is None and result.face_plots == []
 
@@ -118,3 +128,30 @@ def test_serve_flags_default_to_loopback():
     args = build_parser().parse_args(["serve"])
     assert (args.host, args.port, args.checkpoint, args.face_detector) == ("127.0.0.1", 7860, None, "auto")
     assert args.max_upload_mb > 0 and args.every == 1
+
+
+def test_temporary_folder_goes_when_stopped_during_start_up(tmp_path, monkeypatch, capsys):
+    """SIGTERM while the model loads (before Gradio is up): the folder is deleted, the command ends without a
+    traceback. (Before, the handler came after start-up: SIGTERM's default action left the folder behind.)"""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+    handler = []
+
+    def stop_when_the_folder_exists() -> None:
+        deadline = time.monotonic() + 60
+        while not list(tmp_path.glob("auformer-serve-*")) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        handler.append(signal.getsignal(signal.SIGTERM))
+        # Without a handler of its own SIGTERM would end pytest: then stop the server with Ctrl-C instead.
+        os.kill(os.getpid(), signal.SIGTERM if handler[0] is _stop_on_sigterm else signal.SIGINT)
+
+    threading.Thread(target=stop_when_the_folder_exists, daemon=True).start()
+    try:
+        run_serve(build_parser().parse_args(["serve", "--port", "0"]))
+    except KeyboardInterrupt:
+        pass
+    assert handler == [_stop_on_sigterm]  # SIGTERM was handled as soon as the folder existed
+    printed = capsys.readouterr().out
+    assert "open http://" not in printed and "stopped" in printed  # really stopped during start-up
+    assert not list(tmp_path.glob("auformer-serve-*")) and "deleted" in printed
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler is put back

@@ -195,7 +195,7 @@ def test_corrupt_file_gives_message_on_page(server, browser, tmp_path):
     corrupt.write_bytes(b"\xff\xd8\xff\xe0" + b"not a jpeg" * 100)
     _upload(browser, server, corrupt)
     status = _status_when(browser, "Could not analyse")
-    assert status.startswith("Could not analyse this file. broken.jpg: cannot decode image (")
+    assert status == "Could not analyse this file. broken.jpg: truncated image (the file ends inside the image data)"
     assert not browser.find_elements(By.CSS_SELECTOR, "#csv a[download]")
     _screenshot(browser, "serve_corrupt.png", tmp_path)
     assert server.process.poll() is None  # the server lives on

@@ -20,7 +20,7 @@ from auformer.errors import AUFormerError, environment_problem, one_line
 FACE_DETECTORS = ("dlib", "haar", "none", "yunet", "auto")
 DEFAULT_FACE_DETECTOR = "auto"  # auformer.faces.DEFAULT_DETECTOR, tested equal: yunet where installed, else dlib
 # `auformer.model.petl.METHODS` (kept here so --help needs no torch import).
-METHODS = ("auformer", "full-finetune", "linear", "adapter", "lora", "vpt", "convpass")
+METHODS = ("auformer", "full-finetune", "linear", "adapter", "adaptformer", "lora", "vpt", "convpass")
 
 
 def path_arg(text: str) -> str:
@@ -170,7 +170,9 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
         "detect",
         help="detect AUs in photos, folders and videos",
         description="Find and align every face, then write AU probabilities (AU01) and occurrences (AU01_c) "
-        "per face and frame: OUT/images.csv for photos, OUT/<video>.csv per video (written as it goes).",
+        "per face and frame: OUT/images.csv for photos, OUT/<video>.csv per video (written as it goes). Images over "
+        "AUFORMER_MAX_PIXELS pixels (default 80 million), with a side under 8 pixels or one side over 20 times the "
+        "other are refused as bad inputs; an animated image is read as its first frame.",
     )
     parser.add_argument(
         "inputs", nargs="+", metavar="INPUT", type=path_arg, help="image files, video files or folders (searched recursively)"
@@ -203,10 +205,17 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="skip unreadable images and videos (counted, listed at the end and in OUT/detect.json) instead of stopping",
     )
-    parser.add_argument(
+    earlier = parser.add_mutually_exclusive_group()
+    earlier.add_argument(
         "--resume",
         action="store_true",
-        help="continue a killed run in the same OUT: keep its CSVs and go on after the last frame written in full",
+        help="continue a killed run in the same OUT: keep its CSVs and go on after the last frame written in full "
+        "(refused when its checkpoint, --format or columns differ, as OUT/detect.json records them)",
+    )
+    earlier.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the results of an earlier run in OUT (without it or --resume, a folder holding results is refused)",
     )
     parser.add_argument(
         "--detect-every",
@@ -664,7 +673,7 @@ def _run_evaluate(args: argparse.Namespace) -> None:
         from auformer.model.checkpoint import read_checkpoint_meta
 
         aus = parse_au_list(args.list_aus) if args.list_aus else read_checkpoint_meta(args.checkpoint)["aus"]
-        table = read_list_files(args.list[0], args.list[1], aus, args.image_root)
+        table = read_list_files(args.list[0], args.list[1], aus, args.image_root, "keep" if args.skip_bad else "error")
     trainer.evaluate(args.checkpoint, config, out, table=table)
 
 

@@ -74,15 +74,18 @@ class ModelConfig:
     use_ca: bool = True  # context-aware operator (ablation switch)
     collaborate: bool = True  # carry each expert's knowledge to the next group (ablation switch)
     aux_head: bool = True  # per-AU auxiliary heads on the last expert group
-    dropout: float = 0.1  # dropout inside the experts
+    dropout: float = 0.1  # dropout inside the experts (auformer, convpass) and in AdaptFormer's bottleneck
     scale: float = 1.0  # output scale s of the experts
     task: str = "occurrence"  # heads: occurrence (the paper), intensity (0-5 per AU) or both (docs/intensity.md)
-    method: str = "auformer"  # auformer, or a comparison: full-finetune, linear, adapter, lora, vpt, convpass (docs/ablations.md)
-    adapter_bottleneck: int = 64  # adapter: bottleneck width (AdaptFormer: 64)
-    adapter_scale: float = 0.1  # adapter: output scale s (AdaptFormer: 0.1)
-    lora_rank: int = 8  # lora: rank r of the q and v updates
+    method: str = "auformer"  # auformer, or a comparison: full-finetune, linear, adapter, adaptformer, lora, vpt, convpass
+    # (docs/ablations.md)
+    adapter_bottleneck: int = 64  # adapter (Houlsby) and adaptformer: bottleneck width (both papers' code: 64)
+    adapter_scale: float = 0.1  # adaptformer: output scale s (AdaptFormer: 0.1; Houlsby's adapter has none)
+    lora_rank: int = 8  # lora: rank r of the updates
     lora_alpha: float = 8.0  # lora: the updates are scaled by lora_alpha / lora_rank
+    lora_targets: list[str] = field(default_factory=lambda: ["q", "v"])  # lora: which of q, k, v (LoRA paper: q, v)
     vpt_prompts: int = 10  # vpt: prompt tokens per block (deep VPT)
+    drop_path: float = 0.1  # full-finetune: the backbone's drop-path rate in training (frozen backbones stay in eval mode)
     recompute: bool = True  # fused experts recompute d-space ops in backward: less memory, ~30% slower small-model steps
 
     def __post_init__(self) -> None:
@@ -152,7 +155,7 @@ class Config:
 _CHOICES = {
     ("model", "moke"): ("fused", "reference"),
     ("model", "task"): ("occurrence", "intensity", "both"),
-    ("model", "method"): ("auformer", "full-finetune", "linear", "adapter", "lora", "vpt", "convpass"),
+    ("model", "method"): ("auformer", "full-finetune", "linear", "adapter", "adaptformer", "lora", "vpt", "convpass"),
     ("loss", "name"): ("mdwa", "dwa", "mwa", "wa", "wce"),
     ("loss", "wdi_reduction"): ("batch", "sample"),
     ("train", "amp"): ("none", "bf16", "fp16"),
@@ -194,7 +197,7 @@ class Rule:
 
     def describe(self) -> str:
         """The rule in words, as the table of docs/training.md shows it."""
-        parts = [f"one of {', '.join(map(str, self.choices))}"] if self.choices else []
+        parts = [f"{'each ' if self.length else ''}one of {', '.join(map(str, self.choices))}"] if self.choices else []
         if self.low is not None or self.high is not None:
             parts.append(("each " if self.length else "") + _interval(self))
         if self.length:
@@ -354,7 +357,9 @@ FIELD_RULES: dict[str, Rule | None] = {
     "model.adapter_scale": OUTPUT_SCALE,
     "model.lora_rank": Rule(1, 1024),
     "model.lora_alpha": Rule(0, 10_000, open_low=True),
+    "model.lora_targets": Rule(choices=("q", "k", "v"), length=(1, 3), distinct=True),  # petl.LORA_TARGETS
     "model.vpt_prompts": Rule(1, 1024),
+    "model.drop_path": UNIT,
     "model.recompute": None,
     "loss.name": _choices("loss", "name"),
     "loss.wdi": None,

@@ -26,7 +26,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,13 +37,13 @@ import torch
 from tqdm import tqdm
 
 from auformer.aus import au_column, au_columns
-from auformer.data.images import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, read_rgb
+from auformer.data.images import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, open_video, read_rgb
 from auformer.data.transforms import build_transform
 from auformer.errors import AUFormerError
-from auformer.faces import DEFAULT_DETECTOR, TEMPLATE_SIZE, AlignedFace, align_faces, get_detector
+from auformer.faces import DEFAULT_DETECTOR, TEMPLATE_SIZE, AlignedFace, Face, align_faces, get_detector
 from auformer.faces.track import FaceTracker
-from auformer.files import atomic_write_text
-from auformer.model.checkpoint import load_checkpoint, read_checkpoint_meta, resolve_checkpoint
+from auformer.files import UniqueNames, atomic_write_text, check_apart, resolve_inside
+from auformer.model.checkpoint import checkpoint_paths, file_sha256, load_checkpoint, read_checkpoint_meta, resolve_checkpoint
 
 FACE_COLUMNS = ["input", "frame", "time_s", "face", "x", "y", "w", "h", "face_score", "success"]
 INTENSITY_SUFFIX = "_r"  # AU12_r: intensity 0-5, as OpenFace names it
@@ -51,6 +51,8 @@ INTENSITY_SUFFIX = "_r"  # AU12_r: intensity 0-5, as OpenFace names it
 OPENFACE_NAMES = {"face": "face_id", "time_s": "timestamp", "face_score": "confidence"}
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16}  # --amp: autocast dtype of the model's forward
 PREFETCH = 16  # frames each pipeline stage may run ahead of the next (16 decoded 1080p frames: 100 MB)
+SUMMARY_NAME = "detect.json"  # in OUT: what wrote the CSVs (checkpoint hash, format, columns), counts, skipped inputs
+IMAGES_CSV = "images.csv"
 SYNTHETIC_WARNING = (
     "warning: this checkpoint was trained on synthetic faces: its AU predictions on real "
     "photos are not meaningful (it only shows that the pipeline runs)"
@@ -88,13 +90,8 @@ def video_frames(
     """
     if every < 1:
         raise AUFormerError(f"every must be a positive integer, got {every}")
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"video not found: {path}")
-    capture = cv2.VideoCapture(str(path))
+    capture = open_video(path)  # the image gate's size checks, before a frame is decoded
     fps = capture.get(cv2.CAP_PROP_FPS)
-    if not capture.isOpened() or not fps > 0:
-        capture.release()
-        raise AUFormerError(f"{path}: cannot open video (corrupt, unsupported codec, or no frame rate)")
     first, last = _frame_range(fps, start, end)
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
     if first > 0:
@@ -223,6 +220,7 @@ class Detector:
         if amp not in AMP_DTYPES:
             raise AUFormerError(f"amp must be one of {', '.join(AMP_DTYPES)}, got {amp!r}")
         checkpoint = resolve_checkpoint(checkpoint)  # a Hub repo id is fetched once, here
+        self.checkpoint = checkpoint
         meta = read_checkpoint_meta(checkpoint)
         self.model = load_checkpoint(checkpoint, backbone_weights=backbone_weights, map_location=device).eval()
         if not self.model.aus:
@@ -292,22 +290,32 @@ class Detector:
             raise AUFormerError("this checkpoint predicts intensity only (model.task='intensity'): use predict()")
         return self.predict(crops)["probs"]
 
-    def _find_faces(self, frames: Iterable[Frame]) -> Iterator[tuple[Frame, list[AlignedFace], torch.Tensor]]:
-        """Each frame with its aligned faces and their model inputs; one tracker per video."""
+    def _find_faces(
+        self, frames: Iterable[Frame], carried: Sequence[Face] = (), next_face_id: int = 0
+    ) -> Iterator[tuple[Frame, list[AlignedFace], torch.Tensor]]:
+        """Each frame with its aligned faces and their model inputs; one tracker per video (`iter_results`)."""
         tracker = FaceTracker(self.face_detector, self.detect_every)
         previous: Frame | None = None
         for frame in frames:
-            if previous is None or frame.input != previous.input or frame.index <= previous.index:
-                tracker.reset()  # a new photo or video (or a jump back): nothing to track from
+            if previous is None:
+                tracker.reset(carried, next_face_id)
+            elif frame.input != previous.input or frame.index <= previous.index:
+                tracker.reset()  # a new photo or video (or a jump back): nothing to track from, ids from 0
             aligned = align_faces(frame.image, tracker, size=TEMPLATE_SIZE)
             yield frame, aligned, self._inputs([face.crop for face in aligned])
             previous = frame
 
-    def iter_results(self, frames: Iterable[Frame]) -> Iterator[tuple[pd.DataFrame, list[AlignedFace]]]:
+    def iter_results(
+        self, frames: Iterable[Frame], carried: Sequence[Face] = (), next_face_id: int = 0
+    ) -> Iterator[tuple[pd.DataFrame, list[AlignedFace]]]:
         """Analyse ``frames``; yield ``(table, aligned faces)`` about every ``batch_size`` rows, in frame order.
 
-        The table holds one row per face (``face`` numbers them, best first) and one
-        ``success=0`` row per frame without a face; the faces list is in the order of the
+        The table holds one row per face and one ``success=0`` row per frame without a
+        face. ``face`` is the face's identity (`auformer.faces.track`): in a video a face
+        keeps its number while it stays in view and a new face gets a number not used
+        before in that video; in a photo the numbers are the detector's ranks, best
+        first. ``carried`` and ``next_face_id`` continue the first video's numbering (a
+        resumed run, `written_faces`). The faces list is in the order of the
         table's ``success=1`` rows. Yielding batch by batch lets callers write long videos
         as they go. Frames are decoded and their faces found in background threads while
         the network runs on the previous batch. A stream that fails mid-way (:class:`AUFormerError`)
@@ -318,14 +326,23 @@ class Detector:
         inputs: list[torch.Tensor] = []
         stopped = None
         try:
-            for frame, aligned, images in in_background(self._find_faces(in_background(frames))):
+            for frame, aligned, images in in_background(self._find_faces(in_background(frames), carried, next_face_id)):
                 base = {"input": frame.input, "frame": frame.index, "time_s": round(frame.time_s, 4)}
                 if not aligned:
                     rows.append({**base, "success": 0})
-                for number, face in enumerate(aligned):
+                for face in aligned:
                     x, y, w, h = face.face.box
                     rows.append(
-                        {**base, "face": number, "x": x, "y": y, "w": w, "h": h, "face_score": face.face.score, "success": 1}
+                        {
+                            **base,
+                            "face": face.face.face_id,
+                            "x": x,
+                            "y": y,
+                            "w": w,
+                            "h": h,
+                            "face_score": face.face.score,
+                            "success": 1,
+                        }
                     )
                 faces.extend(aligned)
                 inputs.append(images)
@@ -414,24 +431,33 @@ def to_openface(table: pd.DataFrame) -> pd.DataFrame:
     return table[sorted(table.columns, key=group)]
 
 
-def expand_inputs(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Path], int]:
+def expand_inputs(
+    inputs: Iterable[str | os.PathLike], exclude: str | os.PathLike | None = None
+) -> tuple[list[Path], list[Path], int]:
     """Split inputs into (images, videos, ignored); folders are searched recursively.
 
     A missing input raises ``FileNotFoundError`` before any work starts; files in
     folders with other extensions are counted as ignored; an explicitly named file
     with an unknown extension is treated as an image (reading it reports it if it is not).
+    A file named twice (``photos/ photos/a.jpg``) is analysed once; the folder ``exclude``
+    (the output folder, when it lies inside an input folder) is not searched.
     """
     images: list[Path] = []
     videos: list[Path] = []
     ignored = 0
+    skip = Path(exclude).resolve() if exclude is not None else None
+    seen: set[Path] = set()
     for item in map(Path, inputs):
         if item.is_dir():
-            files = sorted(p for p in item.rglob("*") if p.is_file())
+            files = sorted(p for p in item.rglob("*") if p.is_file() and not (skip and p.parent.resolve().is_relative_to(skip)))
         elif item.is_file():
             files = [item]
         else:
             raise FileNotFoundError(f"input not found: {item}")
         for file in files:
+            if file.resolve() in seen:
+                continue
+            seen.add(file.resolve())
             suffix = file.suffix.lower()
             if suffix in VIDEO_EXTENSIONS:
                 videos.append(file)
@@ -480,11 +506,14 @@ def completed_frames(path: Path, openface: bool = False) -> dict[str, int]:
             return {}
         column_input, column_frame = header.index("input"), header.index("frame")
         keep = file.tell()
-        for line in iter(file.readline, b""):
+        for number, line in enumerate(iter(file.readline, b""), start=2):
             if not line.endswith(b"\n"):
                 break  # half a line: the write was killed
-            cells = next(csv.reader([line.decode()]))
-            key = (cells[column_input], int(cells[column_frame]) - (1 if openface else 0))
+            try:
+                cells = next(csv.reader([line.decode()]))
+                key = (cells[column_input], int(cells[column_frame]) - (1 if openface else 0))
+            except (UnicodeDecodeError, ValueError, IndexError, StopIteration):
+                raise AUFormerError(f"{path}: line {number} is not a row this command wrote; pass --overwrite") from None
             if key != last_key:
                 if last_key is not None:
                     done[last_key[0]] = last_key[1]
@@ -492,6 +521,26 @@ def completed_frames(path: Path, openface: bool = False) -> dict[str, int]:
     with open(path, "r+b") as file:
         file.truncate(keep)
     return done
+
+
+def written_faces(path: Path, openface: bool = False) -> tuple[list[Face], int]:
+    """The faces of the last frame in a video's detection CSV (box and ``face_id``) and the next unused id.
+
+    A resumed run continues the video's face numbering from them (`Detector.iter_results`):
+    a face overlapping one of these boxes keeps its number, other faces get new ones.
+    """
+    column = OPENFACE_NAMES["face"] if openface else "face"
+    try:
+        table = pd.read_csv(path, usecols=[column, "frame", "x", "y", "w", "h"])
+        found = table[(table["frame"] == table["frame"].max()) & table[column].notna()]
+        faces = [
+            Face(box=(float(row.x), float(row.y), float(row.w), float(row.h)), score=0.0, landmarks=None, face_id=int(face_id))
+            for face_id, row in zip(found[column], found.itertuples())
+        ]
+        next_id = int(table[column].max()) + 1 if table[column].notna().any() else 0
+    except (ValueError, TypeError) as error:  # a missing column, a cell that is not a number
+        raise AUFormerError(f"{path}: cannot continue its face numbering ({error})") from None
+    return faces, next_id
 
 
 @dataclass
@@ -512,12 +561,22 @@ class _Counts:
 
 
 def _run(
-    detector: Detector, frames: Iterable[Frame], writer: _CsvWriter, progress: tqdm, counts: _Counts, plot_dir: Path | None
+    detector: Detector,
+    frames: Iterable[Frame],
+    writer: _CsvWriter,
+    progress: tqdm,
+    counts: _Counts,
+    plot_prefix: Mapping[str, Path] | None,
+    carried: tuple[list[Face], int] = ([], 0),
 ) -> None:
-    """Feed ``frames`` through ``detector`` into ``writer``, updating the progress bar and counts."""
+    """Feed ``frames`` through ``detector`` into ``writer``, updating the progress bar and counts.
+
+    ``plot_prefix``: input -> path prefix of its face plots (``PREFIX_face0.png``), None for no plots.
+    ``carried``: a resumed video's `written_faces`.
+    """
     started, faces_before = time.perf_counter(), counts.faces
     note = " (synthetic checkpoint: not meaningful)" if detector.synthetic else ""  # plot titles
-    for table, faces in detector.iter_results(frames):
+    for table, faces in detector.iter_results(frames, *carried):
         writer.write(table)
         new_frames = table.drop_duplicates(["input", "frame"])
         counts.frames += len(new_frames)
@@ -527,11 +586,11 @@ def _run(
         progress.set_postfix(
             faces=counts.faces, faces_per_s=f"{(counts.faces - faces_before) / (time.perf_counter() - started):.1f}"
         )
-        if plot_dir is not None:
+        if plot_prefix is not None:
             detector.plot_faces(
                 table,
                 faces,
-                lambda row: plot_dir / f"{Path(row['input']).stem}_face{row['face']}.png",
+                lambda row: Path(f"{plot_prefix[row['input']]}_face{row['face']}.png"),
                 lambda row: f"{row['input']}, face {row['face']}{note}",
             )
 
@@ -546,23 +605,128 @@ def _image_frames(paths: list[Path], progress: tqdm, counts: _Counts, skip_bad: 
             progress.update(1)
 
 
-def _unique_csv(out: Path, stem: str, used: set[str]) -> Path:
-    """``out/STEM.csv``, suffixed ``_2``, ``_3`` ... when two inputs share a name."""
-    name, number = stem, 1
-    while name in used:
-        number += 1
-        name = f"{stem}_{number}"
-    used.add(name)
-    return out / f"{name}.csv"
+@dataclass
+class _Outputs:
+    """Where one ``detect`` run writes: ``images.csv``, a CSV per video, a plot name per photo, all distinct.
+
+    Two videos ``a/x.mp4`` and ``b/x.mp4`` get ``x.csv`` and ``x_2.csv``, two photos ``a/x.png``
+    and ``b/x.png`` the plots ``x_face0.png`` and ``x_2_face0.png`` (`auformer.files.UniqueNames`).
+    """
+
+    out: Path
+    video_csv: dict[Path, Path]  # video -> its CSV
+    plot_prefix: dict[str, Path] | None  # photo (as the table names it) -> OUT/plots/STEM, None without --plot
+
+    @classmethod
+    def plan(cls, out: Path, images: list[Path], videos: list[Path], plot: bool) -> _Outputs:
+        csv_names, plot_names = UniqueNames([IMAGES_CSV, SUMMARY_NAME]), UniqueNames()
+        video_csv = {video: out / csv_names.claim(f"{video.stem}.csv") for video in videos}
+        plot_prefix = {str(path): out / "plots" / plot_names.claim(path.stem) for path in images} if plot else None
+        return cls(out, video_csv, plot_prefix)
+
+    @property
+    def csv_files(self) -> list[Path]:
+        return [self.out / IMAGES_CSV, *self.video_csv.values()]
+
+    def previous(self) -> list[Path]:
+        """Files of an earlier run in OUT: its ``detect.json``, the CSVs this run writes, its plots."""
+        found = [path for path in (self.out / SUMMARY_NAME, *self.csv_files) if path.exists()]
+        return found + sorted((self.out / "plots").glob("*.png"))
+
+    def remove_previous(self) -> None:
+        """``--overwrite``: delete the earlier run's CSVs (those its ``detect.json`` lists and those this run writes)
+        and plots; the listed names are kept inside OUT (`resolve_inside`), whatever the file says."""
+        try:
+            listed = _read_summary(self.out).get("csv", []) if (self.out / SUMMARY_NAME).is_file() else []
+        except AUFormerError:  # an unreadable detect.json is replaced like the rest
+            listed = []
+        listed = listed if isinstance(listed, list) else []
+        doomed = {resolve_inside(self.out, str(name), str(self.out / SUMMARY_NAME)) for name in listed}
+        for path in {path for path in doomed if path.suffix == ".csv"} | {path.resolve() for path in self.previous()}:
+            if path.is_file():
+                path.unlink()
+
+
+def run_identity(detector: Detector, openface: bool) -> dict:
+    """What a ``--resume`` must share with the run it continues: the checkpoint's files (sha256), format and columns."""
+    weights, config = checkpoint_paths(detector.checkpoint)
+    empty = detector._table([], [], [])  # the columns this checkpoint writes
+    return {
+        "checkpoint": str(detector.checkpoint),
+        "checkpoint_sha256": {path.name: file_sha256(path) for path in (weights, config)},
+        "format": "openface" if openface else "auformer",
+        "columns": list((to_openface(empty) if openface else empty).columns),
+    }
+
+
+def _read_summary(out: Path) -> dict:
+    path = out / SUMMARY_NAME
+    try:
+        summary = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise AUFormerError(
+            f"{path}: not a detect.json this command wrote ({error}); pass --overwrite or another --out"
+        ) from None
+    if not isinstance(summary, dict):
+        raise AUFormerError(f"{path}: not a detect.json this command wrote; pass --overwrite or another --out")
+    return summary
+
+
+def check_resume(outputs: _Outputs, identity: dict) -> None:
+    """Refuse (one line) a ``--resume`` whose checkpoint, format or columns differ from the run that wrote OUT,
+    or whose CSVs have another header: appended rows would not match the columns above them."""
+    out, advice = outputs.out, "pass --overwrite to replace its results, or choose another --out"
+    if not (out / SUMMARY_NAME).is_file():
+        if any(path.exists() for path in outputs.csv_files):
+            raise AUFormerError(
+                f"{out}: --resume needs {SUMMARY_NAME}, which says what wrote the CSVs there, and it is missing; {advice}"
+            )
+        return
+    previous = _read_summary(out)
+    if "checkpoint_sha256" not in previous:
+        raise AUFormerError(f"{out / SUMMARY_NAME} does not record the checkpoint of its run (an older auformer?); {advice}")
+    if previous["checkpoint_sha256"] != identity["checkpoint_sha256"]:
+        raise AUFormerError(
+            f"{out}: --resume with checkpoint {identity['checkpoint']}, but the run there used another one "
+            f"({previous.get('checkpoint')}, other sha256); {advice}"
+        )
+    if previous.get("format") != identity["format"]:
+        raise AUFormerError(
+            f"{out}: --resume with --format {identity['format']}, but the run there wrote --format {previous.get('format')}; "
+            f"pass --format {previous.get('format')}, or {advice}"
+        )
+    expected = ",".join(identity["columns"])
+    for path in outputs.csv_files:
+        if path.is_file() and path.stat().st_size:
+            with open(path, "rb") as file:
+                header = file.readline().decode("utf-8", errors="replace").strip()
+            if header != expected:
+                raise AUFormerError(f"{path}: its header is not the one this run writes ({expected[:60]}...); {advice}")
 
 
 def run_detect(args: argparse.Namespace) -> None:
-    """``auformer detect``: photos into ``OUT/images.csv``, each video into ``OUT/<video>.csv``."""
+    """``auformer detect``: photos into ``OUT/images.csv``, each video into ``OUT/<video>.csv``.
+
+    OUT may lie inside an input folder (it is then not searched), but may not be or hold an input.
+    A folder that already holds results is refused unless ``--resume`` (checked: same checkpoint,
+    format and columns) or ``--overwrite`` is given; ``detect.json`` is written first, with what
+    a resumed run is checked against, and again at the end with the counts.
+    """
     from auformer.viz import plot_au_timeseries
 
-    images, videos, ignored = expand_inputs(args.inputs)
+    out = Path(args.out)
+    check_apart(out, args.inputs, inside_ok=True)
+    images, videos, ignored = expand_inputs(args.inputs, exclude=out)
     if not images and not videos:
         raise AUFormerError(f"no images or videos found in {', '.join(map(str, args.inputs))}")
+    outputs = _Outputs.plan(out, images, videos, args.plot)
+    previous = outputs.previous()
+    if previous and not (args.resume or args.overwrite):
+        raise AUFormerError(
+            f"{out} already holds results ({', '.join(path.name for path in previous[:3])}"
+            f"{', ...' if len(previous) > 3 else ''}): pass --resume to continue that run, --overwrite to replace it, "
+            "or choose another --out"
+        )
     detector = Detector(
         args.checkpoint,
         face_detector=args.face_detector,
@@ -575,30 +739,39 @@ def run_detect(args: argparse.Namespace) -> None:
     )
     if detector.synthetic:
         print(SYNTHETIC_WARNING)
-    out = Path(args.out)
+    openface = args.format == "openface"
+    identity = run_identity(detector, openface)
+    if args.resume:
+        check_resume(outputs, identity)
+    elif args.overwrite:
+        outputs.remove_previous()
     plot_dir = out / "plots" if args.plot else None
     for folder in (out, plot_dir):
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
-    openface = args.format == "openface"
+    csv_names = [path.name for path in outputs.csv_files[0 if images else 1 :]]
+    atomic_write_text(out / SUMMARY_NAME, json.dumps({**identity, "finished": False, "csv": csv_names}, indent=2) + "\n")
     counts = _Counts()
     written: list[Path] = []
-    used_names = {"images"}
     if images:
-        writer = _CsvWriter(out / "images.csv", openface, args.resume)
+        writer = _CsvWriter(out / IMAGES_CSV, openface, args.resume)
         todo = [path for path in images if str(path) not in writer.done]
         with tqdm(total=len(images), initial=len(images) - len(todo), desc="images", unit="image") as progress:
-            _run(detector, _image_frames(todo, progress, counts, args.skip_bad), writer, progress, counts, plot_dir)
+            frames = _image_frames(todo, progress, counts, args.skip_bad)
+            _run(detector, frames, writer, progress, counts, outputs.plot_prefix)
         written.append(writer.path)
-    for video in videos:
-        writer = _CsvWriter(_unique_csv(out, video.stem, used_names), openface, args.resume)
+    for video, csv_path in outputs.video_csv.items():
+        writer = _CsvWriter(csv_path, openface, args.resume)
         total = count_video_frames(video, args.every, args.start, args.end)
         after = writer.done.get(str(video))
+        carried = ([], 0)
         if after is not None:
             print(f"resuming {writer.path} after frame {after}")
+            carried = written_faces(writer.path, openface)  # the video's face numbers continue
         with tqdm(total=total, desc=video.name, unit="frame") as progress:
             try:
-                _run(detector, video_frames(video, args.every, args.start, args.end, after), writer, progress, counts, None)
+                frames = video_frames(video, args.every, args.start, args.end, after)
+                _run(detector, frames, writer, progress, counts, None, carried)
             except (AUFormerError, FileNotFoundError) as error:
                 counts.skip(error, progress, args.skip_bad)
                 if not writer.path.is_file():
@@ -618,18 +791,20 @@ def run_detect(args: argparse.Namespace) -> None:
     for line in counts.skipped:
         print(f"skipped: {line}")
     summary = {
+        **identity,
+        "finished": True,
         "frames": counts.frames,
         "faces": counts.faces,
         "frames_without_face": counts.frames_without_face,
         "skipped": counts.skipped,
         "ignored_files": ignored,
-        "csv": [str(path) for path in written],
-        "face_detector": detector.face_detector.name,
-    }  # what `auto` resolved to
-    atomic_write_text(out / "detect.json", json.dumps(summary, indent=2) + "\n")
+        "csv": [path.name for path in written],
+        "face_detector": detector.face_detector.name,  # what `auto` resolved to
+    }
+    atomic_write_text(out / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
     for path in written:
         print(f"wrote {path}")
-    print(f"wrote {out / 'detect.json'} (counts and skipped inputs)")
+    print(f"wrote {out / SUMMARY_NAME} (checkpoint, counts and skipped inputs)")
     if plot_dir is not None:
         print(f"plots in {plot_dir}")
     if detector.synthetic:

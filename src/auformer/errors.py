@@ -69,3 +69,16 @@ def _file_in_the_way(path: Path) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
+
+
+class BadImageError(AUFormerError):
+    """An image file the project's reader (:func:`auformer.data.images.read_rgb`) refuses: not an image, truncated or
+    corrupt, over the pixel limit, or of a degenerate size. ``--skip-bad`` counts and lists it; the run goes on.
+
+    The message is ``"PATH: reason"``; ``reason`` alone is the short text a page shows for an upload. (One
+    positional argument, so that the error survives pickling and a DataLoader worker's re-raise.)
+    """
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or message

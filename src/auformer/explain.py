@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from auformer.detect import Detector, expand_inputs, read_image
 from auformer.errors import AUFormerError
+from auformer.files import UniqueNames, check_apart
 from auformer.model.auformer import AUFormer
 from auformer.model.checkpoint import load_checkpoint
 
@@ -106,13 +107,15 @@ def run_explain(args: argparse.Namespace) -> None:
     from auformer.viz import plot_gradcam, plot_tsne
 
     out = Path(args.out)
+    check_apart(out, args.images, inside_ok=True)
     detector = Detector(args.checkpoint, face_detector="none", threshold=args.threshold, backbone_weights=args.backbone_weights)
     model, mean, std = detector.model, detector.model.data_config["mean"], detector.model.data_config["std"]
-    paths, videos, ignored = expand_inputs(args.images)
+    paths, videos, ignored = expand_inputs(args.images, exclude=out)
     paths, images, skipped = _load(paths, detector)
     probs = detector._predict(images)["probs"]  # (M, N), batched without autograd
     names = detector.au_columns
     target = "expert (aux head)" if model.aux_head is not None else "main head"
+    figure_names = UniqueNames()  # a/x.png and b/x.png: gradcam/x.png and gradcam/x_2.png
     for path, image, prob in list(zip(paths, images, probs))[: args.gradcam_images]:
         present = [i for i in np.argsort(-prob) if prob[i] >= detector.thresholds[i]]
         maps = grad_cam(model, image[None].clone(), present)
@@ -121,7 +124,7 @@ def run_explain(args: argparse.Namespace) -> None:
             _display(image, mean, std),
             maps,
             labels,
-            out / "gradcam" / f"{path.stem}.png",
+            out / "gradcam" / figure_names.claim(f"{path.stem}.png"),
             title=f"{path.name}: Grad-CAM per {target}, AUs predicted present",
         )
         print(f"wrote {written}")

@@ -1,17 +1,24 @@
-"""Atomic file writes: every file auformer writes goes through a temporary file and a rename.
+"""Where auformer reads and writes: atomic writes, paths kept inside their folders, output names kept apart.
 
-A process killed mid-write (SIGKILL, out of memory, a cluster pre-empting the job)
-then leaves the old file or the new one, never half a file. This is the project's
-one copy of that mechanism: checkpoints, tables, plots, exports and datasets use it.
+- Atomic writes: every file auformer writes goes through a temporary file and a rename. A
+  process killed mid-write (SIGKILL, out of memory, a cluster pre-empting the job) then
+  leaves the old file or the new one, never half a file. Checkpoints, tables, plots,
+  exports and datasets use it.
+- :func:`resolve_inside`: every path read from a user's file (a label CSV, a manifest, a
+  list file) goes through it, so no row can reach outside the folder it is relative to.
+- :class:`UniqueNames`: two inputs that would map to one output file get distinct names.
+- :func:`check_apart`: an output folder never is, holds, or (where not allowed) lies
+  inside an input, so nothing a command reads is overwritten by what it writes.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterator
+import posixpath
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from auformer.errors import AUFormerError
 
@@ -85,3 +92,66 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write a text file atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def resolve_inside(root: str | os.PathLike, relative: str, source: str) -> Path:
+    """The absolute path of ``relative`` under ``root``, links followed; a bad row when it leads out of ``root``.
+
+    ``source`` names where the path was read (``labels.csv line 4``). An absolute path, a
+    ``..`` that climbs out, or a symbolic link inside ``root`` that points out of it would
+    let one row of a user's file read (or, through a name derived from it, write) any
+    file: each raises an :class:`AUFormerError` naming ``source``, as does a path naming ``root``
+    itself (``.``), which is no file. ``root`` itself may be a link.
+    """
+    base = Path(root).resolve()
+    try:
+        if not relative or Path(relative).is_absolute():
+            raise ValueError
+        path = (base / relative).resolve()
+    except (ValueError, OSError):  # absolute, empty, a NUL byte, a link loop
+        path = None
+    if path is None or path == base or not path.is_relative_to(base):
+        raise AUFormerError(f"{source}: path {relative!r} is not inside {root} (absolute, '..' out of it, or a link out of it)")
+    return path
+
+
+class UniqueNames:
+    """Output names that never collide: ``claim("images/x.jpg")`` is ``images/x.jpg``, then ``images/x_2.jpg``, ...
+
+    Two inputs can map to one output (``dup.png`` and ``dup.jpg`` both to ``images/dup.jpg``;
+    ``a/x.png`` and ``b/x.png`` both to ``plots/x_face0.png``); the later one gets the next
+    free number. Names are normalised (``a/../b.jpg`` is ``b.jpg``) and compared case-insensitively,
+    as macOS and Windows file systems do.
+    """
+
+    def __init__(self, reserved: Iterable[str] = ()) -> None:
+        self._taken = {name.lower() for name in reserved}
+
+    def claim(self, name: str) -> str:
+        """``name``, or ``STEM_K.SUFFIX`` with the smallest K >= 2 not claimed yet; the result is claimed."""
+        name = posixpath.normpath(name)
+        path = PurePosixPath(name)
+        candidate, number = name, 1
+        while candidate.lower() in self._taken:
+            number += 1
+            candidate = str(path.with_name(f"{path.stem}_{number}{path.suffix}"))
+        self._taken.add(candidate.lower())
+        return candidate
+
+
+def check_apart(out: str | os.PathLike, inputs: Iterable[str | os.PathLike], inside_ok: bool = False) -> None:
+    """Refuse (one line) an output folder that is an input, holds one, or lies inside an input folder.
+
+    Any of these lets a command overwrite what it reads, or read back what it wrote on
+    the next run. ``inside_ok``: OUT may lie inside an input folder (the caller then
+    leaves OUT out of its search, as ``detect`` does for ``detect . --out results``).
+    """
+    target = Path(out).resolve()
+    for item in inputs:
+        source = Path(item).resolve()
+        if target == source or source.is_relative_to(target):
+            raise AUFormerError(
+                f"output folder {out} is or holds the input {item}: choose an output folder apart from the inputs"
+            )
+        if target.is_relative_to(source) and not inside_ok:
+            raise AUFormerError(f"output folder {out} lies inside the input folder {item}: choose one outside it")

@@ -7,7 +7,9 @@ and the table as a CSV download. `analyse` does the work and knows nothing of Gr
 so it is tested without a browser; `build_app` only lays out the page.
 
 Uploads and results live in one temporary folder (Gradio's upload folder is pointed
-into it) that is deleted when the server stops, by Ctrl-C or SIGTERM.
+into it) that is deleted when the server stops, by Ctrl-C or SIGTERM, also while it is
+still starting. Uploads are read through the image gate (`auformer.data.images`): a bad
+file shows the gate's short reason on the page, never a library's message.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from auformer.detect import (
     read_image,
     video_frames,
 )
-from auformer.errors import AUFormerError
+from auformer.errors import AUFormerError, BadImageError
 from auformer.model.auformer import build_model
 from auformer.model.checkpoint import save_checkpoint
 from auformer.viz import draw_face_boxes, plot_au_timeseries
@@ -59,8 +61,8 @@ DEMO_BANNER = (
 INTRO = (
     "# AUFormer: facial Action Units\n"
     "Drop a photo or a video. Every face found is boxed and numbered; each face gets a bar per Action Unit "
-    "(red: present, at or above the black threshold tick). A video also gets the AU time series of its best "
-    "face. The table of every face and frame is a CSV download below."
+    "(red: present, at or above the black threshold tick). A video also gets the AU time series of each "
+    "face, which keeps its number while it stays in view. The table of every face and frame is a CSV download below."
 )
 
 
@@ -191,8 +193,9 @@ def _analyse_video(detector: Detector, path: Path, out: Path, every: int) -> Ana
 def analyse(detector: Detector, path: str | os.PathLike, out: str | os.PathLike, every: int = 1) -> Analysis:
     """Run ``detector`` on one uploaded photo or video and write its CSV and plots into ``out``.
 
-    A file that cannot be read gives an `Analysis` whose status says so (with the file's
-    name), never an exception: the page shows the message and stays usable.
+    A file that cannot be read gives an `Analysis` whose status says so in one short line
+    (the file's name and the image gate's reason), never an exception: the page shows the
+    message and stays usable.
     """
     path, out = Path(path), Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -200,7 +203,9 @@ def analyse(detector: Detector, path: str | os.PathLike, out: str | os.PathLike,
         if path.suffix.lower() in VIDEO_EXTENSIONS:
             return _analyse_video(detector, path, out, every)
         return _analyse_photo(detector, path, out)
-    except (ValueError, FileNotFoundError) as error:
+    except BadImageError as error:
+        return Analysis(f"**Could not analyse this file.** {path.name}: {error.reason}")
+    except (AUFormerError, FileNotFoundError) as error:
         message = str(error).replace(str(path), path.name)  # the upload's temporary path means nothing to the user
         return Analysis(f"**Could not analyse this file.** {message}")
 
@@ -239,7 +244,7 @@ def build_app(detector: Detector, work: Path, banner: str | None, every: int = 1
         gr.Markdown("### AU bars per face\nRed: present (at or above the black threshold tick). Grey: absent.")
         bars = gr.Image(label="AU bars per face", show_label=False, type="numpy", interactive=False, elem_id="bars")
         with gr.Column(visible=False) as video_only:
-            gr.Markdown("### AU time series of the best face per frame")
+            gr.Markdown("### AU time series, one line per face")
             timeseries = gr.Image(
                 label="AU time series", show_label=False, type="filepath", interactive=False, elem_id="timeseries"
             )
@@ -252,13 +257,20 @@ def _stop_on_sigterm(signum: int, frame: object) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> None:
-    """``auformer serve``: start the page on ``args.host:args.port`` and block until stopped."""
+    """``auformer serve``: start the page on ``args.host:args.port`` and block until stopped.
+
+    The temporary folder goes whenever the command ends: stopped (Ctrl-C, SIGTERM) while
+    serving or still starting (loading the model, importing Gradio), or failed.
+    """
     if args.max_upload_mb <= 0 or args.every < 1:
         raise AUFormerError(
             f"--max-upload-mb must be positive and --every at least 1 (got {args.max_upload_mb} and {args.every})"
         )
-    work = Path(tempfile.mkdtemp(prefix="auformer-serve-"))
+    # Before the folder exists: SIGTERM's default action would end the process without the clean-up below.
+    previous_handler = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    work, app = None, None
     try:
+        work = Path(tempfile.mkdtemp(prefix="auformer-serve-"))
         # Gradio reads its upload folder from the environment when it is imported: set it first.
         os.environ["GRADIO_TEMP_DIR"] = str(work / "uploads")
         os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # no telemetry or version check from a local tool
@@ -272,7 +284,6 @@ def run_serve(args: argparse.Namespace) -> None:
         )
         banner = DEMO_BANNER if args.checkpoint is None else (SYNTHETIC_WARNING if detector.synthetic else None)
         app = build_app(detector, work, banner, args.every)
-        signal.signal(signal.SIGTERM, _stop_on_sigterm)
         try:
             app.launch(
                 server_name=args.host,
@@ -296,6 +307,12 @@ def run_serve(args: argparse.Namespace) -> None:
             print(f"warning: listening on {args.host}: other machines that can reach this one can use the page")
         print(f"open http://{args.host}:{app.server_port} in a browser; Ctrl-C stops the server", flush=True)
         app.block_thread()
+    except KeyboardInterrupt:
+        print("stopped", flush=True)  # while serving, Gradio handles Ctrl-C itself; this is a stop during start-up
     finally:
-        shutil.rmtree(work, ignore_errors=True)
-        print(f"deleted {work}", flush=True)
+        if app is not None:
+            app.close(verbose=False)  # a no-op unless it was launched
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
+            print(f"deleted {work}", flush=True)
+        signal.signal(signal.SIGTERM, previous_handler)

@@ -25,6 +25,8 @@ from auformer.files import atomic_path
 OCCURS_COLOR = "#d1495b"  # probability at or above the AU's threshold
 ABSENT_COLOR = "#8d99ae"
 INTENSITY_COLOR = "#2e86ab"
+# One colour per face identity in a video's time series (the first two as the single-face plots had them).
+FACE_COLORS = (OCCURS_COLOR, INTENSITY_COLOR, "#edae49", "#66a182", "#8e6c8a", "#3d348b")
 _PROBABILITY_COLUMN = re.compile(r"^AU\d+$")
 _INTENSITY_COLUMN = re.compile(r"^AU\d+_r$")
 BOX_COLOR = (255, 200, 0)  # RGB: face boxes drawn on photos, visible on skin and most backgrounds
@@ -114,30 +116,45 @@ def plot_au_timeseries(df: pd.DataFrame, out_path: str | os.PathLike, threshold:
     """One small panel per AU: probability over time, occurrence (at or above threshold) shaded;
     then, for checkpoints with intensity, one panel per AU of the 0-5 intensity (``AU12_r``).
 
-    ``df`` is a detection table (``auformer`` or ``openface`` columns). Only the best
-    face of each frame (``face`` 0) is drawn; frames without a face leave gaps.
+    ``df`` is a detection table (``auformer`` or ``openface`` columns). Each face identity
+    (``face``, kept while the face is in view) is one line, in one colour across the panels:
+    the ``len(FACE_COLORS)`` faces longest in view. A line breaks where its face is out of
+    view; frames without any face are hatched.
     """
+    return _save(au_timeseries_figure(df, threshold, out_path), out_path)
+
+
+def au_timeseries_figure(df: pd.DataFrame, threshold: float | Mapping[str, float], name: str | os.PathLike = "") -> Figure:
+    """The figure of `plot_au_timeseries` (``name`` for the error message of a table without AU columns)."""
     time_column = "time_s" if "time_s" in df else "timestamp"
     face_column = "face" if "face" in df else "face_id"
     columns = [column for column in df.columns if _PROBABILITY_COLUMN.match(column)]
     intensity_columns = [column for column in df.columns if _INTENSITY_COLUMN.match(column)]
     if not columns and not intensity_columns:
-        raise ValueError(f"{out_path}: the table has no AU probability or intensity columns")
-    frames = df[(df[face_column] == 0) | df[face_column].isna()].drop_duplicates(time_column).sort_values(time_column)
-    times = frames[time_column].to_numpy(dtype=float)
-    no_face = frames[(columns or intensity_columns)[0]].isna().to_numpy()
+        raise ValueError(f"{name}: the table has no AU probability or intensity columns")
+    times = np.sort(df[time_column].unique()).astype(float)  # (T,)
+    found = df[df[face_column].notna()]
+    frames_in_view = found.groupby(face_column)[time_column].nunique()
+    longest = sorted(frames_in_view.index, key=lambda face_id: (-frames_in_view[face_id], face_id))[: len(FACE_COLORS)]
+    lines = {  # face id -> its rows on the full time axis (T rows, NaN where out of view)
+        face_id: found[found[face_column] == face_id].drop_duplicates(time_column).set_index(time_column).reindex(times)
+        for face_id in sorted(longest)
+    }
+    no_face = ~np.isin(times, found[time_column].to_numpy(dtype=float))
     thresholds = _thresholds(columns, threshold) + [None] * len(intensity_columns)
     panels = columns + intensity_columns
     figure = Figure(figsize=(10, 0.75 * len(panels) + 1.0), layout="constrained")
     axes_list = np.atleast_1d(figure.subplots(len(panels), 1, sharex=True))
     for axes, column, limit in zip(axes_list, panels, thresholds):
-        values = frames[column].to_numpy(dtype=float)
-        top, color = (1.0, OCCURS_COLOR) if limit is not None else (INTENSITY_MAX, INTENSITY_COLOR)
+        top = 1.0 if limit is not None else INTENSITY_MAX
         if limit is not None:
-            axes.fill_between(times, 0, 1, where=values >= limit, color=OCCURS_COLOR, alpha=0.2, linewidth=0, step="mid")
             axes.axhline(limit, color="black", linewidth=0.6, linestyle=":")
         axes.fill_between(times, 0, top, where=no_face, color=ABSENT_COLOR, alpha=0.25, linewidth=0, step="mid", hatch="//")
-        axes.plot(times, values, color=color, linewidth=1.2)
+        for color, (face_id, rows) in zip(FACE_COLORS, lines.items()):
+            values = rows[column].to_numpy(dtype=float)  # (T,)
+            if limit is not None:
+                axes.fill_between(times, 0, 1, where=values >= limit, color=color, alpha=0.15, linewidth=0, step="mid")
+            axes.plot(times, values, color=color, linewidth=1.2, marker=".", markersize=3, label=f"face {face_id:g}")
         axes.set_ylim(0, top)
         axes.set_yticks([0, top])
         label = au_label(column.removesuffix("_r")) + (" intensity" if limit is None else "")
@@ -145,12 +162,14 @@ def plot_au_timeseries(df: pd.DataFrame, out_path: str | os.PathLike, threshold:
         axes.spines[["top", "right"]].set_visible(False)
     axes_list[-1].set_xlabel("time (s)")
     axes_list[-1].set_xlim(times.min(), max(times.max(), times.min() + 1e-3))
-    axes_list[0].set_title(
-        "AU probability (red: present; dotted: threshold) and intensity 0-5 (blue) of the best face "
-        "per frame; grey hatched: no face",
+    shown = f", the {len(lines)} of {len(frames_in_view)} faces longest in view" if len(lines) < len(frames_in_view) else ""
+    figure.suptitle(
+        f"AU probability (shaded: present; dotted: threshold) and intensity 0-5, one colour per face{shown}; hatched: no face",
         fontsize=10,
     )
-    return _save(figure, out_path)
+    if lines:
+        figure.legend(*axes_list[0].get_legend_handles_labels(), loc="outside right upper", fontsize=8, frameon=False)
+    return figure
 
 
 def plot_cost_bubbles(rows: list[dict], out_path: str | os.PathLike, title: str) -> Path:

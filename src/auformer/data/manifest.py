@@ -5,7 +5,7 @@ A prepared dataset is a folder any tool can produce::
     manifest.csv   image,subject,AU01,AU02,...   (1, 0, empty or -1 = unknown)
                    optional AU12_int,... columns: intensity 0-5 (empty or -1 = unknown)
     folds.json     {"folds": [{"test_subjects": [...]}, ...], "aus": ["AU01", ...]}
-    <images>       paths in manifest.csv are relative to the folder
+    <images>       paths in manifest.csv are relative to the folder, and stay inside it
 
 In memory a split is an :class:`AUTable`. Unknown labels stay ``-1`` all the way to
 the loss and the metrics, which mask them out; they are never turned into 0.
@@ -27,7 +27,7 @@ import numpy as np
 
 from auformer.aus import INTENSITY_MAX, au_columns, parse_au
 from auformer.errors import AUFormerError
-from auformer.files import atomic_write_text
+from auformer.files import atomic_write_text, resolve_inside
 
 MANIFEST_NAME = "manifest.csv"
 FOLDS_NAME = "folds.json"
@@ -91,8 +91,9 @@ class AUTable:
         return AUTable(self.root, list(self.images), list(self.subjects), self.labels[:, columns], wanted, intensity)
 
     def image_path(self, index: int) -> Path:
-        """Absolute path of image ``index``."""
-        return self.root / self.images[index]
+        """Absolute path of image ``index``; an :class:`AUFormerError` when it leads out of ``root``
+        (absolute, ``..``, or a link out of it), however the table was made."""
+        return resolve_inside(self.root, self.images[index], str(self.root))
 
 
 def _dataset_file(path: str | Path, name: str) -> Path:
@@ -147,16 +148,41 @@ def _parse_au_header(file: Path, columns: list[str]) -> list[int]:
     return aus
 
 
-def _report_missing_images(file: Path, root: Path, images: list[str], on_missing: str) -> np.ndarray:
-    """Boolean mask of the images that exist; raise or warn (with the count) about the others."""
-    exists = np.array([(root / image).is_file() for image in images], dtype=bool)
-    missing = [image for image, ok in zip(images, exists) if not ok]
+def _check_images(file: Path, root: Path, images: list[str], lines: list[int], on_missing: str) -> np.ndarray:
+    """Boolean mask of the rows whose image path stays inside ``root`` and exists; raise or warn about the others.
+
+    A path out of ``root`` (absolute, ``..``, a link out of it) is an :class:`AUFormerError` naming the
+    file and line, a missing image a ``FileNotFoundError`` with the count; ``on_missing="skip"`` drops
+    both with a warning, ``"keep"`` keeps every row for the caller (``--skip-bad`` lists them when it
+    decodes each image: :func:`auformer.data.images.drop_unreadable`).
+    """
+    if on_missing not in ("error", "skip", "keep"):
+        raise AUFormerError(f"on_missing must be 'error', 'skip' or 'keep', got {on_missing!r}")
+    ok = np.ones(len(images), dtype=bool)
+    if on_missing == "keep":
+        return ok
+    outside, missing = [], []
+    for row, (line, image) in enumerate(zip(lines, images)):
+        try:
+            path = resolve_inside(root, image, f"{file}: line {line}")
+        except AUFormerError as error:
+            outside.append(str(error))
+            ok[row] = False
+            continue
+        if not path.is_file():
+            missing.append(image)
+            ok[row] = False
+    if outside:
+        more = f" ({len(outside)} such rows)" if len(outside) > 1 else ""
+        if on_missing == "error":
+            raise AUFormerError(outside[0] + more)
+        warnings.warn(outside[0] + more + "; skipped", stacklevel=3)
     if missing:
         message = f"{file}: {len(missing)} of {len(images)} image files are missing (first: {missing[0]})"
         if on_missing == "error":
             raise FileNotFoundError(message + "; pass --skip-bad (Python: on_missing='skip') to drop them")
         warnings.warn(message + "; skipped", stacklevel=3)
-    return exists
+    return ok
 
 
 def read_manifest(path: str | Path, on_missing: str = "error") -> AUTable:
@@ -164,12 +190,12 @@ def read_manifest(path: str | Path, on_missing: str = "error") -> AUTable:
 
     Labels must be ``1``, ``0``, empty or ``-1``; anything else (a stray ``9`` from raw
     BP4D, an intensity ``3``) is an error naming the file, line, column and value, since
-    guessing its meaning would corrupt the training signal. Missing image files are
-    counted: ``on_missing="error"`` (default) raises, ``"skip"`` drops them with a warning
-    that gives the count, ``"keep"`` leaves them to the caller (``--skip-bad`` lists them).
+    guessing its meaning would corrupt the training signal. Image paths must stay inside the
+    folder (no absolute path, ``..`` out of it or link out of it: a bad row named by line).
+    Bad paths and missing image files are counted: ``on_missing="error"`` (default) raises,
+    ``"skip"`` drops them with a warning that gives the count, ``"keep"`` leaves them to the
+    caller (``--skip-bad`` lists them).
     """
-    if on_missing not in ("error", "skip", "keep"):
-        raise AUFormerError(f"on_missing must be 'error', 'skip' or 'keep', got {on_missing!r}")
     file = _dataset_file(path, MANIFEST_NAME)
     header, rows, lines = _read_csv_rows(file)
     aus = _parse_au_header(file, header)
@@ -195,10 +221,8 @@ def read_manifest(path: str | Path, on_missing: str = "error") -> AUTable:
     for line, image in zip(lines, table.images):
         if first_line.setdefault(image, line) != line:
             raise AUFormerError(f"{file}: line {line}: duplicate row for image {image!r} (first on line {first_line[image]})")
-    if on_missing == "keep":
-        return table
-    exists = _report_missing_images(file, table.root, table.images, on_missing)
-    return table if exists.all() else table.subset(exists)
+    usable = _check_images(file, table.root, table.images, lines, on_missing)
+    return table if usable.all() else table.subset(usable)
 
 
 def _read_intensity_columns(
@@ -237,14 +261,18 @@ def write_manifest(table: AUTable, out_dir: str | Path) -> Path:
     With ``table.intensity``, an ``AU12_int`` column follows the occurrence columns for each
     AU with at least one known intensity (an AU never coded for intensity gets no column).
 
-    Image paths are rewritten relative to ``out_dir`` when the table's root is elsewhere,
-    so a subset saved in another folder still points at the same files.
+    Image paths are rewritten relative to ``out_dir`` when the table's root is elsewhere (a
+    subset saved in a folder above its images still points at the same files). Every path
+    must stay inside ``out_dir``, as `read_manifest` requires: one that would not is an
+    :class:`AUFormerError`, and nothing is written.
     """
     out_dir = Path(out_dir)
     if table.root.resolve() == out_dir.resolve():
         images = table.images
     else:
         images = [os.path.relpath(table.root / image, out_dir) for image in table.images]
+    for row, image in enumerate(images):
+        resolve_inside(out_dir, image, f"{out_dir / MANIFEST_NAME}: row {row + 1}")
     cells = np.where(table.labels > 0.5, "1", np.where(table.labels == 0, "0", ""))  # (M, N)
     header = ["image", "subject", *au_columns(table.aus)]
     if table.intensity is not None:
@@ -300,18 +328,22 @@ def subject_from_path(image: str) -> str:
     return parts[0] if len(parts) > 1 else "unknown"
 
 
-def read_list_files(img_list: str | Path, label_list: str | Path, aus: Sequence[int], image_root: str | Path) -> AUTable:
+def read_list_files(
+    img_list: str | Path, label_list: str | Path, aus: Sequence[int], image_root: str | Path, on_missing: str = "error"
+) -> AUTable:
     """Read ME-GraphAU list files (``*_img_path_foldK.txt`` + ``*_label_foldK.txt``).
 
-    One image path per line (relative to ``image_root``) and, on the same line of the
-    label file, one space-separated ``1``/``0``/``-1`` per AU of ``aus``. Subjects are
-    parsed from the paths (:func:`subject_from_path`).
+    One image path per line (relative to ``image_root``, and inside it) and, on the same
+    line of the label file, one space-separated ``1``/``0``/``-1`` per AU of ``aus``.
+    Subjects are parsed from the paths (:func:`subject_from_path`). Paths out of
+    ``image_root`` and missing images are handled as ``on_missing`` says (`read_manifest`).
     """
     img_list, label_list = Path(img_list), Path(label_list)
     for file in (img_list, label_list):
         if not file.is_file():
             raise FileNotFoundError(f"{file}: list file not found")
-    images = [line.strip() for line in img_list.read_text().splitlines() if line.strip()]
+    numbered = [(number, line.strip()) for number, line in enumerate(img_list.read_text().splitlines(), 1) if line.strip()]
+    images = [image for _, image in numbered]
     label_lines = [line for line in label_list.read_text().splitlines() if line.strip()]
     if len(images) != len(label_lines):
         raise AUFormerError(f"{label_list}: {len(label_lines)} label lines but {img_list} has {len(images)} images")
@@ -328,4 +360,6 @@ def read_list_files(img_list: str | Path, label_list: str | Path, aus: Sequence[
     if bad.any():
         row = int(np.argwhere(bad)[0][0])
         raise AUFormerError(f"{label_list}: line {row + 1}: labels must be 1, 0 or -1, got {label_lines[row].strip()!r}")
-    return AUTable(Path(image_root), images, [subject_from_path(image) for image in images], labels, [parse_au(a) for a in aus])
+    table = AUTable(Path(image_root), images, [subject_from_path(image) for image in images], labels, [parse_au(a) for a in aus])
+    usable = _check_images(img_list, table.root, images, [number for number, _ in numbered], on_missing)
+    return table if usable.all() else table.subset(usable)

@@ -171,8 +171,8 @@ def model_from_config(config: Config, aus: list[int], backbone_weights: str) -> 
         moke=m.moke, aus=aus, d=m.d, dilations=tuple(m.dilations), ca_size=m.ca_size, use_mrf=m.use_mrf,
         use_ca=m.use_ca, collaborate=m.collaborate, aux_head=m.aux_head, dropout=m.dropout, scale=m.scale,
         backbone_kwargs=m.backbone_kwargs or None, task=m.task, method=m.method, adapter_bottleneck=m.adapter_bottleneck,
-        adapter_scale=m.adapter_scale, lora_rank=m.lora_rank, lora_alpha=m.lora_alpha, vpt_prompts=m.vpt_prompts,
-        recompute=m.recompute,
+        adapter_scale=m.adapter_scale, lora_rank=m.lora_rank, lora_alpha=m.lora_alpha, lora_targets=m.lora_targets,
+        vpt_prompts=m.vpt_prompts, drop_path=m.drop_path, recompute=m.recompute,
     )  # fmt: skip
 
 
@@ -742,8 +742,9 @@ def evaluate(
             f"model.task={config.model.task!r} (pass --set model.task={model.task})"
         )
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, aus=checkpoint_aus(model, checkpoint)))
-    if table is not None:
-        source, test = Source(table, []), table.select_aus(model.aus)
+    if table is not None:  # list files: --skip-bad drops their bad rows here, as load_source does for a manifest
+        table, skipped = drop_unreadable(table) if config.data.skip_bad else (table, [])
+        source, test = Source(table, [], skipped=skipped), table.select_aus(model.aus)
     elif config.data.target_root:  # cross-domain: the whole target dataset
         source = load_source(config, config.data.target_root)
         test = source.table.select_aus(model.aus)

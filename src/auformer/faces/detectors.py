@@ -48,6 +48,7 @@ class Face:
     box: tuple[float, float, float, float]  # x, y, w, h in pixels
     score: float  # backend confidence, higher is surer (dlib: SVM margin; haar: cascade level weight)
     landmarks: np.ndarray | None  # (5, 2) x, y in LANDMARK_NAMES order, or None for box-only backends
+    face_id: int | None = None  # identity given by FaceTracker (kept while the face stays in view); None from a detector
 
 
 @dataclass(frozen=True)

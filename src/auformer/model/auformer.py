@@ -13,8 +13,10 @@ Aux head: CLS output of expert i of the last group -> its own Linear -> 1 logit.
 (0-5, `auformer.model.heads`) read the same two feature sets.
 
 The same loop runs the comparison methods (``method``, see `petl.py`): their
-branches replace the expert groups, LoRA hooks the frozen qkv Linear, deep VPT
-inserts prompt tokens around each block, and ``full-finetune`` unfreezes the ViT.
+branches replace the expert groups and read the tap of each sublayer their paper
+names (its input LN(X), its output, or the stream X), LoRA hooks the frozen qkv
+Linear, deep VPT inserts prompt tokens around each block, and ``full-finetune``
+unfreezes the ViT and trains it in train mode (drop-path).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from auformer.model.heads import (
 )
 from auformer.model.moke import MoKEGroup
 from auformer.model.moke_fused import FusedMoKEGroup
-from auformer.model.petl import EXPERT_METHODS, METHODS, DeepPrompts, LoRA, side_branches
+from auformer.model.petl import EXPERT_METHODS, METHODS, DeepPrompts, LoRA, branch_input, check_lora_targets, side_branches
 
 MOKE_IMPLEMENTATIONS: dict[str, type[MoKEGroup]] = {"reference": MoKEGroup, "fused": FusedMoKEGroup}
 MAX_LEARNABLE_VALUES = 500_000_000  # experts/branches and heads (ViT-B with 12 AUs: 2.2 M); full fine-tuning aside
@@ -80,7 +82,8 @@ class AUFormer(nn.Module):
         """``expert_options``: ``d``, ``dilations``, ``ca_size``, ``use_mrf``, ``use_ca``, ``dropout``, ``scale`` (see `Expert`).
 
         ``method_options``: ``adapter_bottleneck``, ``adapter_scale``, ``lora_rank``, ``lora_alpha``,
-        ``vpt_prompts`` (`build_model` passes them all). Methods without experts get no aux head.
+        ``lora_targets``, ``vpt_prompts`` (`build_model` passes them all). Methods without experts
+        get no aux head.
         ``recompute``: fused groups recompute their d-space ops in backward (less memory, slower steps).
         """
         super().__init__()
@@ -105,10 +108,12 @@ class AUFormer(nn.Module):
                 group.recompute = recompute  # read by the fused groups; the reference keeps every activation
         else:
             self.attn_groups, self.mlp_groups = side_branches(
-                method, dim, depth, options.get("adapter_bottleneck"), options.get("adapter_scale")
+                method, dim, depth, options.get("adapter_bottleneck"), options.get("adapter_scale"), expert_options["dropout"]
             )
-        self.lora = LoRA(dim, depth, options["lora_rank"], options["lora_alpha"]) if method == "lora" else None
-        if self.lora is not None:
+        self.branch_input = branch_input(method)  # index into (X, LN(X), sublayer output), see forward
+        self.lora = None
+        if method == "lora":
+            self.lora = LoRA(dim, depth, options["lora_rank"], options["lora_alpha"], options["lora_targets"])
             self.lora.attach(backbone)
         self.prompts = None
         if method == "vpt":
@@ -132,9 +137,13 @@ class AUFormer(nn.Module):
         return data_config
 
     def train(self, mode: bool = True) -> AUFormer:
-        """Train the experts and heads; the frozen backbone stays in eval mode (its dropout/drop-path off)."""
+        """Train the experts and heads; a frozen backbone stays in eval mode (its dropout/drop-path off).
+
+        ``full-finetune`` trains the backbone itself, so it follows ``mode`` (drop-path on in training).
+        """
         super().train(mode)
-        self.backbone.eval()
+        if self.method != "full-finetune":
+            self.backbone.eval()
         return self
 
     def learnable_parameters(self) -> Iterator[nn.Parameter]:
@@ -153,12 +162,14 @@ class AUFormer(nn.Module):
             if self.prompts is not None:
                 x = self.prompts.insert(x, layer)  # (B, T + P, D)
             x_norm = block.norm1(x)
-            knowledge, state = attn_group(x_norm, carry)  # (B, T, D) mean of the group, eqs. 2-3
-            x = x + block.drop_path1(block.ls1(block.attn(x_norm))) + knowledge  # eq. 4
+            out = block.ls1(block.attn(x_norm))  # (B, T, D) the MHSA sublayer's output
+            knowledge, state = attn_group((x, x_norm, out)[self.branch_input], carry)  # (B, T, D) group mean, eqs. 2-3
+            x = x + block.drop_path1(out) + knowledge  # eq. 4
             carry = state if self.collaborate else None
             x_norm = block.norm2(x)
-            knowledge, state = mlp_group(x_norm, carry)
-            x = x + block.drop_path2(block.ls2(block.mlp(x_norm))) + knowledge
+            out = block.ls2(block.mlp(x_norm))
+            knowledge, state = mlp_group((x, x_norm, out)[self.branch_input], carry)
+            x = x + block.drop_path2(out) + knowledge
             carry = state if self.collaborate else None
             if self.prompts is not None:
                 x = self.prompts.remove(x)  # (B, T, D)
@@ -177,6 +188,7 @@ def _check_options(
     dilations: Sequence[int],
     ca_size: int,
     dropout: float,
+    drop_path: float,
     scale: float,
     backbone_kwargs: dict,
     method: str,
@@ -201,13 +213,16 @@ def _check_options(
         raise AUFormerError(f"dilations must be a non-empty list of positive integers, got {dilations!r}")
     if not isinstance(ca_size, int) or ca_size < 1 or ca_size % 2 == 0:
         raise AUFormerError(f"ca_size must be an odd positive integer, got {ca_size!r}")
-    if not 0.0 <= dropout < 1.0:
-        raise AUFormerError(f"dropout must be in [0, 1), got {dropout!r}")
+    for name, value in (("dropout", dropout), ("drop_path", drop_path)):
+        if not 0.0 <= value < 1.0:
+            raise AUFormerError(f"{name} must be in [0, 1), got {value!r}")
     if not math.isfinite(scale):
         raise AUFormerError(f"scale must be a finite number, got {scale!r}")
     reserved = {"num_classes", "img_size", "pretrained"} & set(backbone_kwargs)
     if reserved:
         raise AUFormerError(f"backbone_kwargs must not set {sorted(reserved)}: build_model sets them")
+    if method == "full-finetune" and "drop_path_rate" in backbone_kwargs:
+        raise AUFormerError("backbone_kwargs must not set drop_path_rate for full-finetune: set drop_path (model.drop_path)")
 
 
 def learnable_bound(geometry: Geometry, num_aus: int, d: int, dilations: Sequence[int], method_options: dict) -> int:
@@ -249,7 +264,9 @@ def build_model(
     adapter_scale: float = 0.1,
     lora_rank: int = 8,
     lora_alpha: float = 8.0,
+    lora_targets: Sequence[str] = ("q", "v"),
     vpt_prompts: int = 10,
+    drop_path: float = 0.1,
     recompute: bool = True,
 ) -> AUFormer:
     """Build AUFormer (or a comparison ``method``, see `petl.py`) on a frozen timm ViT.
@@ -260,9 +277,11 @@ def build_model(
     ``"fused"`` (fast, exact) or ``"reference"`` (literal per-expert form); both have
     the same state-dict layout. ``collaborate=False`` uses one shared expert per group.
     ``task``: ``"occurrence"`` (the paper), ``"intensity"`` (0-5 per AU) or ``"both"``.
-    ``method``: ``auformer``, ``full-finetune``, ``linear``, ``adapter`` (``adapter_bottleneck``,
-    ``adapter_scale``), ``lora`` (``lora_rank``, ``lora_alpha``), ``vpt`` (``vpt_prompts`` per
-    block) or ``convpass`` (one expert per group without MRF/CA: ``d``, ``scale``, ``dropout``).
+    ``method``: ``auformer``, ``full-finetune`` (``drop_path``: the backbone's drop-path rate in
+    training), ``linear``, ``adapter`` (Houlsby: ``adapter_bottleneck``), ``adaptformer``
+    (``adapter_bottleneck``, ``adapter_scale``, ``dropout``), ``lora`` (``lora_rank``, ``lora_alpha``,
+    ``lora_targets`` among q, k, v), ``vpt`` (``vpt_prompts`` per block) or ``convpass`` (one expert
+    per group without MRF/CA: ``d``, ``scale``, ``dropout``).
     ``recompute=False`` keeps the fused groups' d-space activations for backward instead of
     recomputing them: faster training steps, more memory.
     """
@@ -272,9 +291,10 @@ def build_model(
         adapter_scale=adapter_scale,
         lora_rank=lora_rank,
         lora_alpha=lora_alpha,
+        lora_targets=list(check_lora_targets(lora_targets)),  # in q, k, v order
         vpt_prompts=vpt_prompts,
     )
-    _check_options(num_aus, moke, d, dilations, ca_size, dropout, scale, backbone_kwargs, method, method_options, task)
+    _check_options(num_aus, moke, d, dilations, ca_size, dropout, drop_path, scale, backbone_kwargs, method, method_options, task)
     learnable = learnable_bound(backbone_geometry(backbone, img_size, backbone_kwargs), num_aus, d, dilations, method_options)
     if learnable > MAX_LEARNABLE_VALUES:
         raise AUFormerError(
@@ -300,6 +320,7 @@ def build_model(
         collaborate=collaborate,
         aux_head=aux_head,
         dropout=dropout,
+        drop_path=drop_path,
         scale=scale,
         backbone_kwargs=backbone_kwargs,
         task=task,
@@ -307,6 +328,9 @@ def build_model(
         recompute=recompute,
         **method_options,
     )
+    # Only full fine-tuning trains the backbone in train mode; a frozen backbone stays in eval mode (no drop-path).
+    if method == "full-finetune":
+        backbone_kwargs = {**backbone_kwargs, "drop_path_rate": drop_path}
     vit = create_backbone(backbone, backbone_weights, img_size, backbone_kwargs)
     return AUFormer(
         vit,

@@ -47,10 +47,16 @@ def model_info(
     moke: str = "fused",
     backbone_kwargs: dict | None = None,
     method: str = "auformer",
+    **options,
 ) -> dict:
-    """Parameter and FLOP counts of a ``method`` and of its plain ViT at batch 1 (random init, meta device)."""
+    """Parameter and FLOP counts of a ``method`` and of its plain ViT at batch 1 (random init, meta device).
+
+    ``options``: other `build_model` arguments (e.g. ``d``, ``lora_targets``); their defaults otherwise.
+    """
     with torch.device("meta"):
-        model = build_model(num_aus, backbone, "random", img_size, moke, backbone_kwargs=backbone_kwargs, method=method).eval()
+        model = build_model(
+            num_aus, backbone, "random", img_size, moke, backbone_kwargs=backbone_kwargs, method=method, **options
+        ).eval()
         images = torch.empty(1, 3, img_size, img_size)
     params = count_parameters(model)
     flops = count_flops(model, images)
@@ -110,12 +116,13 @@ PAPER_F1 = {"auformer": 66.2, "full-finetune": 61.9, "adapter": 63.1, "lora": 63
 
 
 def compare_rows(num_aus: int, backbone: str, img_size: int, moke: str, backbone_kwargs: dict | None) -> list[dict]:
-    """The Fig. 1 table: one `model_info` per method (config defaults for each method's hyper-parameters)."""
-    from auformer.model.petl import METHODS
+    """The Fig. 1 table: one `model_info` per method, at the settings of Table 5a (`petl.COMPARISON_SETTINGS`:
+    Convpass at its published width, LoRA on q and k), else the config defaults."""
+    from auformer.model.petl import COMPARISON_SETTINGS, METHODS
 
     rows = []
     for method in METHODS:
-        info = model_info(num_aus, backbone, img_size, moke, backbone_kwargs, method)
+        info = model_info(num_aus, backbone, img_size, moke, backbone_kwargs, method, **COMPARISON_SETTINGS.get(method, {}))
         rows.append(
             {
                 "method": method,

@@ -2,10 +2,12 @@
 
 Each converter (``bp4d.py``, ``disfa.py``, ``casme2.py``) only knows its raw layout: it
 turns labels and frame locations into :class:`Source` units. This module does the rest
-for all three: read each frame, align the face (or just resize), write the 256x256 JPEG
-crops, ``manifest.csv``, ``folds.json`` and ``prepare_report.json``. Frames that cannot
-be used (image missing, unreadable, no face found) are counted and listed in the
-report, never silently dropped.
+for all three: read each frame (photos through the image gate, `auformer.data.images`),
+align the face (or just resize), write the 256x256 JPEG crops, ``manifest.csv``,
+``folds.json`` and ``prepare_report.json``. Frames that cannot be used (image missing,
+unreadable, no face found) are counted and listed in the report, never silently dropped.
+Every crop gets its own name inside OUT (`auformer.files.UniqueNames`), and OUT must lie
+apart from what is read (`auformer.files.check_apart`).
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ import numpy as np
 from tqdm import tqdm
 
 from auformer.aus import au_columns
+from auformer.data.images import max_pixels, open_video, read_rgb
 from auformer.data.manifest import AUTable, write_folds, write_manifest
-from auformer.errors import AUFormerError
-from auformer.files import atomic_write_text
+from auformer.errors import AUFormerError, BadImageError
+from auformer.files import UniqueNames, atomic_write_text, check_apart, resolve_inside
 
 if TYPE_CHECKING:
     from auformer.faces.detectors import FaceDetector
@@ -39,6 +42,9 @@ ALIGN_MODES = ("auto", "none")
 JPEG_QUALITY = 95
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 _FRAME_NUMBER = re.compile(r"(\d+)$")
+# Peak memory of one worker per pixel of its largest image: the decoded RGB (3 bytes) and the copies that
+# conversion, EXIF rotation and alignment make. Workers are capped so that all of them fit in half the available memory.
+WORKER_BYTES_PER_PIXEL = 12
 
 
 @dataclass
@@ -65,24 +71,38 @@ class Source:
     video: Path | None = None
     video_frames: list[int] | None = None
 
-    def read(self) -> Iterator[np.ndarray | str]:
-        """Yield each frame as a uint8 (H, W, 3) RGB array, or the string ``missing_image``/``unreadable_image``."""
-        if self.video is None:
-            for path in self.image_paths:
-                if path is None or not path.is_file():
-                    yield "missing_image"
-                    continue
-                image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-                yield "unreadable_image" if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    def read(self) -> Iterator[np.ndarray | tuple[str, str]]:
+        """Yield each frame as a uint8 (H, W, 3) RGB array, or why it cannot be used: ``(report field, entry)``,
+        ``missing_image`` with the frame's origin, or ``unreadable_image`` with its origin and the reader's reason."""
+        return self._read_images() if self.video is None else self._read_video()
+
+    def _read_images(self) -> Iterator[np.ndarray | tuple[str, str]]:
+        for frame, path in zip(self.frames, self.image_paths):
+            try:
+                image = read_rgb(path) if path is not None else None
+            except FileNotFoundError:
+                image = None
+            except BadImageError as error:  # the image gate's one refusal
+                yield "unreadable_image", f"{frame.origin}: {error.reason}"
+                continue
+            yield ("missing_image", frame.origin) if image is None else image
+
+    def _read_video(self) -> Iterator[np.ndarray | tuple[str, str]]:
+        try:
+            capture = open_video(self.video)
+        except FileNotFoundError:
+            yield from (("missing_image", frame.origin) for frame in self.frames)
             return
-        capture = cv2.VideoCapture(str(self.video))
-        position, ok, image = 0, capture.isOpened(), None
-        failure = "missing_image" if ok else "unreadable_image"  # frames past the end / a video OpenCV cannot open
-        for wanted in self.video_frames:
+        except BadImageError as error:
+            yield from (("unreadable_image", f"{frame.origin}: {error.reason}") for frame in self.frames)
+            return
+        position, ok, image = 0, True, None
+        for frame, wanted in zip(self.frames, self.video_frames):
             while ok and position <= wanted:  # decode sequentially: seeking is unreliable in compressed videos
                 ok, image = capture.read()
                 position += 1
-            yield cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if ok and position == wanted + 1 else failure
+            # a frame past the end of the video is missing
+            yield cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if ok and position == wanted + 1 else ("missing_image", frame.origin)
         capture.release()
 
 
@@ -167,28 +187,31 @@ def _crop(image_rgb: np.ndarray, align: str, detector: str | FaceDetector | None
     return faces[0].crop if faces else None
 
 
-def convert_source(source: Source, out_dir: Path, align: str, detector: str | FaceDetector | None, size: int) -> list[str]:
-    """Convert one source; return the outcome of each frame: written, missing_image, unreadable_image or no_face."""
+def convert_source(
+    source: Source, out_dir: Path, align: str, detector: str | FaceDetector | None, size: int
+) -> list[tuple[str, str]]:
+    """Convert one source; return the outcome of each frame as ``(outcome, report entry)``, the outcome
+    ``written``, ``missing_image``, ``unreadable_image`` or ``no_face``."""
     outcomes = []
     for frame, image in zip(source.frames, source.read()):
-        if isinstance(image, str):
+        if isinstance(image, tuple):
             outcomes.append(image)
             continue
         crop = _crop(image, align, detector, size)
         if crop is None:
-            outcomes.append("no_face")
+            outcomes.append(("no_face", frame.origin))
             continue
         path = out_dir / frame.out_image
         path.parent.mkdir(parents=True, exist_ok=True)
         if not cv2.imwrite(str(path), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]):
             raise OSError(f"{path}: could not write the crop (disk full or no permission?)")
-        outcomes.append("written")
+        outcomes.append(("written", frame.origin))
     return outcomes
 
 
 def _convert_all(
     sources: list[Source], out_dir: Path, align: str, detector: str | FaceDetector | None, size: int, workers: int
-) -> list[list[str]]:
+) -> list[list[tuple[str, str]]]:
     progress = tqdm(total=sum(len(source.frames) for source in sources), desc="frames", unit="frame")
     with ProcessPoolExecutor(workers) if workers > 1 else nullcontext() as pool:
         run = pool.map if pool else map
@@ -213,13 +236,17 @@ def run_prepare(
     size: int = 256,
     workers: int = 1,
     bad_rows: Sequence[str] = (),
+    inputs: Sequence[str | os.PathLike] = (),
 ) -> PrepareReport:
     """Convert ``sources`` and write the prepared dataset: crops, manifest, folds, report.
 
     ``detector`` is a face-detector name (``auformer.faces.detectors``; default the
     package default) or an object with ``detect(image_rgb) -> list[Face]``; it is only
     used with ``align="auto"``. With ``workers > 1`` frames are converted in processes
-    (a detector object must then be picklable; a name is built once per process).
+    (a detector object must then be picklable; a name is built once per process), at
+    most as many as memory allows for the largest allowed image (:func:`memory_workers`).
+    ``out_dir`` must lie apart from ``raw_dir`` and the other ``inputs`` (a label file).
+    Two frames that would write one crop (``dup.png`` and ``dup.jpg``) get distinct names.
     """
     if align not in ALIGN_MODES:
         raise AUFormerError(f"align must be one of {', '.join(ALIGN_MODES)}, got {align!r}")
@@ -230,17 +257,23 @@ def run_prepare(
 
         detector = DEFAULT_DETECTOR
     out_dir = Path(out_dir)
+    check_apart(out_dir, [raw_dir, *inputs])
+    names = UniqueNames()
+    for frame in (frame for source in sources for frame in source.frames):
+        frame.out_image = names.claim(frame.out_image)
+        resolve_inside(out_dir, frame.out_image, f"{frame.origin}: crop name")  # converters build them from raw names
+    workers = memory_workers(workers)
     out_dir.mkdir(parents=True, exist_ok=True)
     detector_name = "none" if align == "none" else getattr(detector, "name", str(detector))
     report = PrepareReport(dataset, str(raw_dir), str(out_dir), align, detector_name, size, bad_rows=list(bad_rows))
     outcomes = _convert_all(sources, out_dir, align, detector, size, workers)
     written: list[Frame] = []
     for source, source_outcomes in zip(sources, outcomes):
-        for frame, outcome in zip(source.frames, source_outcomes):
+        for frame, (outcome, entry) in zip(source.frames, source_outcomes):
             if outcome == "written":
                 written.append(frame)
             else:
-                getattr(report, outcome).append(frame.origin)
+                getattr(report, outcome).append(entry)
     report.frames_labelled = sum(len(source.frames) for source in sources)
     report.written = len(written)
     labels = np.stack([frame.labels for frame in written]) if written else np.zeros((0, len(aus)), np.float32)  # (M, N)
@@ -265,3 +298,27 @@ def run_prepare(
 def default_workers() -> int:
     """Worker processes for ``auformer prepare``: the CPU count, at most 8."""
     return max(1, min(8, os.cpu_count() or 1))
+
+
+def available_memory() -> int:
+    """Bytes of memory available to new work: Linux's ``MemAvailable``, else half the physical memory."""
+    try:
+        with open("/proc/meminfo") as file:
+            for line in file:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+
+
+def memory_workers(workers: int) -> int:
+    """``workers``, or fewer, so that all of them holding an image at the pixel limit fit in half the available memory."""
+    per_worker, available = max_pixels() * WORKER_BYTES_PER_PIXEL, available_memory()
+    fit = max(1, available // 2 // per_worker)
+    if workers > fit:
+        print(
+            f"using {fit} worker processes, not {workers}: each may need {per_worker / 2**30:.1f} GB for an image at "
+            f"the pixel limit ({available / 2**30:.1f} GB available)"
+        )
+    return min(workers, fit)

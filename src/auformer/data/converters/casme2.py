@@ -23,6 +23,7 @@ from auformer.aus import CASME2_AUS, parse_au_list
 from auformer.data.converters import Frame, PrepareReport, Source, find_root, numbered_images, run_prepare, search
 from auformer.data.folds import casme2_folds
 from auformer.errors import AUFormerError
+from auformer.files import resolve_inside
 
 _COLUMNS = {"subject": "Subject", "filename": "Filename", "apexframe": "ApexFrame", "actionunits": "Action Units"}
 
@@ -63,8 +64,9 @@ def collect_casme2(raw_dir: str | Path, aus: tuple[int, ...] = CASME2_AUS) -> tu
     for line, row in enumerate(sheet.itertuples(index=False), start=2):
         where = f"{sheet_path.name} line {line}"
         try:
-            subject, apex = subject_folder(row.subject), int(float(row.apexframe))
-            clips.append((subject, row.filename.strip(), apex, parse_au_list(row.actionunits), where))
+            subject, apex, clip = subject_folder(row.subject), int(float(row.apexframe)), row.filename.strip()
+            resolve_inside(raw_dir / subject, clip, "Filename")  # a clip folder inside its subject's folder
+            clips.append((subject, clip, apex, parse_au_list(row.actionunits), where))
         except ValueError as error:
             bad_rows.append(f"{where}: {error}")
     if not clips:

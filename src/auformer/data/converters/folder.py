@@ -7,7 +7,8 @@ photo or video frame::
     photos/ann.jpg,,ann,1,0,
     clips/bob.mp4,30,bob,0,1,3
 
-- ``file``: path relative to INPUT (a photo, or a video with ``frame``);
+- ``file``: path relative to INPUT and inside it (a photo, or a video with ``frame``); an
+  absolute path, a ``..`` out of INPUT or a link out of it is a bad row;
 - ``frame``: 0-based frame index in the video (empty or absent for photos);
 - ``subject``: identity; folds are subject-exclusive (``--folds K``);
 - AU columns in any form ``aus.py`` parses: occurrence ``AU12``, ``12``, ``AU12_c`` with
@@ -36,6 +37,7 @@ from auformer.data.converters import Frame, PrepareReport, Source, run_prepare
 from auformer.data.folds import subject_kfold
 from auformer.data.images import VIDEO_EXTENSIONS
 from auformer.errors import AUFormerError
+from auformer.files import resolve_inside
 
 UNKNOWN = ("", "-1", "9", "nan")  # label values that mean "not coded"
 _AU_HEADER = re.compile(r"^(?P<au>.+?)(?:_(?P<kind>c|r|int))?$", re.IGNORECASE)
@@ -130,16 +132,28 @@ def read_labels(path: str | Path, intensity_threshold: float | None = None) -> t
 
 
 def collect_folder(input_dir: str | Path, labels: pd.DataFrame, labels_name: str, bad_rows: list[str]) -> list[Source]:
-    """One :class:`Source` per video and one per subject's photos; label rows that contradict the files go to ``bad_rows``."""
+    """One :class:`Source` per video and one per subject's photos; label rows that contradict the files go to ``bad_rows``.
+
+    Each row's file is located inside INPUT (`auformer.files.resolve_inside`, links followed) and
+    named by its path relative to INPUT, so two spellings of one file (``x.png``, ``sub/../x.png``)
+    are one file; a row whose path leads out of INPUT is a bad row.
+    """
     input_dir = Path(input_dir)
 
     def reject(rows: pd.DataFrame, file: str, reason: str) -> None:
         bad_rows.extend(f"{labels_name} line {r.line}: {file}: {reason}" for r in rows.itertuples())
 
+    inside = {}
+    for file, group in labels.groupby("file", sort=True):
+        try:
+            inside[file] = resolve_inside(input_dir, file, labels_name).relative_to(input_dir.resolve()).as_posix()
+        except AUFormerError:
+            reject(group, file, "not inside INPUT (an absolute path, '..' out of it, or a link out of it)")
+    labels = labels[labels["file"].isin(list(inside))].assign(file=lambda rows: rows["file"].map(inside))
     photos: dict[str, tuple[list[Frame], list[Path | None]]] = {}
     sources = []
     for file, group in labels.groupby("file", sort=True):
-        stem = Path(file).with_suffix("").as_posix().lstrip("/")
+        stem = Path(file).with_suffix("").as_posix()
         path = input_dir / file
         if Path(file).suffix.lower() in VIDEO_EXTENSIONS:
             group = group.sort_values("frame")
@@ -189,4 +203,6 @@ def prepare_folder(
         raise AUFormerError(f"{labels_csv}: no usable label rows ({len(bad_rows)} bad; first: {bad_rows[:1]})")
     sources = collect_folder(input_dir, rows, Path(labels_csv).name, bad_rows)
     subject_folds = subject_kfold(rows["subject"].tolist(), folds)
-    return run_prepare("folder", input_dir, out_dir, sources, aus, subject_folds, bad_rows=bad_rows, **options)
+    return run_prepare(
+        "folder", input_dir, out_dir, sources, aus, subject_folds, bad_rows=bad_rows, inputs=[labels_csv], **options
+    )
