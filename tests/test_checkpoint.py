@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 
 from auformer import __version__, load_checkpoint, save_checkpoint
 from auformer.model import build_model
+from auformer.model.auformer import AUFormer
 from auformer.model.checkpoint import load_adapter_weights
 from conftest import TINY_BACKBONE
 
@@ -153,3 +154,182 @@ def test_checkpoint_files_get_the_normal_file_mode(tmp_path, tiny_model_kwargs):
     weights = save_checkpoint(build_model(2, aus=[1, 2], **tiny_model_kwargs), tmp_path / "ckpt")
     assert os.stat(weights).st_mode & 0o777 == FILE_MODE
     assert os.stat(weights.with_suffix(".json")).st_mode & 0o777 == FILE_MODE
+
+
+# ---------------------------------------------------------------- hostile descriptions (issue 18)
+
+
+def _edited(tmp_path, tiny_model_kwargs, edit, name="crafted"):
+    """A checkpoint whose JSON went through ``edit(meta)`` (the weights file stays the real one)."""
+    save_checkpoint(build_model(3, aus=[1, 2, 4], **tiny_model_kwargs), tmp_path / name)
+    meta = json.loads((tmp_path / f"{name}.json").read_text())
+    edit(meta)
+    (tmp_path / f"{name}.json").write_text(json.dumps(meta))
+    return tmp_path / name
+
+
+def _set(*path_and_value):
+    *path, value = path_and_value
+
+    def edit(meta):
+        for key in path[:-1]:
+            meta = meta[key]
+        if value is _DELETE:
+            del meta[path[-1]]
+        else:
+            meta[path[-1]] = value
+
+    return edit
+
+
+_DELETE = object()
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            _set("config", "backbone_kwargs", "embed_dim", 1048576),
+            r"config.backbone_kwargs: embed_dim: 1048576 must be in \[1, 8192\]",
+        ),
+        (_set("config", "img_size", 1e6), "config.img_size: 1000000.0 is not a valid int"),
+        (_set("config", "img_size", 1000000), r"config.img_size: 1000000 must be in \[1, 4096\]"),
+        (_set("config", "backbone_kwargs", "depth", 100000), r"depth: 100000 must be in \[1, 128\]"),
+        (_set("config", _DELETE), "config: must be a JSON object, got nothing"),
+        (_set("config", "num_aus", _DELETE), "config.num_aus: missing"),
+        (_set("config", "d", "four"), "config.d: 'four' is not a valid int"),
+        (_set("config", "d", -1), r"config.d: -1 must be in \[1, 256\]"),
+        (_set("config", "dropout", float("nan")), r"config.dropout: nan must be in \[0, 1\)"),
+        (_set("config", "ca_size", 4), "config.ca_size: 4 must be odd"),
+        (_set("config", "dilations", list(range(1, 100))), "config.dilations: .* has 99 values; 1 to 8 allowed"),
+        (_set("config", "moke", "fast"), "config.moke: 'fast' is not one of fused, reference"),
+        (_set("config", "surprise", 1), "config.surprise: not a model setting"),
+        (_set("aus", [1, 2, 99]), "aus: .*99 is not a FACS action unit"),
+        (_set("aus", [1, 1, 2]), "aus: .*the values must differ"),
+        (_set("aus", [1, 2]), "aus: 2 AUs but config.num_aus is 3"),
+        (_set("backbone", "name", "vit_small_patch16_224"), "backbone.name: .* differs from config.backbone"),
+        (_set("backbone", "sha256", "abc"), "backbone.sha256: not a sha256 hex digest"),
+        (_set("extra", "resize_size", 10**9), r"extra.resize_size: 1000000000 must be in \[1, 8192\]"),
+        (_set("extra", "resize_size", 16), r"extra.resize_size: 16 must be >= config.img_size \(32\)"),
+        (_set("config", "img_size", 36), "img_size 36 is not a multiple of vit_tiny_patch16_224's patch size 8"),
+        (_set("config", "backbone_kwargs", "num_heads", 3), "dim should be divisible by num_heads"),
+        (_set("config", "backbone_kwargs", "class_token", False), "Token pooling needs the class token"),
+        (_set("config", "d", 2), "does not fit the model: shape mismatch: .*"),
+    ],
+)
+def test_crafted_checkpoint_json_is_refused_before_anything_is_built(tmp_path, tiny_model_kwargs, monkeypatch, edit, message):
+    path = _edited(tmp_path, tiny_model_kwargs, edit)
+    built, read = [], []
+    build = AUFormer.__init__
+    monkeypatch.setattr(AUFormer, "__init__", lambda *args, **kwargs: built.append(1) or build(*args, **kwargs))
+    monkeypatch.setattr("auformer.model.checkpoint.load_file", lambda *args, **kwargs: read.append(1) or _never())
+    with pytest.raises(ValueError, match=message) as error:
+        load_checkpoint(path)
+    assert "\n" not in str(error.value) and str(error.value).startswith(str(path))
+    assert not read  # no tensor was read
+    assert not built or "does not fit the model" in str(error.value)  # only a valid description is built
+
+
+def _never():
+    raise AssertionError("reached past the checks")
+
+
+def test_checkpoint_description_limits(tmp_path, tiny_model_kwargs):
+    deep = _edited(tmp_path, tiny_model_kwargs, lambda meta: None, "deep")
+    deep.with_suffix(".json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match="invalid checkpoint JSON: nested too deeply"):
+        load_checkpoint(deep)
+    big = _edited(tmp_path, tiny_model_kwargs, lambda meta: meta["extra"].update(notes="x" * 2_000_000), "big")
+    with pytest.raises(ValueError, match="checkpoint description larger than 1024 kB"):
+        load_checkpoint(big)
+    with pytest.raises(ValueError, match="names no file"):
+        load_checkpoint("")
+
+
+def test_non_float_tensors_in_the_header_are_refused(tmp_path, tiny_model_kwargs):
+    path = _edited(tmp_path, tiny_model_kwargs, lambda meta: None)
+    meta_text = (tmp_path / "crafted.json").read_text()
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path.with_suffix(".safetensors")))
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name].to(torch.int64)
+    save_file(tensors, str(path.with_suffix(".safetensors")), metadata={"auformer": meta_text})
+    with pytest.raises(ValueError, match=f"tensor {name} is I64, not floating point"):
+        load_checkpoint(path)
+
+
+def test_older_checkpoints_without_newer_fields_still_load(tmp_path, tiny_model_kwargs):
+    """Checkpoints written before task/method/recompute existed name fewer fields; build_model's defaults fill them."""
+    path = _edited(tmp_path, tiny_model_kwargs, lambda meta: [meta["config"].pop(k) for k in ("task", "method", "recompute")])
+    assert load_checkpoint(path).task == "occurrence"
+
+
+def test_hub_checkpoint_with_a_crafted_json_is_one_line(tmp_path, tiny_model_kwargs, monkeypatch, capsys):
+    import huggingface_hub
+
+    from auformer.cli import main
+    from test_hub import put_in_cache
+
+    cache = tmp_path / "hub"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    path = _edited(tmp_path, tiny_model_kwargs, _set("config", "backbone_kwargs", "embed_dim", 1048576))
+    put_in_cache(cache, "someone/evil", {"adapter.json": path.with_suffix(".json").read_bytes(),
+                                         "adapter.safetensors": path.with_suffix(".safetensors").read_bytes()})  # fmt: skip
+    assert main(["export", "someone/evil", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "adapter.json: config.backbone_kwargs: embed_dim" in err
+
+
+@pytest.mark.parametrize("method", ["auformer", "convpass", "linear", "adapter", "adaptformer", "lora", "vpt", "full-finetune"])
+@pytest.mark.parametrize("options", [dict(num_aus=1, d=1, dilations=[1]), dict(num_aus=5, d=6, dilations=[1, 2, 3, 4])])
+def test_learnable_bound_is_above_every_method(tiny_model_kwargs, method, options):
+    """`learnable_bound`, what build_model checks before building, is more than any method builds."""
+    from auformer.model.auformer import learnable_bound
+    from auformer.model.backbone import backbone_geometry
+
+    kwargs = tiny_model_kwargs | dict(
+        method=method, adapter_bottleneck=5, lora_rank=3, vpt_prompts=4, lora_targets=["q", "k", "v"]
+    )
+    model = build_model(**kwargs, **options)
+    geometry = backbone_geometry(TINY_BACKBONE, tiny_model_kwargs["img_size"], tiny_model_kwargs["backbone_kwargs"])
+    learnable = sum(p.numel() for name, p in model.named_parameters() if p.requires_grad and not name.startswith("backbone."))
+    method_options = dict(adapter_bottleneck=5, lora_rank=3, vpt_prompts=4)
+    assert learnable <= learnable_bound(geometry, options["num_aus"], options["d"], options["dilations"], method_options)
+
+
+def test_model_size_is_checked_before_anything_is_allocated(tiny_model_kwargs):
+    big = tiny_model_kwargs | dict(backbone_kwargs=dict(patch_size=8, embed_dim=8192, depth=128, num_heads=8))
+    with pytest.raises(ValueError, match=r"has [\d,]+ parameters; at most 2,000,000,000"):
+        build_model(3, **big)
+    with pytest.raises(ValueError, match=r"make up to [\d,]+ learnable values; at most 500,000,000"):
+        build_model(
+            56, **(tiny_model_kwargs | dict(backbone_kwargs=dict(patch_size=8, embed_dim=1024, depth=64, num_heads=8))), d=256
+        )
+    with pytest.raises(ValueError, match="img_size 4096 gives 262144 patches of 8 px; at most 16384"):
+        build_model(3, **(tiny_model_kwargs | dict(img_size=4096)))
+
+
+def test_a_backbone_without_cls_token_is_refused(tiny_model_kwargs):
+    kwargs = tiny_model_kwargs["backbone_kwargs"] | dict(class_token=False, global_pool="avg")
+    with pytest.raises(ValueError, match="has no CLS token; AUFormer's heads read it"):
+        build_model(3, **(tiny_model_kwargs | dict(backbone_kwargs=kwargs)))
+
+
+def test_commands_refuse_a_checkpoint_without_au_list(tmp_path, tiny_model_kwargs, capsys):
+    """Python may save a model built without ``aus`` (it loads); the commands name their outputs by AU."""
+    from auformer.cli import main
+    from test_train import write_tiny_preset
+
+    save_checkpoint(build_model(3, **tiny_model_kwargs), tmp_path / "unnamed")
+    assert load_checkpoint(tmp_path / "unnamed").aus is None
+    preset = write_tiny_preset(tmp_path / "tiny.yaml")
+    for argv in (["export", str(tmp_path / "unnamed"), "--out", str(tmp_path / "export")],
+                 ["evaluate", str(tmp_path / "unnamed"), "--preset", preset, "--out", str(tmp_path / "eval")]):  # fmt: skip
+        assert main(argv) == 2
+        assert (
+            capsys.readouterr().err.strip()
+            == f"error: {tmp_path / 'unnamed'}: checkpoint has no AU list; cannot name the output columns"
+        )
+    assert not (tmp_path / "export").exists()

@@ -42,3 +42,47 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     np.testing.assert_allclose(b.filter(like="_prob").to_numpy(), a.filter(like="_prob").to_numpy(), atol=2e-3)
     history_a, history_b = pd.read_csv(single / "metrics.csv"), pd.read_csv(ddp / "metrics.csv")
     np.testing.assert_allclose(history_b["train_loss"], history_a["train_loss"], rtol=1e-3)
+
+
+# Run by torchrun in each process: the loss of rank 1 turns NaN at its 3rd batch (a seam patched in the
+# test's own process, no production hook), then the CLI runs as `auformer train ARGS`.
+_NAN_ON_RANK_1 = """
+import os, sys
+from auformer.cli import main
+from auformer.engine import trainer
+
+build_loss = trainer.build_loss
+
+def nan_on_rank_1(config):
+    loss, calls = build_loss(config), []
+    def wrapped(*args, **kwargs):
+        terms = loss(*args, **kwargs)
+        calls.append(1)
+        if os.environ["RANK"] == "1" and len(calls) == 3:
+            terms = {**terms, "total": terms["total"] * float("nan")}
+        return terms
+    return wrapped
+
+trainer.build_loss = nan_on_rank_1
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_nan_on_one_rank_stops_every_rank_with_the_same_message(tmp_path):
+    script = tmp_path / "nan_on_rank_1.py"
+    script.write_text(_NAN_ON_RANK_1)
+    preset = write_tiny_preset(tmp_path / "tiny.yaml", train={"epochs": 1, "checkpoint_every": 100})
+    logs = tmp_path / "logs"  # each rank's stderr in its own file (a shared pipe interleaves their lines)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                "--log-dir", str(logs), "--redirects", "2"]  # fmt: skip
+    run = subprocess.run([*torchrun, str(script), "train", "--preset", preset, "--out", str(tmp_path / "run")],
+                         env=ENV, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert run.returncode != 0
+    stderr = {path.parent.name: path.read_text() for path in logs.rglob("stderr.log")}
+    assert sorted(stderr) == ["0", "1"], run.stderr[-3000:]
+    errors = {rank: [line for line in text.splitlines() if line.startswith("error: ")] for rank, text in stderr.items()}
+    assert errors["0"] == errors["1"] and len(errors["0"]) == 1, stderr  # each rank: the same one line
+    assert "training loss is nan at step 3 (epoch 1, batch 3) on rank 1 of 2; stopped" in errors["0"][0]
+    assert not any("Traceback" in text for text in stderr.values()), stderr  # no rank crashed in a collective
+    assert run.stderr.count("exitcode  : 2") == 2  # both ranks ended with the CLI's exit 2; none was killed

@@ -184,7 +184,7 @@ def test_lora_targets_are_a_set_of_q_k_v_or_one_line_error(targets):
 def test_config_lora_targets_default_and_validation():
     assert load_config("synthetic").model.lora_targets == ["q", "v"]  # the LoRA paper's
     assert load_config("synthetic", ["model.lora_targets=[k, q]"]).model.lora_targets == ["k", "q"]
-    with pytest.raises(AUFormerError, match="config model.lora_targets: \\['q', 'q'\\] must be"):
+    with pytest.raises(AUFormerError, match="config model.lora_targets: \\['q', 'q'\\]: the values must differ"):
         load_config("synthetic", ["model.lora_targets=[q, q]"])
     with pytest.raises(AUFormerError, match="config model.drop_path: 1.0 must be in"):
         load_config("synthetic", ["model.drop_path=1.0"])

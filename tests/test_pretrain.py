@@ -40,7 +40,7 @@ def test_pretrain_is_deterministic_and_saves_timm_keys(tmp_path):
     fresh.load_state_dict(load_file(weights), strict=True)  # exactly the headless timm keys
     description = json.loads(weights.with_suffix(".json").read_text())
     assert description["timm_name"] == TINY.backbone and description["backbone_kwargs"] == TINY.backbone_kwargs
-    loaded = create_backbone(TINY.backbone, weights=str(weights), img_size=TINY.img_size, **TINY.backbone_kwargs)
+    loaded = create_backbone(TINY.backbone, weights=str(weights), img_size=TINY.img_size, kwargs=TINY.backbone_kwargs)
     image = torch.randn(2, 3, 32, 32)
     assert torch.allclose(loaded(image), model(image))
 
@@ -81,7 +81,7 @@ def test_linear_probe_separates_informative_from_random_features():
 def test_shipped_asset_loads_as_described():
     description = json.loads(SYNTHETIC_WEIGHTS.with_suffix(".json").read_text())
     model = create_backbone(
-        description["timm_name"], weights="synthetic", img_size=description["img_size"], **description["backbone_kwargs"]
+        description["timm_name"], weights="synthetic", img_size=description["img_size"], kwargs=description["backbone_kwargs"]
     )
     assert model(torch.zeros(1, 3, description["img_size"], description["img_size"])).shape == (1, model.num_features)
     assert SYNTHETIC_WEIGHTS.stat().st_size < 8 * 2**20

@@ -91,3 +91,88 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path, length
     np.testing.assert_allclose(history_b["train_loss"], history_a["train_loss"], rtol=1e-6)
     steps = {"epochs": 20, "steps": 16}[length]
     assert json.loads((killed / "best.json").read_text())["extra"]["steps_completed"] == steps
+
+
+# ---------------------------------------------------------------- another run's state (issue 18)
+
+
+@pytest.fixture(scope="module")
+def saved_state(tmp_path_factory) -> tuple[Path, dict]:
+    """A run's folder after its set-up and one resume point (no training needed to check the state)."""
+    from auformer.config import load_config
+    from auformer.engine.trainer import Trainer
+
+    run = tmp_path_factory.mktemp("run")
+    preset = write_tiny_preset(run.parent / "tiny.yaml", train={"epochs": 1})
+    trainer = Trainer(load_config(preset), run, verbose=False)
+    trainer.setup()
+    trainer._save_state()
+    return run, torch.load(run / "train_state.pt", weights_only=True)
+
+
+def _resume_setup(run: Path, state: dict, tmp_path: Path, **config_changes: dict) -> None:
+    """Set up ``--resume`` of a copy of ``run`` whose train_state.pt is ``state`` and config.yaml has the changes."""
+    import shutil
+
+    import yaml
+
+    from auformer.config import apply_values, load_config, save_config
+    from auformer.engine.trainer import Trainer
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    config = apply_values(config_changes, load_config(str(run / "config.yaml")))
+    save_config(config, copy / "config.yaml")
+    torch.save(state, copy / "train_state.pt")
+    assert yaml.safe_load((copy / "config.yaml").read_text())
+    Trainer(config, copy, resume=True, verbose=False).setup()
+
+
+def test_resume_refuses_another_runs_state(saved_state, tmp_path):
+    run, state = saved_state
+    _resume_setup(run, state, tmp_path / "same")  # this run's own state: accepted
+    with pytest.raises(ValueError, match=r"train_state.pt belongs to another run: train.lr is 0.003 there, 0.001 here"):
+        _resume_setup(run, state, tmp_path / "lr", train={"lr": 1e-3})
+    with pytest.raises(
+        ValueError,
+        match=r"train_state.pt belongs to another run: AUs \[1, 2, 4\] there, \[1, 2, 4, 6, 7, 10, 12, 14, 15, 17, 25, 26\] here",
+    ):
+        _resume_setup(run, {**state, "aus": [1, 2, 4]}, tmp_path / "aus")
+    with pytest.raises(ValueError, match="run was started with 2 processes; resume it with the same number"):
+        _resume_setup(run, {**state, "world_size": 2}, tmp_path / "processes")
+
+
+def _without(state: dict, *keys: str) -> dict:
+    return {k: v for k, v in state.items() if k not in keys}
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda s: _without(s, "epoch"), "train_state.pt: epoch: missing"),
+        (lambda s: {**s, "epoch": "1"}, "train_state.pt: epoch: expected int, got str"),
+        (lambda s: {**s, "global_step": -5}, "negative epoch, batch or step counters"),
+        (lambda s: {**s, "rng": []}, r"train_state.pt: rng: 0 entries, expected 1"),
+        (lambda s: {**s, "scheduler": {}}, "train_state.pt: scheduler: keys"),
+        (lambda s: {**s, "model": {k: v[:1] for k, v in s["model"].items()}}, "does not match the model of config.yaml: shape"),
+        (
+            lambda s: {**s, "optimizer": {**s["optimizer"], "state": {0: {"exp_avg": torch.zeros(7), "step": torch.zeros(())}}}},
+            r"optimizer.state\[0\].exp_avg: not a tensor of shape",
+        ),
+        (
+            lambda s: {**s, "optimizer": {**s["optimizer"], "param_groups": s["optimizer"]["param_groups"][:1]}},
+            "optimizer.param_groups",
+        ),
+        (lambda s: [s], "not a training state"),
+    ],
+)
+def test_resume_refuses_a_broken_state_in_one_line(saved_state, tmp_path, edit, message):
+    run, state = saved_state
+    with pytest.raises(ValueError, match=message) as error:
+        _resume_setup(run, edit(state), tmp_path)
+    assert "\n" not in str(error.value)
+
+
+def test_a_state_from_before_the_config_was_recorded_still_resumes(saved_state, tmp_path):
+    run, state = saved_state
+    _resume_setup(run, _without(state, "config", "aus"), tmp_path)

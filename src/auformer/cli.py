@@ -2,9 +2,11 @@
 
 Each sub-command has one ``_add_<command>`` function that declares its flags and
 points ``func`` at a small runner; the runners import the library lazily so that
-``auformer --help`` stays fast. User errors (``AUFormerError``, a missing file's
-``FileNotFoundError``, and ``ConnectionError`` when the Hub cannot be reached) are printed
-as one ``error: ...`` line with exit status 2; any other exception is a bug and keeps its traceback.
+``auformer --help`` stays fast. `main` is the one error boundary: user errors
+(``AUFormerError``, a missing file's ``FileNotFoundError``, ``ConnectionError`` when the Hub
+cannot be reached, and an ``OSError`` of the user's environment: no permission, a read-only
+or full disk, a file where a folder is expected) are printed as one ``error: ...`` line
+with exit status 2; any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -12,13 +14,21 @@ from __future__ import annotations
 import argparse
 import sys
 
-from auformer.errors import AUFormerError, one_line
+from auformer.errors import AUFormerError, environment_problem, one_line
 
 # The names `auformer.faces.detectors.get_detector` accepts (kept here so --help needs no OpenCV/dlib import).
 FACE_DETECTORS = ("dlib", "haar", "none", "yunet", "auto")
 DEFAULT_FACE_DETECTOR = "auto"  # auformer.faces.DEFAULT_DETECTOR, tested equal: yunet where installed, else dlib
 # `auformer.model.petl.METHODS` (kept here so --help needs no torch import).
 METHODS = ("auformer", "full-finetune", "linear", "adapter", "adaptformer", "lora", "vpt", "convpass")
+
+
+def path_arg(text: str) -> str:
+    """The argparse type of every file and folder argument: an empty name (``--out ""``) would
+    silently mean the current folder, so it is refused with the usage line."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a path (empty)")
+    return text
 
 
 def _add_info(sub: argparse._SubParsersAction) -> None:
@@ -48,6 +58,7 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
         "--out",
         default=None,
         metavar="DIR",
+        type=path_arg,
         help="also write DIR/info.json; with --compare the folder for compare.md/.json/.png "
         "(default: print only; with --compare ./info-compare)",
     )
@@ -78,13 +89,18 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
         "over all IMAGES coloured by expert (beside a second model's with --compare-checkpoint, e.g. one trained "
         "without the aux loss).",
     )
-    parser.add_argument("checkpoint", metavar="CHECKPOINT", help="AUFormer checkpoint (PATH, PATH.safetensors or PATH.json)")
-    parser.add_argument("images", nargs="+", metavar="IMAGES", help="aligned face images or folders (searched recursively)")
-    parser.add_argument("--out", required=True, metavar="DIR", help="folder for gradcam/*.png and tsne.png")
+    parser.add_argument(
+        "checkpoint", metavar="CHECKPOINT", type=path_arg, help="AUFormer checkpoint (PATH, PATH.safetensors or PATH.json)"
+    )
+    parser.add_argument(
+        "images", nargs="+", metavar="IMAGES", type=path_arg, help="aligned face images or folders (searched recursively)"
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", type=path_arg, help="folder for gradcam/*.png and tsne.png")
     parser.add_argument(
         "--compare-checkpoint",
         default=None,
         metavar="CKPT",
+        type=path_arg,
         help="second checkpoint for a t-SNE panel beside the first (default: none)",
     )
     parser.add_argument(
@@ -124,6 +140,7 @@ def _add_backbone_weights_flag(parser: argparse.ArgumentParser) -> None:
         "--backbone-weights",
         default=None,
         metavar="FILE",
+        type=path_arg,
         help="backbone weights file, if it moved since training (default: the one the checkpoint records)",
     )
 
@@ -157,14 +174,19 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
         "AUFORMER_MAX_PIXELS pixels (default 80 million), with a side under 8 pixels or one side over 20 times the "
         "other are refused as bad inputs; an animated image is read as its first frame.",
     )
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, video files or folders (searched recursively)")
+    parser.add_argument(
+        "inputs", nargs="+", metavar="INPUT", type=path_arg, help="image files, video files or folders (searched recursively)"
+    )
     parser.add_argument(
         "--checkpoint",
         required=True,
         metavar="CKPT",
+        type=path_arg,
         help="AUFormer checkpoint (PATH, PATH.safetensors or PATH.json) or Hugging Face Hub repo id user/name[@revision]",
     )
-    parser.add_argument("--out", required=True, metavar="DIR", help="folder for the CSV files (and plots/ with --plot)")
+    parser.add_argument(
+        "--out", required=True, metavar="DIR", type=path_arg, help="folder for the CSV files (and plots/ with --plot)"
+    )
     parser.add_argument("--every", type=int, default=1, metavar="K", help="analyse every K-th video frame (default: %(default)s)")
     parser.add_argument("--start", type=float, default=None, metavar="S", help="video start time in seconds (default: beginning)")
     parser.add_argument("--end", type=float, default=None, metavar="S", help="video end time in seconds (default: end)")
@@ -229,10 +251,13 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "checkpoint",
         metavar="CKPT",
+        type=path_arg,
         help="AUFormer checkpoint (PATH, PATH.safetensors or PATH.json) or Hugging Face Hub repo id user/name[@revision]",
     )
     parser.add_argument("--format", default="onnx", choices=("onnx", "torchscript"), help="output format (default: %(default)s)")
-    parser.add_argument("--out", required=True, metavar="DIR", help="folder for NAME.onnx / NAME.pt and its NAME.<ext>.json")
+    parser.add_argument(
+        "--out", required=True, metavar="DIR", type=path_arg, help="folder for NAME.onnx / NAME.pt and its NAME.<ext>.json"
+    )
     _add_backbone_weights_flag(parser)
     parser.set_defaults(func=_run_export)
 
@@ -255,6 +280,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         "--checkpoint",
         default=None,
         metavar="CKPT",
+        type=path_arg,
         help="AUFormer checkpoint (PATH, PATH.safetensors or PATH.json) (default: an untrained demo "
         "model on the packaged synthetic-face ViT, whose predictions mean nothing)",
     )
@@ -319,8 +345,10 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
             help=f"the official {name.upper()} release (the protocol's folds, docs/datasets.md)",
             description=f"Convert the official raw {name.upper()} release; folds.json holds the protocol's folds.",
         )
-        release.add_argument("raw_dir", metavar="RAW_DIR", help="folder of the raw release (label files and images/videos)")
-        release.add_argument("out_dir", metavar="OUT_DIR", help="folder to write the prepared dataset to")
+        release.add_argument(
+            "raw_dir", metavar="RAW_DIR", type=path_arg, help="folder of the raw release (label files and images/videos)"
+        )
+        release.add_argument("out_dir", metavar="OUT_DIR", type=path_arg, help="folder to write the prepared dataset to")
         _add_prepare_flags(release)
     folder = sources.add_parser(
         "folder", help="your own photos/videos with a label CSV (subject-exclusive folds)",
@@ -328,9 +356,9 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
         "subject and AU columns (AU12, 12, AU12_c = occurrence 1/0; AU12_r, AU12_int = intensity 0-5; empty, -1 "
         "or 9 = unknown). Files without a face, missing or unreadable, and unusable rows go to prepare_report.json.",
     )  # fmt: skip
-    folder.add_argument("raw_dir", metavar="INPUT", help="folder the label file's paths are relative to")
-    folder.add_argument("labels", metavar="LABELS.csv", help="label file (one row per photo or video frame)")
-    folder.add_argument("out_dir", metavar="OUT_DIR", help="folder to write the prepared dataset to")
+    folder.add_argument("raw_dir", metavar="INPUT", type=path_arg, help="folder the label file's paths are relative to")
+    folder.add_argument("labels", metavar="LABELS.csv", type=path_arg, help="label file (one row per photo or video frame)")
+    folder.add_argument("out_dir", metavar="OUT_DIR", type=path_arg, help="folder to write the prepared dataset to")
     folder.add_argument(
         "--folds", type=int, default=3, metavar="K", help="number of subject-exclusive folds (default: %(default)s)"
     )
@@ -381,7 +409,7 @@ def _add_weights(sub: argparse._SubParsersAction) -> None:
         description="Download TAG's weight file (model.safetensors) into DIR and print its path.",
     )
     download.add_argument("tag", metavar="TAG", help="timm pretrained tag, e.g. vit_base_patch16_224.augreg_in1k")
-    download.add_argument("--out", required=True, metavar="DIR", help="folder to write the weight file to")
+    download.add_argument("--out", required=True, metavar="DIR", type=path_arg, help="folder to write the weight file to")
     parser.set_defaults(func=_run_weights)
 
 
@@ -400,7 +428,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
         "AU01... and 0-5 intensity AU01_int... columns), folds.json "
         "(subject-exclusive), synthetic.npz (clean labels, landmarks, latents) and synthetic.json. See docs/synthetic.md.",
     )
-    parser.add_argument("out_dir", metavar="OUT_DIR", help="folder to write the dataset to (created if missing)")
+    parser.add_argument("out_dir", metavar="OUT_DIR", type=path_arg, help="folder to write the dataset to (created if missing)")
     parser.add_argument("--num-images", type=int, default=3000, metavar="K", help="number of faces (default: %(default)s)")
     parser.add_argument(
         "--size", type=int, default=64, metavar="PX", help="image side in pixels, 16 to 1024 (default: %(default)s)"
@@ -445,7 +473,9 @@ def _add_pretrain_synthetic(sub: argparse._SubParsersAction) -> None:
         "labels), probe it, and write OUT/synthetic_vit.safetensors + synthetic_vit.json. The package ships the "
         "result of the defaults in auformer/assets. Unset flags take PretrainConfig's defaults. See docs/synthetic.md.",
     )
-    parser.add_argument("--out", required=True, metavar="DIR", help="folder to write synthetic_vit.safetensors/.json to")
+    parser.add_argument(
+        "--out", required=True, metavar="DIR", type=path_arg, help="folder to write synthetic_vit.safetensors/.json to"
+    )
     parser.add_argument("--seed", type=int, metavar="S", help="weight init and batch order seed (default: 0)")
     parser.add_argument("--epochs", type=int, metavar="E", help="passes over the faces (default: 4)")
     parser.add_argument("--num-images", type=int, metavar="K", help="pre-training faces (default: 8000)")
@@ -480,6 +510,7 @@ def _add_run_flags(parser: argparse.ArgumentParser, default_preset: str, data_he
         "--preset",
         default=default_preset,
         metavar="NAME|FILE.yaml",
+        type=path_arg,
         help=f"experiment preset: {', '.join(preset_names())}, or a YAML file such as a run's config.yaml (default: %(default)s)",
     )
     parser.add_argument(
@@ -490,8 +521,10 @@ def _add_run_flags(parser: argparse.ArgumentParser, default_preset: str, data_he
         metavar="SECTION.KEY=VALUE",
         help="override one config value, YAML syntax, repeatable (e.g. --set train.epochs=1 --set data.aus=[1,2])",
     )
-    parser.add_argument("--data", default=None, metavar="DIR", help=data_help)
-    parser.add_argument("--out", default=None, metavar="DIR", help="output folder (default: runs/<preset>-<UTC timestamp>)")
+    parser.add_argument("--data", default=None, metavar="DIR", type=path_arg, help=data_help)
+    parser.add_argument(
+        "--out", default=None, metavar="DIR", type=path_arg, help="output folder (default: runs/<preset>-<UTC timestamp>)"
+    )
     parser.add_argument(
         "--skip-bad",
         action="store_true",
@@ -556,6 +589,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "--resume",
         default=None,
         metavar="RUN_DIR",
+        type=path_arg,
         help="continue a killed run from its folder, with its own config.yaml (not combinable with --set/--data/--out)",
     )
     _add_dry_run_flag(parser)
@@ -584,19 +618,26 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         description="Score CHECKPOINT on the test fold of a preset's dataset and write metrics.json, per_au.csv/.md "
         "(per_au_intensity.csv/.md for intensity checkpoints) and predictions.csv. Without --preset, the config.yaml of the checkpoint's run folder is used.",
     )
-    parser.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint path without suffix, e.g. runs/x/best")
+    parser.add_argument(
+        "checkpoint", metavar="CHECKPOINT", type=path_arg, help="checkpoint path without suffix, e.g. runs/x/best"
+    )
     _add_run_flags(parser, None, _DATA_HELP)
     parser.add_argument(
         "--fold", type=int, default=None, metavar="K", help="test fold, 0-based (default: the config's data.fold)"
     )
     parser.add_argument(
-        "--target", default=None, metavar="DIR", help="score on the whole of this prepared dataset instead of a fold"
+        "--target",
+        default=None,
+        metavar="DIR",
+        type=path_arg,
+        help="score on the whole of this prepared dataset instead of a fold",
     )
     parser.add_argument(
         "--list",
         nargs=2,
         default=None,
         metavar=("IMG_LIST", "LABEL_LIST"),
+        type=path_arg,
         help="score on ME-GraphAU list files instead (image paths; one 1/0/-1 per AU a line)",
     )
     parser.add_argument(
@@ -606,7 +647,11 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         help="AUs of the label list's columns, e.g. 1,2,4,6 (default: the checkpoint's AUs)",
     )
     parser.add_argument(
-        "--image-root", default=".", metavar="DIR", help="folder the list's image paths are relative to (default: .)"
+        "--image-root",
+        default=".",
+        metavar="DIR",
+        type=path_arg,
+        help="folder the list's image paths are relative to (default: .)",
     )
     parser.set_defaults(func=_run_evaluate)
 
@@ -659,7 +704,9 @@ def _add_cross_domain(sub: argparse._SubParsersAction) -> None:
         description="For each held-out source fold, train on the other source folds and test on all of the target "
         "dataset, on the shared AUs 1, 2, 4, 6, 12; then the per-run and mean F1 table.",
     )  # fmt: skip
-    parser.add_argument("--target", required=True, metavar="DIR", help="prepared folder of the target dataset (tested whole)")
+    parser.add_argument(
+        "--target", required=True, metavar="DIR", type=path_arg, help="prepared folder of the target dataset (tested whole)"
+    )
 
 
 def _add_data_efficiency(sub: argparse._SubParsersAction) -> None:
@@ -715,7 +762,9 @@ def _add_push(sub: argparse._SubParsersAction) -> None:
         "(README.md) to the Hub repo REPO_ID, created if missing; the frozen backbone is not uploaded. "
         "Log in first (`hf auth login` or HF_TOKEN). Others then load it with --checkpoint REPO_ID. See docs/sharing.md.",
     )
-    parser.add_argument("checkpoint", metavar="CKPT", help="local AUFormer checkpoint (PATH, PATH.safetensors or PATH.json)")
+    parser.add_argument(
+        "checkpoint", metavar="CKPT", type=path_arg, help="local AUFormer checkpoint (PATH, PATH.safetensors or PATH.json)"
+    )
     parser.add_argument("repo_id", metavar="REPO_ID", help="Hub model repo, user/name or organisation/name")
     parser.add_argument("--private", action="store_true", help="create the repo private (an existing repo keeps its visibility)")
     parser.add_argument("--message", default="Upload auformer adapters", help="commit message (default: %(default)s)")
@@ -769,8 +818,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         args.func(args)
-    except (AUFormerError, FileNotFoundError, ConnectionError) as error:
+    except (AUFormerError, ConnectionError) as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        problem = environment_problem(error)
+        if problem is None:
+            raise  # not the user's files or disk: a bug
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     return 0
 

@@ -2,16 +2,20 @@
 
 A run is fully described by one ``Config`` (data, model, loss, train). Presets in
 ``auformer/presets/*.yaml`` only list what differs from the dataclass defaults, and
-every value is checked against the field's type when the config is built, so a typo
-fails before any data is read, naming the key and the closest valid one.
+every value is checked against its field's type and range (the table ``FIELD_RULES``) when
+a section is built, so a typo or an out-of-range value fails before any data is read, naming
+the field, the bad value and what is valid (for an unknown key: the closest valid one).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import math
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -19,10 +23,13 @@ from typing import Any
 
 import yaml
 
+from auformer.aus import AU_NAMES
 from auformer.errors import AUFormerError, one_line
 
 DEFAULT_PRESET = "synthetic"
 _PRESETS = resources.files("auformer") / "presets"
+MAX_YAML_BYTES = 64 * 1024  # a preset or config.yaml is ~2 kB; PyYAML takes seconds per 64 kB of a huge list
+MAX_OVERRIDE_CHARS = 4096  # one --set item
 
 
 @dataclass
@@ -47,6 +54,9 @@ class DataConfig:
     synthetic_folds: int = 3  # synthetic dataset: number of subject-exclusive folds
     synthetic_seed: int = 0  # synthetic dataset: generator seed
     skip_bad: bool = False  # drop missing/undecodable images (listed in RUN/skipped.json) instead of stopping
+
+    def __post_init__(self) -> None:
+        check_fields(self, "data")
 
 
 @dataclass
@@ -78,6 +88,9 @@ class ModelConfig:
     drop_path: float = 0.1  # full-finetune: the backbone's drop-path rate in training (frozen backbones stay in eval mode)
     recompute: bool = True  # fused experts recompute d-space ops in backward: less memory, ~30% slower small-model steps
 
+    def __post_init__(self) -> None:
+        check_fields(self, "model")
+
 
 @dataclass
 class LossConfig:
@@ -89,6 +102,9 @@ class LossConfig:
     eps: float = 1.0  # WDI smoothing term
     wdi_reduction: str = "batch"  # WDI dice per AU over the batch (JAA-Net, default) or per (sample, AU): batch or sample
     intensity_weight: float = 1.0  # weight of the intensity loss (masked MSE on the 0-1 scale), main + aux heads
+
+    def __post_init__(self) -> None:
+        check_fields(self, "loss")
 
 
 @dataclass
@@ -116,6 +132,9 @@ class TrainConfig:
     eval_every_steps: int | None = None
     checkpoint_every: int = 50  # write a resumable checkpoint every this many optimiser steps
 
+    def __post_init__(self) -> None:
+        check_fields(self, "train")
+
 
 @dataclass
 class Config:
@@ -124,6 +143,9 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     preset: str = DEFAULT_PRESET  # name (or path) of the preset this config came from
+
+    def __post_init__(self) -> None:
+        check_fields(self, "")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -141,31 +163,233 @@ _CHOICES = {
 }
 
 
-def preset_names() -> list[str]:
-    """Names of the presets shipped in the package (``synthetic``, ``bp4d``, ...)."""
-    return sorted(p.name.removesuffix(".yaml") for p in _PRESETS.iterdir() if p.name.endswith(".yaml"))
+# ---------------------------------------------------------------- field rules
 
 
-def _read_preset(preset: str) -> dict[str, Any]:
-    """Read a preset by package name or YAML path into a plain dict."""
-    if preset.endswith((".yaml", ".yml")):
-        path = Path(preset)
-        if not path.is_file():
-            raise FileNotFoundError(f"preset file {path} does not exist")
-        text = path.read_text()
-    else:
-        if preset not in preset_names():
-            close = difflib.get_close_matches(preset, preset_names(), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise AUFormerError(f"unknown preset {preset!r}{hint}; choose from {', '.join(preset_names())} or a .yaml path")
-        text = _PRESETS.joinpath(f"{preset}.yaml").read_text()
-    try:
-        data = yaml.safe_load(text) or {}  # safe loading: a `!!python/object` tag is refused, never built
-    except yaml.YAMLError as error:
-        raise AUFormerError(f"preset {preset}: not valid YAML for auformer ({one_line(error)})") from None
-    if not isinstance(data, dict):
-        raise AUFormerError(f"preset {preset}: expected a mapping of sections (data, model, loss, train)")
-    return data
+@dataclass(frozen=True)
+class Rule:
+    """What a field may hold beyond its type: bounds of a number (of each number of a list),
+    choices, a list's length, and a check of its own for each value (what is wrong, or None)."""
+
+    low: float | None = None  # smallest valid number (None: any)
+    high: float | None = None  # largest valid number (None: any)
+    open_low: bool = False  # ``low`` itself is not valid
+    open_high: bool = False  # ``high`` itself is not valid
+    choices: tuple = ()  # the valid values, when there are a few
+    length: tuple[int, int] | None = None  # a list's (fewest, most) values
+    distinct: bool = False  # a list's values must differ
+    check: Callable[[Any], str | None] | None = None  # e.g. "is not a FACS action unit"
+    text: str = ""  # what ``check`` accepts, in words (docs/training.md lists every rule)
+
+    def problem(self, value: Any) -> str | None:
+        """What is wrong with ``value`` (already of the field's type), or None."""
+        if isinstance(value, list):
+            if self.length is not None and not self.length[0] <= len(value) <= self.length[1]:
+                fewest, most = self.length
+                wanted = f"exactly {most}" if fewest == most else f"{fewest} to {most}"
+                return f"{_show(value)} has {len(value)} values; {wanted} allowed"
+            if self.distinct and len(set(value)) != len(value):
+                return f"{_show(value)}: the values must differ"
+            problems = (self._scalar_problem(item) for item in value)
+            first = next((text for text in problems if text), None)
+            return f"{_show(value)}: {first}" if first else None
+        return self._scalar_problem(value)
+
+    def describe(self) -> str:
+        """The rule in words, as the table of docs/training.md shows it."""
+        parts = [f"{'each ' if self.length else ''}one of {', '.join(map(str, self.choices))}"] if self.choices else []
+        if self.low is not None or self.high is not None:
+            parts.append(("each " if self.length else "") + _interval(self))
+        if self.length:
+            fewest, most = self.length
+            parts.append(f"exactly {most} values" if fewest == most else f"{fewest} to {most} values")
+        if self.distinct:
+            parts.append("distinct")
+        return "; ".join([*parts, self.text] if self.text else parts)
+
+    def _scalar_problem(self, value: Any) -> str | None:
+        if self.choices and value not in self.choices:
+            return f"{_show(value)} is not one of {', '.join(map(str, self.choices))}"
+        if isinstance(value, (int, float)) and not _within(value, self):
+            return f"{_show(value)} must be {_interval(self)}"
+        return self.check(value) if self.check else None
+
+
+def _within(value: float, rule: Rule) -> bool:
+    """``low <= value <= high`` with the rule's open ends; NaN is never within."""
+    if isinstance(value, float) and math.isnan(value):
+        return False
+    above = rule.low is None or (value > rule.low if rule.open_low else value >= rule.low)
+    below = rule.high is None or (value < rule.high if rule.open_high else value <= rule.high)
+    return above and below
+
+
+def _interval(rule: Rule) -> str:
+    """``in [0, 1)``, ``>= 1``, ``<= 10``."""
+    low, high = (f"{bound:g}" if isinstance(bound, float) else str(bound) for bound in (rule.low, rule.high))
+    if rule.high is None:
+        return f"{'>' if rule.open_low else '>='} {low}"
+    if rule.low is None:
+        return f"{'<' if rule.open_high else '<='} {high}"
+    return f"in {'(' if rule.open_low else '['}{low}, {high}{')' if rule.open_high else ']'}"
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters (a value may be a huge list or string)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _name(value: str) -> str | None:
+    if not value.strip() or len(value) > 255 or not value.isprintable():
+        return f"{_show(value)} must be a non-empty name of at most 255 printable characters"
+    return None
+
+
+def _path(value: str) -> str | None:
+    if not value.strip() or len(value) > 4096 or "\x00" in value:
+        return f"{_show(value)} must be a non-empty path of at most 4096 characters without NUL"
+    return None
+
+
+def _facs_au(value: int) -> str | None:
+    return None if value in AU_NAMES else f"{value} is not a FACS action unit number (AU_NAMES in auformer/aus.py)"
+
+
+def _odd(value: int) -> str | None:
+    return None if value % 2 else f"{value} must be odd (a centred S x S neighbourhood)"
+
+
+def _weight_source(value: str) -> str | None:
+    """A weight source by name, or something that looks like a weight file (its existence is checked at setup)."""
+    from auformer.model.backbone import WEIGHT_SOURCES, WEIGHT_SUFFIXES
+
+    if value in WEIGHT_SOURCES or (value.endswith(WEIGHT_SUFFIXES) and not _path(value)):
+        return None
+    return f"{_show(value)} is not one of {', '.join(WEIGHT_SOURCES)} nor a weight file ({', '.join(WEIGHT_SUFFIXES)})"
+
+
+# timm ViT arguments that size the backbone, bounded so that no description asks for terabytes
+# (`build_model` also checks the size of what they build); other keys are passed through to timm.
+TIMM_SIZES: dict[str, tuple[type, Rule]] = {
+    "patch_size": (int, Rule(1, 256)),
+    "embed_dim": (int, Rule(1, 8192)),
+    "depth": (int, Rule(1, 128)),
+    "num_heads": (int, Rule(1, 256)),
+    "mlp_ratio": (float, Rule(0, 64, open_low=True)),
+    "reg_tokens": (int, Rule(0, 256)),
+    "in_chans": (int, Rule(choices=(3,))),  # images are RGB
+}
+MAX_TIMM_KWARGS = 32
+
+
+def timm_kwargs_problem(value: dict) -> str | None:
+    """Keyword arguments for timm.create_model: a few names, each a number, string, bool or null."""
+    if len(value) > MAX_TIMM_KWARGS:
+        return f"{len(value)} keys; at most {MAX_TIMM_KWARGS} allowed"
+    for key, item in value.items():
+        if not isinstance(key, str) or not key.isidentifier():
+            return f"key {_show(key)} is not an argument name"
+        if not (item is None or isinstance(item, (bool, int, float)) or (isinstance(item, str) and len(item) <= 100)):
+            return f"{key}: {_show(item)} must be a number, a string, true/false or null"
+        hint, rule = TIMM_SIZES.get(key, (None, None))
+        problem = value_problem(item, hint, rule) if hint is not None else None
+        if problem:
+            return f"{key}: {problem}"
+    return None
+
+
+FOLDS = 100  # the most folds a dataset may have
+NAME = Rule(check=_name, text="a name of 1 to 255 printable characters")
+PATH = Rule(check=_path, text="a path of 1 to 4096 characters, no NUL")
+SEED = Rule(0, 2**31 - 1)
+FRACTION = Rule(0, 1, open_low=True)  # (0, 1]
+UNIT = Rule(0, 1, open_high=True)  # [0, 1)
+LEARNING_RATE = Rule(0, 10, open_low=True)
+LOSS_WEIGHT = Rule(0, 1000)
+OUTPUT_SCALE = Rule(0, 1000, open_low=True)
+
+
+def _choices(section: str, key: str) -> Rule:
+    return Rule(choices=_CHOICES[(section, key)])
+
+
+# Every field of every section (None: its type is all there is to check). `check_fields` looks each
+# field up here, so a new field without a rule fails every test at once.
+FIELD_RULES: dict[str, Rule | None] = {
+    "preset": PATH,  # a preset name or a YAML path
+    "data.dataset": NAME,
+    "data.root": PATH,
+    "data.aus": Rule(length=(1, len(AU_NAMES)), distinct=True, check=_facs_au, text="FACS AU numbers"),
+    "data.fold": Rule(0, FOLDS - 1),
+    "data.cv_folds": Rule(0, FOLDS - 1, length=(1, FOLDS), distinct=True),
+    "data.val_fold": Rule(0, FOLDS - 1),
+    "data.target_root": PATH,
+    "data.train_fraction": FRACTION,
+    "data.data_efficiency_rates": Rule(0, 1, open_low=True, length=(1, 100)),
+    "data.img_size": Rule(1, 4096),  # a multiple of the backbone's patch: checked by build_model
+    "data.resize_size": Rule(1, 8192),
+    "data.color_jitter": Rule(0, 1),
+    "data.hflip": None,
+    "data.num_workers": Rule(0, 256),
+    "data.synthetic_images": Rule(1, 100_000),
+    "data.synthetic_size": Rule(16, 1024),  # what the face generator draws
+    "data.synthetic_subjects": Rule(2, 10_000),
+    "data.synthetic_folds": Rule(2, FOLDS),
+    "data.synthetic_seed": SEED,
+    "data.skip_bad": None,
+    "model.backbone": NAME,
+    "model.backbone_weights": Rule(check=_weight_source, text="hub, synthetic, random or a weight file"),
+    "model.backbone_kwargs": Rule(check=timm_kwargs_problem, text=f"at most {MAX_TIMM_KWARGS} timm arguments; sizes bounded"),
+    "model.moke": _choices("model", "moke"),
+    "model.d": Rule(1, 256),
+    "model.dilations": Rule(1, 64, length=(1, 8)),
+    "model.ca_size": Rule(1, 15, check=_odd, text="odd"),
+    "model.use_mrf": None,
+    "model.use_ca": None,
+    "model.collaborate": None,
+    "model.aux_head": None,
+    "model.dropout": UNIT,
+    "model.scale": OUTPUT_SCALE,
+    "model.task": _choices("model", "task"),
+    "model.method": _choices("model", "method"),
+    "model.adapter_bottleneck": Rule(1, 4096),
+    "model.adapter_scale": OUTPUT_SCALE,
+    "model.lora_rank": Rule(1, 1024),
+    "model.lora_alpha": Rule(0, 10_000, open_low=True),
+    "model.lora_targets": Rule(choices=("q", "k", "v"), length=(1, 3), distinct=True),  # petl.LORA_TARGETS
+    "model.vpt_prompts": Rule(1, 1024),
+    "model.drop_path": UNIT,
+    "model.recompute": None,
+    "loss.name": _choices("loss", "name"),
+    "loss.wdi": None,
+    "loss.aux_weight": LOSS_WEIGHT,
+    "loss.margin": UNIT,
+    "loss.gamma_bounds": Rule(0, 100, open_low=True, length=(2, 2)),
+    "loss.eps": Rule(0, 1e6, open_low=True),  # > 0 keeps the WDI ratio finite
+    "loss.wdi_reduction": _choices("loss", "wdi_reduction"),
+    "loss.intensity_weight": LOSS_WEIGHT,
+    "train.epochs": Rule(1, 100_000),
+    "train.steps": Rule(1, 10**9),
+    "train.batch_size": Rule(1, 65_536),
+    "train.lr": LEARNING_RATE,
+    "train.head_lr": LEARNING_RATE,
+    "train.min_lr": Rule(0, 10),
+    "train.warmup_epochs": Rule(0, 100_000),
+    "train.warmup_steps": Rule(0, 10**9),
+    "train.weight_decay": Rule(0, 10),
+    "train.betas": Rule(0, 1, open_high=True, length=(2, 2)),
+    "train.grad_accum": Rule(1, 4096),
+    "train.grad_clip": Rule(0, 1e6, open_low=True),
+    "train.amp": _choices("train", "amp"),
+    "train.compile": None,
+    "train.device": _choices("train", "device"),
+    "train.seed": SEED,
+    "train.threshold": Rule(0, 1),
+    "train.eval_every": Rule(1, 100_000),
+    "train.eval_every_steps": Rule(1, 10**9),
+    "train.checkpoint_every": Rule(1, 10**9),
+}
 
 
 def _matches(value: Any, hint: Any) -> bool:
@@ -189,82 +413,156 @@ def _matches(value: Any, hint: Any) -> bool:
     return isinstance(value, hint)
 
 
-def _coerce(section: str, key: str, value: Any, hint: Any) -> Any:
-    """Check a value against its field; ints (and YAML 1.1 strings like ``3e-4``) become floats where a float is expected."""
-    if isinstance(value, str) and _matches(1.5, hint):
-        try:
-            value = float(value)
-        except ValueError:
-            pass  # reported below as a type error naming the field
-    if not _matches(value, hint):
-        raise AUFormerError(f"config {section}.{key}: {value!r} is not a valid {_type_name(hint)}")
-    choices = _CHOICES.get((section, key))
-    if choices is not None and value not in choices:
-        raise AUFormerError(f"config {section}.{key}: {value!r} is not one of {', '.join(choices)}")
-    if hint is float or (typing.get_origin(hint) in (typing.Union, types.UnionType) and float in typing.get_args(hint)):
-        return float(value) if isinstance(value, int) else value
-    if typing.get_args(hint) == (float,):
-        return [float(v) for v in value]
-    return value
-
-
 def _type_name(hint: Any) -> str:
     return str(hint).replace("typing.", "") if not isinstance(hint, type) else hint.__name__
 
 
+def coerce(value: Any, hint: Any) -> Any:
+    """Ints (and YAML 1.1 strings like ``3e-4``) as floats where a float is expected; else ``value`` as is."""
+    if hint is float or float in typing.get_args(hint):
+        if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
+            try:
+                return float(value)
+            except (ValueError, OverflowError):
+                return value  # not a number, or an int beyond float: reported naming the field
+    if typing.get_args(hint) == (float,) and _matches(value, hint):
+        return [coerce(v, float) for v in value]
+    return value
+
+
+def value_problem(value: Any, hint: Any, rule: Rule | None) -> str | None:
+    """What is wrong with ``value`` for a field of type ``hint`` and ``rule`` (None when it is valid).
+
+    A list's length is checked before its values, so a huge list costs nothing more.
+    """
+    if rule is not None and rule.length is not None and isinstance(value, list) and len(value) > rule.length[1]:
+        return rule.problem(value)
+    if not _matches(value, hint):
+        return f"{_show(value)} is not a valid {_type_name(hint)}"
+    return None if value is None or rule is None else rule.problem(value)
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def field_spec(name: str) -> tuple[Any, Rule | None]:
+    """The type hint and `Rule` of field ``section.key`` (``model.d``): what a checkpoint's
+    description is checked against, so that configs and checkpoints share one table."""
+    section, _, key = name.partition(".")
+    return _section_fields(section)[key], FIELD_RULES[name]
+
+
+def check_fields(section: Any, name: str) -> None:
+    """Coerce and check every field of a section dataclass against its type and `FIELD_RULES`.
+
+    Called by each section's ``__post_init__``, so a config built in any way (YAML, ``--set``,
+    ``dataclasses.replace``, Python) is checked; the error names the field, the value and what is valid.
+    """
+    for key, hint in _hints(type(section)).items():
+        if dataclasses.is_dataclass(hint):
+            continue  # Config's sections check themselves
+        field_name = f"{name}.{key}" if name else key
+        value = coerce(getattr(section, key), hint)
+        problem = value_problem(value, hint, FIELD_RULES[field_name])
+        if problem:
+            raise AUFormerError(f"config {field_name}: {problem}")
+        setattr(section, key, value)
+
+
+def preset_names() -> list[str]:
+    """Names of the presets shipped in the package (``synthetic``, ``bp4d``, ...)."""
+    return sorted(p.name.removesuffix(".yaml") for p in _PRESETS.iterdir() if p.name.endswith(".yaml"))
+
+
+def _parse_yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load`` (a ``!!python/object`` tag is refused, never built); any failure is one line."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise AUFormerError(f"{where}: not valid YAML for auformer ({one_line(error)})") from None
+    except RecursionError:
+        raise AUFormerError(f"{where}: YAML nested too deeply") from None
+
+
+def _read_preset(preset: str) -> dict[str, Any]:
+    """Read a preset by package name or YAML path (at most ``MAX_YAML_BYTES``) into a plain dict."""
+    if preset.endswith((".yaml", ".yml")):
+        path = Path(preset)
+        if not path.is_file():
+            raise FileNotFoundError(f"preset file {path} does not exist")
+        with open(path, "rb") as file:
+            raw = file.read(MAX_YAML_BYTES + 1)
+        if len(raw) > MAX_YAML_BYTES:
+            raise AUFormerError(f"preset {path}: larger than {MAX_YAML_BYTES // 1024} kB; a config is a few kB")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise AUFormerError(f"preset {path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    else:
+        if preset not in preset_names():
+            close = difflib.get_close_matches(preset, preset_names(), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise AUFormerError(f"unknown preset {preset!r}{hint}; choose from {', '.join(preset_names())} or a .yaml path")
+        text = _PRESETS.joinpath(f"{preset}.yaml").read_text()
+    data = _parse_yaml(text, f"preset {preset}") or {}
+    if not isinstance(data, dict):
+        raise AUFormerError(f"preset {preset}: expected a mapping of sections (data, model, loss, train)")
+    return data
+
+
 def _unknown_key(name: str, valid: list[str], prefix: str) -> AUFormerError:
     """Error naming the unknown key and the closest valid one (``train.lrr`` -> ``train.lr``)."""
-    close = difflib.get_close_matches(name, valid, n=1)
+    close = difflib.get_close_matches(str(name), valid, n=1)
     hint = f" (did you mean {prefix + close[0]!r}?)" if close else ""
-    return AUFormerError(f"unknown config key {prefix + name!r}{hint}")
+    return AUFormerError(f"unknown config key {_show(prefix + str(name))}{hint}")
 
 
 def _section_fields(section: str) -> dict[str, Any]:
     """Field name -> resolved type hint of one section dataclass."""
-    sections = typing.get_type_hints(Config)
+    sections = _hints(Config)
     if section not in sections or section == "preset":
         raise _unknown_key(section, [n for n in sections if n != "preset"], "")
-    return typing.get_type_hints(sections[section])
+    return _hints(sections[section])
 
 
 def apply_values(values: dict[str, dict[str, Any]], config: Config) -> Config:
-    """Return a copy of ``config`` with ``{section: {key: value}}`` applied, type-checked."""
+    """Return a copy of ``config`` with ``{section: {key: value}}`` applied (each section checks itself)."""
     sections = {}
     for section, updates in values.items():
         hints = _section_fields(section)
         if not isinstance(updates, dict):
-            raise AUFormerError(f"config section {section!r} must be a mapping, got {updates!r}")
-        checked = {}
-        for key, value in updates.items():
+            raise AUFormerError(f"config section {section!r} must be a mapping, got {_show(updates)}")
+        for key in updates:
             if key not in hints:
                 raise _unknown_key(key, list(hints), f"{section}.")
-            checked[key] = _coerce(section, key, value, hints[key])
-        sections[section] = dataclasses.replace(getattr(config, section), **checked)
+        sections[section] = dataclasses.replace(getattr(config, section), **updates)
     return dataclasses.replace(config, **sections)
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, dict[str, Any]]:
     """Parse ``["train.lr=3e-4", "data.aus=[1, 2]"]`` into ``{section: {key: value}}``.
 
-    Values are YAML scalars/lists (``yaml.safe_load``, never ``eval``).
+    Values are YAML scalars/lists (``yaml.safe_load``, never ``eval``), each item at most
+    ``MAX_OVERRIDE_CHARS`` long.
     """
     values: dict[str, dict[str, Any]] = {}
     for item in overrides:
+        if len(item) > MAX_OVERRIDE_CHARS:
+            raise AUFormerError(f"--set {_show(item)}: longer than {MAX_OVERRIDE_CHARS} characters")
         name, sep, raw = item.partition("=")
         section, dot, key = name.strip().partition(".")
         if not sep or not dot or not key:
             raise AUFormerError(f"--set {item!r}: expected section.key=value, e.g. train.lr=3e-4")
-        try:
-            values.setdefault(section, {})[key] = yaml.safe_load(raw)
-        except yaml.YAMLError as error:
-            raise AUFormerError(f"--set {item!r}: the value is not valid YAML ({one_line(error)})") from None
+        values.setdefault(section, {})[key] = _parse_yaml(raw, f"--set {item!r}: the value")
     return values
 
 
 def load_config(preset: str = DEFAULT_PRESET, overrides: list[str] = (), data_dir: str | None = None) -> Config:
     """Build a validated ``Config`` from a preset (name or YAML path), ``--set`` overrides and ``--data``."""
     values = _read_preset(preset)
-    config = Config(preset=str(values.pop("preset", preset)))
+    config = Config(preset=values.pop("preset", preset))
     config = apply_values(values, config)
     config = apply_values(parse_overrides(list(overrides)), config)
     if data_dir is not None:
@@ -275,47 +573,31 @@ def load_config(preset: str = DEFAULT_PRESET, overrides: list[str] = (), data_di
 
 
 def validate(config: Config) -> Config:
-    """Cross-field checks that single-field types cannot express."""
+    """Cross-field checks that single-field rules cannot express."""
     data, train = config.data, config.train
     if data.dataset != "synthetic" and data.root is None:
         raise AUFormerError(f"preset {config.preset!r} needs a prepared dataset folder: pass --data DIR (see `auformer prepare`)")
-    if not 0 < data.train_fraction <= 1:
-        raise AUFormerError(f"config data.train_fraction: {data.train_fraction} must be in (0, 1]")
     if data.val_fold is not None and data.val_fold == data.fold:
         raise AUFormerError(f"config data.val_fold: {data.val_fold} must differ from data.fold")
-    for name in ("epochs", "batch_size", "grad_accum", "eval_every", "checkpoint_every"):
-        if getattr(train, name) < 1:
-            raise AUFormerError(f"config train.{name}: {getattr(train, name)} must be >= 1")
-    if train.lr <= 0:
-        raise AUFormerError(f"config train.lr: {train.lr} must be > 0")
-    for name, low in (("steps", 1), ("warmup_steps", 0), ("eval_every_steps", 1)):
-        value = getattr(train, name)
-        if value is not None and value < low:
-            raise AUFormerError(f"config train.{name}: {value} must be >= {low} (or null)")
-    _validate_weights(config.model.backbone_weights)
+    if data.resize_size is not None and data.resize_size < data.img_size:
+        raise AUFormerError(f"config data.resize_size: {data.resize_size} must be >= data.img_size ({data.img_size})")
+    present = min(data.synthetic_subjects, data.synthetic_images)  # subjects that get at least one face
+    if data.root is None and data.synthetic_folds > present:
+        raise AUFormerError(
+            f"config data.synthetic_folds: {data.synthetic_folds} must be <= the subjects with faces "
+            f"({present}: data.synthetic_subjects, data.synthetic_images)"
+        )
+    for name in ("lr", "head_lr"):
+        rate = getattr(train, name)
+        if rate is not None and train.min_lr > rate:
+            raise AUFormerError(f"config train.min_lr: {train.min_lr} must be <= train.{name} ({rate})")
     _validate_switches(config)
     return config
 
 
-def _validate_weights(weights: str) -> None:
-    """A weight source by name, or something that looks like a weight file (its existence is checked at setup)."""
-    from auformer.model.backbone import WEIGHT_SOURCES, WEIGHT_SUFFIXES
-
-    if weights not in WEIGHT_SOURCES and not weights.endswith(WEIGHT_SUFFIXES):
-        raise AUFormerError(
-            f"config model.backbone_weights: {weights!r} is not one of {', '.join(WEIGHT_SOURCES)} "
-            f"nor a weight file ({', '.join(WEIGHT_SUFFIXES)})"
-        )
-
-
 def _validate_switches(config: Config) -> None:
     """Refuse ablation-switch combinations that have no meaning (docs/training.md, "Ablation switches")."""
-    from auformer.model.petl import check_lora_targets
-
     model, loss = config.model, config.loss
-    check_lora_targets(model.lora_targets, "config model.lora_targets")
-    if not 0 <= model.drop_path < 1:
-        raise AUFormerError(f"config model.drop_path: {model.drop_path} must be in [0, 1)")
     if not model.collaborate and (model.aux_head or loss.aux_weight > 0):
         raise AUFormerError(
             "config model.collaborate: false (the paper's no-collaboration rows: one shared expert per group) "
@@ -326,14 +608,6 @@ def _validate_switches(config: Config) -> None:
             f"config loss.aux_weight: {loss.aux_weight} weights an auxiliary loss, but model.aux_head is false; "
             "pass --set loss.aux_weight=0 (or keep the heads)"
         )
-    if loss.aux_weight < 0:
-        raise AUFormerError(f"config loss.aux_weight: {loss.aux_weight} must be >= 0")
-    if loss.eps <= 0:
-        raise AUFormerError(f"config loss.eps: {loss.eps} must be > 0 (it keeps the WDI ratio finite)")
-    if not 0 <= loss.margin < 1:
-        raise AUFormerError(f"config loss.margin: {loss.margin} must be in [0, 1)")
-    if len(loss.gamma_bounds) != 2 or min(loss.gamma_bounds) <= 0:
-        raise AUFormerError(f"config loss.gamma_bounds: {loss.gamma_bounds} must be two positive numbers [B_L, B_R]")
 
 
 def save_config(config: Config, path: str | Path) -> None:

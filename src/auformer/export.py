@@ -24,7 +24,13 @@ from auformer.aus import INTENSITY_MAX, au_columns
 from auformer.data.transforms import default_resize_size
 from auformer.errors import AUFormerError
 from auformer.files import atomic_path
-from auformer.model.checkpoint import checkpoint_paths, load_checkpoint, read_checkpoint_meta, resolve_checkpoint
+from auformer.model.checkpoint import (
+    checkpoint_aus,
+    checkpoint_paths,
+    load_checkpoint,
+    read_checkpoint_meta,
+    resolve_checkpoint,
+)
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 TOLERANCE = 1e-4  # max |probability difference| between the export and PyTorch
@@ -106,6 +112,7 @@ def export_model(
         raise AUFormerError(f"unknown export format {format!r}: valid formats are {', '.join(FORMATS)}")
     checkpoint = resolve_checkpoint(checkpoint)  # a Hub repo id -> its cached files
     model = load_checkpoint(checkpoint, backbone_weights=backbone_weights).eval()
+    checkpoint_aus(model, checkpoint)  # the output columns are named by AU
     module = AUOutputs(model).eval()
     size = model.data_config["input_size"][-1]
     images = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))  # (3, 3, S, S)

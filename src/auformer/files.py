@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
 from collections.abc import Iterable, Iterator
@@ -30,6 +31,34 @@ def _file_mode() -> int:
 
 
 FILE_MODE = _file_mode()
+LOW_SPACE = 1 << 20  # bytes: a write that fails with less free than this failed for want of space
+
+
+def _os_error(error: Exception, path: Path) -> Exception:
+    """``error`` as the ``OSError`` it is, naming ``path``, when a write failed because of the folder's disk.
+
+    Writers report the same OS failure their own ways: Python's ``open`` as ``OSError`` (without the
+    name when ``write`` fails), safetensors as ``SafetensorError`` ("I/O error: No space left on
+    device"), ``torch.save`` as a ``RuntimeError`` with no reason at all. Asked once here, every
+    writer's full, read-only or forbidden disk reaches the CLI as one line (`errors.environment_problem`).
+    """
+    if isinstance(error, AUFormerError):
+        return error  # the caller's own verdict on what it wrote
+    if isinstance(error, OSError) and error.errno is not None:
+        return error if error.filename is not None else OSError(error.errno, error.strerror, str(path))
+    try:
+        folder = os.statvfs(path.parent)
+    except OSError:
+        return error
+    if folder.f_flag & os.ST_RDONLY:
+        reason = errno.EROFS
+    elif not os.access(path.parent, os.W_OK):
+        reason = errno.EACCES
+    elif folder.f_bavail * folder.f_frsize < LOW_SPACE:
+        reason = errno.ENOSPC
+    else:
+        return error  # the disk is fine: a writer's own failure (a bug) keeps its traceback
+    return OSError(reason, os.strerror(reason), str(path))
 
 
 @contextmanager
@@ -40,7 +69,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     as matplotlib and numpy pick the format from it. Before the rename the file gets the
     umask's normal mode: some writers (safetensors' ``save_file``) create private 0600
     files, and checkpoints and package data must be readable like any file.
-    On an error the temporary file is removed and ``path`` is left untouched.
+    On an error the temporary file is removed and ``path`` is left untouched; a failure of
+    the disk (full, read-only, no permission) is raised as an ``OSError`` naming ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -49,6 +79,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
+    except Exception as error:
+        cause = _os_error(error, path)
+        if cause is error:
+            raise
+        raise cause from error
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -113,6 +113,21 @@ def mean_across(value: float, info: DistInfo) -> float:
     return tensor.item() / info.world_size
 
 
+def values_across(value: float, info: DistInfo) -> list[float]:
+    """Every rank's ``value``, in rank order, on every rank (one small all-reduce; ``[value]`` in one process).
+
+    What lets all ranks take the same decision in the same step: a NaN seen by one rank
+    stops every rank at once, where a rank that stopped alone would leave the others
+    waiting in the next collective.
+    """
+    if not info.enabled:
+        return [value]
+    values = torch.zeros(info.world_size, dtype=torch.float64, device=info.device)  # (world_size,)
+    values[info.rank] = value
+    dist.all_reduce(values)  # the sum of one-hot rows: each slot keeps its rank's value, NaN and inf included
+    return values.tolist()
+
+
 def barrier(info: DistInfo) -> None:
     """Wait for all processes (e.g. until rank 0 has written a checkpoint)."""
     if info.enabled:

@@ -1,11 +1,12 @@
 """``--dry-run``: check everything a real run needs and print what it would run, in seconds.
 
-Checks, in the order a run would meet them: backbone weights (file, Hugging Face cache,
-or a reachable hub), device, batch split, data folder (manifest.csv, folds.json),
-every fold's splits with positives of every AU, output folder writable, disk space for
-the checkpoints. Nothing is trained and no weights are downloaded; the plan lists each
-run's samples, optimiser steps, warm-up and evaluation points (the same ``plan_run`` as
-the trainer). Problems are all listed, then the command fails with one line.
+Checks, in the order a run would meet them: the model's shape and size
+(`backbone_geometry`), backbone weights (file, Hugging Face cache, or a reachable hub),
+device, batch split, data folder (manifest.csv, folds.json), every fold's splits with
+positives of every AU, output folder writable, disk space for the checkpoints. Nothing
+is trained and no weights are downloaded; the plan lists each run's samples, optimiser
+steps, warm-up and evaluation points (the same ``plan_run`` as the trainer). Problems are
+all listed, then the command fails with one line.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from auformer.aus import au_columns
 from auformer.config import Config
 from auformer.engine import distributed
 from auformer.engine.schedule import micro_batch_size, plan_run
+from auformer.model.backbone import backbone_geometry
 
 # Bytes a run keeps per learnable float32 value: last + best checkpoints, and train_state.pt
 # with the model and AdamW's two moments; a random backbone rides in both checkpoints.
@@ -106,6 +108,12 @@ def dry_run(config: Config, out_dir: str | Path, command: str) -> list[str]:
     def ok(name: str, text: str) -> None:
         lines.append(f"  {name:<8} ok       {text}")
 
+    model = config.model
+    geometry = check("model", lambda: backbone_geometry(model.backbone, config.data.img_size, model.backbone_kwargs))
+    if geometry:
+        grid = "x".join(map(str, geometry.grid_size))
+        ok("model", f"{model.backbone}: {geometry.depth} blocks of width {geometry.embed_dim}, {grid} patches, "
+                    f"{geometry.values:,} backbone parameters")  # fmt: skip
     found = check("weights", lambda: _weights(config))
     if found:
         ok("weights", found)
@@ -157,9 +165,11 @@ def dry_run(config: Config, out_dir: str | Path, command: str) -> list[str]:
             ok("AUs", f"every AU has positives in each test fold and each full training split ({len(plans)} run(s))")
     out = Path(out_dir)
     existing = _nearest_existing(out)
-    if not os.access(existing, os.W_OK):
+    if not existing.is_dir():
+        problem("output", f"{out}: {existing} is a file, not a folder")
+    elif not os.access(existing, os.W_OK):
         problem("output", f"{out}: cannot write in {existing}")
-    elif plans:
+    elif plans and geometry:
         needed = len(plans) * _checkpoint_bytes(config, list(plans[0][1].train.aus))
         free = shutil.disk_usage(existing).free
         text = f"{out} is writable; {free / 1e9:.1f} GB free, about {needed / 1e9:.2f} GB needed for {len(plans)} run(s)' checkpoints"

@@ -53,8 +53,8 @@ from auformer.errors import AUFormerError
 from auformer.files import atomic_path, atomic_write_text
 from auformer.metrics import au_metrics, intensity_metrics, intensity_table_markdown, metrics_table_markdown
 from auformer.model.auformer import AUFormer, build_model
-from auformer.model.backbone import resolve_weights
-from auformer.model.checkpoint import load_adapter_weights, load_checkpoint, save_checkpoint
+from auformer.model.backbone import backbone_geometry, resolve_weights
+from auformer.model.checkpoint import checkpoint_aus, load_adapter_weights, load_checkpoint, save_checkpoint
 from auformer.model.heads import has_intensity
 
 METRIC_KEYS = ("f1", "precision", "recall", "support")  # per-AU fields of metrics.json
@@ -372,6 +372,7 @@ class Trainer:
             raise AUFormerError(
                 f"{self.run_dir} already holds a run: continue it with --resume {self.run_dir} or pick another --out"
             )
+        backbone_geometry(cfg.model.backbone, data.img_size, cfg.model.backbone_kwargs)  # before weights and data, as --dry-run
         self.dist = distributed.setup(cfg.train.device)
         check_backbone_weights(cfg, verbose=self.verbose and self.dist.is_main)
         if cfg.train.amp == "fp16" and self.dist.device.type != "cuda":
@@ -424,16 +425,16 @@ class Trainer:
         self.epoch, self.micro_done, self.global_step, self.best_f1 = 0, 0, 0, -1.0
         self.loss_sum, self.loss_count = 0.0, 0  # running training loss of the current epoch
         state = checkpointing.load_train_state(self.run_dir) if self.resume else None
-        self.logger = RunLogger(self.run_dir, enabled=self.dist.is_main, resume_epoch=state["epoch"] if state else None)
-        if self.dist.is_main:
-            save_config(cfg, self.run_dir / "config.yaml")
         if state is not None:
-            self._load_state(state)
+            self._load_state(state)  # checked to be this run's before any of it is used
         else:
             seed = cfg.train.seed + self.dist.rank  # different augmentation/dropout per rank
             torch.manual_seed(seed)
             np.random.seed(seed)
             random.seed(seed)
+        self.logger = RunLogger(self.run_dir, enabled=self.dist.is_main, resume_epoch=self.epoch if state else None)
+        if self.dist.is_main:
+            save_config(cfg, self.run_dir / "config.yaml")
 
     def _build_model(self) -> torch.nn.Module:
         return model_from_config(self.config, self.aus, self.config.model.backbone_weights)
@@ -462,38 +463,39 @@ class Trainer:
 
     # ------------------------------------------------------------ state
 
+    def _state(self, rngs: list[dict[str, Any]]) -> dict[str, Any]:
+        """What ``train_state.pt`` holds after the current optimiser step (``rngs``: every rank's RNG states)."""
+        return {
+            "model": self.model.learnable_state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rngs,
+            "epoch": self.epoch,
+            "micro_done": self.micro_done,
+            "loss_sum": self.loss_sum,
+            "loss_count": self.loss_count,
+            "global_step": self.global_step,
+            "best_f1": self.best_f1,
+            "world_size": self.dist.world_size,
+            "seed": self.config.train.seed,
+            "config": self.config.to_dict(),  # whose run this is: --resume refuses another run's state
+            "aus": self.aus,
+        }
+
     def _save_state(self) -> None:
         """Resume point after the current optimiser step: written atomically by rank 0."""
         rngs = distributed.gather_objects(checkpointing.rng_state(), self.dist)
         if self.dist.is_main:
-            state = {
-                "model": self.model.learnable_state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "rng": rngs,
-                "epoch": self.epoch,
-                "micro_done": self.micro_done,
-                "loss_sum": self.loss_sum,
-                "loss_count": self.loss_count,
-                "global_step": self.global_step,
-                "best_f1": self.best_f1,
-                "world_size": self.dist.world_size,
-                "seed": self.config.train.seed,
-            }
-            checkpointing.save_train_state(self.run_dir, state)
+            checkpointing.save_train_state(self.run_dir, self._state(rngs))
             save_checkpoint(self.model, self.run_dir / "last", extra=self._extra())
         distributed.barrier(self.dist)
 
     def _load_state(self, state: dict[str, Any]) -> None:
-        if state["world_size"] != self.dist.world_size:
-            raise AUFormerError(
-                f"{self.run_dir}: run was started with {state['world_size']} processes; resume it with the same number"
-            )
-        missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
-        learnable = set(self.model.learnable_state_dict())
-        if unexpected or learnable & set(missing):
-            raise AUFormerError(f"{self.run_dir}/train_state.pt does not match the model of config.yaml")
+        own = self._state([checkpointing.rng_state()] * self.dist.world_size)
+        path = self.run_dir / checkpointing.TRAIN_STATE
+        checkpointing.check_train_state(state, path, own, self.optimizer, self.aus)  # this run's, before any use
+        self.model.load_state_dict(state["model"], strict=False)  # keys and shapes checked
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -585,19 +587,15 @@ class Trainer:
             with torch.autocast(self.dist.device.type, dtype=self._amp_dtype(), enabled=cfg.amp != "none"):
                 output = self.network(images)
             loss = self.loss_fn(output, targets, self.rate, intensity)["total"]
-            if not torch.isfinite(loss):  # stop before the step: no NaN reaches the weights or a checkpoint
-                raise AUFormerError(
-                    f"{self.run_dir}: training loss is {loss.item()} at step {self.global_step + 1} (epoch {self.epoch + 1}, "
-                    f"batch {self.micro_done + 1}); stopped. {checkpointing.TRAIN_STATE} and last.safetensors hold the "
-                    "last checkpoint before it (try a lower train.lr or train.grad_clip)"
-                )
+            value = loss.item()
+            self._stop_if_not_finite(value)
             self.scaler.scale(loss / cfg.grad_accum).backward()
             self.micro_done += 1
             seen += len(images) * self.dist.world_size
-            self.loss_sum, self.loss_count = self.loss_sum + loss.item(), self.loss_count + 1
+            self.loss_sum, self.loss_count = self.loss_sum + value, self.loss_count + 1
             if self.micro_done % cfg.grad_accum == 0 or self.micro_done == self.micro_per_epoch:
-                self._optimizer_step(loss.item())
-                bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
+                self._optimizer_step(value)
+                bar.set_postfix(loss=f"{value:.4f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
                 if self.global_step == self.schedule.total_steps:
                     break  # the step budget ends inside this epoch
                 if self.global_step % cfg.checkpoint_every == 0 and self.micro_done < self.micro_per_epoch:
@@ -605,6 +603,21 @@ class Trainer:
         seconds = time.perf_counter() - start
         mean_loss = distributed.mean_across(self.loss_sum / max(self.loss_count, 1), self.dist)
         return mean_loss, seen / max(seconds, 1e-9), seconds
+
+    def _stop_if_not_finite(self, loss: float) -> None:
+        """Stop before the backward pass when any rank's loss is NaN or infinite: no NaN reaches the
+        weights or a checkpoint, and every rank raises the same error in the same step (under DDP a
+        rank that stopped alone would leave the others waiting in the gradient all-reduce)."""
+        losses = distributed.values_across(loss, self.dist)  # (world_size,)
+        bad = next((rank for rank, value in enumerate(losses) if not math.isfinite(value)), None)
+        if bad is None:
+            return
+        where = f" on rank {bad} of {self.dist.world_size}" if self.dist.enabled else ""
+        raise AUFormerError(
+            f"{self.run_dir}: training loss is {losses[bad]} at step {self.global_step + 1} (epoch {self.epoch + 1}, "
+            f"batch {self.micro_done + 1}){where}; stopped. {checkpointing.TRAIN_STATE} and last.safetensors hold the "
+            "last checkpoint before it (try a lower train.lr or train.grad_clip)"
+        )
 
     def _optimizer_step(self, loss: float) -> None:
         cfg = self.config.train
@@ -729,7 +742,7 @@ def evaluate(
             f"{checkpoint}: checkpoint was trained for task {model.task!r} but the config asks for "
             f"model.task={config.model.task!r} (pass --set model.task={model.task})"
         )
-    config = dataclasses.replace(config, data=dataclasses.replace(config.data, aus=list(model.aus)))
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, aus=checkpoint_aus(model, checkpoint)))
     if table is not None:  # list files: --skip-bad drops their bad rows here, as load_source does for a manifest
         table, skipped = drop_unreadable(table) if config.data.skip_bad else (table, [])
         source, test = Source(table, [], skipped=skipped), table.select_aus(model.aus)

@@ -32,7 +32,7 @@ from torch import nn
 
 from auformer.aus import parse_au_list
 from auformer.errors import AUFormerError
-from auformer.model.backbone import create_backbone, weights_source
+from auformer.model.backbone import Geometry, backbone_geometry, create_backbone, weights_source
 from auformer.model.heads import (
     TASKS,
     IntensityHeads,
@@ -45,6 +45,7 @@ from auformer.model.moke_fused import FusedMoKEGroup
 from auformer.model.petl import EXPERT_METHODS, METHODS, DeepPrompts, LoRA, branch_input, check_lora_targets, side_branches
 
 MOKE_IMPLEMENTATIONS: dict[str, type[MoKEGroup]] = {"reference": MoKEGroup, "fused": FusedMoKEGroup}
+MAX_LEARNABLE_VALUES = 500_000_000  # experts/branches and heads (ViT-B with 12 AUs: 2.2 M); full fine-tuning aside
 
 
 class AUFormerOutput(NamedTuple):
@@ -224,6 +225,21 @@ def _check_options(
         raise AUFormerError("backbone_kwargs must not set drop_path_rate for full-finetune: set drop_path (model.drop_path)")
 
 
+def learnable_bound(geometry: Geometry, num_aus: int, d: int, dilations: Sequence[int], method_options: dict) -> int:
+    """More learnable values than any method adds to the backbone (tested against the built models).
+
+    Counted before building (a build on the meta device costs as much as a real one), so that a
+    description cannot ask for terabytes of experts. Every method's width is counted, whichever
+    is used: per block, two groups of ``num_aus`` experts (down/up ``D x d``, the d-space convs),
+    two bottleneck adapters, LoRA on q, k and v, and the prompts; then the heads.
+    """
+    dim, k = geometry.embed_dim, len(dilations)
+    expert = (2 * d + 1) * dim + 16 * (k + 1) * d * (d + 1)
+    bottleneck, rank, prompts = (method_options[name] for name in ("adapter_bottleneck", "lora_rank", "vpt_prompts"))
+    block = 2 * num_aus * expert + 2 * (2 * dim + 1) * (bottleneck + 1) + 6 * rank * dim + prompts * dim
+    return geometry.depth * block + 4 * num_aus * (dim + 1)
+
+
 def build_model(
     num_aus: int,
     backbone: str = "vit_base_patch16_224",
@@ -279,6 +295,12 @@ def build_model(
         vpt_prompts=vpt_prompts,
     )
     _check_options(num_aus, moke, d, dilations, ca_size, dropout, drop_path, scale, backbone_kwargs, method, method_options, task)
+    learnable = learnable_bound(backbone_geometry(backbone, img_size, backbone_kwargs), num_aus, d, dilations, method_options)
+    if learnable > MAX_LEARNABLE_VALUES:
+        raise AUFormerError(
+            f"{num_aus} AUs with d={d}, dilations {list(dilations)} and {method_options} make up to {learnable:,} "
+            f"learnable values; at most {MAX_LEARNABLE_VALUES:,}"
+        )
     if aus is not None:
         aus = parse_au_list(aus)
         if len(aus) != num_aus:
@@ -309,7 +331,7 @@ def build_model(
     # Only full fine-tuning trains the backbone in train mode; a frozen backbone stays in eval mode (no drop-path).
     if method == "full-finetune":
         backbone_kwargs = {**backbone_kwargs, "drop_path_rate": drop_path}
-    vit = create_backbone(backbone, backbone_weights, img_size, **backbone_kwargs)
+    vit = create_backbone(backbone, backbone_weights, img_size, backbone_kwargs)
     return AUFormer(
         vit,
         num_aus,

@@ -9,6 +9,7 @@ init; asked for by name, so that no run trains adapters on a random ViT by accid
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import timm
@@ -99,29 +100,90 @@ def load_backbone_weights(model: VisionTransformer, path: str) -> None:
     model.load_state_dict({k: state_dict[k] for k in own})
 
 
-def create_backbone(name: str, weights: str = "random", img_size: int = 224, **kwargs) -> VisionTransformer:
-    """A frozen, headless timm ViT (``num_classes=0``) in eval mode.
+MAX_TOKENS = 16_384  # patch tokens (a 128 x 128 grid): attention memory grows with their square
+MAX_BACKBONE_VALUES = 2_000_000_000  # parameters: about 8 GB in float32 (ViT-g/14 has 1.0 G)
 
-    ``kwargs`` go to ``timm.create_model`` (e.g. ``patch_size``, ``embed_dim``,
-    ``depth``, ``num_heads`` for tiny test models).
+
+@dataclass(frozen=True)
+class Geometry:
+    """The shape of a timm ViT, known before it is built (`backbone_geometry`)."""
+
+    embed_dim: int  # token width D
+    depth: int  # blocks
+    grid_size: tuple[int, int]  # patch grid (H/p, W/p)
+    values: int  # parameters of the backbone
+
+
+def _timm_vit(name: str, img_size: int, kwargs: dict, skip_init: bool = False) -> VisionTransformer:
+    """``timm.create_model`` for a headless ViT; a bad name or argument is one line naming it.
+
+    ``skip_init``: no weight init (timm's ``weight_init="skip"``), for a shape-only build on the meta device.
     """
-    weights = resolve_weights(weights, name)
     try:
-        model = timm.create_model(name, pretrained=False, num_classes=0, img_size=img_size, **kwargs)
+        skip = {"weight_init": "skip"} if skip_init else {}
+        model = timm.create_model(name, pretrained=False, num_classes=0, img_size=img_size, **{**kwargs, **skip})
+    except TypeError as error:
+        if skip_init and "weight_init" in str(error):  # another family (no such argument): refused below
+            return _timm_vit(name, img_size, kwargs)
+        raise AUFormerError(
+            f"timm.create_model({name!r}) failed: TypeError: {error}; AUFormer needs a timm "
+            "VisionTransformer, check the name and backbone_kwargs"
+        ) from None
     except RuntimeError as error:
         if "Unknown model" not in str(error):
             raise
         raise AUFormerError(f"unknown timm model {name!r}; list ViTs with timm.list_models('vit_*')") from None
-    except TypeError as error:  # a non-ViT family (no img_size) or a wrong backbone_kwargs key
+    except (AssertionError, KeyError, ValueError) as error:  # a wrong or bad kwarg
         raise AUFormerError(
-            f"timm.create_model({name!r}) failed: {error}; AUFormer needs a timm "
+            f"timm.create_model({name!r}) failed: {type(error).__name__}: {error}; AUFormer needs a timm "
             "VisionTransformer, check the name and backbone_kwargs"
         ) from None
     if not isinstance(model, VisionTransformer):
         raise AUFormerError(f"backbone {name!r} is a {type(model).__name__}, not a timm VisionTransformer")
-    block = model.blocks[0]
-    if not all(hasattr(block, part) for part in BLOCK_PARTS):
+    block = model.blocks[0] if len(model.blocks) else None
+    if block is None or not all(hasattr(block, part) for part in BLOCK_PARTS):
         raise AUFormerError(f"backbone {name!r} uses {type(block).__name__} blocks; AUFormer needs timm's pre-norm Block")
+    return model
+
+
+def backbone_geometry(name: str, img_size: int = 224, kwargs: dict | None = None) -> Geometry:
+    """What ``create_backbone(name, img_size=img_size, kwargs=kwargs)`` would build, checked before it is built.
+
+    The ViT is built on the meta device without weight init (no memory, milliseconds for ViT-B),
+    so a description asking for a huge width, depth or input fails here in one line instead of
+    allocating: at most ``MAX_BACKBONE_VALUES`` parameters and ``MAX_TOKENS`` patches, an input
+    size that is a multiple of the patch size, and a CLS token (the heads read it).
+    """
+    from auformer.config import timm_kwargs_problem  # the bounds of the sizing arguments, with the config's
+
+    kwargs = kwargs or {}
+    problem = timm_kwargs_problem(kwargs)
+    if problem:
+        raise AUFormerError(f"backbone_kwargs: {problem}")
+    with torch.device("meta"):
+        model = _timm_vit(name, img_size, kwargs, skip_init=True)
+    patch, grid = tuple(model.patch_embed.patch_size), tuple(model.patch_embed.grid_size)
+    if img_size % patch[0] or img_size % patch[1] or min(grid) < 1:
+        raise AUFormerError(f"img_size {img_size} is not a multiple of {name}'s patch size {patch[0]}")
+    if grid[0] * grid[1] > MAX_TOKENS:
+        raise AUFormerError(f"img_size {img_size} gives {grid[0] * grid[1]} patches of {patch[0]} px; at most {MAX_TOKENS}")
+    if model.cls_token is None:
+        raise AUFormerError(f"backbone {name!r} with {kwargs} has no CLS token; AUFormer's heads read it")
+    values = sum(p.numel() for p in model.parameters())
+    if values > MAX_BACKBONE_VALUES:
+        raise AUFormerError(f"backbone {name!r} with {kwargs} has {values:,} parameters; at most {MAX_BACKBONE_VALUES:,}")
+    return Geometry(model.embed_dim, len(model.blocks), grid, values)
+
+
+def create_backbone(name: str, weights: str = "random", img_size: int = 224, kwargs: dict | None = None) -> VisionTransformer:
+    """A frozen, headless timm ViT (``num_classes=0``) in eval mode.
+
+    ``kwargs`` (a dict) go to ``timm.create_model`` (e.g. ``patch_size``, ``embed_dim``,
+    ``depth``, ``num_heads`` for tiny test models); `build_model` checks them first
+    (`backbone_geometry`).
+    """
+    weights = resolve_weights(weights, name)
+    model = _timm_vit(name, img_size, kwargs or {})
     if weights != "random":
         load_backbone_weights(model, weights)
     model.requires_grad_(False)

@@ -6,22 +6,33 @@ initialised (it then has no file of its own, and the checkpoint must rebuild it)
 The JSON holds ``model.config``, the AU list, the backbone weights source with the
 file's sha256, the auformer version and the caller's ``extra``; the same JSON is
 also stored in the safetensors header, so the weights file alone is enough.
+
+A checkpoint may come from anyone (``--checkpoint user/name`` reads it from the Hub), so
+loading checks it in order before using it: the JSON against a schema (`check_meta`: every
+field's type and range, from the config's own table), the model it describes against size
+limits (`build_model`), and the tensor shapes of the safetensors header against that model,
+before a tensor is read. A bad file is one line naming the file and the field.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 import json
 import os
+import re
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from auformer import __version__
+from auformer.aus import AU_NAMES
+from auformer.config import Rule, field_spec, value_problem
 from auformer.errors import AUFormerError
 from auformer.files import atomic_path, atomic_write_text
 from auformer.hub import download_checkpoint, parse_repo_id
@@ -30,10 +41,14 @@ from auformer.model.backbone import WEIGHT_SOURCES, describe_mismatch, resolve_w
 
 FORMAT = "auformer-adapter/1"
 BACKBONE_PREFIX = "backbone."
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")  # safetensors' names
+MAX_META_BYTES = 1 << 20  # a checkpoint's JSON is a few kB, its training record included
 
 
 def checkpoint_paths(path: str | os.PathLike) -> tuple[Path, Path]:
     """``run/best``, ``run/best.safetensors`` or ``run/best.json`` -> the (weights, config) file pair."""
+    if Path(path).name in ("", ".", ".."):
+        raise AUFormerError(f"checkpoint {str(path)!r} names no file (expected PATH, PATH.safetensors or PATH.json)")
     path = Path(path)
     if path.suffix in (".safetensors", ".json"):
         path = path.with_suffix("")
@@ -104,10 +119,12 @@ def save_checkpoint(model: AUFormer, path: str | os.PathLike, extra: dict | None
 
 
 def read_checkpoint_meta(path: str | os.PathLike) -> dict:
-    """The checkpoint's JSON (or, if the JSON was lost, its copy in the safetensors header)."""
+    """The checkpoint's JSON (or, if the JSON was lost, its copy in the safetensors header), checked by `check_meta`."""
     weights_path, json_path = checkpoint_paths(resolve_checkpoint(path))
     if json_path.is_file():
-        source, text = json_path, json_path.read_text()
+        source = json_path
+        with open(json_path, "rb") as file:
+            raw = file.read(MAX_META_BYTES + 1)
     elif weights_path.is_file():
         try:
             with safe_open(str(weights_path), framework="pt") as file:
@@ -116,15 +133,87 @@ def read_checkpoint_meta(path: str | os.PathLike) -> dict:
             raise AUFormerError(f"{weights_path}: not a safetensors file ({error})") from None
         if text is None:
             raise AUFormerError(f"{weights_path}: not an auformer checkpoint (no 'auformer' metadata and no {json_path.name})")
+        raw = text.encode()
     else:
         raise FileNotFoundError(f"checkpoint not found: {weights_path} (nor {json_path.name})")
+    if len(raw) > MAX_META_BYTES:
+        raise AUFormerError(f"{source}: checkpoint description larger than {MAX_META_BYTES // 1024} kB")
     try:
-        meta = json.loads(text)
-    except json.JSONDecodeError as error:
+        meta = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise AUFormerError(f"{source}: invalid checkpoint JSON: {error}") from None
+    except RecursionError:
+        raise AUFormerError(f"{source}: invalid checkpoint JSON: nested too deeply") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise AUFormerError(f"{source}: not an auformer checkpoint (format must be {FORMAT!r})")
+    return check_meta(meta, source)
+
+
+def _field_specs() -> dict[str, tuple[Any, Rule | None]]:
+    """``config`` key -> (type, rule): `build_model`'s arguments, checked with the config's own table."""
+    specs = {"num_aus": (int, Rule(1, len(AU_NAMES)))}
+    for name in list(inspect.signature(build_model).parameters)[1:]:
+        specs[name] = field_spec({"aus": "data.aus", "img_size": "data.img_size"}.get(name, f"model.{name}"))
+    specs["aus"] = (list[int] | None, specs["aus"][1])
+    specs["backbone_weights"] = (str | None, specs["backbone_weights"][1])  # null: 0.1.0 wave-1 random backbones
+    return specs
+
+
+def _check(source: Path, where: str, value: Any, spec: tuple[Any, Rule | None]) -> None:
+    problem = value_problem(value, *spec)
+    if problem:
+        raise AUFormerError(f"{source}: {where}: {problem}")
+
+
+def check_meta(meta: dict, source: str | os.PathLike) -> dict:
+    """Check a checkpoint description before anything is built from it; returns it, or one line naming the field.
+
+    ``config`` must hold `build_model`'s arguments only, each of its type and within the range
+    the config allows (the AU lists: distinct FACS action units, one per output); ``backbone``
+    and ``extra`` the fields that loading and detection read. What older versions wrote stays
+    valid (a missing ``task`` is occurrence; a null ``backbone_weights`` a stored random backbone).
+    """
+    source = Path(source)
+    config, backbone, extra = meta.get("config"), meta.get("backbone"), meta.get("extra", {})
+    for key, value in (("config", config), ("backbone", backbone), ("extra", extra)):
+        if not isinstance(value, dict):
+            found = _kind(value) if key in meta else "nothing (missing)"
+            raise AUFormerError(f"{source}: {key}: must be a JSON object, got {found}")
+    specs = _field_specs()
+    for key in ("num_aus", "backbone", "backbone_weights"):
+        if key not in config:
+            raise AUFormerError(f"{source}: config.{key}: missing")
+    for key, value in config.items():
+        if key not in specs:
+            raise AUFormerError(f"{source}: config.{key}: not a model setting of auformer {__version__}")
+        _check(source, f"config.{key}", value, specs[key])
+    aus = meta.get("aus")
+    _check(source, "aus", aus, specs["aus"])
+    if aus is not None and len(aus) != config["num_aus"]:
+        raise AUFormerError(f"{source}: aus: {len(aus)} AUs but config.num_aus is {config['num_aus']}")
+    if config.get("aus") is not None and config["aus"] != aus:
+        raise AUFormerError(f"{source}: config.aus: {config['aus']} differs from aus {aus}")
+    if backbone.get("name") != config["backbone"]:
+        raise AUFormerError(f"{source}: backbone.name: {_kind(backbone.get('name'))} differs from config.backbone")
+    _check(source, "backbone.weights", backbone.get("weights"), specs["backbone_weights"])
+    sha256 = backbone.get("sha256")
+    if sha256 is not None and not (isinstance(sha256, str) and re.fullmatch("[0-9a-f]{64}", sha256)):
+        raise AUFormerError(f"{source}: backbone.sha256: not a sha256 hex digest")
+    if not isinstance(backbone.get("included", False), bool):
+        raise AUFormerError(f"{source}: backbone.included: must be true or false")
+    for key in ("dataset", "fold", "img_size", "resize_size"):  # the training record that detection and export read
+        if extra.get(key) is not None:
+            _check(source, f"extra.{key}", extra[key], field_spec(f"data.{key}"))
+    resize, size = extra.get("resize_size"), config.get("img_size", 224)
+    if resize is not None and resize < size:
+        raise AUFormerError(f"{source}: extra.resize_size: {resize} must be >= config.img_size ({size})")
     return meta
+
+
+def _kind(value: Any) -> str:
+    """A short description of a JSON value for an error line (the value itself may be huge)."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"a {type(value).__name__} of {len(text)} characters"
 
 
 def load_adapter_weights(model: AUFormer, path: str | os.PathLike) -> None:
@@ -154,22 +243,45 @@ def load_adapter_weights(model: AUFormer, path: str | os.PathLike) -> None:
             f"{weights_path}: adapters are for backbone {meta['config']['backbone']!r}, "
             f"the model uses {model.config.get('backbone')!r}"
         )
-    try:
-        tensors = load_file(str(weights_path))  # safetensors: data only, nothing in the file can run
-    except SafetensorError as error:
-        raise AUFormerError(f"{weights_path}: not a safetensors file ({error})") from None
-    backbone_state = {k[len(BACKBONE_PREFIX) :]: v for k, v in tensors.items() if k.startswith(BACKBONE_PREFIX)}
-    adapter_state = {k: v for k, v in tensors.items() if not k.startswith(BACKBONE_PREFIX)}
+    header = _header(weights_path)
+    backbone_part = {k[len(BACKBONE_PREFIX) :]: v for k, v in header.items() if k.startswith(BACKBONE_PREFIX)}
+    adapter_part = {k: v for k, v in header.items() if not k.startswith(BACKBONE_PREFIX)}
     # full-finetune: the learnable backbone travels with the backbone tensors, checked below
     learnable = {k: v for k, v in model.learnable_state_dict().items() if not k.startswith(BACKBONE_PREFIX)}
-    mismatch = describe_mismatch(learnable, adapter_state)
-    if backbone_state:
-        mismatch = mismatch or describe_mismatch(model.backbone.state_dict(), backbone_state)
+    mismatch = describe_mismatch(learnable, adapter_part)
+    if backbone_part:
+        mismatch = mismatch or describe_mismatch(model.backbone.state_dict(), backbone_part)
     if mismatch:
         raise AUFormerError(f"{weights_path} does not fit the model: {mismatch}")
-    model.load_state_dict(adapter_state, strict=False)  # keys checked exactly above
-    if backbone_state:
-        model.backbone.load_state_dict(backbone_state)
+    tensors = load_file(str(weights_path))  # safetensors: data only, nothing in the file can run; shapes checked above
+    model.load_state_dict({k: tensors[k] for k in adapter_part}, strict=False)  # keys checked exactly above
+    if backbone_part:
+        model.backbone.load_state_dict({k: tensors[BACKBONE_PREFIX + k] for k in backbone_part})
+
+
+def _header(weights_path: Path) -> dict[str, torch.Tensor]:
+    """The tensors a safetensors file declares, from its header alone: meta tensors (shape, no data).
+
+    safetensors checks at opening that every tensor's bytes lie inside the file, so the shapes
+    cannot claim more than the file holds; floating-point tensors only (weights).
+    """
+    try:
+        with safe_open(str(weights_path), framework="pt") as file:
+            slices = {name: file.get_slice(name) for name in file.keys()}
+            bad = next((name for name, part in slices.items() if part.get_dtype() not in FLOAT_DTYPES), None)
+            if bad is not None:
+                raise AUFormerError(f"{weights_path}: tensor {bad} is {slices[bad].get_dtype()}, not floating point")
+            return {name: torch.empty(part.get_shape(), device="meta") for name, part in slices.items()}
+    except SafetensorError as error:
+        raise AUFormerError(f"{weights_path}: not a safetensors file ({error})") from None
+
+
+def checkpoint_aus(model: AUFormer, checkpoint: str | os.PathLike) -> list[int]:
+    """The AUs a loaded checkpoint predicts; one line when it has none (built without ``aus``), since
+    the commands name their outputs by AU."""
+    if not model.aus:
+        raise AUFormerError(f"{checkpoint}: checkpoint has no AU list; cannot name the output columns")
+    return list(model.aus)
 
 
 def load_checkpoint(
@@ -204,6 +316,9 @@ def load_checkpoint(
                 f"(sha256 {actual[:12]} != {recorded['sha256'][:12]})",
                 stacklevel=2,
             )
-    model = build_model(**config)
+    try:
+        model = build_model(**config)  # its own checks: the geometry and size the description asks for
+    except AUFormerError as error:
+        raise AUFormerError(f"{checkpoint_paths(path)[1]}: config: {error}") from None
     load_adapter_weights(model, path)
     return model.to(map_location).eval()
