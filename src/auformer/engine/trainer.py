@@ -27,7 +27,7 @@ from auformer.engine.build import build_loss, build_splits, check_backbone_weigh
 from auformer.engine.evaluation import evaluate_model
 from auformer.engine.logging import RunLogger
 from auformer.engine.outputs import main_score, metrics_json, report_skipped, results_text, skipped_text, write_results
-from auformer.engine.schedule import micro_batch_size, plan_run
+from auformer.engine.schedule import micro_batch_size, micro_per_epoch, plan_run
 from auformer.errors import AUFormerError
 from auformer.model.backbone import backbone_geometry
 from auformer.model.checkpoint import load_adapter_weights, save_checkpoint
@@ -88,7 +88,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             self._param_groups(), betas=tuple(cfg.train.betas), weight_decay=cfg.train.weight_decay, fused=True
         )
-        self.micro_per_epoch = math.ceil(len(self.sampler) / self.micro_batch)
+        self.micro_per_epoch = micro_per_epoch(len(self.splits.train), self.micro_batch, self.dist.world_size)
         self.schedule = plan_run(
             cfg.train, len(self.splits.train), self.splits.full_train_size, self.micro_batch, self.dist.world_size
         )
