@@ -9,7 +9,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from auformer.data.synthetic import LATENT_NAMES, SYNTHETIC_AUS, generate_synthetic, render_faces
+from auformer.data.synthetic import generate_synthetic
+from auformer.data.synthetic_appearance import SYNTHETIC_AUS
+from auformer.data.synthetic_drawing import LATENT_NAMES, render_faces
 
 data = generate_synthetic(num_images=39, size=64, seed=0)
 upright = data.latents[:1].repeat(len(SYNTHETIC_AUS) + 1, 0)  # (13, L): one identity, neutral pose

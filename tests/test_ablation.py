@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from auformer.config import apply_values, load_config, save_config, validate
-from auformer.engine import trainer
+from auformer.engine import protocols
 from auformer.engine.ablation import TABLES, ablation_frame, ablation_markdown, row_folder
 from auformer.model.petl import METHODS
 from test_train import TINY
@@ -60,7 +60,7 @@ def test_table4_layout_has_ticks_and_both_averages():
 def test_a_folder_holding_another_configs_run_is_refused(tmp_path):
     save_config(load_config("synthetic", ["train.lr=0.1"]), tmp_path / "config.yaml")
     with pytest.raises(ValueError, match="holds a run of another config"):
-        trainer.train_once(load_config("synthetic"), tmp_path)
+        protocols.train_once(load_config("synthetic"), tmp_path)
 
 
 @pytest.mark.slow

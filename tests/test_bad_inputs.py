@@ -114,7 +114,7 @@ def test_user_error_is_one_line_and_a_bug_keeps_its_traceback(tmp_path, capsys, 
     def bug(*args, **kwargs):
         raise ValueError("a bug in auformer")  # a plain ValueError is not a user error
 
-    monkeypatch.setattr("auformer.engine.trainer.train", bug)
+    monkeypatch.setattr("auformer.engine.protocols.train", bug)
     with pytest.raises(ValueError, match="a bug"):
         main(["train", "--out", str(tmp_path / "run")])
 

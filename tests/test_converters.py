@@ -8,6 +8,7 @@ import pytest
 from auformer.aus import BP4D_AUS, BP4D_INTENSITY_AUS, CASME2_AUS, DISFA_CODED_AUS
 from auformer.cli import main
 from auformer.data import BP4D_FOLDS, DISFA_FOLDS, read_folds, read_manifest
+from auformer.data.converters import read_frame_intensity
 from auformer.data.converters.bp4d import prepare_bp4d, read_occurrence_csv
 from auformer.data.converters.casme2 import prepare_casme2
 from auformer.data.converters.disfa import prepare_disfa
@@ -130,6 +131,23 @@ def test_disfa_bad_intensity_names_file_and_line(tmp_path):
     (tmp_path / "ActionUnit_Labels/SN001/SN001_au4.txt").unlink()
     with pytest.raises(FileNotFoundError, match="SN001_au4.txt: DISFA label file missing"):
         prepare_disfa(tmp_path, tmp_path / "out", align="none")
+
+
+def test_bp4d_and_disfa_intensity_files_follow_one_rule(tmp_path):
+    """One reader for both: an optional header, blank lines skipped, codes 0-5 as written, 9 only where
+    the dataset has it; DISFA's '2.0' and frame '1.5' (once read as 2 and frame 1) are refused."""
+    path = tmp_path / "labels.csv"
+    path.write_text("Frame,AU06\n1,3\n\n2,9\n10,0\n")
+    assert read_frame_intensity(path, unknown=9) == {1: 3.0, 2: -1.0, 10: 0.0}
+    with pytest.raises(ValueError, match=r"labels.csv: line 4: '2,9' is not 'frame,intensity 0-5'"):
+        read_frame_intensity(path)
+    for bad in ("1,2.0\n", "1.5,2\n", "1,-1\n", "1,2,3\n"):
+        path.write_text("1,0\n" + bad)
+        with pytest.raises(ValueError, match=r"labels.csv: line 2: "):
+            read_frame_intensity(path)
+    path.write_text("Frame,AU06\n\n")
+    with pytest.raises(ValueError, match=r"labels.csv: not a readable 'frame,intensity' file \(no frame lines\)"):
+        read_frame_intensity(path, unknown=9)
 
 
 def test_casme2_apex_frames_au_strings_and_folds(tmp_path):

@@ -20,6 +20,7 @@ from auformer.data import (
     read_manifest,
     write_manifest,
 )
+from auformer.data.converters import read_frame_intensity
 from auformer.data.converters.bp4d import read_occurrence_csv
 from auformer.data.converters.casme2 import subject_folder
 from auformer.data.converters.disfa import read_intensity_file
@@ -178,6 +179,26 @@ def test_disfa_intensity_parser(folder, text):
     result = _user_error(read_intensity_file, _write(folder, text, "SN001_au1.txt"))
     if isinstance(result, dict):
         assert all(0 <= value <= 5 for value in result.values())
+
+
+@FUZZ
+@given(
+    st.one_of(
+        st.lists(st.tuples(st.sampled_from(["1", "2", "x", "", "1.5", "-3"]), st.sampled_from(["0", "5", "6", "9", "-1", "2.0", "x"]))
+                 .map(",".join), max_size=4).map("\n".join),
+        CSV_TEXT, SOUP, st.binary(max_size=30),
+    ),
+    st.sampled_from([None, 9]),
+)  # fmt: skip
+@example(b"\xff\xfe\x00", 9)  # a binary BP4D AU_INT file once escaped as a UnicodeDecodeError traceback
+def test_frame_intensity_parser(folder, text, unknown):
+    """BP4D (unknown code 9) and DISFA (none) share one 'frame,intensity' reader: a non-empty dict of
+    whole frame numbers and codes 0-5 (-1 for the unknown code), or a one-line error."""
+    result = _user_error(read_frame_intensity, _write(folder, text, "labels.csv"), unknown)
+    if isinstance(result, dict):
+        allowed = {0.0, 1.0, 2.0, 3.0, 4.0, 5.0} | ({-1.0} if unknown is not None else set())
+        assert result and set(result.values()) <= allowed
+        assert all(isinstance(frame, int) and frame >= 0 for frame in result)
 
 
 @FUZZ

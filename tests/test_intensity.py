@@ -21,7 +21,7 @@ from auformer.config import load_config
 from auformer.data import AUTable, read_manifest, write_manifest
 from auformer.data.synthetic import generate_synthetic
 from auformer.detect import Detector
-from auformer.engine import trainer
+from auformer.engine import build, outputs, protocols, trainer
 from auformer.export import export_model
 from auformer.losses import intensity_loss
 from auformer.metrics import icc_3_1, intensity_metrics, intensity_table_markdown
@@ -216,7 +216,7 @@ def both_run(tmp_path_factory) -> tuple[Path, dict]:
     run_dir = tmp_path_factory.mktemp("both")
     config = load_config(write_tiny_preset(run_dir.parent / "both.yaml", model={"task": "both"}))
     torch.set_num_threads(1)
-    return run_dir, trainer.train(config, run_dir, verbose=False)
+    return run_dir, protocols.train(config, run_dir, verbose=False)
 
 
 @pytest.mark.slow
@@ -232,7 +232,7 @@ def test_training_with_both_tasks_writes_both_metric_families(both_run, tmp_path
     assert mae == pytest.approx(saved["intensity"]["per_au"]["AU12"]["mae"], abs=1e-5)
     # evaluate with the run's own config gives the same numbers; another task is refused in one line
     config = load_config(str(run_dir / "config.yaml"))
-    again = trainer.evaluate(run_dir / "best", config, tmp_path / "eval", verbose=False)
+    again = protocols.evaluate(run_dir / "best", config, tmp_path / "eval", verbose=False)
     assert again["intensity"]["mean_icc"] == pytest.approx(saved["intensity"]["mean_icc"], abs=1e-5)
     assert (
         main(
@@ -268,7 +268,7 @@ def test_intensity_needs_intensity_annotations(tmp_path, monkeypatch):
 def test_adapters_learn_intensity_far_above_chance(tmp_path, monkeypatch):
     """Intensity drawn as brightness of the left half: a trained tiny model must track it (r, ICC > 0.8)."""
 
-    def graded_source(config, root=None) -> trainer.Source:
+    def graded_source(config, root=None) -> build.Source:
         rng = np.random.default_rng(0)
         levels = rng.integers(0, 6, (240, 1)).astype(np.float32)  # (M, 1)
         images = rng.integers(0, 40, (240, 32, 32, 3)).astype(np.uint8)
@@ -277,14 +277,14 @@ def test_adapters_learn_intensity_far_above_chance(tmp_path, monkeypatch):
         table = AUTable(
             Path("."), [f"synthetic/{i:05d}.png" for i in range(240)], subjects, (levels >= 2).astype(np.float32), [12], levels
         )
-        return trainer.Source(table, [[f"S{j:02d}" for j in range(k, 12, 3)] for k in range(3)], images)
+        return build.Source(table, [[f"S{j:02d}" for j in range(k, 12, 3)] for k in range(3)], images)
 
     monkeypatch.setattr(trainer, "load_source", graded_source)
     torch.set_num_threads(1)
     config = load_config(
         write_tiny_preset(tmp_path / "t.yaml", model={"task": "intensity"}, train={"epochs": 4, "head_lr": 1e-2})
     )
-    metrics = trainer.train(config, tmp_path / "run", verbose=False)
+    metrics = protocols.train(config, tmp_path / "run", verbose=False)
     scores = metrics["intensity"]["per_au"]["AU12"]
     assert scores["pearson"] > 0.8 and scores["icc"] > 0.8 and scores["mae"] < 1.0, scores  # chance: r ~ 0, MAE ~ 1.5
 
@@ -392,8 +392,8 @@ def test_fold_mean_of_intensity_scores_and_cv_table():
             "backbone_weights": "random",
         }
 
-    mean = trainer.mean_metrics([run(0.6, 3), run(None, 0), run(0.8, 5)])  # an undefined fold is left out
+    mean = outputs.mean_metrics([run(0.6, 3), run(None, 0), run(0.8, 5)])  # an undefined fold is left out
     assert mean["intensity"]["mean_icc"] == pytest.approx(0.7)
     assert mean["intensity"]["per_au"]["AU12"] == {"icc": pytest.approx(0.7), "pearson": 0.5, "mae": 1.0, "known": 8}
-    table = trainer.cv_table_markdown({"fold0": run(0.6, 3), "fold1": run(None, 0), "mean": mean})
+    table = outputs.cv_table_markdown({"fold0": run(0.6, 3), "fold1": run(None, 0), "mean": mean})
     assert "| **ICC(3,1)** | 0.600 | n/a | 0.700 |" in table

@@ -18,7 +18,7 @@ import torch
 import auformer
 from auformer.cli import main
 from auformer.config import load_config
-from auformer.engine import checkpointing, trainer
+from auformer.engine import build, checkpointing, trainer
 from auformer.errors import AUFormerError
 from auformer.model.checkpoint import load_checkpoint
 from test_bad_inputs import noise_video
@@ -186,7 +186,7 @@ def test_training_loss_finite_on_extreme_logits_under_low_precision(dtype):
     assert output.logits.dtype == torch.bfloat16 and output.logits.abs().max() > 1e3
     output = output._replace(logits=output.logits.to(dtype), aux_logits=output.aux_logits.to(dtype))
     targets = torch.tensor([[1.0, 0.0, -1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
-    loss = trainer.build_loss(load_config("synthetic"))(output, targets, torch.tensor([0.3, 0.05, 0.5]))["total"]
+    loss = build.build_loss(load_config("synthetic"))(output, targets, torch.tensor([0.3, 0.05, 0.5]))["total"]
     assert torch.isfinite(loss)
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.learnable_parameters() if p.grad is not None)

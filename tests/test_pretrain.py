@@ -10,7 +10,9 @@ import timm
 import torch
 from safetensors.torch import load_file
 
-from auformer.data.pretrain import (
+from auformer.data.synthetic import SyntheticData, generate_synthetic
+from auformer.data.synthetic_drawing import LATENT_NAMES, render_faces
+from auformer.engine.pretrain import (
     PretrainConfig,
     face_frame_landmarks,
     landmark_heatmaps,
@@ -18,7 +20,6 @@ from auformer.data.pretrain import (
     pretrain_backbone,
     save_backbone,
 )
-from auformer.data.synthetic import LATENT_NAMES, SyntheticData, generate_synthetic, render_faces
 from auformer.model.backbone import SYNTHETIC_WEIGHTS, create_backbone
 
 TINY = PretrainConfig(

@@ -13,7 +13,7 @@ from auformer.cli import main
 from auformer.config import load_config
 from auformer.data.converters.bp4d import prepare_bp4d
 from auformer.data.synthetic import write_synthetic
-from auformer.engine import trainer
+from auformer.engine import protocols
 from fake_raw import make_fake_bp4d
 from test_train import TINY
 
@@ -35,7 +35,7 @@ def _one_thread():
 @pytest.mark.slow
 def test_cv_on_synthetic_writes_every_fold_and_their_mean(tmp_path):
     config = load_config("synthetic", _tiny_overrides("data.synthetic_images=120", "data.synthetic_subjects=6"))
-    mean = trainer.cross_validate(config, tmp_path, verbose=False)
+    mean = protocols.cross_validate(config, tmp_path, verbose=False)
     folds = [json.loads((tmp_path / f"fold{k}" / "metrics.json").read_text()) for k in range(3)]
     assert mean == json.loads((tmp_path / "metrics.json").read_text())
     assert mean["mean_f1"] == pytest.approx(sum(f["mean_f1"] for f in folds) / 3)
@@ -50,7 +50,7 @@ def test_bp4d_preset_dry_run_from_a_fake_raw_tree(tmp_path):
     make_fake_bp4d(tmp_path / "raw", frames=2)
     prepare_bp4d(tmp_path / "raw", tmp_path / "bp4d", align="none", size=32)
     config = load_config("bp4d", _tiny_overrides(), data_dir=str(tmp_path / "bp4d"))
-    mean = trainer.cross_validate(config, tmp_path / "cv", verbose=False)
+    mean = protocols.cross_validate(config, tmp_path / "cv", verbose=False)
     table = (tmp_path / "cv" / "table.md").read_text()
     print(table)
     assert list(mean["per_au"]) == [
@@ -76,7 +76,7 @@ def test_bp4d_preset_dry_run_from_a_fake_raw_tree(tmp_path):
 def test_data_efficiency_subsamples_training_only(tmp_path):
     overrides = _tiny_overrides("data.synthetic_images=120", "data.synthetic_subjects=6", "data.cv_folds=[0]",
                                 "data.data_efficiency_rates=[0.5, 0.1]")  # fmt: skip
-    runs = trainer.data_efficiency(load_config("synthetic", overrides), tmp_path, verbose=False)
+    runs = protocols.data_efficiency(load_config("synthetic", overrides), tmp_path, verbose=False)
     assert list(runs) == ["rate50%", "rate10%"]
     for name, samples in (("rate50%", 40), ("rate10%", 8)):  # 80 training faces in fold 0
         extra = json.loads((tmp_path / name / "fold0" / "best.json").read_text())["extra"]
@@ -90,7 +90,7 @@ def test_cross_domain_tests_on_the_whole_target(tmp_path):
     write_synthetic(tmp_path / "source", num_images=60, num_subjects=6, seed=0)
     write_synthetic(tmp_path / "target", num_images=30, num_subjects=3, seed=1)
     overrides = _tiny_overrides(f"data.target_root={tmp_path / 'target'}", "data.cv_folds=[2]")
-    mean = trainer.cross_validate(
+    mean = protocols.cross_validate(
         load_config("bp4d-to-disfa", overrides, data_dir=str(tmp_path / "source")), tmp_path / "cd", verbose=False
     )
     assert list(mean["per_au"]) == ["AU01", "AU02", "AU04", "AU06", "AU12"]

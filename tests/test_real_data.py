@@ -19,8 +19,8 @@ from safetensors.torch import save_file
 from auformer.cli import main
 from auformer.config import load_config
 from auformer.data.converters.bp4d import prepare_bp4d
+from auformer.engine.build import check_backbone_weights
 from auformer.engine.schedule import plan_run, plan_schedule
-from auformer.engine.trainer import check_backbone_weights
 from auformer.model import build_model
 from fake_raw import make_fake_bp4d
 from test_config import REAL_PRESETS

@@ -9,18 +9,15 @@ import pytest
 from auformer.cli import main
 from auformer.data.manifest import read_folds, read_manifest
 from auformer.data.synthetic import (
-    IDENTITY_RANGES,
-    LANDMARK_NAMES,
-    LATENT_NAMES,
     OCCURRENCE_RATES,
-    SYNTHETIC_AUS,
     flip_labels,
     generate_synthetic,
-    render_faces,
     sample_au_labels,
     synthetic_folds,
     write_synthetic,
 )
+from auformer.data.synthetic_appearance import LANDMARK_NAMES, SYNTHETIC_AUS
+from auformer.data.synthetic_drawing import IDENTITY_RANGES, LATENT_NAMES, render_faces
 
 NEUTRAL_IMAGE = {
     "yaw": 0.0,

@@ -15,7 +15,7 @@ import yaml
 from auformer.cli import main
 from auformer.config import load_config
 from auformer.data import AUTable
-from auformer.engine import trainer
+from auformer.engine import build, outputs, protocols, trainer
 from auformer.losses import auformer_loss, wa_loss
 from auformer.metrics import au_metrics
 
@@ -46,7 +46,7 @@ def tiny_run(tmp_path_factory) -> tuple[Path, dict]:
     run_dir = tmp_path_factory.mktemp("run")
     config = load_config(write_tiny_preset(run_dir.parent / "tiny.yaml", data={"fold": 0, "val_fold": 1}))
     torch.set_num_threads(1)
-    return run_dir, trainer.train(config, run_dir, verbose=False)
+    return run_dir, protocols.train(config, run_dir, verbose=False)
 
 
 def test_run_folder_holds_every_output(tiny_run):
@@ -93,14 +93,14 @@ def test_history_uses_the_validation_split_and_the_loss_goes_down(tiny_run):
 def test_evaluate_reproduces_the_run_from_the_best_checkpoint(tiny_run, tmp_path):
     run_dir, metrics = tiny_run
     config = load_config(str(run_dir / "config.yaml"))
-    again = trainer.evaluate(run_dir / "best", config, tmp_path, verbose=False)
+    again = protocols.evaluate(run_dir / "best", config, tmp_path, verbose=False)
     assert again["mean_f1"] == pytest.approx(metrics["mean_f1"], abs=1e-6)
     a = pd.read_csv(run_dir / "predictions.csv").filter(like="_prob").to_numpy()
     b = pd.read_csv(tmp_path / "predictions.csv").filter(like="_prob").to_numpy()
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
-def _easy_source(config, root=None) -> trainer.Source:
+def _easy_source(config, root=None) -> build.Source:
     """Two AUs drawn as strong pixel cues (AU01: bright left half, AU02: red lower half), 12 subjects."""
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, (240, 2)).astype(np.float32)  # (M, 2)
@@ -109,7 +109,7 @@ def _easy_source(config, root=None) -> trainer.Source:
     images[labels[:, 1] == 1, 16:, :, 0] += 150
     subjects = [f"S{i % 12:02d}" for i in range(240)]
     table = AUTable(Path("."), [f"synthetic/{i:05d}.png" for i in range(240)], subjects, labels, [1, 2])
-    return trainer.Source(table, [[f"S{j:02d}" for j in range(k, 12, 3)] for k in range(3)], images)
+    return build.Source(table, [[f"S{j:02d}" for j in range(k, 12, 3)] for k in range(3)], images)
 
 
 def test_adapters_on_a_frozen_random_vit_learn_an_easy_task_far_above_chance(tmp_path, monkeypatch):
@@ -136,9 +136,9 @@ def test_default_loss_is_the_paper_objective_and_the_choice_is_a_switch():
     output = SimpleNamespace(logits=logits, aux_logits=aux, intensity=None)  # the fields the loss reads
     config = load_config("synthetic", ["loss.margin=0.15"])
     expected = auformer_loss(logits, aux, targets, rate, margin=0.15)["total"]
-    torch.testing.assert_close(trainer.build_loss(config)(output, targets, rate)["total"], expected)
+    torch.testing.assert_close(build.build_loss(config)(output, targets, rate)["total"], expected)
     wa_only = load_config("synthetic", ["loss.name=wa", "loss.wdi=false", "loss.aux_weight=0"])
-    torch.testing.assert_close(trainer.build_loss(wa_only)(output, targets, rate)["total"], wa_loss(logits, targets, rate))
+    torch.testing.assert_close(build.build_loss(wa_only)(output, targets, rate)["total"], wa_loss(logits, targets, rate))
 
 
 def test_fold_mean_and_table_by_hand():
@@ -147,10 +147,10 @@ def test_fold_mean_and_table_by_hand():
                   "AU02": {"f1": f1_b, "precision": 0.0, "recall": 0.0, "support": support}}  # fmt: skip
         return {"mean_f1": (f1_a + f1_b) / 2, "per_au": per_au, "backbone_weights": "random"}
 
-    mean = trainer.mean_metrics([run(0.6, 0.2, 3), run(0.8, 0.0, 5)])
+    mean = outputs.mean_metrics([run(0.6, 0.2, 3), run(0.8, 0.0, 5)])
     assert mean["mean_f1"] == pytest.approx(0.4)
     assert mean["per_au"]["AU01"] == {"f1": pytest.approx(0.7), "precision": 0.5, "recall": 1.0, "support": 8}
-    table = trainer.cv_table_markdown({"fold0": run(0.6, 0.2, 3), "mean": mean})
+    table = outputs.cv_table_markdown({"fold0": run(0.6, 0.2, 3), "mean": mean})
     assert "| AU01 | 60.0 | 70.0 |" in table and "| **Avg** | **40.0** | **40.0** |" in table
 
 

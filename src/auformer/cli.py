@@ -487,7 +487,7 @@ def _add_pretrain_synthetic(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_pretrain_synthetic(args: argparse.Namespace) -> None:
-    from auformer.data.pretrain import PretrainConfig, run_pretrain
+    from auformer.engine.pretrain import PretrainConfig, run_pretrain
 
     flags = {
         "seed": args.seed,
@@ -597,7 +597,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> None:
-    from auformer.engine import trainer
+    from auformer.engine import protocols as trainer
 
     if args.resume:
         if args.overrides or args.data or args.out or args.skip_bad:
@@ -660,7 +660,7 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from auformer.config import DEFAULT_PRESET
-    from auformer.engine import trainer
+    from auformer.engine import protocols as trainer
 
     if args.preset is None:
         run_config = Path(args.checkpoint).parent / "config.yaml"
@@ -745,7 +745,7 @@ def _run_ablation(args: argparse.Namespace) -> None:
 
 
 def _run_protocol(args: argparse.Namespace) -> None:
-    from auformer.engine import trainer
+    from auformer.engine import protocols as trainer
 
     config, out = _run_config(args, target_root=getattr(args, "target", None))
     if _dry_run(args, config, out):

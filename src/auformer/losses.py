@@ -34,9 +34,10 @@ from auformer.aus import INTENSITY_MAX
 # the training split gets a large but finite weight instead of inf/NaN.
 MIN_OCCURRENCE_RATE = 1e-3
 WDI_REDUCTIONS = ("batch", "sample")  # dice per AU over the batch (JAA-Net), or per (sample, AU)
+Rates = torch.Tensor | Sequence[float]  # (N,) occurrence rate r_i of each AU in the training split
 
 
-def au_weights(occurrence_rate: torch.Tensor | Sequence[float]) -> torch.Tensor:
+def au_weights(occurrence_rate: Rates) -> torch.Tensor:
     """Class-imbalance weights ``omega_i = N (1/r_i) / sum_j (1/r_j)`` (paper eq. 6).
 
     Rare AUs get large weights; the weights sum to N, so a uniform rate gives all ones.
@@ -52,7 +53,7 @@ def au_weights(occurrence_rate: torch.Tensor | Sequence[float]) -> torch.Tensor:
 def mdwa_loss(
     logits: torch.Tensor,
     targets: torch.Tensor,
-    occurrence_rate: torch.Tensor | Sequence[float],
+    occurrence_rate: Rates,
     margin: float = 0.1,
     gamma_bounds: tuple[float, float] = (1.0, 2.0),
     mask: torch.Tensor | None = None,
@@ -68,10 +69,7 @@ def mdwa_loss(
 
 
 def wa_loss(
-    logits: torch.Tensor,
-    targets: torch.Tensor,
-    occurrence_rate: torch.Tensor | Sequence[float],
-    mask: torch.Tensor | None = None,
+    logits: torch.Tensor, targets: torch.Tensor, occurrence_rate: Rates, mask: torch.Tensor | None = None
 ) -> torch.Tensor:
     """ME-GraphAU's Weighted Asymmetric loss: MDWA with margin 0 and gamma 1.
 
@@ -82,10 +80,7 @@ def wa_loss(
 
 
 def weighted_bce_loss(
-    logits: torch.Tensor,
-    targets: torch.Tensor,
-    occurrence_rate: torch.Tensor | Sequence[float],
-    mask: torch.Tensor | None = None,
+    logits: torch.Tensor, targets: torch.Tensor, occurrence_rate: Rates, mask: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Weighted multi-label cross-entropy (WCE): ``-(y log p + (1-y) log(1-p))`` weighted by omega_i."""
     logits, targets, weights, mask = _prepare(logits, targets, occurrence_rate, mask)
@@ -117,7 +112,7 @@ def classification_loss(
 def wdi_loss(
     logits: torch.Tensor,
     targets: torch.Tensor,
-    occurrence_rate: torch.Tensor | Sequence[float],
+    occurrence_rate: Rates,
     eps: float = 1.0,
     mask: torch.Tensor | None = None,
     reduction: str = "batch",
@@ -153,7 +148,7 @@ def auformer_loss(
     logits: torch.Tensor,
     aux_logits: torch.Tensor | None,
     targets: torch.Tensor,
-    occurrence_rate: torch.Tensor | Sequence[float],
+    occurrence_rate: Rates,
     margin: float = 0.1,
     gamma_bounds: tuple[float, float] = (1.0, 2.0),
     eps: float = 1.0,
@@ -198,7 +193,7 @@ def intensity_loss(
 def _asymmetric_loss(
     logits: torch.Tensor,
     targets: torch.Tensor,
-    occurrence_rate: torch.Tensor | Sequence[float],
+    occurrence_rate: Rates,
     margin: float,
     gamma_bounds: tuple[float, float],
     mask: torch.Tensor | None,
@@ -250,7 +245,7 @@ def _masked_weighted_mean(per_entry: torch.Tensor, weights: torch.Tensor | float
 def _prepare(
     logits: torch.Tensor,
     targets: torch.Tensor,
-    occurrence_rate: torch.Tensor | Sequence[float],
+    occurrence_rate: Rates,
     mask: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Check shapes, upcast to float32 (autocast safety), build the bool mask, zero junk targets."""
@@ -279,7 +274,7 @@ def _upcast_and_mask(
     return values, torch.where(known, targets, torch.zeros_like(targets)), known
 
 
-def _as_rate_tensor(occurrence_rate: torch.Tensor | Sequence[float]) -> torch.Tensor:
+def _as_rate_tensor(occurrence_rate: Rates) -> torch.Tensor:
     """Occurrence rates as a 1-D float tensor, checked to lie in [0, 1]."""
     rate = torch.as_tensor(occurrence_rate)
     rate = rate.to(torch.float64 if rate.dtype == torch.float64 else torch.float32)

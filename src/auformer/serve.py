@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from auformer.aus import au_label
 from auformer.config import load_config
-from auformer.data.synthetic import SYNTHETIC_AUS
+from auformer.data.synthetic_appearance import SYNTHETIC_AUS
 from auformer.detect import (
     IMAGE_EXTENSIONS,
     INTENSITY_SUFFIX,

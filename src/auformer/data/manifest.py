@@ -126,14 +126,19 @@ def _read_csv_rows(file: Path) -> tuple[list[str], list[list[str]], list[int]]:
     return header, [row for _, row in body], [number for number, _ in body]
 
 
-def _parse_au_header(file: Path, columns: list[str]) -> list[int]:
-    """AU numbers of the occurrence columns (``AU12``); intensity columns (``AU12_int``) are checked by the caller."""
-    if columns[:2] != ["image", "subject"]:
-        raise AUFormerError(f"{file}: the first columns must be 'image,subject', found {','.join(columns[:2])!r}")
+def _split_header(header: list[str]) -> tuple[list[int], list[int]]:
+    """Indices of the AU columns after ``image,subject``: (occurrence ``AU12``, intensity ``AU12_int``)."""
+    occurrence = [i for i in range(2, len(header)) if not header[i].endswith(INTENSITY_SUFFIX)]
+    intensity = [i for i in range(2, len(header)) if header[i].endswith(INTENSITY_SUFFIX)]
+    return occurrence, intensity
+
+
+def _parse_au_header(file: Path, header: list[str], occurrence: list[int]) -> list[int]:
+    """AU numbers of the occurrence columns at ``occurrence`` (``AU12``); intensity columns are read elsewhere."""
+    if header[:2] != ["image", "subject"]:
+        raise AUFormerError(f"{file}: the first columns must be 'image,subject', found {','.join(header[:2])!r}")
     aus: list[int] = []
-    for column in columns[2:]:
-        if column.endswith(INTENSITY_SUFFIX):
-            continue
+    for column in (header[i] for i in occurrence):
         if not _AU_COLUMN.match(column):
             raise AUFormerError(f"{file}: column {column!r} is not an AU column (expected names like AU01, AU12)")
         try:
@@ -198,9 +203,9 @@ def read_manifest(path: str | Path, on_missing: str = "error") -> AUTable:
     """
     file = _dataset_file(path, MANIFEST_NAME)
     header, rows, lines = _read_csv_rows(file)
-    aus = _parse_au_header(file, header)
-    intensity = _read_intensity_columns(file, header, rows, lines, aus)
-    occurrence = [i for i, c in enumerate(header) if i >= 2 and not c.endswith(INTENSITY_SUFFIX)]
+    occurrence, intensity_columns = _split_header(header)
+    aus = _parse_au_header(file, header, occurrence)
+    intensity = _read_intensity_columns(file, header, intensity_columns, rows, lines, aus)
     header = [header[0], header[1], *(header[i] for i in occurrence)]
     raw = np.array([[row[i] for i in occurrence] for row in rows], dtype=str).reshape(len(rows), len(aus))  # (M, N)
     labels = np.full(raw.shape, -1.0, dtype=np.float32)
@@ -226,21 +231,20 @@ def read_manifest(path: str | Path, on_missing: str = "error") -> AUTable:
 
 
 def _read_intensity_columns(
-    file: Path, header: list[str], rows: list[list[str]], lines: list[int], aus: list[int]
+    file: Path, header: list[str], columns: list[int], rows: list[list[str]], lines: list[int], aus: list[int]
 ) -> np.ndarray | None:
-    """``(M, N)`` intensities from the ``AU12_int`` columns (-1 unknown or not coded), None without such columns."""
-    columns = [c for c in header[2:] if c.endswith(INTENSITY_SUFFIX)]
+    """``(M, N)`` intensities from the ``AU12_int`` columns at ``columns`` (-1 unknown or not coded), None without them."""
     if not columns:
         return None
     intensity = np.full((len(rows), len(aus)), -1.0, dtype=np.float32)  # (M, N)
-    for column in columns:
+    for index in columns:
+        column = header[index]
         try:
             au = parse_au(column.removesuffix(INTENSITY_SUFFIX))
         except ValueError as error:
             raise AUFormerError(f"{file}: column {column!r}: {error}") from None
         if au not in aus:
             raise AUFormerError(f"{file}: intensity column {column!r} has no occurrence column {au_columns([au])[0]}")
-        index = header.index(column)
         for number, (row, line) in enumerate(zip(rows, lines)):
             try:
                 value = float(row[index] or -1)

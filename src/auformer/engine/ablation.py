@@ -4,7 +4,7 @@ A table is a list of rows; a row is a label, the config overrides that make it (
 top of the preset and ``--set``) and the paper's mean F1 on BP4D. ``run_ablation``
 cross-validates every row into ``OUT/<row>/`` and writes ``OUT/table<id>.md`` and
 ``.csv`` with our mean F1 beside the paper's. Rows and folds resume through
-`trainer.train_once`: rerun into the same ``OUT`` and finished folds are read back,
+`protocols.train_once`: rerun into the same ``OUT`` and finished folds are read back,
 a killed fold continues, so every row is trained once.
 
 Table 4 of the paper lost its check marks in text extraction; the rows below are
@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 
 from auformer.config import Config, apply_values, validate
-from auformer.engine import distributed, trainer
+from auformer.engine import distributed, protocols
 from auformer.errors import AUFormerError
 from auformer.files import atomic_write_text
 from auformer.model.petl import COMPARISON_SETTINGS
@@ -116,7 +116,7 @@ def run_ablation(config: Config, table: str, out_dir: str | Path, verbose: bool 
         if verbose:
             print(f"=== table {table}, row {index}/{len(rows)}: {row.label} ===", flush=True)
         row_config = validate(apply_values(row.overrides, config))
-        mean = trainer.cross_validate(row_config, out_dir / row_folder(index, row), verbose=verbose)
+        mean = protocols.cross_validate(row_config, out_dir / row_folder(index, row), verbose=verbose)
         results.append(mean)
     frame = ablation_frame(table, rows, results)
     if distributed.setup(config.train.device).is_main:

@@ -67,7 +67,7 @@ def _weights(config: Config) -> str:
 
 def _checkpoint_bytes(config: Config, aus: list[int]) -> int:
     """Disk a run's checkpoints take, from the model built on the meta device (nothing allocated, no weights read)."""
-    from auformer.engine.trainer import model_from_config
+    from auformer.engine.build import model_from_config
 
     m = config.model
     with torch.device("meta"):
@@ -87,7 +87,7 @@ def _nearest_existing(path: Path) -> Path:
 
 def dry_run(config: Config, out_dir: str | Path, command: str) -> list[str]:
     """Check a run of ``command`` (train, cv, cross-domain, data-efficiency) and print its plan; returns the problems."""
-    from auformer.engine.trainer import build_splits, load_source
+    from auformer.engine.build import build_splits, load_source
 
     start = time.perf_counter()
     problems: list[str] = []

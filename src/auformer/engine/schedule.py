@@ -76,17 +76,15 @@ def plan_schedule(train: TrainConfig, micro_per_epoch: int) -> Schedule:
     )  # fmt: skip
 
 
+def micro_per_epoch(samples: int, micro_batch: int, world_size: int = 1) -> int:
+    """Micro-batches each process runs in an epoch over ``samples``: it sees ``ceil(samples / world_size)``
+    of them (the distributed sampler pads) in micro-batches of ``micro_batch``, the last one short."""
+    return math.ceil(math.ceil(samples / world_size) / micro_batch)
+
+
 def plan_run(train: TrainConfig, train_size: int, full_train_size: int, micro_batch: int, world_size: int = 1) -> Schedule:
-    """The schedule of a run on ``train_size`` samples, subsampled from ``full_train_size``.
-
-    Each of the ``world_size`` processes sees ``ceil(size / world_size)`` samples an epoch
-    (the distributed sampler pads) in micro-batches of ``micro_batch``.
-    """
-
-    def micro_per_epoch(samples: int) -> int:
-        return math.ceil(math.ceil(samples / world_size) / micro_batch)
-
+    """The schedule of a run on ``train_size`` samples, subsampled from ``full_train_size``."""
     if train.steps is None and train_size < full_train_size:  # data efficiency: the full-data run's steps
-        full = plan_schedule(train, micro_per_epoch(full_train_size))
+        full = plan_schedule(train, micro_per_epoch(full_train_size, micro_batch, world_size))
         train = dataclasses.replace(train, steps=full.total_steps, warmup_steps=full.warmup_steps)
-    return plan_schedule(train, micro_per_epoch(train_size))
+    return plan_schedule(train, micro_per_epoch(train_size, micro_batch, world_size))

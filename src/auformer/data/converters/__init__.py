@@ -176,6 +176,33 @@ def numbered_images(folder: Path) -> dict[int, Path]:
     return {int(match.group(1)): p for match, p in numbered if match}
 
 
+def read_frame_intensity(path: Path, unknown: int | None = None) -> dict[int, float]:
+    """Frame number -> intensity of one raw ``frame,intensity`` label file (BP4D's FERA 2015 ``AU_INT``, DISFA's).
+
+    One rule for both datasets, the stricter of the two they had: every line is a whole frame
+    number and an intensity written ``0`` to ``5`` (or the dataset's ``unknown`` code, read as
+    -1); a header line first (``Frame,AU06``) and blank lines are allowed. Anything else (a
+    binary, empty or ragged file, ``2.5``, ``-1``, a frame ``1.5``) is an error naming the file and line.
+    """
+    codes = [str(level) for level in range(6)] + ([] if unknown is None else [str(unknown)])
+    rule = "'frame,intensity 0-5'" if unknown is None else f"'frame,intensity' (0-5, or {unknown} = unknown)"
+    try:
+        lines = path.read_text().splitlines()
+    except UnicodeDecodeError:
+        raise AUFormerError(f"{path}: not a readable 'frame,intensity' file (not UTF-8 text)") from None
+    levels: dict[int, float] = {}
+    for number, line in enumerate(lines, start=1):
+        cells = [cell.strip() for cell in line.split(",")]
+        if not line.strip() or (number == 1 and not cells[0].isdigit()):
+            continue  # a blank line, or a header line
+        if len(cells) != 2 or not cells[0].isdigit() or cells[1] not in codes:
+            raise AUFormerError(f"{path}: line {number}: {line.strip()!r} is not {rule}")
+        levels[int(cells[0])] = -1.0 if cells[1] == str(unknown) else float(cells[1])
+    if not levels:
+        raise AUFormerError(f"{path}: not a readable 'frame,intensity' file (no frame lines)")
+    return levels
+
+
 def _crop(image_rgb: np.ndarray, align: str, detector: str | FaceDetector | None, size: int) -> np.ndarray | None:
     """The ``(size, size, 3)`` face crop, or ``None`` when no face is found."""
     if align == "none":

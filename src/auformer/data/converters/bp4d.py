@@ -27,6 +27,7 @@ from auformer.data.converters import (
     find_dir,
     find_root,
     numbered_images,
+    read_frame_intensity,
     run_prepare,
     search,
 )
@@ -65,22 +66,6 @@ def read_occurrence_csv(path: Path, aus: tuple[int, ...] = BP4D_AUS) -> tuple[np
     return frames.astype(np.int64), labels
 
 
-def read_intensity_csv(path: Path) -> dict[int, float]:
-    """Frame number -> intensity (0-5, -1 for code 9) of one FERA 2015 ``AU_INT`` file (lines "frame,intensity")."""
-    lines = path.read_text().splitlines()
-    codes: dict[int, float] = {}
-    for number, line in enumerate(lines, start=1):
-        cells = [cell.strip() for cell in line.split(",")]
-        if number == 1 and not cells[0].isdigit():
-            continue  # a header line ("Frame,AU06") is allowed
-        if len(cells) != 2 or not cells[0].isdigit() or cells[1] not in ("0", "1", "2", "3", "4", "5", str(UNKNOWN_CODE)):
-            if not line.strip():
-                continue
-            raise AUFormerError(f"{path}: line {number}: {line.strip()!r} is not 'frame,intensity' (0-5, or 9 = unknown)")
-        codes[int(cells[0])] = -1.0 if cells[1] == str(UNKNOWN_CODE) else float(cells[1])
-    return codes
-
-
 def sequence_intensity(intensity_dir: Path | None, subject: str, task: str, frames: np.ndarray) -> np.ndarray | None:
     """Intensities ``(M, N)`` over BP4D_AUS of one sequence's ``frames`` (-1 unknown or not coded); None without AU_INT."""
     if intensity_dir is None:
@@ -89,7 +74,7 @@ def sequence_intensity(intensity_dir: Path | None, subject: str, task: str, fram
     for au in BP4D_INTENSITY_AUS:
         path = intensity_dir / au_column(au) / f"{subject}_{task}_{au_column(au)}.csv"
         if path.is_file():
-            codes = read_intensity_csv(path)
+            codes = read_frame_intensity(path, UNKNOWN_CODE)
             intensity[:, BP4D_AUS.index(au)] = [codes.get(frame, -1.0) for frame in frames.tolist()]
     return intensity
 

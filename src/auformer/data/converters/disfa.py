@@ -17,34 +17,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from auformer.aus import DISFA_CODED_AUS
-from auformer.data.converters import Frame, PrepareReport, Source, find_dir, run_prepare
+from auformer.data.converters import Frame, PrepareReport, Source, find_dir, read_frame_intensity, run_prepare
 from auformer.data.folds import DISFA_FOLDS
-from auformer.errors import AUFormerError
 
 OCCURRENCE_INTENSITY = 2
 _SUBJECT = re.compile(r"^SN\d{3}$", re.IGNORECASE)
 _VIDEO = re.compile(r"^LeftVideo(SN\d{3})_comp\.(avi|mp4)$", re.IGNORECASE)
 
 
-def read_intensity_file(path: Path) -> dict[int, int]:
-    """Frame number -> intensity (0-5) of one DISFA label file."""
+def read_intensity_file(path: Path) -> dict[int, float]:
+    """Frame number -> intensity (0-5) of one DISFA label file (the rule of `read_frame_intensity`)."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: DISFA label file missing")
-    try:
-        table = pd.read_csv(path, header=None, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise AUFormerError(f"{path}: not a readable 'frame,intensity' file ({str(error).splitlines()[0]})") from None
-    if table.shape[1] != 2:
-        raise AUFormerError(f"{path}: expected lines 'frame,intensity', found {table.shape[1]} columns")
-    values = table.apply(pd.to_numeric, errors="coerce").to_numpy()  # (M, 2)
-    bad = np.isnan(values).any(axis=1) | (values[:, 1] < 0) | (values[:, 1] > 5)
-    if bad.any():
-        line = int(np.flatnonzero(bad)[0])
-        raise AUFormerError(f"{path}: line {line + 1}: {','.join(table.iloc[line])!r} is not 'frame,intensity 0-5'")
-    return dict(zip(values[:, 0].astype(int).tolist(), values[:, 1].astype(int).tolist()))
+    return read_frame_intensity(path)
 
 
 def subject_labels(

@@ -32,15 +32,9 @@ from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
 from auformer.aus import au_columns
-from auformer.data.synthetic import (
-    FACE_UNIT,
-    LANDMARK_NAMES,
-    LATENT_NAMES,
-    SYNTHETIC_AUS,
-    SyntheticData,
-    generate_synthetic,
-    synthetic_folds,
-)
+from auformer.data.synthetic import SyntheticData, generate_synthetic, synthetic_folds
+from auformer.data.synthetic_appearance import LANDMARK_NAMES, SYNTHETIC_AUS
+from auformer.data.synthetic_drawing import FACE_UNIT, LATENT_NAMES
 from auformer.files import atomic_path, atomic_write_text
 from auformer.metrics import au_metrics
 
