@@ -40,7 +40,7 @@ def resolve_weights(weights: str, backbone: str | None = None) -> str:
     if weights == "hub":
         if backbone is None:
             raise AUFormerError("backbone_weights 'hub' needs the timm tag of the backbone")
-        from auformer.model.hub import hub_weights
+        from auformer.model.weights import hub_weights
 
         return str(hub_weights(backbone))
     path = SYNTHETIC_WEIGHTS if weights == "synthetic" else Path(weights).expanduser()

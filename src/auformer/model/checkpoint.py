@@ -35,7 +35,7 @@ from auformer.aus import AU_NAMES
 from auformer.config import Rule, field_spec, value_problem
 from auformer.errors import AUFormerError
 from auformer.files import atomic_path, atomic_write_text
-from auformer.hub import download_checkpoint, parse_repo_id
+from auformer.model.weights import download_checkpoint, parse_repo_id
 from auformer.model.auformer import AUFormer, build_model
 from auformer.model.backbone import WEIGHT_SOURCES, describe_mismatch, resolve_weights
 
@@ -290,7 +290,7 @@ def load_checkpoint(
     """Rebuild the model from ``PATH.json`` and load ``PATH.safetensors`` into it.
 
     ``path`` may also be a Hugging Face Hub repo id, ``user/name`` or ``user/name@revision``
-    (see `auformer.hub`). ``backbone_weights`` overrides the recorded backbone file (e.g. after moving it);
+    (see `auformer.model.weights`). ``backbone_weights`` overrides the recorded backbone file (e.g. after moving it);
     a file whose sha256 differs from the recorded one gives a warning. The model is
     returned in eval mode (call ``.train()`` to resume training).
     """
