@@ -2,7 +2,7 @@
 
 ``weights`` is a local file (timm-format ``.safetensors``, ``.pth``/``.bin``/``.pt``
 read with ``weights_only=True``, or the original ViT ``.npz``), ``"hub"`` (the timm
-tag's file from the Hugging Face cache or hub, see ``hub.py``), ``"synthetic"`` (the
+tag's file from the Hugging Face cache or hub, see ``weights.py``), ``"synthetic"`` (the
 small synthetic-face ViT shipped in ``auformer/assets``) or ``"random"`` (timm's random
 init; asked for by name, so that no run trains adapters on a random ViT by accident).
 """
