@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import timm
@@ -333,3 +334,30 @@ def test_commands_refuse_a_checkpoint_without_au_list(tmp_path, tiny_model_kwarg
             == f"error: {tmp_path / 'unnamed'}: checkpoint has no AU list; cannot name the output columns"
         )
     assert not (tmp_path / "export").exists()
+
+
+@pytest.mark.parametrize("load", ["load_checkpoint", "Detector", "export_model"])
+def test_a_checkpoint_description_is_read_once_per_load(tmp_path, tiny_model_kwargs, monkeypatch, load):
+    """Every entry point that loads a checkpoint opens its JSON once (it used to be up to three times)."""
+    import builtins
+
+    from auformer.detect import Detector
+    from auformer.export import export_model
+
+    save_checkpoint(build_model(2, aus=[1, 2], **tiny_model_kwargs), tmp_path / "ckpt")
+    json_path = (tmp_path / "ckpt.json").resolve()
+    opened = []
+
+    def counting_open(file, *args, **kwargs):
+        if isinstance(file, (str, bytes, type(json_path))) and str(file) and Path(file).resolve() == json_path:
+            opened.append(file)
+        return builtins.open(file, *args, **kwargs)
+
+    monkeypatch.setattr("auformer.model.checkpoint.open", counting_open, raising=False)
+    loaders = {
+        "load_checkpoint": lambda: load_checkpoint(tmp_path / "ckpt"),
+        "Detector": lambda: Detector(tmp_path / "ckpt", face_detector="none"),
+        "export_model": lambda: export_model(tmp_path / "ckpt", tmp_path / "out", format="torchscript"),
+    }
+    loaders[load]()
+    assert len(opened) == 1

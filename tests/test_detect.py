@@ -14,7 +14,8 @@ from skimage import data
 import auformer
 from auformer.cli import main
 from auformer.data.transforms import build_transform
-from auformer.detect import Detector, _CsvWriter, expand_inputs, parse_thresholds, video_frames
+from auformer.detect import Detector, expand_inputs, parse_thresholds, video_frames
+from auformer.detect.writers import CsvWriter as _CsvWriter
 from auformer.faces import align_faces, get_detector
 from media import tiny_checkpoint, write_moving_face_video
 

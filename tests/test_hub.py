@@ -14,8 +14,9 @@ from PIL import Image
 
 from auformer import load_checkpoint, save_checkpoint
 from auformer.cli import main
-from auformer.hub import REPO_STEM, parse_repo_id, push_checkpoint
 from auformer.model import build_model
+from auformer.model.weights import REPO_STEM, parse_repo_id
+from auformer.sharing import push_checkpoint
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -74,7 +75,7 @@ def pushed(tmp_path, hub_cache, tiny_model_kwargs, monkeypatch, capsys):
     for parameter in model.learnable_state_dict().values():
         parameter.data.normal_()
     save_checkpoint(model, tmp_path / "run" / "best", extra={"epoch": 2, "mean_f1": 0.5})
-    monkeypatch.setattr("auformer.hub.HfApi", FakeHfApi)
+    monkeypatch.setattr("auformer.sharing.HfApi", FakeHfApi)
     assert main(["push", str(tmp_path / "run" / "best"), "user/tiny-aus"]) == 0
     assert capsys.readouterr().out == (
         f"pushed {tmp_path / 'run' / 'best'} to https://huggingface.co/user/tiny-aus "

@@ -414,7 +414,7 @@ def _add_weights(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_weights(args: argparse.Namespace) -> None:
-    from auformer.model.hub import download_weights
+    from auformer.model.weights import download_weights
 
     path = download_weights(args.tag, args.out)
     print(f"wrote {path}; train with --set model.backbone_weights={path}")
@@ -772,7 +772,7 @@ def _add_push(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_push(args: argparse.Namespace) -> None:
-    from auformer.hub import push_checkpoint
+    from auformer.sharing import push_checkpoint
 
     url = push_checkpoint(args.checkpoint, args.repo_id, private=args.private, message=args.message)
     print(f"pushed {args.checkpoint} to https://huggingface.co/{args.repo_id} (commit {url})")

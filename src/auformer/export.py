@@ -24,13 +24,7 @@ from auformer.aus import INTENSITY_MAX, au_columns
 from auformer.data.transforms import default_resize_size
 from auformer.errors import AUFormerError
 from auformer.files import atomic_path
-from auformer.model.checkpoint import (
-    checkpoint_aus,
-    checkpoint_paths,
-    load_checkpoint,
-    read_checkpoint_meta,
-    resolve_checkpoint,
-)
+from auformer.model.checkpoint import checkpoint_aus, checkpoint_paths, open_checkpoint
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 TOLERANCE = 1e-4  # max |probability difference| between the export and PyTorch
@@ -110,8 +104,8 @@ def export_model(
     """
     if format not in FORMATS:
         raise AUFormerError(f"unknown export format {format!r}: valid formats are {', '.join(FORMATS)}")
-    checkpoint = resolve_checkpoint(checkpoint)  # a Hub repo id -> its cached files
-    model = load_checkpoint(checkpoint, backbone_weights=backbone_weights).eval()
+    opened = open_checkpoint(checkpoint, backbone_weights=backbone_weights)
+    model, checkpoint = opened.model, opened.path  # a Hub repo id -> its cached files
     checkpoint_aus(model, checkpoint)  # the output columns are named by AU
     module = AUOutputs(model).eval()
     size = model.data_config["input_size"][-1]
@@ -130,7 +124,7 @@ def export_model(
         if not difference <= TOLERANCE:
             raise AUFormerError(f"{path}: exported model differs from PyTorch by {difference:.2e} (> {TOLERANCE:.0e})")
     data_config = model.data_config
-    resize_size = read_checkpoint_meta(checkpoint).get("extra", {}).get("resize_size") or default_resize_size(size)
+    resize_size = opened.meta.get("extra", {}).get("resize_size") or default_resize_size(size)
     outputs = [
         {
             "name": name,

@@ -31,19 +31,10 @@ from tqdm import tqdm
 
 from auformer.aus import au_label
 from auformer.config import load_config
+from auformer.data.images import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from auformer.data.synthetic_appearance import SYNTHETIC_AUS
-from auformer.detect import (
-    IMAGE_EXTENSIONS,
-    INTENSITY_SUFFIX,
-    SYNTHETIC_WARNING,
-    VIDEO_EXTENSIONS,
-    Detector,
-    Frame,
-    count_video_frames,
-    parse_thresholds,
-    read_image,
-    video_frames,
-)
+from auformer.detect import Detector, Frame, count_video_frames, parse_thresholds, read_image, video_frames
+from auformer.detect.detector import INTENSITY_SUFFIX, SYNTHETIC_WARNING
 from auformer.errors import AUFormerError, BadImageError
 from auformer.model.auformer import build_model
 from auformer.model.checkpoint import save_checkpoint

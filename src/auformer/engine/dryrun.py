@@ -56,7 +56,7 @@ def _weights(config: Config) -> str:
         if resolved == "random":
             return f"random init of {model.backbone} (asked for by name; the run warns and records it)"
         return f"{model.backbone_weights} -> {resolved}"
-    from auformer.model.hub import cached_weights, hub_repo, remote_size
+    from auformer.model.weights import cached_weights, hub_repo, remote_size
 
     cached = cached_weights(model.backbone)
     if cached is not None:

@@ -305,6 +305,10 @@ def build_model(
         aus = parse_au_list(aus)
         if len(aus) != num_aus:
             raise AUFormerError(f"aus lists {len(aus)} distinct AUs {aus} but num_aus is {num_aus}")
+    # the Expert arguments, passed to AUFormer and recorded in the config (dilations as JSON's list)
+    expert_options = dict(
+        d=d, dilations=list(dilations), ca_size=ca_size, use_mrf=use_mrf, use_ca=use_ca, dropout=dropout, scale=scale
+    )
     config = dict(
         num_aus=num_aus,
         backbone=backbone,
@@ -312,16 +316,10 @@ def build_model(
         img_size=img_size,
         moke=moke,
         aus=aus,
-        d=d,
-        dilations=list(dilations),
-        ca_size=ca_size,
-        use_mrf=use_mrf,
-        use_ca=use_ca,
+        **expert_options,
         collaborate=collaborate,
         aux_head=aux_head,
-        dropout=dropout,
         drop_path=drop_path,
-        scale=scale,
         backbone_kwargs=backbone_kwargs,
         task=task,
         method=method,
@@ -336,19 +334,13 @@ def build_model(
         vit,
         num_aus,
         moke=moke,
-        d=d,
-        dilations=dilations,
-        ca_size=ca_size,
-        use_mrf=use_mrf,
-        use_ca=use_ca,
         collaborate=collaborate,
         aux_head=aux_head,
-        dropout=dropout,
-        scale=scale,
         aus=aus,
         config=config,
         task=task,
         method=method,
         method_options=method_options,
         recompute=recompute,
+        **expert_options,
     )

@@ -2,7 +2,7 @@
 
 ``weights`` is a local file (timm-format ``.safetensors``, ``.pth``/``.bin``/``.pt``
 read with ``weights_only=True``, or the original ViT ``.npz``), ``"hub"`` (the timm
-tag's file from the Hugging Face cache or hub, see ``hub.py``), ``"synthetic"`` (the
+tag's file from the Hugging Face cache or hub, see ``weights.py``), ``"synthetic"`` (the
 small synthetic-face ViT shipped in ``auformer/assets``) or ``"random"`` (timm's random
 init; asked for by name, so that no run trains adapters on a random ViT by accident).
 """
@@ -40,7 +40,7 @@ def resolve_weights(weights: str, backbone: str | None = None) -> str:
     if weights == "hub":
         if backbone is None:
             raise AUFormerError("backbone_weights 'hub' needs the timm tag of the backbone")
-        from auformer.model.hub import hub_weights
+        from auformer.model.weights import hub_weights
 
         return str(hub_weights(backbone))
     path = SYNTHETIC_WEIGHTS if weights == "synthetic" else Path(weights).expanduser()

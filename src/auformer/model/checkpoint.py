@@ -23,6 +23,7 @@ import json
 import os
 import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +36,9 @@ from auformer.aus import AU_NAMES
 from auformer.config import Rule, field_spec, value_problem
 from auformer.errors import AUFormerError
 from auformer.files import atomic_path, atomic_write_text
-from auformer.hub import download_checkpoint, parse_repo_id
 from auformer.model.auformer import AUFormer, build_model
 from auformer.model.backbone import WEIGHT_SOURCES, describe_mismatch, resolve_weights
+from auformer.model.weights import download_checkpoint, parse_repo_id
 
 FORMAT = "auformer-adapter/1"
 BACKBONE_PREFIX = "backbone."
@@ -223,8 +224,11 @@ def load_adapter_weights(model: AUFormer, path: str | os.PathLike) -> None:
     expert shapes. Backbone tensors in the file (random-init backbones) are loaded too.
     """
     path = resolve_checkpoint(path)
-    weights_path, _ = checkpoint_paths(path)
-    meta = read_checkpoint_meta(path)
+    _load_weights(model, checkpoint_paths(path)[0], read_checkpoint_meta(path))
+
+
+def _load_weights(model: AUFormer, weights_path: Path, meta: dict) -> None:
+    """`load_adapter_weights` with the checkpoint's description already read (and checked)."""
     if not weights_path.is_file():
         raise FileNotFoundError(f"checkpoint weights not found: {weights_path}")
     if meta["aus"] != model.aus or meta["config"]["num_aus"] != model.num_aus:
@@ -284,16 +288,32 @@ def checkpoint_aus(model: AUFormer, checkpoint: str | os.PathLike) -> list[int]:
     return list(model.aus)
 
 
+@dataclass(frozen=True)
+class OpenedCheckpoint:
+    """A loaded checkpoint with what callers read besides the model, so its description is read once."""
+
+    model: AUFormer  # in eval mode, on the requested device
+    meta: dict  # the checked description (`read_checkpoint_meta`)
+    path: Path  # the local checkpoint path (a Hub repo id resolved to its cached files)
+
+
 def load_checkpoint(
     path: str | os.PathLike, backbone_weights: str | None = None, map_location: str | torch.device = "cpu"
 ) -> AUFormer:
     """Rebuild the model from ``PATH.json`` and load ``PATH.safetensors`` into it.
 
     ``path`` may also be a Hugging Face Hub repo id, ``user/name`` or ``user/name@revision``
-    (see `auformer.hub`). ``backbone_weights`` overrides the recorded backbone file (e.g. after moving it);
+    (see `auformer.model.weights`). ``backbone_weights`` overrides the recorded backbone file (e.g. after moving it);
     a file whose sha256 differs from the recorded one gives a warning. The model is
     returned in eval mode (call ``.train()`` to resume training).
     """
+    return open_checkpoint(path, backbone_weights, map_location).model
+
+
+def open_checkpoint(
+    path: str | os.PathLike, backbone_weights: str | None = None, map_location: str | torch.device = "cpu"
+) -> OpenedCheckpoint:
+    """`load_checkpoint`, also returning the description and local path: one read of the JSON per load."""
     path = resolve_checkpoint(path)
     meta = read_checkpoint_meta(path)
     config = dict(meta["config"])
@@ -320,5 +340,5 @@ def load_checkpoint(
         model = build_model(**config)  # its own checks: the geometry and size the description asks for
     except AUFormerError as error:
         raise AUFormerError(f"{checkpoint_paths(path)[1]}: config: {error}") from None
-    load_adapter_weights(model, path)
-    return model.to(map_location).eval()
+    _load_weights(model, checkpoint_paths(path)[0], meta)
+    return OpenedCheckpoint(model.to(map_location).eval(), meta, path)

@@ -1,9 +1,11 @@
-"""Share adapter-only checkpoints on the Hugging Face Hub, as peft shares its adapters.
+"""Adapter sharing: push a checkpoint to the Hugging Face Hub with a model card, as peft shares its adapters.
 
 A Hub repo holds ``adapter.safetensors`` + ``adapter.json`` (the two files of
 `auformer.model.checkpoint`, renamed) and a model card ``README.md``; the frozen
 backbone is not uploaded (it is the timm hub ViT, the packaged synthetic ViT, or a
-file the user names with ``--backbone-weights``). Downloads go through
+file the user names with ``--backbone-weights``). Pulling is checkpoint loading's own
+resolver (`auformer.model.weights.download_checkpoint`: ``load_checkpoint("user/name")``),
+kept below this module so that `auformer.model` never imports upward. Both go through
 ``huggingface_hub``, so its cache (``HF_HUB_CACHE``), offline mode
 (``HF_HUB_OFFLINE=1``) and login (``HF_TOKEN`` or ``hf auth login``) apply unchanged.
 """
@@ -12,61 +14,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
-from pathlib import Path
 
-from huggingface_hub import CommitOperationAdd, HfApi, hf_hub_download
-from huggingface_hub.utils import (
-    EntryNotFoundError,
-    LocalEntryNotFoundError,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-)
+from huggingface_hub import CommitOperationAdd, HfApi
 
 from auformer.errors import AUFormerError
-
-REPO_STEM = "adapter"  # adapter.safetensors + adapter.json in the repo
-# user/name[@revision]: the Hub's naming rules (letters, digits, - _ .), revision a branch, tag or commit.
-_REPO_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<revision>[\w./-]+))?$")
-
-
-def parse_repo_id(text: str) -> tuple[str, str | None] | None:
-    """``"user/name@v1"`` -> ``("user/name", "v1")``; ``None`` where ``text`` cannot be a Hub repo id."""
-    match = _REPO_ID.match(text)
-    if match is None or ".." in match["repo"] or match["repo"].endswith((".", "-")):
-        return None
-    return match["repo"], match["revision"]
-
-
-def download_checkpoint(repo_id: str, revision: str | None = None) -> Path:
-    """Fetch the adapter files of a Hub repo (or find them in the cache) -> the checkpoint path (no suffix).
-
-    Any failure (no such repo, revision or file, no network and not cached) is one
-    ``FileNotFoundError`` line naming the repo and what to do.
-    """
-    name = repo_id + (f"@{revision}" if revision else "")
-    try:
-        for suffix in (".json", ".safetensors"):  # both land in one snapshot folder: snapshots/<commit>/
-            path = hf_hub_download(repo_id, REPO_STEM + suffix, revision=revision)
-    except LocalEntryNotFoundError:  # offline, or the Hub unreachable, and not in the cache
-        raise FileNotFoundError(
-            f"checkpoint {name}: no such local file, and the Hugging Face Hub cannot be reached "
-            "(offline?) with no copy in the local cache"
-        ) from None
-    except RevisionNotFoundError:
-        raise FileNotFoundError(f"checkpoint {name}: Hub repo {repo_id} has no revision {revision!r}") from None
-    except RepositoryNotFoundError:
-        raise FileNotFoundError(
-            f"checkpoint {name}: no such local file or Hub repo (a private or gated repo needs `hf auth login` or HF_TOKEN)"
-        ) from None
-    except EntryNotFoundError:
-        raise FileNotFoundError(
-            f"checkpoint {name}: Hub repo has no {REPO_STEM}.json/.safetensors "
-            "(not an auformer adapter repo; see `auformer push`)"
-        ) from None
-    except OSError as error:  # other HTTP and connection errors
-        raise FileNotFoundError(f"checkpoint {name}: Hugging Face Hub download failed: {str(error).splitlines()[0]}") from None
-    return Path(path).with_suffix("")
+from auformer.model.checkpoint import checkpoint_paths, read_checkpoint_meta
+from auformer.model.weights import REPO_STEM, parse_repo_id
 
 
 def model_card(meta: dict, repo_id: str) -> str:
@@ -108,8 +61,6 @@ def push_checkpoint(
     The repo is created if missing. Bad arguments are ``ValueError``/``FileNotFoundError``;
     Hub failures (offline, not logged in, no rights) are one ``ConnectionError`` line.
     """
-    from auformer.model.checkpoint import checkpoint_paths, read_checkpoint_meta  # it imports this module
-
     if parse_repo_id(repo_id) is None or "@" in repo_id:
         raise AUFormerError(f"REPO_ID must look like user/name (letters, digits, '-', '_', '.'), got {repo_id!r}")
     weights_path, json_path = checkpoint_paths(checkpoint)

@@ -1,4 +1,6 @@
-"""Pre-trained backbone weights from the Hugging Face Hub, cache first (``backbone_weights: hub``).
+"""Weight files from the Hugging Face Hub, cache first: a backbone's (``hub``) and an adapter repo's (``user/name``).
+
+Backbone weights (``backbone_weights: hub``):
 
 timm publishes each pretrained tag as a Hugging Face repository (``timm/<tag>``) holding
 ``model.safetensors`` (older ones only ``pytorch_model.bin``). ``hub`` is resolved here to
@@ -7,13 +9,25 @@ model.backbone_weights=PATH`` file: the Hugging Face cache is searched first (an
 compute node with a filled cache needs no network; ``HF_HUB_OFFLINE=1`` forbids any
 download), else the file is downloaded. When neither works the run stops before any data
 is read, with one line naming the tag, the file and the flag that points at a copy.
+
+Adapter checkpoints (``load_checkpoint("user/name[@revision]")``): `download_checkpoint` is the
+resolver `auformer.model.checkpoint` asks for a local path when a name is no local file; the
+repo's ``adapter.json``/``adapter.safetensors`` are what `auformer.sharing` pushes.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import timm
+from huggingface_hub import hf_hub_download
+from huggingface_hub.utils import (
+    EntryNotFoundError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
 
 from auformer.errors import AUFormerError
 
@@ -64,8 +78,7 @@ def hub_weights(tag: str) -> Path:
 
 def download_weights(tag: str, out_dir: str | Path | None = None) -> Path:
     """Download the tag's weight file into ``out_dir`` (or the Hugging Face cache when None)."""
-    from huggingface_hub import constants, hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+    from huggingface_hub import constants
 
     repo = hub_repo(tag)
     if constants.HF_HUB_OFFLINE:
@@ -99,3 +112,47 @@ def remote_size(tag: str) -> int:
         raise _unavailable(
             tag, repo, f"not in the Hugging Face cache and the hub is unreachable: {type(error).__name__}"
         ) from None
+
+
+REPO_STEM = "adapter"  # adapter.safetensors + adapter.json in the repo
+# user/name[@revision]: the Hub's naming rules (letters, digits, - _ .), revision a branch, tag or commit.
+_REPO_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<revision>[\w./-]+))?$")
+
+
+def parse_repo_id(text: str) -> tuple[str, str | None] | None:
+    """``"user/name@v1"`` -> ``("user/name", "v1")``; ``None`` where ``text`` cannot be a Hub repo id."""
+    match = _REPO_ID.match(text)
+    if match is None or ".." in match["repo"] or match["repo"].endswith((".", "-")):
+        return None
+    return match["repo"], match["revision"]
+
+
+def download_checkpoint(repo_id: str, revision: str | None = None) -> Path:
+    """Fetch the adapter files of a Hub repo (or find them in the cache) -> the checkpoint path (no suffix).
+
+    Any failure (no such repo, revision or file, no network and not cached) is one
+    ``FileNotFoundError`` line naming the repo and what to do.
+    """
+    name = repo_id + (f"@{revision}" if revision else "")
+    try:
+        for suffix in (".json", ".safetensors"):  # both land in one snapshot folder: snapshots/<commit>/
+            path = hf_hub_download(repo_id, REPO_STEM + suffix, revision=revision)
+    except LocalEntryNotFoundError:  # offline, or the Hub unreachable, and not in the cache
+        raise FileNotFoundError(
+            f"checkpoint {name}: no such local file, and the Hugging Face Hub cannot be reached "
+            "(offline?) with no copy in the local cache"
+        ) from None
+    except RevisionNotFoundError:
+        raise FileNotFoundError(f"checkpoint {name}: Hub repo {repo_id} has no revision {revision!r}") from None
+    except RepositoryNotFoundError:
+        raise FileNotFoundError(
+            f"checkpoint {name}: no such local file or Hub repo (a private or gated repo needs `hf auth login` or HF_TOKEN)"
+        ) from None
+    except EntryNotFoundError:
+        raise FileNotFoundError(
+            f"checkpoint {name}: Hub repo has no {REPO_STEM}.json/.safetensors "
+            "(not an auformer adapter repo; see `auformer push`)"
+        ) from None
+    except OSError as error:  # other HTTP and connection errors
+        raise FileNotFoundError(f"checkpoint {name}: Hugging Face Hub download failed: {str(error).splitlines()[0]}") from None
+    return Path(path).with_suffix("")

@@ -1,0 +1,198 @@
+"""``auformer detect``'s runner: inputs -> sources -> `Detector` -> CSV writers, with counts, progress and outputs.
+
+Photos go into ``OUT/images.csv``, each video into ``OUT/<video>.csv`` (`auformer.detect.writers`),
+with ``detect.json`` written first (what a ``--resume`` is checked against) and again at the end
+with the counts. The stages it joins are `auformer.detect.sources`, `auformer.detect.pipeline`
+(inside the `Detector`) and `auformer.detect.writers`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from tqdm import tqdm
+
+from auformer.detect.detector import SYNTHETIC_WARNING, Detector, parse_thresholds
+from auformer.detect.sources import Frame, count_video_frames, expand_inputs, image_frames, video_frames
+from auformer.detect.writers import (
+    IMAGES_CSV,
+    SUMMARY_NAME,
+    CsvWriter,
+    Outputs,
+    check_resume,
+    run_identity,
+    written_faces,
+)
+from auformer.errors import AUFormerError
+from auformer.faces import Face
+from auformer.files import atomic_write_text, check_apart
+
+
+@dataclass
+class _Counts:
+    frames: int = 0
+    faces: int = 0
+    frames_without_face: int = 0
+    unreadable: int = 0
+    skipped: list[str] = field(default_factory=list)  # one line per skipped input (--skip-bad)
+
+    def skip(self, error: Exception, progress: tqdm, skip_bad: bool) -> None:
+        """Count and list a bad input (``--skip-bad``), or stop the run with its one-line error."""
+        if not skip_bad:
+            raise error
+        progress.write(f"skipped: {error}")
+        self.unreadable += 1
+        self.skipped.append(str(error))
+
+
+def _run(
+    detector: Detector,
+    frames: Iterable[Frame],
+    writer: CsvWriter,
+    progress: tqdm,
+    counts: _Counts,
+    plot_prefix: Mapping[str, Path] | None,
+    carried: tuple[list[Face], int] = ([], 0),
+) -> None:
+    """Feed ``frames`` through ``detector`` into ``writer``, updating the progress bar and counts.
+
+    ``plot_prefix``: input -> path prefix of its face plots (``PREFIX_face0.png``), None for no plots.
+    ``carried``: a resumed video's `written_faces`.
+    """
+    started, faces_before = time.perf_counter(), counts.faces
+    note = " (synthetic checkpoint: not meaningful)" if detector.synthetic else ""  # plot titles
+    for table, faces in detector.iter_results(frames, *carried):
+        writer.write(table)
+        new_frames = table.drop_duplicates(["input", "frame"])
+        counts.frames += len(new_frames)
+        counts.faces += len(faces)
+        counts.frames_without_face += int((table["success"] == 0).sum())
+        progress.update(len(new_frames))
+        progress.set_postfix(
+            faces=counts.faces, faces_per_s=f"{(counts.faces - faces_before) / (time.perf_counter() - started):.1f}"
+        )
+        if plot_prefix is not None:
+            detector.plot_faces(
+                table,
+                faces,
+                lambda row: Path(f"{plot_prefix[row['input']]}_face{row['face']}.png"),
+                lambda row: f"{row['input']}, face {row['face']}{note}",
+            )
+
+
+def run_detect(args: argparse.Namespace) -> None:
+    """``auformer detect``: photos into ``OUT/images.csv``, each video into ``OUT/<video>.csv``.
+
+    OUT may lie inside an input folder (it is then not searched), but may not be or hold an input.
+    A folder that already holds results is refused unless ``--resume`` (checked: same checkpoint,
+    format and columns) or ``--overwrite`` is given; ``detect.json`` is written first, with what
+    a resumed run is checked against, and again at the end with the counts.
+    """
+    from auformer.viz import plot_au_timeseries
+
+    out = Path(args.out)
+    check_apart(out, args.inputs, inside_ok=True)
+    images, videos, ignored = expand_inputs(args.inputs, exclude=out)
+    if not images and not videos:
+        raise AUFormerError(f"no images or videos found in {', '.join(map(str, args.inputs))}")
+    outputs = Outputs.plan(out, images, videos, args.plot)
+    previous = outputs.previous()
+    if previous and not (args.resume or args.overwrite):
+        raise AUFormerError(
+            f"{out} already holds results ({', '.join(path.name for path in previous[:3])}"
+            f"{', ...' if len(previous) > 3 else ''}): pass --resume to continue that run, --overwrite to replace it, "
+            "or choose another --out"
+        )
+    detector = Detector(
+        args.checkpoint,
+        face_detector=args.face_detector,
+        device=args.device,
+        batch_size=args.batch_size,
+        threshold=parse_thresholds(args.threshold or ["0.5"]),
+        backbone_weights=args.backbone_weights,
+        detect_every=args.detect_every,
+        amp=args.amp,
+    )
+    if detector.synthetic:
+        print(SYNTHETIC_WARNING)
+    openface = args.format == "openface"
+    identity = run_identity(detector, openface)
+    if args.resume:
+        check_resume(outputs, identity)
+    elif args.overwrite:
+        outputs.remove_previous()
+    plot_dir = out / "plots" if args.plot else None
+    for folder in (out, plot_dir):
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+    csv_names = [path.name for path in outputs.csv_files[0 if images else 1 :]]
+    atomic_write_text(out / SUMMARY_NAME, json.dumps({**identity, "finished": False, "csv": csv_names}, indent=2) + "\n")
+    counts = _Counts()
+    written: list[Path] = []
+    if images:
+        writer = CsvWriter(out / IMAGES_CSV, openface, args.resume)
+        todo = [path for path in images if str(path) not in writer.done]
+        with tqdm(total=len(images), initial=len(images) - len(todo), desc="images", unit="image") as progress:
+
+            def skip(error: Exception) -> None:
+                counts.skip(error, progress, args.skip_bad)
+                progress.update(1)
+
+            frames = image_frames(todo, skip)
+            _run(detector, frames, writer, progress, counts, outputs.plot_prefix)
+        written.append(writer.path)
+    for video, csv_path in outputs.video_csv.items():
+        writer = CsvWriter(csv_path, openface, args.resume)
+        total = count_video_frames(video, args.every, args.start, args.end)
+        after = writer.done.get(str(video))
+        carried = ([], 0)
+        if after is not None:
+            print(f"resuming {writer.path} after frame {after}")
+            carried = written_faces(writer.path, openface)  # the video's face numbers continue
+        with tqdm(total=total, desc=video.name, unit="frame") as progress:
+            try:
+                frames = video_frames(video, args.every, args.start, args.end, after)
+                _run(detector, frames, writer, progress, counts, None, carried)
+            except (AUFormerError, FileNotFoundError) as error:
+                counts.skip(error, progress, args.skip_bad)
+                if not writer.path.is_file():
+                    continue
+        written.append(writer.path)
+        if plot_dir is not None and writer.rows:
+            plot_au_timeseries(
+                pd.read_csv(writer.path),
+                plot_dir / f"{writer.path.stem}_aus.png",
+                dict(zip(detector.au_columns, detector.thresholds)),
+            )
+    print(
+        f"{counts.frames} frames ({len(images)} images, {len(videos)} videos): {counts.faces} faces, "
+        f"{counts.frames_without_face} frames without a face, {counts.unreadable} unreadable inputs skipped"
+        + (f", {ignored} files with other extensions ignored" if ignored else "")
+    )
+    for line in counts.skipped:
+        print(f"skipped: {line}")
+    summary = {
+        **identity,
+        "finished": True,
+        "frames": counts.frames,
+        "faces": counts.faces,
+        "frames_without_face": counts.frames_without_face,
+        "skipped": counts.skipped,
+        "ignored_files": ignored,
+        "csv": [path.name for path in written],
+        "face_detector": detector.face_detector.name,  # what `auto` resolved to
+    }
+    atomic_write_text(out / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
+    for path in written:
+        print(f"wrote {path}")
+    print(f"wrote {out / SUMMARY_NAME} (checkpoint, counts and skipped inputs)")
+    if plot_dir is not None:
+        print(f"plots in {plot_dir}")
+    if detector.synthetic:
+        print(SYNTHETIC_WARNING)

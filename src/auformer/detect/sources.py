@@ -1,0 +1,191 @@
+"""Frame sources: photos, video files and folders of them as a stream of `Frame`, plus background prefetch.
+
+A source is any iterable of `Frame` in reading order (`FrameSource`); the face pipeline and
+the `Detector` take one and know nothing of where frames come from, so a new source
+(a webcam, a network stream, one shard of a distributed run) only has to yield frames.
+A video's frames must have increasing ``index``; a new ``input`` (or a jump back) starts
+a new face track.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from auformer.data.images import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, open_video, read_rgb
+from auformer.errors import AUFormerError
+
+PREFETCH = 16  # frames each pipeline stage may run ahead of the next (16 decoded 1080p frames: 100 MB)
+
+
+@dataclass
+class Frame:
+    """One image to analyse: a photo, or one decoded video frame."""
+
+    input: str  # file path, or "<array>" for arrays passed to the API
+    index: int  # frame number in the video (0 for photos)
+    time_s: float  # seconds from the start of the video (0 for photos)
+    image: np.ndarray  # (H, W, 3) uint8 RGB
+
+
+FrameSource = Iterable[Frame]  # what every stage downstream takes
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as uint8 (H, W, 3) RGB: the decoder training uses (:func:`auformer.data.images.read_rgb`)."""
+    return read_rgb(path)
+
+
+def image_frames(paths: Iterable[Path], on_error: Callable[[Exception], None]) -> Iterator[Frame]:
+    """Photos as frames; an unreadable file goes to ``on_error`` (which re-raises it to stop, or returns to skip it)."""
+    for path in paths:
+        try:
+            yield Frame(str(path), 0, 0.0, read_image(path))
+        except (AUFormerError, FileNotFoundError) as error:
+            on_error(error)
+
+
+def _frame_range(fps: float, start: float | None, end: float | None) -> tuple[int, int | None]:
+    """First and last (exclusive, None = to the end) frame numbers of ``start``-``end`` seconds."""
+    return round((start or 0.0) * fps), (round(end * fps) if end is not None else None)
+
+
+def video_frames(
+    path: str | os.PathLike, every: int = 1, start: float | None = None, end: float | None = None, after: int | None = None
+) -> Iterator[Frame]:
+    """Decode every ``every``-th frame of a video between ``start`` and ``end`` seconds.
+
+    ``after`` (a resumed run) skips the frames up to and including that frame number,
+    keeping the ``every`` grid. A stream that stops before the container's frame count
+    raises an :class:`AUFormerError` after the frames it did decode.
+    """
+    if every < 1:
+        raise AUFormerError(f"every must be a positive integer, got {every}")
+    capture = open_video(path)  # the image gate's size checks, before a frame is decoded
+    fps = capture.get(cv2.CAP_PROP_FPS)
+    first, last = _frame_range(fps, start, end)
+    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    if first > 0:
+        capture.set(cv2.CAP_PROP_POS_FRAMES, first)
+    index = first
+    try:
+        while last is None or index < last:
+            if (index - first) % every or (after is not None and index <= after):
+                ok = capture.grab()  # skipped frame: advance without decoding the image
+            else:
+                ok, image_bgr = capture.read()
+                if ok:
+                    yield Frame(str(path), index, index / fps, cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB))
+            if not ok:
+                break
+            index += 1
+    finally:
+        capture.release()
+    expected = total if last is None else min(total, last)
+    if index < expected:
+        raise AUFormerError(f"{path}: decoding stopped at frame {index} of {expected} (truncated or corrupt video)")
+
+
+def count_video_frames(
+    path: str | os.PathLike, every: int = 1, start: float | None = None, end: float | None = None
+) -> int | None:
+    """How many frames `video_frames` will yield, from the container's frame count (None if unknown)."""
+    capture = cv2.VideoCapture(str(path))
+    fps, total = capture.get(cv2.CAP_PROP_FPS), int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    capture.release()
+    if not fps > 0 or total <= 0:
+        return None
+    first, last = _frame_range(fps, start, end)
+    last = total if last is None else min(total, last)
+    return max(0, -(-(last - first) // every))  # ceil((last - first) / every)
+
+
+def expand_inputs(
+    inputs: Iterable[str | os.PathLike], exclude: str | os.PathLike | None = None
+) -> tuple[list[Path], list[Path], int]:
+    """Split inputs into (images, videos, ignored); folders are searched recursively.
+
+    A missing input raises ``FileNotFoundError`` before any work starts; files in
+    folders with other extensions are counted as ignored; an explicitly named file
+    with an unknown extension is treated as an image (reading it reports it if it is not).
+    A file named twice (``photos/ photos/a.jpg``) is analysed once; the folder ``exclude``
+    (the output folder, when it lies inside an input folder) is not searched.
+    """
+    images: list[Path] = []
+    videos: list[Path] = []
+    ignored = 0
+    skip = Path(exclude).resolve() if exclude is not None else None
+    seen: set[Path] = set()
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files = sorted(p for p in item.rglob("*") if p.is_file() and not (skip and p.parent.resolve().is_relative_to(skip)))
+        elif item.is_file():
+            files = [item]
+        else:
+            raise FileNotFoundError(f"input not found: {item}")
+        for file in files:
+            if file.resolve() in seen:
+                continue
+            seen.add(file.resolve())
+            suffix = file.suffix.lower()
+            if suffix in VIDEO_EXTENSIONS:
+                videos.append(file)
+            elif suffix in IMAGE_EXTENSIONS or not item.is_dir():
+                images.append(file)
+            else:
+                ignored += 1
+    return images, videos, ignored
+
+
+def in_background(items: Iterable, depth: int = PREFETCH) -> Iterator:
+    """``items`` produced by a worker thread, up to ``depth`` ahead of the consumer, in order.
+
+    An exception in the worker (``KeyboardInterrupt`` included) is raised in the consumer
+    after the items produced before it; a consumer that stops early stops the worker.
+    """
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                buffer.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        iterator = iter(items)
+        try:
+            for item in iterator:
+                if not put((item, None)):
+                    return
+            put((done, None))
+        except BaseException as error:  # noqa: BLE001  (handed to the consumer, which re-raises it)
+            put((done, error))
+        finally:
+            if hasattr(iterator, "close"):
+                iterator.close()  # a generator's own clean-up (a nested stage, a video capture) runs now
+
+    worker = threading.Thread(target=work, name="auformer-detect", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, error = buffer.get()
+            if item is done:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        worker.join()
