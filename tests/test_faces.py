@@ -75,7 +75,7 @@ def test_lfw_subset_detection_rates(name, min_faces_found, min_nonfaces_rejected
 
 
 def test_cli_face_detector_choices_match_the_registry():
-    from auformer.cli import DEFAULT_FACE_DETECTOR, FACE_DETECTORS
+    from auformer.cli.flags import DEFAULT_FACE_DETECTOR, FACE_DETECTORS
     from auformer.faces.detectors import DEFAULT_DETECTOR, DETECTORS
 
     assert FACE_DETECTORS == tuple(DETECTORS) and DEFAULT_FACE_DETECTOR == DEFAULT_DETECTOR

@@ -233,6 +233,7 @@ def test_bad_method_and_options_fail_in_one_line():
 
 def test_method_lists_agree():
     """cli and config keep their own copy of the method names (cheap --help, validation); they must match petl's."""
-    from auformer import cli, config
+    from auformer.cli import flags
+    from auformer.config import rules
 
-    assert cli.METHODS == METHODS == config._CHOICES[("model", "method")]
+    assert flags.METHODS == METHODS == rules._CHOICES[("model", "method")]

@@ -120,7 +120,7 @@ def check_backbone_weights(config: Config, verbose: bool = True) -> str:
     """Resolve ``model.backbone_weights`` before any data is read: the file to load, or ``"random"``.
 
     ``hub`` is looked up in the Hugging Face cache, else downloaded; when neither works
-    this raises the one-line error of ``auformer.model.hub``. ``random`` only warns.
+    this raises the one-line error of ``auformer.model.weights``. ``random`` only warns.
     """
     model = config.model
     resolved = resolve_weights(model.backbone_weights, model.backbone)

@@ -16,17 +16,14 @@ import timm
 import torch
 from timm.models.vision_transformer import VisionTransformer, _load_weights, checkpoint_filter_fn
 
+from auformer.config.rules import WEIGHT_SOURCES, WEIGHT_SUFFIXES, timm_kwargs_problem
 from auformer.errors import AUFormerError
 
 SYNTHETIC_WEIGHTS = Path(__file__).resolve().parent.parent / "assets" / "synthetic_vit.safetensors"
-WEIGHT_SUFFIXES = (".safetensors", ".pth", ".bin", ".pt", ".npz")
 # Classifier keys of a weight file that the headless (num_classes=0) backbone does not have.
 CLASSIFIER_PREFIXES = ("head.", "fc_norm.", "pre_logits.")
 # The timm Block attributes AUFormer wraps; other block types (parallel, res-post) are refused.
 BLOCK_PARTS = ("norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2")
-
-
-WEIGHT_SOURCES = ("hub", "synthetic", "random")  # the names backbone_weights takes besides a file path
 
 
 def resolve_weights(weights: str, backbone: str | None = None) -> str:
@@ -154,8 +151,6 @@ def backbone_geometry(name: str, img_size: int = 224, kwargs: dict | None = None
     allocating: at most ``MAX_BACKBONE_VALUES`` parameters and ``MAX_TOKENS`` patches, an input
     size that is a multiple of the patch size, and a CLS token (the heads read it).
     """
-    from auformer.config import timm_kwargs_problem  # the bounds of the sizing arguments, with the config's
-
     kwargs = kwargs or {}
     problem = timm_kwargs_problem(kwargs)
     if problem:

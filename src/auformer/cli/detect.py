@@ -1,0 +1,73 @@
+"""`auformer detect`: AUs of every face in photos, folders and videos, written as CSV tables."""
+
+from __future__ import annotations
+
+import argparse
+
+from auformer.cli.flags import HUB_CHECKPOINT_HELP, add_choice, add_detector_flags, add_every, path_arg
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "detect",
+        help="detect AUs in photos, folders and videos",
+        description="Find and align every face, then write AU probabilities (AU01) and occurrences (AU01_c) "
+        "per face and frame: OUT/images.csv for photos, OUT/<video>.csv per video (written as it goes). Images over "
+        "AUFORMER_MAX_PIXELS pixels (default 80 million), with a side under 8 pixels or one side over 20 times the "
+        "other are refused as bad inputs; an animated image is read as its first frame.",
+    )
+    parser.add_argument(
+        "inputs", nargs="+", metavar="INPUT", type=path_arg, help="image files, video files or folders (searched recursively)"
+    )
+    parser.add_argument("--checkpoint", required=True, metavar="CKPT", type=path_arg, help=HUB_CHECKPOINT_HELP)
+    parser.add_argument(
+        "--out", required=True, metavar="DIR", type=path_arg, help="folder for the CSV files (and plots/ with --plot)"
+    )
+    add_every(parser)
+    parser.add_argument("--start", type=float, default=None, metavar="S", help="video start time in seconds (default: beginning)")
+    parser.add_argument("--end", type=float, default=None, metavar="S", help="video end time in seconds (default: end)")
+    add_choice(
+        parser,
+        "--format",
+        ("auformer", "openface"),
+        "auformer",
+        "CSV column names: auformer (time_s, face_score) or OpenFace-style (timestamp, confidence)",
+    )
+    parser.add_argument(
+        "--plot", action="store_true", help="also write OUT/plots: AU bars per face in photos, AU time series per video"
+    )
+    parser.add_argument("--batch-size", type=int, default=32, metavar="B", help="faces per model batch (default: %(default)s)")
+    parser.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="skip unreadable images and videos (counted, listed at the end and in OUT/detect.json) instead of stopping",
+    )
+    earlier = parser.add_mutually_exclusive_group()
+    earlier.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a killed run in the same OUT: keep its CSVs and go on after the last frame written in full "
+        "(refused when its checkpoint, --format or columns differ, as OUT/detect.json records them)",
+    )
+    earlier.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the results of an earlier run in OUT (without it or --resume, a folder holding results is refused)",
+    )
+    parser.add_argument(
+        "--detect-every",
+        type=int,
+        default=5,
+        metavar="K",
+        help="videos: run the face detector on every K-th analysed frame and track the faces in between; "
+        "1 detects every frame (default: %(default)s)",
+    )
+    add_choice(parser, "--amp", ("none", "bf16"), "none", "run the network under bfloat16 autocast on --device")
+    add_detector_flags(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    from auformer.detect import run_detect
+
+    run_detect(args)
