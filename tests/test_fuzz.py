@@ -116,7 +116,9 @@ def test_manifest_round_trip(folder, rows, aus, rng):
     table = AUTable(folder, [image for image, _ in rows], [subject for _, subject in rows], labels, aus)
     # A manifest may only name files inside its folder (no symbolic links here): "/x", "../x", "a/../.." are refused.
     escapes = [
-        image for image, _ in rows if posixpath.normpath(image).startswith(("/", "..")) or posixpath.normpath(image) == "."
+        image
+        for image, _ in rows
+        if posixpath.normpath(image) in (".", "..") or posixpath.normpath(image).startswith(("/", "../"))
     ]
     try:
         written = write_manifest(table, folder)
