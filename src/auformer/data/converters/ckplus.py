@@ -30,8 +30,8 @@ from auformer.data.folds import subject_kfold
 from auformer.errors import AUFormerError
 from auformer.files import resolve_inside
 
-# At least 40 coded sequences keeps 16 AUs of the full release (1 2 4 5 6 7 9 12 15 17 20 23 24 25 26 27),
-# within the 13-17 AUs papers report on CK+.
+# At least 40 coded sequences keeps about 16 AUs (1 2 4 5 6 7 9 12 15 17 20 23 24 25 26 27 by the AU counts of
+# Lucey et al. 2010, not checked on the release here), within the 13-17 AUs papers report on CK+.
 DEFAULT_MIN_POSITIVES = 40
 DEFAULT_FOLDS = 10
 _SUBJECT = re.compile(r"^S\d+$", re.IGNORECASE)
