@@ -63,6 +63,8 @@ class Trainer:
         self.splits = build_splits(cfg, source, target)
         self.skipped = report_skipped(self.run_dir, source.skipped + (target.skipped if target else []), self.dist.is_main)
         self.aus = list(self.splits.train.aus)
+        if target is not None:  # cross-domain: name what is scored (the AUs both datasets annotate)
+            self._print(f"cross-domain: scoring the AUs of both source and target: {', '.join(au_columns(self.aus))}")
         train_intensity = self.splits.train.intensity
         if has_intensity(cfg.model.task) and (train_intensity is None or not (train_intensity >= 0).any()):
             raise AUFormerError(
