@@ -6,6 +6,20 @@ import argparse
 
 from auformer.cli.flags import add_choice, add_face_detector, path_arg
 
+# The releases beyond the paper: name -> (help, description); their own flags follow below.
+RELEASES = {
+    "ckplus": (
+        "the CK+ release: FACS-coded peak frames (subject-exclusive folds)",
+        "Convert the CK+ release (cohn-kanade-images/, FACS/): each sequence's peak frame gets its coded AUs "
+        "present and every other AU absent; sequences without a FACS file are listed in prepare_report.json.",
+    ),
+    "affwild2": (
+        "the Aff-Wild2 AU track (ABAW layout): the official Train_Set / Validation_Set split",
+        "Convert the ABAW AU track (Annotations/AU_Detection_Challenge/, cropped_aligned/): fold 0 of folds.json "
+        "is the official split (train Train_Set, test Validation_Set); -1 rows stay unknown (masked) and are counted.",
+    ),
+}
+
 
 def _add_prepare_flags(parser: argparse.ArgumentParser) -> None:
     """--align / --face-detector / --size / --workers, shared by every `prepare` source."""
@@ -41,8 +55,9 @@ def add(sub: argparse._SubParsersAction) -> None:
             f"the official {name.upper()} release (the protocol's folds, docs/datasets.md)",
             f"Convert the official raw {name.upper()} release; folds.json holds the protocol's folds.",
         )
-    _add_ckplus(sources)
-    _add_affwild2(sources)
+    releases = {name: _add_release(sources, name, *texts) for name, texts in RELEASES.items()}
+    _add_ckplus_flags(releases["ckplus"])
+    _add_affwild2_flags(releases["affwild2"])
     folder = sources.add_parser(
         "folder", help="your own photos/videos with a label CSV (subject-exclusive folds)",
         description="INPUT holds photos and/or videos; LABELS.csv has columns file, frame (0-based, videos only), "
@@ -76,14 +91,7 @@ def _add_release(sources: argparse._SubParsersAction, name: str, help: str, desc
     return release
 
 
-def _add_ckplus(sources: argparse._SubParsersAction) -> None:
-    ckplus = _add_release(
-        sources,
-        "ckplus",
-        "the CK+ release: FACS-coded peak frames (subject-exclusive folds)",
-        "Convert the CK+ release (cohn-kanade-images/, FACS/): each sequence's peak frame gets its coded AUs "
-        "present and every other AU absent; sequences without a FACS file are listed in prepare_report.json.",
-    )
+def _add_ckplus_flags(ckplus: argparse.ArgumentParser) -> None:
     ckplus.add_argument(
         "--peak-frames", type=int, default=1, metavar="N",
         help="label the last N frames up to the FACS-coded peak (several papers use 3; default: %(default)s)",
@@ -96,14 +104,7 @@ def _add_ckplus(sources: argparse._SubParsersAction) -> None:
     ckplus.add_argument("--folds", type=int, default=None, metavar="K", help="subject-exclusive folds (default: 10)")
 
 
-def _add_affwild2(sources: argparse._SubParsersAction) -> None:
-    affwild2 = _add_release(
-        sources,
-        "affwild2",
-        "the Aff-Wild2 AU track (ABAW layout): the official Train_Set / Validation_Set split",
-        "Convert the ABAW AU track (Annotations/AU_Detection_Challenge/, cropped_aligned/): fold 0 of folds.json "
-        "is the official split (train Train_Set, test Validation_Set); -1 rows stay unknown (masked) and are counted.",
-    )
+def _add_affwild2_flags(affwild2: argparse.ArgumentParser) -> None:
     affwild2.set_defaults(align="none")  # the released crops are aligned already
     affwild2.add_argument(
         "--folds", type=int, default=None, metavar="K",
