@@ -20,10 +20,9 @@ from typing import Any
 import numpy as np
 
 from auformer.aus import AFFWILD2_AUS, parse_au
-from auformer.data.converters import REPORT_NAME, Frame, PrepareReport, Source, find_dir, numbered_images, run_prepare
-from auformer.data.converters.common import add_notes, read_label_text
+from auformer.data.converters import Frame, PrepareReport, Source, find_dir, numbered_images, run_prepare
+from auformer.data.converters.common import read_label_text
 from auformer.data.folds import subject_kfold
-from auformer.data.manifest import FOLDS_NAME
 from auformer.errors import AUFormerError
 from auformer.files import resolve_inside
 
@@ -156,13 +155,13 @@ def prepare_affwild2(
     """
     sources, videos, bad_rows, notes = collect_affwild2(raw_dir, drop_unannotated)
     fold_subjects = affwild2_folds(videos, folds)
-    report = run_prepare(
-        "affwild2", Path(raw_dir), out_dir, sources, AFFWILD2_AUS, fold_subjects, align=align, bad_rows=bad_rows, **options
-    )
-    add_notes(out_dir, REPORT_NAME, notes)
     parts = [TRAIN] if folds is None else [f"{TRAIN} part {k + 1}" for k in range(folds)]
     names = [f"{VALIDATION} (official test split)", *parts]
-    add_notes(out_dir, FOLDS_NAME, {"official_split": {"fold": 0, "train": TRAIN, "test": VALIDATION}, "fold_names": names})
+    fold_notes = {"official_split": {"fold": 0, "train": TRAIN, "test": VALIDATION}, "fold_names": names}
+    report = run_prepare(
+        "affwild2", Path(raw_dir), out_dir, sources, AFFWILD2_AUS, fold_subjects, align=align, bad_rows=bad_rows,
+        notes=notes, fold_notes=fold_notes, **options,
+    )  # fmt: skip
     counts = notes["unannotated_frames"]
     action = "left out" if drop_unannotated else "kept, labels unknown"
     print(f"  unannotated frames (all -1, {action}): {counts[TRAIN]} in {TRAIN}, {counts[VALIDATION]} in {VALIDATION}")

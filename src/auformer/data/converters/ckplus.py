@@ -24,8 +24,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from auformer.aus import au_column, au_columns, parse_au
-from auformer.data.converters import REPORT_NAME, Frame, PrepareReport, Source, find_dir, numbered_images, run_prepare
-from auformer.data.converters.common import add_notes, read_label_text
+from auformer.data.converters import Frame, PrepareReport, Source, find_dir, numbered_images, run_prepare
+from auformer.data.converters.common import read_label_text
 from auformer.data.folds import subject_kfold
 from auformer.errors import AUFormerError
 from auformer.files import resolve_inside
@@ -194,8 +194,7 @@ def prepare_ckplus(
     """
     sources, aus, bad_rows, notes = collect_ckplus(raw_dir, peak_frames, neutral_first, min_positives)
     fold_subjects = subject_kfold([frame.subject for source in sources for frame in source.frames], folds)
-    report = run_prepare("ckplus", Path(raw_dir), out_dir, sources, aus, fold_subjects, bad_rows=bad_rows, **options)
-    add_notes(out_dir, REPORT_NAME, notes)
+    report = run_prepare("ckplus", Path(raw_dir), out_dir, sources, aus, fold_subjects, bad_rows=bad_rows, notes=notes, **options)
     without = notes["sequences_without_facs"]
     shown = f" ({', '.join(without[:5])}{', ...' if len(without) > 5 else ''})" if without else ""
     print(f"  sequences without a FACS file (not labelled): {len(without)}{shown}")
