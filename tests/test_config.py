@@ -15,6 +15,8 @@ REAL_PRESETS = (
     "bp4d-data-efficiency",
     "disfa-intensity",
     "bp4d-intensity",
+    "ckplus",
+    "affwild2",
 )
 
 
@@ -24,7 +26,14 @@ def test_every_paper_experiment_has_a_preset():
 
 @pytest.mark.parametrize(
     ("preset", "margin", "num_aus"),
-    [("bp4d", 0.1, 12), ("disfa", 0.15, 8), ("casme2", 0.3, 8), ("bp4d-to-disfa", 0.1, 5), ("disfa-to-bp4d", 0.15, 5)],
+    [
+        ("bp4d", 0.1, 12),
+        ("disfa", 0.15, 8),
+        ("casme2", 0.3, 8),
+        ("bp4d-to-disfa", 0.1, 5),
+        ("disfa-to-bp4d", 0.15, 5),
+        ("affwild2", 0.1, 12),
+    ],
 )
 def test_real_presets_carry_the_paper_margin_and_au_set(preset, margin, num_aus):
     config = load_config(preset, data_dir="data/x")

@@ -151,3 +151,7 @@ def au_label(au: str | int) -> str:
     """Short human label for plots: ``AU12 Lip Corner Puller``."""
     number = parse_au(au)
     return f"AU{number} {AU_NAMES[number]}"
+
+
+# Aff-Wild2's AU track (the ABAW challenges): the 12 AUs of every annotation file's header.
+AFFWILD2_AUS: tuple[int, ...] = (1, 2, 4, 6, 7, 10, 12, 15, 23, 24, 25, 26)

@@ -270,7 +270,7 @@ def run_serve(args: argparse.Namespace) -> None:
             checkpoint,
             face_detector=args.face_detector,
             device=args.device,
-            threshold=parse_thresholds(args.threshold or ["0.5"]),
+            threshold=parse_thresholds(args.threshold),
             backbone_weights=args.backbone_weights,
         )
         banner = DEMO_BANNER if args.checkpoint is None else (SYNTHETIC_WARNING if detector.synthetic else None)

@@ -67,7 +67,8 @@ def add_detector_flags(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         default=None,
         metavar="T",
-        help="occurrence threshold: one number for all AUs and/or AU=VALUE per AU, e.g. 0.5 AU12=0.4 (default: 0.5)",
+        help="occurrence threshold: one number for all AUs and/or AU=VALUE per AU, e.g. 0.5 AU12=0.4 (default: the "
+        "per-AU thresholds the checkpoint's run tuned on validation data, train.threshold_search, else 0.5)",
     )
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: %(default)s)")
     add_backbone_weights(parser)

@@ -18,9 +18,10 @@ PROTOCOLS = {
     "cross-domain": (
         "bp4d-to-disfa",
         "prepared folder of the source dataset (trained on)",
-        "train on two source folds, test on the whole target dataset (BP4D <-> DISFA)",
+        "train on the other source folds, test on the whole target dataset (BP4D <-> DISFA, Aff-Wild2, CK+ ...)",
         "For each held-out source fold, train on the other source folds and test on all of the target "
-        "dataset, on the shared AUs 1, 2, 4, 6, 12; then the per-run and mean F1 table.",
+        "dataset, on the AUs both annotate (named in the output; BP4D <-> DISFA: 1, 2, 4, 6, 12); then the "
+        "per-run and mean F1 table.",
     ),
     "data-efficiency": (
         "bp4d-data-efficiency",

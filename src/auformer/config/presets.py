@@ -126,6 +126,13 @@ def validate(config: Config) -> Config:
         rate = getattr(train, name)
         if rate is not None and train.min_lr > rate:
             raise AUFormerError(f"config train.min_lr: {train.min_lr} must be <= train.{name} ({rate})")
+    if train.threshold_search == "val" and data.val_fold is None:
+        raise AUFormerError(
+            "config train.threshold_search: val picks thresholds on a validation split, and there is none: "
+            "pass --set data.val_fold=K (a fold held out of training; the test split is never used for it)"
+        )
+    if train.threshold_search != "none" and config.model.task == "intensity":
+        raise AUFormerError("config train.threshold_search: model.task=intensity has no occurrence probabilities to threshold")
     _validate_switches(config)
     return config
 

@@ -24,6 +24,7 @@ _CHOICES = {
     ("loss", "wdi_reduction"): ("batch", "sample"),
     ("train", "amp"): ("none", "bf16", "fp16"),
     ("train", "device"): ("auto", "cpu", "cuda"),
+    ("train", "threshold_search"): ("none", "val"),
 }
 
 
@@ -252,6 +253,7 @@ FIELD_RULES: dict[str, Rule | None] = {
     "train.device": _choices("train", "device"),
     "train.seed": SEED,
     "train.threshold": Rule(0, 1),
+    "train.threshold_search": _choices("train", "threshold_search"),
     "train.eval_every": Rule(1, 100_000),
     "train.eval_every_steps": Rule(1, 10**9),
     "train.checkpoint_every": Rule(1, 10**9),

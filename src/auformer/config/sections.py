@@ -113,6 +113,9 @@ class TrainConfig:
     device: str = "auto"  # auto (cuda if available), cpu or cuda
     seed: int = 0  # seeds model init, sampling order, augmentation and dropout
     threshold: float = 0.5  # probability threshold for F1
+    # none, or val: one threshold per AU picked on the validation split (data.val_fold, never the test
+    # split), stored in the checkpoint and used by evaluate and detect; metrics.json reports both
+    threshold_search: str = "none"
     eval_every: int = 1  # evaluate every this many epochs (and after the last); step budgets use eval_every_steps
     # a step budget (train.steps, or a data.train_fraction < 1 subset's, set for it) evaluates after the epoch
     # reaching each multiple of this; None = at the end only

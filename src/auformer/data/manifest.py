@@ -19,9 +19,10 @@ import json
 import os
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -316,9 +317,11 @@ def read_folds(path: str | Path) -> tuple[list[list[str]], list[int]]:
     return folds, aus
 
 
-def write_folds(out_dir: str | Path, folds: Sequence[Sequence[str]], aus: Sequence[int]) -> Path:
-    """Write ``out_dir/folds.json`` atomically."""
-    data = {"folds": [{"test_subjects": list(fold)} for fold in folds], "aus": au_columns(aus)}
+def write_folds(
+    out_dir: str | Path, folds: Sequence[Sequence[str]], aus: Sequence[int], notes: Mapping[str, Any] | None = None
+) -> Path:
+    """Write ``out_dir/folds.json`` atomically; ``notes``: more keys, e.g. Aff-Wild2's official split (readers ignore them)."""
+    data = {"folds": [{"test_subjects": list(fold)} for fold in folds], "aus": au_columns(aus), **(notes or {})}
     atomic_write_text(Path(out_dir) / FOLDS_NAME, json.dumps(data, indent=2) + "\n")
     return Path(out_dir) / FOLDS_NAME
 

@@ -30,7 +30,7 @@ from auformer.detect.pipeline import FacePipeline
 from auformer.detect.sources import Frame, FrameSource, in_background, read_image, video_frames
 from auformer.errors import AUFormerError
 from auformer.faces import DEFAULT_DETECTOR, AlignedFace, Face, get_detector
-from auformer.model.checkpoint import open_checkpoint
+from auformer.model.checkpoint import checkpoint_thresholds, open_checkpoint
 
 FACE_COLUMNS = ["input", "frame", "time_s", "face", "x", "y", "w", "h", "face_score", "success"]
 INTENSITY_SUFFIX = "_r"  # AU12_r: intensity 0-5, as OpenFace names it
@@ -41,8 +41,11 @@ SYNTHETIC_WARNING = (
 )
 
 
-def parse_thresholds(values: Iterable[str]) -> float | dict[str, float]:
-    """CLI ``--threshold`` values: ``0.6`` (all AUs), ``AU12=0.4`` (one AU), or both (``default`` + overrides)."""
+def parse_thresholds(values: Iterable[str] | None) -> float | dict[str, float] | None:
+    """CLI ``--threshold`` values: ``0.6`` (all AUs), ``AU12=0.4`` (one AU), or both (``default`` + overrides);
+    None when none are given (`Detector` then uses the checkpoint's thresholds, else 0.5)."""
+    if not values:
+        return None
     thresholds: dict[str, float] = {}
     for value in values:
         key, _, number = value.rpartition("=")
@@ -51,8 +54,8 @@ def parse_thresholds(values: Iterable[str]) -> float | dict[str, float]:
         except ValueError:
             raise AUFormerError(f"bad --threshold {value!r}: expected a number like 0.5 or AU12=0.4") from None
         thresholds[au_column(key) if key else "default"] = threshold
-    if set(thresholds) <= {"default"}:
-        return thresholds.get("default", 0.5)
+    if set(thresholds) == {"default"}:
+        return thresholds["default"]
     return thresholds
 
 
@@ -60,7 +63,9 @@ class Detector:
     """AU detection on photos and videos with an AUFormer checkpoint.
 
     ``threshold`` is one number for every AU or a dict ``{"AU12": 0.4, "default": 0.5}``
-    (AUs left out use ``default``, itself 0.5 unless given). ``face_detector`` is a name of
+    (AUs left out use ``default``, else the checkpoint's own threshold). None: the per-AU
+    thresholds the checkpoint's run tuned on its validation split (``train.threshold_search``),
+    else 0.5. ``face_detector`` is a name of
     `auformer.faces.get_detector` (``"none"`` for inputs that are already aligned face crops).
     In videos, faces are detected every ``detect_every``-th analysed frame and tracked in
     between (1: detect every frame). ``amp="bf16"`` runs the network under bfloat16 autocast
@@ -73,7 +78,7 @@ class Detector:
         face_detector: str = DEFAULT_DETECTOR,
         device: str = "cpu",
         batch_size: int = 32,
-        threshold: float | Mapping[str | int, float] = 0.5,
+        threshold: float | Mapping[str | int, float] | None = None,
         backbone_weights: str | None = None,
         detect_every: int = 5,
         amp: str = "none",
@@ -96,7 +101,8 @@ class Detector:
         self.au_columns = au_columns(self.model.aus)
         self.occurrence = self.model.head is not None  # AU01 probabilities and AU01_c occurrences
         self.intensity = self.model.intensity is not None  # AU01_r intensities, 0-5
-        self.thresholds = self._resolve_thresholds(threshold)  # (N,)
+        tuned = checkpoint_thresholds(meta)
+        self.thresholds = self._resolve_thresholds(threshold, 0.5 if tuned is None else tuned)  # (N,)
         self.face_detector = get_detector(face_detector)
         self.pipeline = FacePipeline(self.face_detector, detect_every)
         data_config = self.model.data_config
@@ -108,7 +114,11 @@ class Detector:
         weights = backbone_weights or self.model.config.get("backbone_weights")
         self.synthetic = meta.get("extra", {}).get("dataset") == "synthetic" or weights == "synthetic"
 
-    def _resolve_thresholds(self, threshold: float | Mapping[str | int, float]) -> np.ndarray:
+    def _resolve_thresholds(self, threshold: float | Mapping[str | int, float] | None, stored: float | list[float]) -> np.ndarray:
+        """(N,) thresholds: the user's (a number, or per AU), falling back to ``stored`` (the checkpoint's)."""
+        stored = np.broadcast_to(np.asarray(stored, dtype=np.float64), (len(self.au_columns),))
+        if threshold is None:
+            return stored.copy()
         if not isinstance(threshold, Mapping):
             return np.full(len(self.au_columns), float(threshold))
         by_column = {("default" if key == "default" else au_column(key)): float(value) for key, value in threshold.items()}
@@ -117,8 +127,8 @@ class Detector:
             raise AUFormerError(
                 f"thresholds for {sorted(unknown)}, which the model does not predict ({', '.join(self.au_columns)})"
             )
-        default = by_column.get("default", 0.5)
-        return np.array([by_column.get(column, default) for column in self.au_columns])
+        fallback = np.full(len(self.au_columns), by_column["default"]) if "default" in by_column else stored
+        return np.array([by_column.get(column, fallback[k]) for k, column in enumerate(self.au_columns)])
 
     def _inputs(self, crops: list[np.ndarray]) -> torch.Tensor:
         """(F, 3, S, S) float model inputs of aligned uint8 crops."""

@@ -114,7 +114,7 @@ def run_detect(args: argparse.Namespace) -> None:
         face_detector=args.face_detector,
         device=args.device,
         batch_size=args.batch_size,
-        threshold=parse_thresholds(args.threshold or ["0.5"]),
+        threshold=parse_thresholds(args.threshold),
         backbone_weights=args.backbone_weights,
         detect_every=args.detect_every,
         amp=args.amp,

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from auformer.aus import CROSS_DOMAIN_AUS
+from auformer.aus import au_columns
 from auformer.config import Config
 from auformer.data import (
     ArrayAUDataset,
@@ -102,7 +102,7 @@ def build_splits(config: Config, source: Source, target: Source | None = None) -
         train, test = split_fold(table, source.folds, data.fold)
     else:
         train_folds = tuple(k for k in range(len(source.folds)) if k != data.fold)
-        train, test = cross_domain_split(table, source.folds, target.table, data.aus or CROSS_DOMAIN_AUS, train_folds)
+        train, test = cross_domain_split(table, source.folds, target.table, shared_aus(table, target.table), train_folds)
     val = None
     if data.val_fold is not None:
         val_subjects = source.folds[data.val_fold]
@@ -114,6 +114,18 @@ def build_splits(config: Config, source: Source, target: Source | None = None) -
     if len(train) == 0:
         raise AUFormerError(f"fold {data.fold}: the training split is empty")
     return Splits(train, test, val, full_train_size)
+
+
+def shared_aus(source: AUTable, target: AUTable) -> list[int]:
+    """The AUs a cross-domain run scores: those of the source (after ``data.aus``) that the target annotates too,
+    in the source's order (BP4D's 12 to Aff-Wild2's 12: 1, 2, 4, 6, 7, 10, 12, 15, 23, 24)."""
+    aus = [au for au in source.aus if au in set(target.aus)]
+    if not aus:
+        raise AUFormerError(
+            f"cross-domain: the source AUs ({', '.join(au_columns(source.aus))}) and the target AUs "
+            f"({', '.join(au_columns(target.aus))}) have none in common"
+        )
+    return aus
 
 
 def check_backbone_weights(config: Config, verbose: bool = True) -> str:

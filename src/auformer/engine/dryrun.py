@@ -88,7 +88,7 @@ def _nearest_existing(path: Path) -> Path:
 
 def dry_run(config: Config, out_dir: str | Path, command: str) -> list[str]:
     """Check a run of ``command`` (train, cv, cross-domain, data-efficiency) and print its plan; returns the problems."""
-    from auformer.engine.build import build_splits, load_source
+    from auformer.engine.build import build_splits, load_source, shared_aus
 
     start = time.perf_counter()
     problems: list[str] = []
@@ -140,6 +140,11 @@ def dry_run(config: Config, out_dir: str | Path, command: str) -> list[str]:
             f"{len(set(table.subjects))} subjects, AUs {', '.join(au_columns(table.aus))}",
         )
         ok("folds", f"{len(source.folds)} folds of {', '.join(str(len(f)) for f in source.folds)} test subjects")
+        if target is not None:
+            scored = check("target", lambda: shared_aus(table.select_aus(config.data.aus or table.aus), target.table))
+            if scored:
+                ok("target", f"{config.data.target_root}: {len(target.table)} samples; AUs scored (in both): "
+                             f"{', '.join(au_columns(scored))}")  # fmt: skip
         for name, run_config in protocol_runs(config, command, len(source.folds)):
             splits = check(name, lambda run_config=run_config: build_splits(run_config, source, target))
             if splits is None:

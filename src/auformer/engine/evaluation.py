@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -9,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from auformer.aus import au_columns
 from auformer.config import Config
 from auformer.engine import distributed
 from auformer.engine.logging import interactive
@@ -17,13 +19,19 @@ from auformer.metrics import au_metrics, intensity_metrics
 
 @torch.no_grad()
 def evaluate_model(
-    network: torch.nn.Module, dataset: Dataset, aus: list[int], info: distributed.DistInfo, config: Config
+    network: torch.nn.Module,
+    dataset: Dataset,
+    aus: list[int],
+    info: distributed.DistInfo,
+    config: Config,
+    thresholds: Sequence[float] | None = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Predictions for every sample of ``dataset`` (each rank scores its shard) and their metrics.
 
     Returns (metrics, predictions): ``predictions["probs"]`` (M, N) and the ``au_metrics``
-    keys for occurrence heads; ``predictions["intensity"]`` (M, N) and
-    ``metrics["intensity"] = intensity_metrics(...)`` for intensity heads.
+    keys (at ``train.threshold``) for occurrence heads; ``predictions["intensity"]`` (M, N) and
+    ``metrics["intensity"] = intensity_metrics(...)`` for intensity heads. Given per-AU
+    ``thresholds`` (tuned on a validation split), ``metrics["tuned"]`` scores them too.
     """
     sampler = distributed.sampler(dataset, info, shuffle=False, seed=0)
     indices = np.array(list(sampler))  # (M_rank,) this rank's rows
@@ -49,6 +57,9 @@ def evaluate_model(
     metrics = {}
     if "probs" in predictions:
         metrics = au_metrics(predictions["probs"], dataset.labels.numpy(), aus, threshold=config.train.threshold)
+        if thresholds is not None:
+            tuned = au_metrics(predictions["probs"], dataset.labels.numpy(), aus, threshold=thresholds)
+            metrics["tuned"] = {**tuned, "thresholds": dict(zip(au_columns(aus), map(float, thresholds)))}
     if "intensity" in predictions:
         metrics["intensity"] = intensity_metrics(predictions["intensity"], dataset.intensity.numpy(), aus)
     return metrics, predictions

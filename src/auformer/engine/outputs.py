@@ -29,12 +29,18 @@ def metrics_json(metrics: dict[str, Any], backbone_weights: str) -> dict[str, An
     the adapters sat on a random frozen ViT."""
     result = {}
     if "mean_f1" in metrics:
-        per_au = {au: {key: values[key] for key in METRIC_KEYS} for au, values in metrics["per_au"].items()}
-        result = {"mean_f1": float(metrics["mean_f1"]), "per_au": per_au}
+        result = _f1_json(metrics)
+    if "tuned" in metrics:  # per-AU thresholds picked on the validation split (train.threshold_search)
+        result["tuned"] = {"thresholds": metrics["tuned"]["thresholds"], **_f1_json(metrics["tuned"])}
     if "intensity" in metrics:
         result["intensity"] = _nan_to_none(metrics["intensity"])
     result["backbone_weights"] = backbone_weights
     return result
+
+
+def _f1_json(metrics: dict[str, Any]) -> dict[str, Any]:
+    per_au = {au: {key: values[key] for key in METRIC_KEYS} for au, values in metrics["per_au"].items()}
+    return {"mean_f1": float(metrics["mean_f1"]), "per_au": per_au}
 
 
 def _nan_to_none(value: Any) -> Any:
@@ -54,6 +60,8 @@ def results_text(metrics: dict[str, Any]) -> str:
     parts = []
     if "mean_f1" in metrics:
         parts.append(f"{metrics_table_markdown(metrics)}\nmean F1 {metrics['mean_f1']:.3f}")
+    if "tuned" in metrics:
+        parts.append(tuned_table_markdown(metrics))
     if "intensity" in metrics:
         scores = metrics["intensity"]
         parts.append(
@@ -61,6 +69,18 @@ def results_text(metrics: dict[str, Any]) -> str:
             f"mean Pearson r {scores['mean_pearson']:.3f}, mean MAE {scores['mean_mae']:.3f}"
         )
     return "\n\n".join(parts)
+
+
+def tuned_table_markdown(metrics: dict[str, Any]) -> str:
+    """Per-AU F1 at the one threshold (train.threshold) beside F1 at the thresholds tuned on the validation split."""
+    tuned = metrics["tuned"]
+    lines = ["| AU | tuned threshold | F1 (one threshold) | F1 (tuned) |", "|---|---|---|---|"]
+    for au, scores in metrics["per_au"].items():
+        lines.append(
+            f"| {au} | {tuned['thresholds'][au]:.2f} | {100 * scores['f1']:.1f} | {100 * tuned['per_au'][au]['f1']:.1f} |"
+        )
+    lines.append(f"| **Avg** | | **{100 * metrics['mean_f1']:.1f}** | **{100 * tuned['mean_f1']:.1f}** |")
+    return "\n".join(lines) + f"\nmean F1 at the thresholds tuned on the validation split {tuned['mean_f1']:.3f}"
 
 
 def write_results(
@@ -98,12 +118,9 @@ def mean_metrics(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean over folds of each per-AU score (supports and known counts summed), same schema as one run."""
     result = {}
     if "mean_f1" in runs[0]:
-        per_au = {}
-        for au in runs[0]["per_au"]:
-            rows = [run["per_au"][au] for run in runs]
-            per_au[au] = {key: float(np.mean([row[key] for row in rows])) for key in METRIC_KEYS[:3]}
-            per_au[au]["support"] = int(sum(row["support"] for row in rows))
-        result = {"mean_f1": float(np.mean([run["mean_f1"] for run in runs])), "per_au": per_au}
+        result = _mean_f1(runs)
+    if "tuned" in runs[0]:  # each fold's thresholds stay in its own metrics.json (runs.json)
+        result["tuned"] = _mean_f1([run["tuned"] for run in runs])
     if "intensity" in runs[0]:
         folds = [run["intensity"] for run in runs]
 
@@ -125,6 +142,16 @@ def mean_metrics(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return result
 
 
+def _mean_f1(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean over runs of mean F1 and each per-AU score; supports summed."""
+    per_au = {}
+    for au in runs[0]["per_au"]:
+        rows = [run["per_au"][au] for run in runs]
+        per_au[au] = {key: float(np.mean([row[key] for row in rows])) for key in METRIC_KEYS[:3]}
+        per_au[au]["support"] = int(sum(row["support"] for row in rows))
+    return {"mean_f1": float(np.mean([run["mean_f1"] for run in runs])), "per_au": per_au}
+
+
 def cv_table_markdown(runs: dict[str, dict[str, Any]]) -> str:
     """Per-AU F1 (%) of each run (fold, rate...) and their mean, as a Markdown table; with intensity
     heads, rows of mean ICC(3,1), Pearson r and MAE follow (per-AU intensity scores are in each run's files)."""
@@ -135,6 +162,10 @@ def cv_table_markdown(runs: dict[str, dict[str, Any]]) -> str:
         lines.append(f"| {au} | " + " | ".join(f"{100 * runs[n]['per_au'][au]['f1']:.1f}" for n in names) + " |")
     if "mean_f1" in first:
         lines.append("| **Avg** | " + " | ".join(f"**{100 * runs[n]['mean_f1']:.1f}**" for n in names) + " |")
+    if "tuned" in first:
+        lines.append(
+            "| **Avg, tuned thresholds** | " + " | ".join(f"**{100 * runs[n]['tuned']['mean_f1']:.1f}**" for n in names) + " |"
+        )
     if "intensity" in first:
         for key, label in (("mean_icc", "ICC(3,1)"), ("mean_pearson", "Pearson r"), ("mean_mae", "MAE")):
             values = (runs[n]["intensity"][key] for n in names)

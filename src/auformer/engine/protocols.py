@@ -34,7 +34,7 @@ from auformer.engine.outputs import (
 from auformer.engine.trainer import Trainer
 from auformer.errors import AUFormerError
 from auformer.files import atomic_write_text, check_apart
-from auformer.model.checkpoint import checkpoint_aus, load_checkpoint
+from auformer.model.checkpoint import checkpoint_aus, checkpoint_thresholds, open_checkpoint
 from auformer.model.heads import has_intensity
 
 
@@ -90,12 +90,14 @@ def evaluate(
     (fold ``data.fold``, or the whole cross-domain target).
 
     The model's own AU list, input size and normalisation are used; the labels are
-    reduced to the model's AUs. Writes the same result files as ``train``.
+    reduced to the model's AUs. Per-AU thresholds stored in the checkpoint (``train.threshold_search``)
+    are scored beside ``train.threshold``. Writes the same result files as ``train``.
     """
     out_dir = Path(out_dir)
     check_out_apart(config, out_dir)
     info = distributed.setup(config.train.device)
-    model = load_checkpoint(checkpoint).to(info.device)
+    opened = open_checkpoint(checkpoint)
+    model = opened.model.to(info.device)
     if model.task != config.model.task:
         raise AUFormerError(
             f"{checkpoint}: checkpoint was trained for task {model.task!r} but the config asks for "
@@ -114,7 +116,8 @@ def evaluate(
     size = model.config["img_size"]
     transform = build_transform(False, size, model.data_config["mean"], model.data_config["std"], config.data.resize_size)
     dataset = make_dataset(source, test, transform, has_intensity(model.task))
-    metrics, predictions = evaluate_model(model, dataset, list(model.aus), info, config)
+    # per-AU thresholds the run tuned on its validation split (train.threshold_search): scored beside train.threshold
+    metrics, predictions = evaluate_model(model, dataset, list(model.aus), info, config, checkpoint_thresholds(opened.meta))
     if info.is_main:
         write_results(out_dir, metrics, test, predictions, model.config["backbone_weights"])
         skipped = report_skipped(out_dir, source.skipped, True)

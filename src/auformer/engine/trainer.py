@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from auformer.aus import au_columns
 from auformer.config import Config, save_config
 from auformer.data import build_transform, occurrence_rate
 from auformer.engine import checkpointing, distributed
@@ -29,8 +30,9 @@ from auformer.engine.logging import RunLogger
 from auformer.engine.outputs import main_score, metrics_json, report_skipped, results_text, skipped_text, write_results
 from auformer.engine.schedule import micro_batch_size, micro_per_epoch, plan_run
 from auformer.errors import AUFormerError
+from auformer.metrics import search_thresholds
 from auformer.model.backbone import backbone_geometry
-from auformer.model.checkpoint import load_adapter_weights, save_checkpoint
+from auformer.model.checkpoint import load_adapter_weights, read_checkpoint_meta, save_checkpoint
 from auformer.model.heads import has_intensity
 
 
@@ -61,6 +63,8 @@ class Trainer:
         self.splits = build_splits(cfg, source, target)
         self.skipped = report_skipped(self.run_dir, source.skipped + (target.skipped if target else []), self.dist.is_main)
         self.aus = list(self.splits.train.aus)
+        if target is not None:  # cross-domain: name what is scored (the AUs both datasets annotate)
+            self._print(f"cross-domain: scoring the AUs of both source and target: {', '.join(au_columns(self.aus))}")
         train_intensity = self.splits.train.intensity
         if has_intensity(cfg.model.task) and (train_intensity is None or not (train_intensity >= 0).any()):
             raise AUFormerError(
@@ -232,7 +236,7 @@ class Trainer:
 
         if self.val_set is not None:  # score the best-on-validation weights on the test split
             load_adapter_weights(self.model, self.run_dir / "best")
-            test_metrics, test_predictions = self.evaluate(self.test_set)
+            test_metrics, test_predictions = self.evaluate(self.test_set, self._search_thresholds())
         elif self.dist.is_main:  # no validation split: the final weights are the ones kept
             save_checkpoint(self.model, self.run_dir / "best", extra=self._extra())
         if test_metrics is None:  # resumed after the last epoch had finished
@@ -312,9 +316,23 @@ class Trainer:
         return torch.float16 if self.config.train.amp == "fp16" else torch.bfloat16
 
     @torch.no_grad()
-    def evaluate(self, dataset: Dataset) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    def evaluate(self, dataset: Dataset, thresholds: list[float] | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """Score ``dataset`` (sharded over ranks, gathered): (metrics, predictions), see `evaluate_model`."""
-        return evaluate_model(self.network, dataset, self.aus, self.dist, self.config)
+        return evaluate_model(self.network, dataset, self.aus, self.dist, self.config, thresholds)
+
+    def _search_thresholds(self) -> list[float] | None:
+        """``train.threshold_search=val``: one threshold per AU from the best weights' predictions on the
+        validation split (the test split is never read for it), added to the best checkpoint's JSON."""
+        if self.config.train.threshold_search != "val":
+            return None
+        _, predictions = self.evaluate(self.val_set)
+        thresholds = search_thresholds(predictions["probs"], self.val_set.labels.numpy(), self.config.train.threshold)
+        if self.dist.is_main:
+            extra = read_checkpoint_meta(self.run_dir / "best")["extra"]  # the best epoch's record, kept
+            extra["thresholds"] = dict(zip(au_columns(self.aus), thresholds.tolist()))
+            extra["thresholds_from"] = f"validation split (data.val_fold={self.config.data.val_fold})"
+            save_checkpoint(self.model, self.run_dir / "best", extra=extra)
+        return thresholds.tolist()
 
     def _print(self, text: str) -> None:
         if self.dist.is_main and self.verbose:

@@ -32,7 +32,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from auformer import __version__
-from auformer.aus import AU_NAMES
+from auformer.aus import AU_NAMES, au_columns
 from auformer.config import Rule, field_spec, value_problem
 from auformer.errors import AUFormerError
 from auformer.files import atomic_path, atomic_write_text
@@ -208,7 +208,29 @@ def check_meta(meta: dict, source: str | os.PathLike) -> dict:
     resize, size = extra.get("resize_size"), config.get("img_size", 224)
     if resize is not None and resize < size:
         raise AUFormerError(f"{source}: extra.resize_size: {resize} must be >= config.img_size ({size})")
+    _check_thresholds(source, extra.get("thresholds"), aus)
     return meta
+
+
+def _check_thresholds(source: Path, thresholds: Any, aus: list[int] | None) -> None:
+    """``extra.thresholds`` (train.threshold_search), when present: one threshold in [0, 1] for each AU of ``aus``."""
+    if thresholds is None:
+        return
+    columns = au_columns(aus or [])
+    if not isinstance(thresholds, dict) or sorted(thresholds) != sorted(columns):
+        raise AUFormerError(
+            f"{source}: extra.thresholds: must map each AU of aus ({', '.join(columns) or 'none'}) to a threshold, "
+            f"got {_kind(thresholds)}"
+        )
+    for column, value in thresholds.items():
+        _check(source, f"extra.thresholds.{column}", value, field_spec("train.threshold"))
+
+
+def checkpoint_thresholds(meta: dict) -> list[float] | None:
+    """The per-AU thresholds a run tuned on its validation split (``extra.thresholds``), in the model's AU
+    order; None for checkpoints without them (they use train.threshold, 0.5)."""
+    thresholds = meta.get("extra", {}).get("thresholds")
+    return None if thresholds is None else [float(thresholds[column]) for column in au_columns(meta["aus"])]
 
 
 def _kind(value: Any) -> str:

@@ -16,13 +16,13 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from itertools import repeat
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -127,6 +127,14 @@ class PrepareReport:
     no_face: list[str] = field(default_factory=list)
     bad_rows: list[str] = field(default_factory=list)  # label rows the converter could not use, with the reason
     subjects_in_no_fold: list[str] = field(default_factory=list)
+    # what one converter counts beyond these (CK+: sequences without FACS codes; Aff-Wild2: unannotated
+    # frames per split), written as top-level keys of prepare_report.json
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        """prepare_report.json: the fields, then the converter's notes beside them."""
+        fields = asdict(self)
+        return json.dumps({**fields, **fields.pop("notes")}, indent=2) + "\n"
 
     def summary(self) -> str:
         """A few human-readable lines."""
@@ -286,6 +294,8 @@ def run_prepare(
     workers: int = 1,
     bad_rows: Sequence[str] = (),
     inputs: Sequence[str | os.PathLike] = (),
+    notes: Mapping[str, Any] | None = None,
+    fold_notes: Mapping[str, Any] | None = None,
     overwrite: bool = False,
 ) -> PrepareReport:
     """Convert ``sources`` and write the prepared dataset: crops, manifest, folds, report.
@@ -299,6 +309,7 @@ def run_prepare(
     Two frames that would write one crop (``dup.png`` and ``dup.jpg``) get distinct names.
     An ``out_dir`` that already holds a prepared dataset is refused unless ``overwrite``,
     which first removes that dataset (its crops, manifest, folds and report; nothing else).
+    ``notes`` and ``fold_notes``: a converter's own keys for prepare_report.json and folds.json.
     """
     if align not in ALIGN_MODES:
         raise AUFormerError(f"align must be one of {', '.join(ALIGN_MODES)}, got {align!r}")
@@ -318,7 +329,9 @@ def run_prepare(
     workers = memory_workers(workers)
     out_dir.mkdir(parents=True, exist_ok=True)
     detector_name = "none" if align == "none" else getattr(detector, "name", str(detector))
-    report = PrepareReport(dataset, str(raw_dir), str(out_dir), align, detector_name, size, bad_rows=list(bad_rows))
+    report = PrepareReport(
+        dataset, str(raw_dir), str(out_dir), align, detector_name, size, bad_rows=list(bad_rows), notes=dict(notes or {})
+    )
     outcomes = _convert_all(sources, out_dir, align, detector, size, workers)
     written: list[Frame] = []
     for source, source_outcomes in zip(sources, outcomes):
@@ -341,8 +354,8 @@ def run_prepare(
     report.subjects_in_no_fold = sorted(set(subjects) - {s for fold in folds for s in fold})
     table = AUTable(out_dir, [frame.out_image for frame in written], subjects, labels, list(aus), intensity)
     write_manifest(table, out_dir)
-    write_folds(out_dir, folds, aus)
-    atomic_write_text(out_dir / REPORT_NAME, json.dumps(asdict(report), indent=2) + "\n")
+    write_folds(out_dir, folds, aus, fold_notes)
+    atomic_write_text(out_dir / REPORT_NAME, report.to_json())
     print(report.summary())
     print(f"wrote {out_dir / 'manifest.csv'}, {out_dir / 'folds.json'} and {out_dir / REPORT_NAME}")
     return report
