@@ -270,8 +270,9 @@ def run_serve(args: argparse.Namespace) -> None:
             checkpoint,
             face_detector=args.face_detector,
             device=args.device,
-            threshold=parse_thresholds(args.threshold or ["0.5"]),
+            threshold=parse_thresholds(args.threshold) if args.threshold else None,
             backbone_weights=args.backbone_weights,
+            runtime=args.runtime,
         )
         banner = DEMO_BANNER if args.checkpoint is None else (SYNTHETIC_WARNING if detector.synthetic else None)
         app = build_app(detector, work, banner, args.every)

@@ -114,10 +114,11 @@ def run_detect(args: argparse.Namespace) -> None:
         face_detector=args.face_detector,
         device=args.device,
         batch_size=args.batch_size,
-        threshold=parse_thresholds(args.threshold or ["0.5"]),
+        threshold=parse_thresholds(args.threshold) if args.threshold else None,
         backbone_weights=args.backbone_weights,
         detect_every=args.detect_every,
         amp=args.amp,
+        runtime=args.runtime,
     )
     if detector.synthetic:
         print(SYNTHETIC_WARNING)
