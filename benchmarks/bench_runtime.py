@@ -25,7 +25,7 @@ from auformer.data.synthetic import SYNTHETIC_AUS
 from auformer.detect.runtime import OnnxRuntimeModel
 from auformer.engine.build import model_from_config
 from auformer.export import export_model
-from benchmarks.bench_overhead import forward_times
+from benchmarks.bench_overhead import forward_times, print_times
 
 
 def _models(name: str) -> tuple[torch.nn.Module, int]:
@@ -36,7 +36,8 @@ def _models(name: str) -> tuple[torch.nn.Module, int]:
 
 
 def compare(name: str, batches: list[int], iters: int) -> dict:
-    """``{batch: forward_times(...)}`` for ``torch``, ``onnx_fp32`` and ``onnx_int8`` (ratios to torch)."""
+    """``{batch: forward_times(...)}`` for ``torch``, ``onnx_fp32``, ``onnx_int8`` and ``vit``; the ``*_vs_vit``
+    ratios are to ``torch`` here."""
     model, size = _models(name)
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = Path(tmp) / name
@@ -46,16 +47,9 @@ def compare(name: str, batches: list[int], iters: int) -> dict:
             "torch": model,
             "onnx_fp32": sessions["none"],
             "onnx_int8": sessions["int8"],
-            "vit": model.backbone,  # the reference the overhead table uses (ratios below are to torch)
+            "vit": model.backbone,  # the plain ViT, for scale
         }
-        results = {}
-        for batch in batches:
-            times = forward_times(runners, batch, size, iters)
-            for result in times.values():  # forward_times' ratios are to "vit"; these tables compare to torch
-                result["wall_vs_torch"] = result["wall_s"] / times["torch"]["wall_s"]
-                result["cpu_vs_torch"] = result["cpu_s"] / times["torch"]["cpu_s"]
-            results[batch] = times
-    return results
+        return {batch: forward_times(runners, batch, size, iters, reference="torch") for batch in batches}
 
 
 def main() -> None:
@@ -66,11 +60,7 @@ def main() -> None:
     args = parser.parse_args()
     for name in args.models:
         for batch, times in compare(name, args.batch, args.iters).items():
-            for runner, r in times.items():
-                print(
-                    f"{name} batch {batch} {runner:10s} wall {r['wall_s'] * 1e3:7.1f} ms ({r['wall_vs_torch']:.2f}x torch)"
-                    f"  CPU {r['cpu_s'] * 1e3:7.1f} ms ({r['cpu_vs_torch']:.2f}x torch)"
-                )
+            print_times(times, f"{name} batch {batch} ", reference="torch")
 
 
 if __name__ == "__main__":
