@@ -8,6 +8,8 @@ Runs the tables that docs/performance.md reports and writes them as Markdown
   interleaved, medians (`bench_overhead.py`);
 - ``first-run``: ``auformer train`` with no arguments, as a new user runs it (wall time, CPU
   time, mean F1);
+- ``runtime``: PyTorch against ONNX Runtime fp32 and int8 (``export --quantize int8``) on the
+  synthetic model and ViT-B/16, batch 1 and 4, interleaved (`bench_runtime.py`);
 - ``loader``: data-loader images/s over generated JPEG face crops (`bench_loader.py`);
 - ``detect``: `bench_detect.py`'s face-detector and ``auformer detect`` throughput tables
   (its own files under ``out/detect``).
@@ -31,7 +33,7 @@ import torch
 
 from auformer.files import atomic_write_text
 
-TABLES = ("overhead", "first-run", "loader", "detect")
+TABLES = ("overhead", "runtime", "first-run", "loader", "detect")
 
 
 def run_overhead(args: argparse.Namespace) -> dict:
@@ -46,6 +48,14 @@ def run_overhead(args: argparse.Namespace) -> dict:
         "threads": torch.get_num_threads(),
         "models": forward_times(models, args.batch, 224, iters),
     }
+
+
+def run_runtime(args: argparse.Namespace) -> dict:
+    from benchmarks.bench_runtime import compare
+
+    iters = 2 if args.quick else args.iters
+    models = ["synthetic"] if args.quick else ["synthetic", "vit_b"]
+    return {"iters": iters, "threads": torch.get_num_threads(), "models": {m: compare(m, [1, 4], iters) for m in models}}
 
 
 def run_first_run(args: argparse.Namespace, out: Path) -> dict:
@@ -116,6 +126,21 @@ def markdown(results: dict) -> str:
                 f"{models['auformer']['cpu_s'] / models['swin_b']['cpu_s']:.3f}x CPU",
                 "",
             ]
+    if "runtime" in results:
+        r = results["runtime"]
+        lines += [
+            f"## Inference runtimes, fp32 input, {r['threads']} threads, medians of {r['iters']} (interleaved)",
+            "",
+            "| model | batch | runtime | wall ms | vs torch | CPU ms | vs torch |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {model} | {batch} | {name} | {t['wall_s'] * 1e3:.0f} | {t['wall_vs_vit']:.2f}x | {t['cpu_s'] * 1e3:.0f} "
+            f"| {t['cpu_vs_vit']:.2f}x |"
+            for model, batches in r["models"].items()
+            for batch, times in batches.items()
+            for name, t in times.items()
+        ] + [""]
     if "first-run" in results:
         r = results["first-run"]
         lines += [
@@ -160,6 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     runners = {
         "overhead": lambda: run_overhead(args),
+        "runtime": lambda: run_runtime(args),
         "first-run": lambda: run_first_run(args, out),
         "loader": lambda: run_loader(args),
         "detect": lambda: run_detect(args, out),

@@ -5,7 +5,11 @@ normalised images ``(B, 3, S, S)`` (S fixed, the model's input size; B free) to 
 probabilities ``(B, N)`` (output ``probabilities``) and, for checkpoints with intensity
 heads, AU intensities 0-5 ``(B, N)`` (output ``intensity``). A JSON file beside it records
 the outputs, the AU names and the preprocessing (aligned face crop, resize + centre crop,
-mean/std) a caller must apply.
+mean/std) a caller must apply; an ONNX file also carries them, with the occurrence thresholds,
+in its own metadata (`auformer.detect.runtime`), so ``detect --runtime onnxruntime`` needs
+nothing beside it. ``quantize="int8"`` (ONNX only) stores the weights of the matrix
+products as int8 (ONNX Runtime's dynamic quantisation): a smaller file and faster CPU inference,
+checked against PyTorch within ``INT8_TOLERANCE``.
 """
 
 from __future__ import annotations
@@ -24,10 +28,13 @@ from auformer.aus import INTENSITY_MAX, au_columns
 from auformer.data.transforms import default_resize_size
 from auformer.errors import AUFormerError
 from auformer.files import atomic_path
-from auformer.model.checkpoint import checkpoint_aus, checkpoint_paths, open_checkpoint
+from auformer.model.checkpoint import checkpoint_aus, checkpoint_paths, checkpoint_thresholds, open_checkpoint
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 TOLERANCE = 1e-4  # max |probability difference| between the export and PyTorch
+INT8_TOLERANCE = 0.02  # the same for a dynamically quantised (int8) ONNX file
+QUANTIZE = ("none", "int8")
+DEFAULT_THRESHOLD = 0.5  # an AU's occurrence threshold when the checkpoint records none
 
 
 class AUOutputs(nn.Module):
@@ -68,6 +75,41 @@ def _export_onnx(module: AUOutputs, example: torch.Tensor, path: Path) -> None:
         )
 
 
+def _quantize_int8(path: Path) -> None:
+    """Replace the fp32 ONNX file ``path`` by its dynamically quantised version (int8 weights, per-batch
+    activation scales): ONNX Runtime's own tool, as no hand-written pass would match its kernels."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    fp32 = path.with_name(path.name + ".fp32")
+    path.replace(fp32)
+    try:
+        # Weight matrices only (MatMul/Gemm with a constant B; attention's activation products and the
+        # patch embedding's ConvInteger stay fp32). Per-channel scales with the 7-bit range gave the
+        # closest probabilities of the settings tried (docs/performance.md).
+        quantize_dynamic(
+            fp32,
+            path,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul", "Gemm"],
+            per_channel=True,
+            reduce_range=True,
+            extra_options={"MatMulConstBOnly": True},
+        )
+    finally:
+        fp32.unlink()
+
+
+def _write_metadata(path: Path, metadata: dict) -> None:
+    """Store ``metadata`` (JSON) in the ONNX file's metadata_props under `runtime.METADATA_KEY`."""
+    import onnx
+
+    from auformer.detect.runtime import METADATA_KEY
+
+    graph = onnx.load(str(path))
+    onnx.helper.set_model_props(graph, {METADATA_KEY: json.dumps(metadata)})
+    onnx.save(graph, str(path))
+
+
 def _export_torchscript(module: nn.Module, example: torch.Tensor, path: Path) -> None:
     with warnings.catch_warnings():  # torch.jit's deprecation notices; the result is checked against PyTorch anyway
         warnings.simplefilter("ignore")
@@ -93,17 +135,24 @@ def _arrays(results: torch.Tensor | tuple[torch.Tensor, ...]) -> list[np.ndarray
 
 
 def export_model(
-    checkpoint: str | os.PathLike, out_dir: str | os.PathLike, format: str = "onnx", backbone_weights: str | None = None
+    checkpoint: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    format: str = "onnx",
+    backbone_weights: str | None = None,
+    quantize: str = "none",
 ) -> Path:
-    """Write ``OUT_DIR/NAME.onnx`` (or ``.pt``) and its description ``NAME.onnx.json``; returns the model path.
+    """Write ``OUT_DIR/NAME.onnx`` (``NAME.int8.onnx`` quantised, ``NAME.pt``) and its description ``<file>.json``;
+    returns the model path.
 
     The model is exported with a batch of 2 and run on a batch of 3 random images,
-    which must match PyTorch within ``TOLERANCE`` (probabilities; intensities within
-    5 x ``TOLERANCE``, their scale being 0-5) (this also checks the free batch size),
+    which must match PyTorch within ``TOLERANCE`` (``INT8_TOLERANCE`` quantised) (probabilities;
+    intensities within 5 x that, their scale being 0-5) (this also checks the free batch size),
     else ``ValueError`` and no file is left behind.
     """
     if format not in FORMATS:
         raise AUFormerError(f"unknown export format {format!r}: valid formats are {', '.join(FORMATS)}")
+    if quantize not in QUANTIZE or (quantize != "none" and format != "onnx"):
+        raise AUFormerError(f"--quantize {quantize!r}: valid values are {', '.join(QUANTIZE)}; int8 needs --format onnx")
     opened = open_checkpoint(checkpoint, backbone_weights=backbone_weights)
     model, checkpoint = opened.model, opened.path  # a Hub repo id -> its cached files
     checkpoint_aus(model, checkpoint)  # the output columns are named by AU
@@ -115,16 +164,28 @@ def export_model(
     scales = [1.0 if name == "probabilities" else INTENSITY_MAX for name in module.names]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    name = checkpoint_paths(checkpoint)[0].stem
+    name = checkpoint_paths(checkpoint)[0].stem + ("" if quantize == "none" else f".{quantize}")
     path = out_dir / f"{name}{FORMATS[format]}"
+    data_config = model.data_config
+    extra = opened.meta.get("extra", {})
+    resize_size = extra.get("resize_size") or default_resize_size(size)
+    tolerance = TOLERANCE if quantize == "none" else INT8_TOLERANCE
     with atomic_path(path) as tmp:  # a model that fails the check never replaces the file
         (_export_onnx if format == "onnx" else _export_torchscript)(module, images[:2], tmp)
+        if quantize == "int8":
+            _quantize_int8(tmp)
+        if format == "onnx":  # what `auformer.detect.runtime` needs to run the file alone
+            weights = backbone_weights or model.config.get("backbone_weights")
+            _write_metadata(tmp, {
+                "aus": list(model.aus), "thresholds": checkpoint_thresholds(opened.meta) or [DEFAULT_THRESHOLD] * len(model.aus),
+                "outputs": module.names, "input_size": size, "mean": list(data_config["mean"]),
+                "std": list(data_config["std"]), "resize_size": resize_size, "quantize": quantize,
+                "dataset": "synthetic" if weights == "synthetic" else extra.get("dataset"),
+            })  # fmt: skip
         exported = _run_export(format, tmp, images, module.names)
         difference = max(float(np.abs(a - b).max()) / scale for a, b, scale in zip(exported, expected, scales))
-        if not difference <= TOLERANCE:
-            raise AUFormerError(f"{path}: exported model differs from PyTorch by {difference:.2e} (> {TOLERANCE:.0e})")
-    data_config = model.data_config
-    resize_size = opened.meta.get("extra", {}).get("resize_size") or default_resize_size(size)
+        if not difference <= tolerance:
+            raise AUFormerError(f"{path}: exported model differs from PyTorch by {difference:.2e} (> {tolerance:.0e})")
     outputs = [
         {
             "name": name,
@@ -156,7 +217,7 @@ def export_model(
 
 def run_export(args: argparse.Namespace) -> None:
     """``auformer export``: write the model file and its JSON, print where and how close it is."""
-    path = export_model(args.checkpoint, args.out, args.format, backbone_weights=args.backbone_weights)
+    path = export_model(args.checkpoint, args.out, args.format, backbone_weights=args.backbone_weights, quantize=args.quantize)
     description_path = path.with_name(path.name + ".json")
     difference = json.loads(description_path.read_text())["max_abs_difference_vs_pytorch"]
     print(f"wrote {path} (max |output - PyTorch| / output range = {difference:.1e})")

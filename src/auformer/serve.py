@@ -272,6 +272,7 @@ def run_serve(args: argparse.Namespace) -> None:
             device=args.device,
             threshold=parse_thresholds(args.threshold),
             backbone_weights=args.backbone_weights,
+            runtime=args.runtime,
         )
         banner = DEMO_BANNER if args.checkpoint is None else (SYNTHETIC_WARNING if detector.synthetic else None)
         app = build_app(detector, work, banner, args.every)

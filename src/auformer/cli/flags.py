@@ -68,9 +68,18 @@ def add_detector_flags(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="T",
         help="occurrence threshold: one number for all AUs and/or AU=VALUE per AU, e.g. 0.5 AU12=0.4 (default: the "
-        "per-AU thresholds the checkpoint's run tuned on validation data, train.threshold_search, else 0.5)",
+        "per-AU thresholds the checkpoint's run tuned on validation data, train.threshold_search, which an .onnx "
+        "export carries too; else 0.5)",
     )
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: %(default)s)")
+    add_choice(
+        parser,
+        "--runtime",
+        ("torch", "onnxruntime"),
+        "torch",
+        "onnxruntime: run an `auformer export` .onnx file (fp32 or --quantize int8) given as the checkpoint on "
+        "ONNX Runtime's CPU provider; its AU list and thresholds come from the file",
+    )
     add_backbone_weights(parser)
 
 

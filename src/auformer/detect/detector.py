@@ -27,10 +27,11 @@ import torch
 from auformer.aus import au_column, au_columns
 from auformer.data.transforms import build_transform
 from auformer.detect.pipeline import FacePipeline
+from auformer.detect.runtime import RUNTIMES, OnnxRuntimeModel
 from auformer.detect.sources import Frame, FrameSource, in_background, read_image, video_frames
 from auformer.errors import AUFormerError
 from auformer.faces import DEFAULT_DETECTOR, AlignedFace, Face, get_detector
-from auformer.model.checkpoint import checkpoint_thresholds, open_checkpoint
+from auformer.model.checkpoint import checkpoint_paths, checkpoint_thresholds, open_checkpoint
 
 FACE_COLUMNS = ["input", "frame", "time_s", "face", "x", "y", "w", "h", "face_score", "success"]
 INTENSITY_SUFFIX = "_r"  # AU12_r: intensity 0-5, as OpenFace names it
@@ -69,7 +70,9 @@ class Detector:
     `auformer.faces.get_detector` (``"none"`` for inputs that are already aligned face crops).
     In videos, faces are detected every ``detect_every``-th analysed frame and tracked in
     between (1: detect every frame). ``amp="bf16"`` runs the network under bfloat16 autocast
-    on ``device`` (``"cpu"``, ``"cuda"``, ...).
+    on ``device`` (``"cpu"``, ``"cuda"``, ...). ``runtime="onnxruntime"`` runs an ``auformer export``
+    ``.onnx`` file (fp32 or int8) on ONNX Runtime's CPU provider instead of a checkpoint; its
+    thresholds are the ones the file records, used when ``threshold`` is None (else 0.5).
     """
 
     def __init__(
@@ -82,6 +85,7 @@ class Detector:
         backbone_weights: str | None = None,
         detect_every: int = 5,
         amp: str = "none",
+        runtime: str = "torch",
     ) -> None:
         if batch_size < 1:
             raise AUFormerError(f"batch_size must be a positive integer, got {batch_size}")
@@ -89,30 +93,41 @@ class Detector:
             raise AUFormerError(f"detect_every must be a positive integer, got {detect_every}")
         if amp not in AMP_DTYPES:
             raise AUFormerError(f"amp must be one of {', '.join(AMP_DTYPES)}, got {amp!r}")
-        opened = open_checkpoint(checkpoint, backbone_weights=backbone_weights, map_location=device)
-        self.checkpoint = checkpoint = opened.path  # a Hub repo id is fetched once, here
-        self.model, meta = opened.model, opened.meta
-        if not self.model.aus:
-            raise AUFormerError(f"{checkpoint}: checkpoint has no AU list; cannot name the output columns")
+        if runtime not in RUNTIMES:
+            raise AUFormerError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.detect_every = detect_every
         self.amp_dtype = AMP_DTYPES[amp]
-        self.au_columns = au_columns(self.model.aus)
-        self.occurrence = self.model.head is not None  # AU01 probabilities and AU01_c occurrences
-        self.intensity = self.model.intensity is not None  # AU01_r intensities, 0-5
-        tuned = checkpoint_thresholds(meta)
-        self.thresholds = self._resolve_thresholds(threshold, 0.5 if tuned is None else tuned)  # (N,)
+        if runtime == "onnxruntime":  # an exported file: its metadata describes it (auformer.detect.runtime)
+            self.model = self.onnx = OnnxRuntimeModel(checkpoint)
+            self.checkpoint = self.onnx.path
+            self.files: tuple[Path, ...] = (self.onnx.path,)
+            aus, outputs, recorded = self.onnx.aus, self.onnx.outputs, self.onnx.thresholds
+            data_config, resize_size, self.synthetic = self.onnx.data_config, self.onnx.resize_size, self.onnx.synthetic
+        else:
+            opened = open_checkpoint(checkpoint, backbone_weights=backbone_weights, map_location=device)
+            self.checkpoint = checkpoint = opened.path  # a Hub repo id is fetched once, here
+            self.files = checkpoint_paths(checkpoint)
+            self.model, meta, self.onnx = opened.model, opened.meta, None
+            if not self.model.aus:
+                raise AUFormerError(f"{checkpoint}: checkpoint has no AU list; cannot name the output columns")
+            aus, recorded = self.model.aus, checkpoint_thresholds(meta) or 0.5  # tuned on validation, else 0.5
+            outputs = ["probabilities"] * (self.model.head is not None) + ["intensity"] * (self.model.intensity is not None)
+            data_config = self.model.data_config
+            # The training run's own test resize (recorded by the trainer), else the default 256/224 ratio.
+            resize_size = meta.get("extra", {}).get("resize_size")
+            weights = backbone_weights or self.model.config.get("backbone_weights")
+            self.synthetic = meta.get("extra", {}).get("dataset") == "synthetic" or weights == "synthetic"
+        self.au_columns = au_columns(aus)
+        self.occurrence = "probabilities" in outputs  # AU01 probabilities and AU01_c occurrences
+        self.intensity = "intensity" in outputs  # AU01_r intensities, 0-5
+        self.thresholds = self._resolve_thresholds(threshold, recorded)  # (N,)
         self.face_detector = get_detector(face_detector)
         self.pipeline = FacePipeline(self.face_detector, detect_every)
-        data_config = self.model.data_config
-        # The training run's own test resize (recorded by the trainer), else the default 256/224 ratio.
-        resize_size = meta.get("extra", {}).get("resize_size")
         self.transform = build_transform(
             False, data_config["input_size"][-1], data_config["mean"], data_config["std"], resize_size
         )
-        weights = backbone_weights or self.model.config.get("backbone_weights")
-        self.synthetic = meta.get("extra", {}).get("dataset") == "synthetic" or weights == "synthetic"
 
     def _resolve_thresholds(self, threshold: float | Mapping[str | int, float] | None, stored: float | list[float]) -> np.ndarray:
         """(N,) thresholds: the user's (a number, or per AU), falling back to ``stored`` (the checkpoint's)."""
@@ -146,6 +161,10 @@ class Detector:
             torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None else contextlib.nullcontext()
         )
         for begin in range(0, len(images), self.batch_size):
+            if self.onnx is not None:
+                for name, values in self.onnx(images[begin : begin + self.batch_size]).items():
+                    parts[name].append(values)  # (B, N)
+                continue
             batch = images[begin : begin + self.batch_size].to(self.device, non_blocking=True)  # (B, 3, S, S)
             with autocast:
                 output = self.model(batch)

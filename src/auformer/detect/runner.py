@@ -118,6 +118,7 @@ def run_detect(args: argparse.Namespace) -> None:
         backbone_weights=args.backbone_weights,
         detect_every=args.detect_every,
         amp=args.amp,
+        runtime=args.runtime,
     )
     if detector.synthetic:
         print(SYNTHETIC_WARNING)

@@ -21,7 +21,7 @@ from auformer.detect.detector import INTENSITY_SUFFIX
 from auformer.errors import AUFormerError
 from auformer.faces import Face
 from auformer.files import UniqueNames, resolve_inside
-from auformer.model.checkpoint import checkpoint_paths, file_sha256
+from auformer.model.checkpoint import file_sha256
 
 if TYPE_CHECKING:
     from auformer.detect.detector import Detector
@@ -170,11 +170,10 @@ class Outputs:
 
 def run_identity(detector: Detector, openface: bool) -> dict:
     """What a ``--resume`` must share with the run it continues: the checkpoint's files (sha256), format and columns."""
-    weights, config = checkpoint_paths(detector.checkpoint)
     empty = detector.empty_table()  # the columns this checkpoint writes
     return {
         "checkpoint": str(detector.checkpoint),
-        "checkpoint_sha256": {path.name: file_sha256(path) for path in (weights, config)},
+        "checkpoint_sha256": {path.name: file_sha256(path) for path in detector.files},
         "format": "openface" if openface else "auformer",
         "columns": list((to_openface(empty) if openface else empty).columns),
     }

@@ -40,6 +40,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch._utils import _flatten_dense_tensors
 from torch.utils.checkpoint import checkpoint
 
 from auformer.model.moke import MoKEGroup, quick_gelu
@@ -164,9 +165,10 @@ class FusedMoKEGroup(MoKEGroup):
         """
         if not _may_cache():
             return self._build_fused_weights()
-        # One walk over the modules for parameters and buffers alike (parameters() + buffers() walk twice).
-        tensors = (t for module in self.modules() for t in (*module._parameters.values(), *module._buffers.values()))
-        values = torch.cat([t.reshape(-1) for t in tensors if t is not None])  # (P,)
+        # One walk over the modules for parameters and buffers alike (parameters() + buffers() walk twice),
+        # flattened in C++ (~240 tensors a group: a Python reshape each cost a fifth of the small model's forward).
+        tensors = [t for module in self.modules() for t in (*module._parameters.values(), *module._buffers.values())]
+        values = _flatten_dense_tensors([t for t in tensors if t is not None])  # (P,)
         key = (values.dtype, values.device, self.scale)
         if self._cache is not None and self._cache.key == key and torch.equal(self._cache.values, values):  # NaN: never
             return self._cache.weights

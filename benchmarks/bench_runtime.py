@@ -1,0 +1,67 @@
+"""CPU inference runtimes: PyTorch against ONNX Runtime fp32 and int8 (``export --quantize int8``), side by side.
+
+Each model is saved as a checkpoint, exported twice with `auformer.export.export_model`
+(fp32, int8; each checked against PyTorch there) and the three forwards run interleaved
+(`bench_overhead.forward_times`: one call of each in turn, medians of wall and CPU time),
+so load on a shared machine hits them alike. ONNX Runtime gets torch's thread count.
+
+- ``synthetic``: the default preset's model (packaged synthetic ViT, 64 px, 12 AUs);
+- ``vit_b``: AUFormer on ViT-B/16, 224 px, 12 AUs, random init (speed only).
+
+    python benchmarks/bench_runtime.py --batch 1 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import torch
+
+import auformer
+from auformer.config.presets import load_config
+from auformer.data.synthetic import SYNTHETIC_AUS
+from auformer.detect.runtime import OnnxRuntimeModel
+from auformer.engine.build import model_from_config
+from auformer.export import export_model
+from benchmarks.bench_overhead import forward_times, print_times
+
+
+def _models(name: str) -> tuple[torch.nn.Module, int]:
+    torch.manual_seed(0)
+    if name == "synthetic":
+        return model_from_config(load_config("synthetic"), list(SYNTHETIC_AUS), "synthetic").eval(), 64
+    return auformer.build_model(12, "vit_base_patch16_224", "random", aus=list(SYNTHETIC_AUS)).eval(), 224
+
+
+def compare(name: str, batches: list[int], iters: int) -> dict:
+    """``{batch: forward_times(...)}`` for ``torch``, ``onnx_fp32``, ``onnx_int8`` and ``vit``; the ``*_vs_vit``
+    ratios are to ``torch`` here."""
+    model, size = _models(name)
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = Path(tmp) / name
+        auformer.save_checkpoint(model, checkpoint)
+        sessions = {q: OnnxRuntimeModel(export_model(checkpoint, tmp, quantize=q)) for q in ("none", "int8")}
+        runners = {
+            "torch": model,
+            "onnx_fp32": sessions["none"],
+            "onnx_int8": sessions["int8"],
+            "vit": model.backbone,  # the plain ViT, for scale
+        }
+        return {batch: forward_times(runners, batch, size, iters, reference="torch") for batch in batches}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["synthetic", "vit_b"], choices=["synthetic", "vit_b"])
+    parser.add_argument("--batch", nargs="+", type=int, default=[1, 4])
+    parser.add_argument("--iters", type=int, default=10)
+    args = parser.parse_args()
+    for name in args.models:
+        for batch, times in compare(name, args.batch, args.iters).items():
+            print_times(times, f"{name} batch {batch} ", reference="torch")
+
+
+if __name__ == "__main__":
+    main()
