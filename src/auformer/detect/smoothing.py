@@ -76,11 +76,17 @@ class FaceSmoother:
         """
         if self.kind == "none":
             return table
+        rows = np.flatnonzero(table["success"].to_numpy() == 1)
+        values = table[columns].to_numpy(
+            dtype=np.float64, copy=True
+        )  # (rows, N); numpy, not per-cell pandas: this runs per frame
+        for row in rows:
+            values[row] = self.smooth(int(table["face"].iloc[row]), float(table["time_s"].iloc[row]), values[row])
         table = table.copy()
-        for index in table.index[table["success"] == 1]:
-            face_id, time_s = int(table.at[index, "face"]), float(table.at[index, "time_s"])
-            smoothed = self.smooth(face_id, time_s, table.loc[index, columns].to_numpy(dtype=np.float64))
-            table.loc[index, columns] = smoothed
-            if thresholds is not None:
-                table.loc[index, [column + "_c" for column in columns]] = (smoothed >= thresholds).astype(int)
+        table[columns] = values
+        if thresholds is not None:
+            occurrences = pd.DataFrame(values >= thresholds, columns=[column + "_c" for column in columns], dtype="Int64")
+            occurrences[np.isnan(values)] = pd.NA  # rows without a face
+            occurrences.index = table.index
+            table[occurrences.columns] = occurrences
         return table
