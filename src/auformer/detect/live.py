@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import threading
 import time
 from collections import deque
@@ -190,6 +191,9 @@ def run_live(args: argparse.Namespace) -> None:
     stats, stop = LiveStats(), threading.Event()
     ended, problem = "end of source", None
     frames = stream_frames(args.source, realtime=args.realtime)
+    if threading.current_thread() is threading.main_thread():  # a terminal closed or `kill`: stop as Ctrl-C does
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        signal.signal(signal.SIGHUP, signal.default_int_handler)
     with LiveView(args.source, detector) as view:
         try:
             for frame, captured, aligned in live_results(detector, frames, stop, args.realtime, stats):
