@@ -10,7 +10,7 @@ tracking (``--detect-every 5``: detect every 5th analysed frame, follow faces be
 without (``--detect-every 1``). The model is `bench_detect.py`'s small random-init ViT (speed
 does not depend on the weights). Reported per run, from the run's ``live.json``: analysed
 frames per second, p50/p95 latency from capture to result, dropped frames, and the process's
-peak memory. Goal (issue 20): >= 15 analysed fps and p95 <= 150 ms on a 2-core CPU.
+memory (RSS) after each run. Goal (issue 20): >= 15 analysed fps and p95 <= 150 ms on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
 from pathlib import Path
 
@@ -28,7 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
-from media import heads, write_video  # noqa: E402  (the test media, after sys.path)
+from media import heads  # noqa: E402  (the test media, after sys.path)
 
 FPS = 30.0
 SIZE = (640, 480)
@@ -37,15 +36,16 @@ SIZE = (640, 480)
 def write_clip(path: Path, seconds: float) -> Path:
     """The 640x480, 30 fps clip of the module docstring (MJPEG)."""
     astronaut, hopper = (cv2.resize(head, (200, 200), interpolation=cv2.INTER_AREA) for head in heads())
-    frames = []
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), FPS, SIZE)  # frame by frame: memory stays small
     for index in range(round(seconds * FPS)):
         frame = np.full((SIZE[1], SIZE[0], 3), 175, dtype=np.uint8)
         left = round(20 + 180 * (0.5 + 0.5 * np.sin(index / 45)))  # drifts 20-200 px and back every 9 s
         top = round(60 + 20 * np.sin(index / 13))
         frame[top : top + 200, left : left + 200] = astronaut
         frame[240:440, 420:620] = hopper
-        frames.append(frame)
-    return write_video(path, frames, fps=FPS)
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return path
 
 
 def run_one(clip: Path, checkpoint: Path, out: Path, detect_every: int) -> dict:
@@ -67,7 +67,7 @@ def run_one(clip: Path, checkpoint: Path, out: Path, detect_every: int) -> dict:
         "analysed": summary["analysed_frames"],
         "dropped": summary["dropped_frames"],
         "faces_per_frame": round(summary["faces"] / max(1, summary["analysed_frames"]), 2),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "rss_mb": round(int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20),
     }
 
 
@@ -76,30 +76,31 @@ def to_markdown(results: dict) -> str:
         f"`auformer live`, {results['clip']}, small model, torch threads {results['threads']}, "
         f"load average before {results['load_before']}, after {results['load_after']}",
         "",
-        "| run | analysed fps | p50 latency ms | p95 latency ms | captured | analysed | dropped | faces/frame | peak RSS MB |",
+        "| run | analysed fps | p50 latency ms | p95 latency ms | captured | analysed | dropped | faces/frame | RSS after MB |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in results["runs"].items():
         lines.append(
             f"| {name} | {row['analysed_fps']} | {row['p50_ms']} | {row['p95_ms']} | {row['captured']} | {row['analysed']} "
-            f"| {row['dropped']} | {row['faces_per_frame']} | {row['peak_rss_mb']} |"
+            f"| {row['dropped']} | {row['faces_per_frame']} | {row['rss_mb']} |"
         )
     return "\n".join(lines) + "\n"
 
 
-def run(out: Path, seconds: float = 20.0, threads: int = 1) -> dict:
+def run(out: Path, seconds: float = 20.0, threads: int | None = None) -> dict:
     """Write the clip and a small checkpoint to ``out``, time both runs, write ``bench_live.json`` and ``.md``."""
     import torch
 
     from benchmarks.bench_detect import _random_checkpoint
 
-    torch.set_num_threads(threads)
+    if threads is not None:
+        torch.set_num_threads(threads)
     out.mkdir(parents=True, exist_ok=True)
     clip = write_clip(out / "clip.avi", seconds)
     checkpoint = _random_checkpoint(out / "small", "synthetic")
     results = {
         "clip": f"{SIZE[0]}x{SIZE[1]} at {FPS:g} fps, {seconds:g} s, 2 faces, played in real time",
-        "threads": threads,
+        "threads": torch.get_num_threads(),
         "load_before": round(os.getloadavg()[0], 2),
         "runs": {},
     }
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for the clip, the runs and bench_live.json/.md")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of the replayed clip (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own, the core count)")
     args = parser.parse_args(argv)
     run(Path(args.out), args.seconds, args.threads)
     return 0
