@@ -117,3 +117,35 @@ def png_claiming(width: int, height: int) -> bytes:
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(1000))) + chunk(b"IEND", b"")
+
+
+def face_leaves_and_returns(count: int = 30, away: range = range(12, 17)) -> list[np.ndarray]:
+    """`two_faces_frames`: Grace Hopper still at the bottom right, the astronaut moving right 4 px a frame
+    along the top, out of the picture for the frames in ``away`` and back after them."""
+    return two_faces_frames([[None if index in away else (10 + 4 * index, 20), (240, 130)] for index in range(count)])[0]
+
+
+def serve_mjpeg(frames: list[np.ndarray], fps: float):
+    """A network camera on loopback: ``http://127.0.0.1:PORT/cam.mjpg`` streams ``frames`` as MJPEG at ``fps``,
+    then the connection closes (the camera is gone). Returns the running server (``shutdown()`` it) and the URL."""
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Camera(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+            self.end_headers()
+            for frame in frames:
+                jpeg = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))[1].tobytes()
+                self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpeg))
+                self.wfile.write(jpeg + b"\r\n")
+                time.sleep(1 / fps)
+
+        def log_message(self, *args) -> None:  # quiet
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Camera)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}/cam.mjpg"

@@ -23,6 +23,7 @@ from auformer.cli import (
     explain,
     export,
     info,
+    live,
     prepare,
     pretrain_synthetic,
     protocols,
@@ -38,6 +39,7 @@ from auformer.errors import AUFormerError, environment_problem, one_line
 COMMANDS = (
     info,
     detect,
+    live,
     export,
     prepare,
     train,

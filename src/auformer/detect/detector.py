@@ -60,6 +60,26 @@ def parse_thresholds(values: Iterable[str] | None) -> float | dict[str, float] |
     return thresholds
 
 
+def frame_rows(frame: Frame, aligned: list[AlignedFace]) -> list[dict]:
+    """The face columns of one frame's rows: one per face, or one ``success=0`` row without a face."""
+    base = {"input": frame.input, "frame": frame.index, "time_s": round(frame.time_s, 4)}
+    if not aligned:
+        return [{**base, "success": 0}]
+    return [
+        {
+            **base,
+            "face": face.face.face_id,
+            "x": face.face.box[0],
+            "y": face.face.box[1],
+            "w": face.face.box[2],
+            "h": face.face.box[3],
+            "face_score": face.face.score,
+            "success": 1,
+        }
+        for face in aligned
+    ]
+
+
 class Detector:
     """AU detection on photos and videos with an AUFormer checkpoint.
 
@@ -213,23 +233,7 @@ class Detector:
         stopped = None
         try:
             for frame, aligned, images in in_background(self._find_faces(in_background(frames), carried, next_face_id)):
-                base = {"input": frame.input, "frame": frame.index, "time_s": round(frame.time_s, 4)}
-                if not aligned:
-                    rows.append({**base, "success": 0})
-                for face in aligned:
-                    x, y, w, h = face.face.box
-                    rows.append(
-                        {
-                            **base,
-                            "face": face.face.face_id,
-                            "x": x,
-                            "y": y,
-                            "w": w,
-                            "h": h,
-                            "face_score": face.face.score,
-                            "success": 1,
-                        }
-                    )
+                rows += frame_rows(frame, aligned)
                 faces.extend(aligned)
                 inputs.append(images)
                 if len(rows) >= self.batch_size:  # rows, not faces: a long stretch without faces is written too
@@ -241,6 +245,10 @@ class Detector:
             yield self._table(rows, faces, inputs), faces
         if stopped is not None:
             raise stopped
+
+    def frame_table(self, frame: Frame, aligned: list[AlignedFace]) -> pd.DataFrame:
+        """The result table of one frame and its aligned faces, at once (``auformer live``: no batching)."""
+        return self._table(frame_rows(frame, aligned), aligned, [self._inputs([face.crop for face in aligned])])
 
     def empty_table(self) -> pd.DataFrame:
         """A result table with no rows: the columns this checkpoint writes."""

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from auformer.data.images import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, open_video, read_rgb
+from auformer.data.images import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, check_size, open_video, read_rgb
 from auformer.errors import AUFormerError
 
 PREFETCH = 16  # frames each pipeline stage may run ahead of the next (16 decoded 1080p frames: 100 MB)
@@ -142,6 +144,77 @@ def expand_inputs(
             else:
                 ignored += 1
     return images, videos, ignored
+
+
+STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https")  # network sources `open_stream` accepts
+LOST_AFTER_S = 2.0  # a camera or stream that gives no frame for this long is lost
+
+
+class SourceLost(AUFormerError):
+    """A camera or stream stopped giving frames mid-way (unplugged, closed, network gone)."""
+
+
+def open_stream(source: str) -> tuple[cv2.VideoCapture, bool]:
+    """An opened capture of a camera (``0``, ``/dev/video0``), a network stream (``rtsp://``, ``http://``...)
+    or a video file, and whether it is live (a camera or stream) rather than a file."""
+    if source.isdigit() or re.fullmatch(r"/dev/video\d+", source):
+        capture = cv2.VideoCapture(int(source) if source.isdigit() else source, cv2.CAP_V4L2)
+        what = f"camera {source}"
+    elif re.match(r"[a-z][a-z0-9+.-]*://", source, re.IGNORECASE):
+        if source.split("://")[0].lower() not in STREAM_SCHEMES:
+            raise AUFormerError(f"{source}: unsupported stream address (use {', '.join(STREAM_SCHEMES)}, a camera or a file)")
+        capture = cv2.VideoCapture(source, cv2.CAP_FFMPEG)
+        what = f"stream {source}"
+    else:
+        return open_video(source), False  # the image gate's checks; a missing file is FileNotFoundError
+    if not capture.isOpened():
+        capture.release()
+        raise AUFormerError(f"cannot open {what}: no such device or address, no permission, or in use by another program")
+    return capture, True
+
+
+def stream_frames(source: str, realtime: bool = True, lost_after: float = LOST_AFTER_S) -> Iterator[Frame]:
+    """Frames of a camera, stream or video file as they come, numbered from 0.
+
+    A file plays at its own frame rate when ``realtime`` (a recorded clip standing in for a
+    camera), else as fast as it is read; its ``time_s`` is its own clock, a live source's the
+    seconds since it opened. A live source that gives no frame for ``lost_after`` seconds
+    raises `SourceLost` after the frames it gave; a file that stops before its frame count,
+    an `AUFormerError`.
+    """
+    capture, live = open_stream(source)  # now, not at the first frame: a source that cannot open fails here
+    return _read_stream(source, capture, live, realtime, lost_after)
+
+
+def _read_stream(source: str, capture: cv2.VideoCapture, live: bool, realtime: bool, lost_after: float) -> Iterator[Frame]:
+    fps, total = capture.get(cv2.CAP_PROP_FPS), int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    started = last_frame = time.perf_counter()
+    index = 0
+    try:
+        while True:
+            ok, image_bgr = capture.read()
+            now = time.perf_counter()
+            if not ok:
+                if not live:
+                    break
+                if now - last_frame > lost_after:
+                    raise SourceLost(
+                        f"{source}: lost after frame {index - 1} (no frame for {lost_after:g} s: unplugged, closed or gone)"
+                    )
+                time.sleep(0.05)
+                continue
+            if index == 0:
+                check_size(source, image_bgr.shape[1], image_bgr.shape[0])  # a stream's size is known only now
+            last_frame = now
+            time_s = index / fps if not live else now - started
+            if not live and realtime:
+                time.sleep(max(0.0, started + time_s - now))  # play at the file's own rate
+            yield Frame(source, index, time_s, cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB))
+            index += 1
+    finally:
+        capture.release()
+    if index < total:
+        raise AUFormerError(f"{source}: decoding stopped at frame {index} of {total} (truncated or corrupt video)")
 
 
 def in_background(items: Iterable, depth: int = PREFETCH) -> Iterator:
