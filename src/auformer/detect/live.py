@@ -181,9 +181,10 @@ def run_live(args: argparse.Namespace) -> None:
         args.checkpoint,
         face_detector=args.face_detector,
         device=args.device,
-        threshold=parse_thresholds(args.threshold or ["0.5"]),
+        threshold=parse_thresholds(args.threshold),
         backbone_weights=args.backbone_weights,
         detect_every=args.detect_every,
+        runtime=args.runtime,
     )
     if detector.synthetic:
         print(SYNTHETIC_WARNING)
