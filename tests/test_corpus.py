@@ -45,7 +45,9 @@ def corpus(tmp_path_factory) -> tuple[Path, Path]:
 def detect(*args: str, ranks: int = 1, script: Path | None = None) -> subprocess.CompletedProcess:
     entry = [str(script)] if script is not None else ["-m", "auformer"]
     launch = TORCHRUN if ranks > 1 else [sys.executable]
-    return subprocess.run([*launch, *entry, "detect", *args, "--batch-size", "2"], env=ENV, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [*launch, *entry, "detect", *args, "--batch-size", "2"], env=ENV, capture_output=True, text=True, timeout=300
+    )
 
 
 def rows_of(out: Path, corpus_mode: bool) -> pd.DataFrame:
@@ -111,7 +113,10 @@ def test_killed_rank_then_resume_gives_every_frame_once(corpus, tmp_path):
     assert killed.returncode != 0
     cut = rows_of(tmp_path / "run", True) if list((tmp_path / "run" / "csv").glob("*.csv")) else pd.DataFrame()
     assert len(list((tmp_path / "run" / "done").glob("*.json"))) < 5  # some input was left unfinished
-    assert detect(*args, ranks=2).returncode != 0  # a folder holding results is refused without --resume
+    again = folder / "again.txt"
+    again.write_text("hopper.png\n")
+    refused = ["detect", "--list", str(again), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "run")]
+    assert main(refused) == 2  # a folder holding results is refused without --resume (or --overwrite)
     resumed = detect(*args, "--resume", ranks=2)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
@@ -124,7 +129,9 @@ def test_killed_rank_then_resume_gives_every_frame_once(corpus, tmp_path):
     }  # fmt: skip
     summary = json.loads((tmp_path / "run" / "detect.json").read_text())
     assert summary["frames"] == len(frames) == 22 and summary["inputs_done"] == 5
-    print(f"frames after the kill: {len(cut.drop_duplicates(['input', 'frame'])) if len(cut) else 0}; after --resume: {len(frames)}")
+    print(
+        f"frames after the kill: {len(cut.drop_duplicates(['input', 'frame'])) if len(cut) else 0}; after --resume: {len(frames)}"
+    )
 
 
 def test_list_csv_ids_name_the_outputs(corpus, tmp_path):
