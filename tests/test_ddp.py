@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -89,3 +90,56 @@ def test_nan_on_one_rank_stops_every_rank_with_the_same_message(tmp_path):
     assert "training loss is nan at step 3 (epoch 1, batch 3) on rank 1 of 2; stopped" in errors["0"][0]
     assert not any("Traceback" in text for text in stderr.values()), stderr  # no rank crashed in a collective
     assert run.stderr.count("exitcode  : 2") == 2  # both ranks ended with the CLI's exit 2; none was killed
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_nodes_match_one_node_with_two_processes(tmp_path):
+    # Two "nodes" on loopback: two torchrun launches joined by c10d rendezvous, 1 gloo process each,
+    # beside one torchrun launch of 2 processes (the test above ties that one to a single process).
+    preset = write_tiny_preset(
+        tmp_path / "tiny.yaml", train={"epochs": 2, "checkpoint_every": 100}, loss={"wdi_reduction": "sample"}
+    )
+    one_node, two_nodes = tmp_path / "one_node", tmp_path / "two_nodes"
+    train = ["-m", "auformer", "train", "--preset", preset]
+    single = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                               *train, "--out", str(one_node)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    rendezvous = ["--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-id", "two-nodes",
+                  "--rdzv-endpoint", f"127.0.0.1:{_free_port()}"]  # fmt: skip
+    nodes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                *rendezvous,
+                "--node-rank",
+                str(node),
+                *train,
+                "--out",
+                str(two_nodes),
+            ],
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for node in (0, 1)
+    ]
+    for process in (single, *nodes):
+        out, err = process.communicate(timeout=400)
+        assert process.returncode == 0, err[-3000:]
+    expected, got = (json.loads((run / "metrics.json").read_text()) for run in (one_node, two_nodes))
+    print(f"one node, 2 processes: mean_f1 {expected['mean_f1']:.4f}; two nodes, 1 process each: {got['mean_f1']:.4f}")
+    assert got["mean_f1"] == pytest.approx(expected["mean_f1"], abs=1e-4)
+    np.testing.assert_allclose(
+        pd.read_csv(two_nodes / "metrics.csv")["train_loss"], pd.read_csv(one_node / "metrics.csv")["train_loss"], rtol=1e-4
+    )
+    a, b = pd.read_csv(one_node / "predictions.csv"), pd.read_csv(two_nodes / "predictions.csv")
+    assert b["image"].tolist() == a["image"].tolist()
+    np.testing.assert_allclose(b.filter(like="_prob").to_numpy(), a.filter(like="_prob").to_numpy(), atol=1e-4)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from auformer.cli.flags import HUB_CHECKPOINT_HELP, add_choice, add_detector_flags, add_every, path_arg
 
@@ -17,11 +18,25 @@ def add(sub: argparse._SubParsersAction) -> None:
         "other are refused as bad inputs; an animated image is read as its first frame.",
     )
     parser.add_argument(
-        "inputs", nargs="+", metavar="INPUT", type=path_arg, help="image files, video files or folders (searched recursively)"
+        "inputs", nargs="*", metavar="INPUT", type=path_arg, help="image files, video files or folders (searched recursively)"
     )
-    parser.add_argument("--checkpoint", required=True, metavar="CKPT", type=path_arg, help=HUB_CHECKPOINT_HELP)
+    parser.add_argument("--checkpoint", metavar="CKPT", type=path_arg, help=HUB_CHECKPOINT_HELP + " (required)")
     parser.add_argument(
-        "--out", required=True, metavar="DIR", type=path_arg, help="folder for the CSV files (and plots/ with --plot)"
+        "--out", metavar="DIR", type=path_arg, help="folder for the CSV files (and plots/ with --plot) (required)"
+    )
+    parser.add_argument(
+        "--list",
+        metavar="FILE",
+        type=path_arg,
+        help="corpus mode: inputs listed in FILE, one path per line, or a .csv with a 'path' and an optional 'id' column "
+        "(outputs named by id); paths relative to FILE's folder. Writes OUT/csv/<input>.csv and OUT/done/<input>.json "
+        "per input; under torchrun the inputs are split between all ranks (docs/detect.md)",
+    )
+    parser.add_argument(
+        "--merge",
+        metavar="DIR",
+        type=path_arg,
+        help="join the finished per-input CSVs of a corpus run in DIR into DIR/detect.parquet (needs auformer[parquet])",
     )
     add_every(parser)
     parser.add_argument("--start", type=float, default=None, metavar="S", help="video start time in seconds (default: beginning)")
@@ -68,6 +83,32 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from auformer.detect import run_detect
+    """Plain detect in one process; corpus mode with --list or under torchrun (WORLD_SIZE > 1); or --merge."""
+    from auformer.detect import detect_corpus, merge, run_detect
+    from auformer.detect.runner import detector_options
+    from auformer.errors import AUFormerError
 
-    run_detect(args)
+    if args.merge is not None:
+        merge(args.merge)
+        return
+    if args.checkpoint is None or args.out is None or not (args.inputs or args.list):
+        raise AUFormerError("detect needs INPUT... (or --list FILE), --checkpoint and --out (or only --merge DIR)")
+    if args.list is None and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        run_detect(args)
+        return
+    if args.plot:
+        raise AUFormerError("--plot is not available with --list or torchrun (one process over a few inputs has it)")
+    detect_corpus(
+        args.out,
+        args.checkpoint,
+        args.inputs,
+        args.list,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        skip_bad=args.skip_bad,
+        every=args.every,
+        start=args.start,
+        end=args.end,
+        format=args.format,
+        **detector_options(args),
+    )

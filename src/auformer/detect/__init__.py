@@ -7,6 +7,7 @@ builds the result table, `auformer.detect.writers` writes CSVs that a killed run
 other commands import.
 """
 
+from auformer.detect.corpus import detect_corpus, merge
 from auformer.detect.detector import Detector, parse_thresholds
 from auformer.detect.runner import run_detect
 from auformer.detect.sources import (
@@ -23,8 +24,10 @@ __all__ = [
     "Detector",
     "Frame",
     "count_video_frames",
+    "detect_corpus",
     "expand_inputs",
     "in_background",
+    "merge",
     "parse_thresholds",
     "read_image",
     "run_detect",

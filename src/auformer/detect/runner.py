@@ -35,7 +35,7 @@ from auformer.files import atomic_write_text, check_apart
 
 
 @dataclass
-class _Counts:
+class Counts:
     frames: int = 0
     faces: int = 0
     frames_without_face: int = 0
@@ -51,12 +51,12 @@ class _Counts:
         self.skipped.append(str(error))
 
 
-def _run(
+def write_results(
     detector: Detector,
     frames: Iterable[Frame],
     writer: CsvWriter,
     progress: tqdm,
-    counts: _Counts,
+    counts: Counts,
     plot_prefix: Mapping[str, Path] | None,
     carried: tuple[list[Face], int] = ([], 0),
 ) -> None:
@@ -86,6 +86,20 @@ def _run(
             )
 
 
+def detector_options(args: argparse.Namespace) -> dict:
+    """`Detector` keyword arguments from ``auformer detect``'s flags (one process or a corpus run alike)."""
+    return {
+        "face_detector": args.face_detector,
+        "device": args.device,
+        "batch_size": args.batch_size,
+        "threshold": parse_thresholds(args.threshold),  # None: the checkpoint's tuned thresholds, else 0.5
+        "backbone_weights": args.backbone_weights,
+        "detect_every": args.detect_every,
+        "amp": args.amp,
+        "runtime": args.runtime,
+    }
+
+
 def run_detect(args: argparse.Namespace) -> None:
     """``auformer detect``: photos into ``OUT/images.csv``, each video into ``OUT/<video>.csv``.
 
@@ -109,17 +123,7 @@ def run_detect(args: argparse.Namespace) -> None:
             f"{', ...' if len(previous) > 3 else ''}): pass --resume to continue that run, --overwrite to replace it, "
             "or choose another --out"
         )
-    detector = Detector(
-        args.checkpoint,
-        face_detector=args.face_detector,
-        device=args.device,
-        batch_size=args.batch_size,
-        threshold=parse_thresholds(args.threshold),
-        backbone_weights=args.backbone_weights,
-        detect_every=args.detect_every,
-        amp=args.amp,
-        runtime=args.runtime,
-    )
+    detector = Detector(args.checkpoint, **detector_options(args))
     if detector.synthetic:
         print(SYNTHETIC_WARNING)
     openface = args.format == "openface"
@@ -134,7 +138,7 @@ def run_detect(args: argparse.Namespace) -> None:
             folder.mkdir(parents=True, exist_ok=True)
     csv_names = [path.name for path in outputs.csv_files[0 if images else 1 :]]
     atomic_write_text(out / SUMMARY_NAME, json.dumps({**identity, "finished": False, "csv": csv_names}, indent=2) + "\n")
-    counts = _Counts()
+    counts = Counts()
     written: list[Path] = []
     if images:
         writer = CsvWriter(out / IMAGES_CSV, openface, args.resume)
@@ -146,7 +150,7 @@ def run_detect(args: argparse.Namespace) -> None:
                 progress.update(1)
 
             frames = image_frames(todo, skip)
-            _run(detector, frames, writer, progress, counts, outputs.plot_prefix)
+            write_results(detector, frames, writer, progress, counts, outputs.plot_prefix)
         written.append(writer.path)
     for video, csv_path in outputs.video_csv.items():
         writer = CsvWriter(csv_path, openface, args.resume)
@@ -159,7 +163,7 @@ def run_detect(args: argparse.Namespace) -> None:
         with tqdm(total=total, desc=video.name, unit="frame") as progress:
             try:
                 frames = video_frames(video, args.every, args.start, args.end, after)
-                _run(detector, frames, writer, progress, counts, None, carried)
+                write_results(detector, frames, writer, progress, counts, None, carried)
             except (AUFormerError, FileNotFoundError) as error:
                 counts.skip(error, progress, args.skip_bad)
                 if not writer.path.is_file():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import numpy as np
 import torch
@@ -36,11 +37,13 @@ class DistInfo:
         return self.world_size > 1
 
 
-def setup(device: str = "auto") -> DistInfo:
+def setup(device: str = "auto", timeout: timedelta | None = None) -> DistInfo:
     """Join the torchrun process group if launched by torchrun, and pick this process's device.
 
     ``device``: ``auto`` (CUDA when available), ``cpu`` or ``cuda``. Backend: NCCL on
-    CUDA, gloo on CPU. Calling it again in the same process reuses the group.
+    CUDA, gloo on CPU. Calling it again in the same process reuses the group. ``timeout``: how long
+    a collective waits for the slowest rank (torch's default when None; `auformer detect` waits
+    for the last rank to finish its share).
     """
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if device == "cuda" and not torch.cuda.is_available():
@@ -52,7 +55,7 @@ def setup(device: str = "auto") -> DistInfo:
     if use_cuda:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=timeout)
         atexit.register(teardown)  # leave the group cleanly when the command ends
     return DistInfo(dist.get_rank(), world_size, torch.device("cuda", local_rank) if use_cuda else torch.device("cpu"))
 
