@@ -16,7 +16,7 @@ DEFAULT_FACE_DETECTOR = "auto"  # auformer.faces.DEFAULT_DETECTOR, tested equal:
 # `auformer.model.petl.METHODS` (kept here so --help needs no torch import).
 METHODS = ("auformer", "full-finetune", "linear", "adapter", "adaptformer", "lora", "vpt", "convpass")
 
-CHECKPOINT_HELP = "AUFormer checkpoint (PATH, PATH.safetensors or PATH.json)"
+CHECKPOINT_HELP = "AUFormer checkpoint (PATH, PATH.safetensors, PATH.json, or a run folder for its best)"
 HUB_CHECKPOINT_HELP = f"{CHECKPOINT_HELP} or Hugging Face Hub repo id user/name[@revision]"
 DATA_HELP = "prepared dataset folder (manifest.csv + folds.json, see `auformer prepare`); required by real-data presets"
 
