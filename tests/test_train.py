@@ -160,3 +160,18 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
     assert main(["train", "--preset", "bp4d", "--out", str(tmp_path)]) == 2
     assert main(["train", "--resume", str(tmp_path / "nothing")]) == 2
     assert "config.yaml does not exist" in capsys.readouterr().err
+
+
+def test_default_preset_is_said_and_refused_for_a_folder_of_real_faces(tmp_path, capsys):
+    from auformer.cli.flags import implied_preset
+
+    real = tmp_path / "my_faces"
+    real.mkdir()
+    assert main(["train", "--data", str(real), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --data {real} holds no synthetic.json") and "--preset bp4d" in err
+    assert not (tmp_path / "run").exists()
+    (real / "synthetic.json").write_text("{}")  # what `auformer synth` writes: the toy preset fits
+    assert implied_preset("synthetic", str(real)) == "synthetic"
+    assert implied_preset("bp4d-to-disfa", str(tmp_path)) == "bp4d-to-disfa"  # only the synthetic preset is refused
+    assert capsys.readouterr().out.count("preset: ") == 2
