@@ -37,8 +37,11 @@ def video(tmp_path_factory) -> Path:
 
 def test_detect_matches_model_on_aligned_crop(checkpoint):
     detector = Detector(checkpoint)
-    table = detector.detect(data.astronaut())
+    with pytest.warns(UserWarning, match="trained on synthetic faces") as said:
+        table = detector.detect(data.astronaut())
     assert len(table) == 1 and table.loc[0, "success"] == 1 and detector.synthetic
+    detector.detect(data.astronaut())  # once per Detector, as the CLI says it once
+    assert len(said) == 1
     crop = align_faces(data.astronaut(), get_detector())[0].crop  # the default detector, as Detector uses
     model = auformer.load_checkpoint(checkpoint).eval()
     transform = build_transform(False, 32, model.data_config["mean"], model.data_config["std"])

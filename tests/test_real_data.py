@@ -100,6 +100,18 @@ def test_random_backbone_is_named_and_warned_about(capsys):
         build_model(2, "vit_tiny_patch16_224", None, img_size=32, backbone_kwargs=TINY_KWARGS)
 
 
+def test_python_api_message_names_the_keyword_and_no_setting_already_made(tmp_path, monkeypatch):
+    from auformer.model.weights import hub_weights
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(FileNotFoundError) as offline:
+        hub_weights(BP4D_TAG)  # what build_model(backbone_weights="hub") calls
+    message = str(offline.value)
+    assert "pass backbone_weights=PATH (CLI: --set model.backbone_weights=PATH)" in message
+    assert message.endswith("or fill the Hugging Face cache")  # HF_HUB_OFFLINE=1 is set already: not suggested
+
+
 def test_weights_download_offline_fails_in_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     assert main(["weights", "download", BP4D_TAG, "--out", str(tmp_path)]) == 2

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -107,6 +108,7 @@ class Detector:
         )
         weights = backbone_weights or self.model.config.get("backbone_weights")
         self.synthetic = meta.get("extra", {}).get("dataset") == "synthetic" or weights == "synthetic"
+        self.synthetic_warned = not self.synthetic  # `auformer detect` prints the warning its own way and sets this
 
     def _resolve_thresholds(self, threshold: float | Mapping[str | int, float]) -> np.ndarray:
         if not isinstance(threshold, Mapping):
@@ -178,6 +180,9 @@ class Detector:
         the network runs on the previous batch (`auformer.detect.sources.in_background`). A stream that fails mid-way (:class:`AUFormerError`)
         first gets the frames before the failure analysed and yielded, then the error is raised.
         """
+        if not self.synthetic_warned:  # Python callers get the CLI's warning too, once per Detector
+            warnings.warn(SYNTHETIC_WARNING.removeprefix("warning: "), UserWarning, stacklevel=2)
+            self.synthetic_warned = True
         rows: list[dict] = []
         faces: list[AlignedFace] = []
         inputs: list[torch.Tensor] = []

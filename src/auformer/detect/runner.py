@@ -121,6 +121,7 @@ def run_detect(args: argparse.Namespace) -> None:
     )
     if detector.synthetic:
         print(SYNTHETIC_WARNING)
+        detector.synthetic_warned = True  # said here and at the end, not again as a Python warning
     openface = args.format == "openface"
     identity = run_identity(detector, openface)
     if args.resume:
