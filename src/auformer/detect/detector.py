@@ -31,9 +31,11 @@ from auformer.detect.pipeline import FacePipeline
 from auformer.detect.sources import Frame, FrameSource, in_background, read_image, video_frames
 from auformer.errors import AUFormerError
 from auformer.faces import DEFAULT_DETECTOR, AlignedFace, Face, get_detector
+from auformer.faces.pose import POSE_COLUMNS, head_pose
 from auformer.model.checkpoint import open_checkpoint
 
 FACE_COLUMNS = ["input", "frame", "time_s", "face", "x", "y", "w", "h", "face_score", "success"]
+LANDMARK_COLUMNS = [f"x_{i}" for i in range(68)] + [f"y_{i}" for i in range(68)]  # OpenFace's 2D landmark names
 INTENSITY_SUFFIX = "_r"  # AU12_r: intensity 0-5, as OpenFace names it
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16}  # --amp: autocast dtype of the model's forward
 SYNTHETIC_WARNING = (
@@ -78,7 +80,11 @@ class Detector:
         backbone_weights: str | None = None,
         detect_every: int = 5,
         amp: str = "none",
+        landmarks: bool = False,
+        pose: bool = False,
     ) -> None:
+        """``landmarks``: add the 68 points as ``x_0..x_67``, ``y_0..y_67`` (OpenFace's names); ``pose``: add
+        ``pose_Rx/Ry/Rz`` (radians, `auformer.faces.pose`). Both stay empty for box-only detectors (haar, none)."""
         if batch_size < 1:
             raise AUFormerError(f"batch_size must be a positive integer, got {batch_size}")
         if detect_every < 1:
@@ -98,6 +104,8 @@ class Detector:
         self.occurrence = self.model.head is not None  # AU01 probabilities and AU01_c occurrences
         self.intensity = self.model.intensity is not None  # AU01_r intensities, 0-5
         self.thresholds = self._resolve_thresholds(threshold)  # (N,)
+        self.landmarks, self.pose = landmarks, pose
+        self.face_columns = FACE_COLUMNS + LANDMARK_COLUMNS * landmarks + POSE_COLUMNS * pose
         self.face_detector = get_detector(face_detector)
         self.pipeline = FacePipeline(self.face_detector, detect_every)
         data_config = self.model.data_config
@@ -204,6 +212,7 @@ class Detector:
                             "h": h,
                             "face_score": face.face.score,
                             "success": 1,
+                            **self._shape_values(face.face, frame.image.shape[:2]),
                         }
                     )
                 faces.extend(aligned)
@@ -218,6 +227,17 @@ class Detector:
         if stopped is not None:
             raise stopped
 
+    def _shape_values(self, face: Face, image_size: tuple[int, int]) -> dict[str, float]:
+        """The face's landmark and pose columns, as asked for (none without a 68-point shape)."""
+        if face.shape is None:
+            return {}
+        values = {}
+        if self.landmarks:
+            values.update(zip(LANDMARK_COLUMNS, np.concatenate([face.shape[:, 0], face.shape[:, 1]]).tolist()))
+        if self.pose:
+            values.update(zip(POSE_COLUMNS, head_pose(face.shape, image_size)))
+        return values
+
     def empty_table(self) -> pd.DataFrame:
         """A result table with no rows: the columns this checkpoint writes."""
         return self._table([], [], [])
@@ -225,7 +245,7 @@ class Detector:
     def _table(self, rows: list[dict], faces: list[AlignedFace], inputs: list[torch.Tensor]) -> pd.DataFrame:
         """Rows plus the model's probabilities (``AU01``), occurrences (``AU01_c``) and intensities (``AU01_r``)
         for the face rows, as the checkpoint has them."""
-        table = pd.DataFrame(rows).reindex(columns=FACE_COLUMNS)
+        table = pd.DataFrame(rows).reindex(columns=self.face_columns)
         table = table.astype({"frame": "int64", "face": "Int64", "success": "int64"})
         found = table["success"].to_numpy() == 1
         images = torch.cat([batch for batch in inputs if len(batch)]) if faces else torch.zeros(0)  # (F, 3, S, S)
