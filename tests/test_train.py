@@ -76,7 +76,9 @@ def test_predictions_csv_rescores_to_metrics_json(tiny_run):
     run_dir, metrics = tiny_run
     frame = pd.read_csv(run_dir / "predictions.csv")
     aus = list(metrics["per_au"])
-    rescored = au_metrics(frame[[f"{au}_prob" for au in aus]].to_numpy(), frame[aus].to_numpy(), [int(a[2:]) for a in aus])
+    labels = frame[[f"{au}_label" for au in aus]].to_numpy()
+    rescored = au_metrics(frame[[f"{au}_prob" for au in aus]].to_numpy(), labels, [int(a[2:]) for a in aus])
+    assert not set(aus) & set(frame.columns)  # no bare AU01: a label here, a probability in a detect CSV
     assert rescored["mean_f1"] == pytest.approx(metrics["mean_f1"], abs=1e-6)
     assert frame["subject"].nunique() == 4  # fold 0 of 12 subjects dealt into 3 folds
 
@@ -122,7 +124,7 @@ def test_adapters_on_a_frozen_random_vit_learn_an_easy_task_far_above_chance(tmp
     groups = [({id(p) for p in group["params"]}, group["initial_lr"]) for group in recipe.optimizer.param_groups]
     assert groups == [(groups[0][0], 3e-3), (heads, 6e-3)]  # experts at train.lr, heads at train.head_lr
     metrics = recipe.train()
-    labels = pd.read_csv(tmp_path / "run" / "predictions.csv")[["AU01", "AU02"]].to_numpy()
+    labels = pd.read_csv(tmp_path / "run" / "predictions.csv")[["AU01_label", "AU02_label"]].to_numpy()
     chance = au_metrics(np.ones_like(labels, dtype=float), labels, [1, 2])["mean_f1"]  # always "present": ~0.67
     assert metrics["mean_f1"] > max(0.8, chance + 0.1)
 

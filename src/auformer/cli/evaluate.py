@@ -52,6 +52,13 @@ def add(sub: argparse._SubParsersAction) -> None:
         type=path_arg,
         help="folder the list's image paths are relative to (default: .)",
     )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        metavar="B",
+        help="images per model batch (default: the config's train.batch_size; same as --set train.batch_size=B)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -65,6 +72,8 @@ def run(args: argparse.Namespace) -> None:
     if args.preset is None:
         run_yaml = resolve_checkpoint(args.checkpoint).parent / "config.yaml"
         args.preset = str(run_yaml) if run_yaml.is_file() else DEFAULT_PRESET
+    if args.batch_size is not None:
+        args.overrides.append(f"train.batch_size={args.batch_size}")
     if args.out is None:
         args.out = f"runs/evaluate-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
     config, out = run_config(args, fold=args.fold, target_root=args.target)
