@@ -135,7 +135,7 @@ def test_readme_python_snippets_run(readme_folder):
 
     snippets = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
     assert len(snippets) >= 3
-    assert main(["export", "runs/bp4d/best", "--format", "onnx", "--out", "model.onnx"]) == 0  # for the ONNX snippet
+    assert main(["export", "runs/bp4d/best", "--out", "export"]) == 0  # what the ONNX snippet runs
     namespace = {"images": torch.zeros(2, 3, 224, 224), "np": np}
     for snippet in snippets:
         exec(compile(snippet, "README.md", "exec"), namespace)  # noqa: S102 - the project's own README
