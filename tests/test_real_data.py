@@ -219,6 +219,8 @@ def test_dry_run_lists_every_problem_then_fails_in_one_line(fake_bp4d, tmp_path,
     print(captured.out)
     assert captured.out.count("PROBLEM") == 1 + 3  # the weights, and AU24 in each test fold
     assert "no positive of AU24 in the test split" in captured.out
+    assert "the real run would go ahead, but the F1 of AU24 would say nothing: leave them out with " \
+        "--set data.aus=[1,2,4,6,7,10,12,14,15,17,23]" in captured.out  # fmt: skip
     assert "rate0.1%/fold2" in captured.out
     assert captured.err.startswith("error: dry run found 4 problem(s); first: weights: backbone weights for timm tag")
     assert json.loads((fake_bp4d / "folds.json").read_text())  # the source tree is untouched
