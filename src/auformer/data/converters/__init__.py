@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -257,7 +257,7 @@ def run_prepare(
     out_dir: str | Path,
     sources: list[Source],
     aus: Sequence[int],
-    folds: list[list[str]],
+    folds: list[list[str]] | Callable[[list[str]], list[list[str]]],
     align: str = "auto",
     detector: str | FaceDetector | None = None,
     size: int = 256,
@@ -274,6 +274,8 @@ def run_prepare(
     most as many as memory allows for the largest allowed image (:func:`memory_workers`).
     ``out_dir`` must lie apart from ``raw_dir`` and the other ``inputs`` (a label file).
     Two frames that would write one crop (``dup.png`` and ``dup.jpg``) get distinct names.
+    ``folds``: a protocol's fixed folds, or a function dealing the subjects of the written
+    frames into folds (your own data: a subject whose every frame failed is in no fold).
     """
     if align not in ALIGN_MODES:
         raise AUFormerError(f"align must be one of {', '.join(ALIGN_MODES)}, got {align!r}")
@@ -312,6 +314,8 @@ def run_prepare(
         intensity = np.stack([unknown if frame.intensity is None else frame.intensity for frame in written])  # (M, N)
         report.intensity_known = dict(zip(au_columns(aus), (intensity >= 0).sum(axis=0).tolist()))
     subjects = [frame.subject for frame in written]
+    if callable(folds):
+        folds = folds(subjects)
     report.subjects_in_no_fold = sorted(set(subjects) - {s for fold in folds for s in fold})
     table = AUTable(out_dir, [frame.out_image for frame in written], subjects, labels, list(aus), intensity)
     write_manifest(table, out_dir)

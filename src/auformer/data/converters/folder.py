@@ -202,7 +202,11 @@ def prepare_folder(
     if rows.empty:
         raise AUFormerError(f"{labels_csv}: no usable label rows ({len(bad_rows)} bad; first: {bad_rows[:1]})")
     sources = collect_folder(input_dir, rows, Path(labels_csv).name, bad_rows)
-    subject_folds = subject_kfold(rows["subject"].tolist(), folds)
+    subject_kfold(rows["subject"].tolist(), folds)  # a bad --folds is refused before any conversion
+
+    def subject_folds(written_subjects: list[str]) -> list[list[str]]:
+        return subject_kfold(written_subjects, folds)  # subjects with no written image are in no fold
+
     return run_prepare(
         "folder", input_dir, out_dir, sources, aus, subject_folds, bad_rows=bad_rows, inputs=[labels_csv], **options
     )
