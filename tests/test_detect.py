@@ -139,3 +139,16 @@ def test_cli_detect_folder_with_video_and_corrupt_file(checkpoint, video, tmp_pa
 def test_missing_input_fails_before_work(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing.png"):
         expand_inputs([tmp_path / "nothing.png"])
+
+
+def test_iter_results_takes_numpy_frames_as_one_stream(checkpoint):
+    """Arrays alone are frames 0, 1, ... of one "<array>" input; they give what Frame objects give."""
+    from auformer.detect.sources import Frame
+
+    image = data.astronaut()
+    detector = Detector(checkpoint, detect_every=1)
+    from_arrays = pd.concat([table for table, _ in detector.iter_results([image, image])], ignore_index=True)
+    frames = [Frame("<array>", index, index / 10, image) for index in range(2)]
+    from_frames = pd.concat([table for table, _ in detector.iter_results(frames)], ignore_index=True)
+    pd.testing.assert_frame_equal(from_arrays, from_frames)
+    assert from_arrays["frame"].tolist() == [0, 1] and (from_arrays["input"] == "<array>").all()

@@ -28,7 +28,7 @@ import torch
 from auformer.aus import au_column, au_columns
 from auformer.data.transforms import build_transform
 from auformer.detect.pipeline import FacePipeline
-from auformer.detect.sources import Frame, FrameSource, in_background, read_image, video_frames
+from auformer.detect.sources import ARRAY_INPUT, Frame, FrameSource, as_frames, in_background, read_image, video_frames
 from auformer.errors import AUFormerError
 from auformer.faces import DEFAULT_DETECTOR, AlignedFace, Face, get_detector
 from auformer.faces.pose import POSE_COLUMNS, head_pose
@@ -173,9 +173,13 @@ class Detector:
             yield frame, aligned, self._inputs([face.crop for face in aligned])
 
     def iter_results(
-        self, frames: FrameSource, carried: Sequence[Face] = (), next_face_id: int = 0
+        self, frames: Iterable[Frame | np.ndarray], carried: Sequence[Face] = (), next_face_id: int = 0
     ) -> Iterator[tuple[pd.DataFrame, list[AlignedFace]]]:
         """Analyse ``frames``; yield ``(table, aligned faces)`` about every ``batch_size`` rows, in frame order.
+
+        A frame is a `auformer.detect.sources.Frame` (``input`` name, frame ``index``, ``time_s``
+        and a uint8 (H, W, 3) RGB ``image``), or such an image array alone (`as_frames`:
+        the frames of one ``"<array>"`` input, numbered from 0, 0.1 s apart).
 
         The table holds one row per face and one ``success=0`` row per frame without a
         face. ``face`` is the face's identity (`auformer.faces.track`): in a video a face
@@ -196,7 +200,8 @@ class Detector:
         inputs: list[torch.Tensor] = []
         stopped = None
         try:
-            for frame, aligned, images in in_background(self._find_faces(in_background(frames), carried, next_face_id)):
+            found = self._find_faces(in_background(as_frames(frames)), carried, next_face_id)
+            for frame, aligned, images in in_background(found):
                 base = {"input": frame.input, "frame": frame.index, "time_s": round(frame.time_s, 4)}
                 if not aligned:
                     rows.append({**base, "success": 0})
@@ -283,7 +288,7 @@ class Detector:
     def detect(self, image: str | os.PathLike | np.ndarray) -> pd.DataFrame:
         """AUs of every face in one image (a path, or a uint8 (H, W, 3) RGB array)."""
         if isinstance(image, np.ndarray):
-            frame = Frame("<array>", 0, 0.0, image)
+            frame = Frame(ARRAY_INPUT, 0, 0.0, image)
         else:
             frame = Frame(str(image), 0, 0.0, read_image(image))
         return pd.concat([table for table, _ in self.iter_results([frame])], ignore_index=True)
