@@ -139,3 +139,16 @@ def test_readme_python_snippets_run(readme_folder):
     namespace = {"images": torch.zeros(2, 3, 224, 224), "np": np}
     for snippet in snippets:
         exec(compile(snippet, "README.md", "exec"), namespace)  # noqa: S102 - the project's own README
+
+
+def test_the_aus_each_preset_outputs_are_the_presets_own():
+    from auformer.aus import au_columns
+    from auformer.config import load_config, preset_names
+    from auformer.data.synthetic_appearance import SYNTHETIC_AUS
+
+    documented = dict(
+        re.findall(r"^\| `([\w-]+)` \| [^|]+ \| ((?:AU\d+, )*AU\d+) \|$", (ROOT / "docs" / "training.md").read_text(), re.M)
+    )
+    for name in preset_names():
+        aus = load_config(name, data_dir="x").data.aus or SYNTHETIC_AUS
+        assert documented.get(name) == ", ".join(au_columns(aus)), name
