@@ -64,10 +64,10 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
     folder means its ``best`` (else ``last``) checkpoint; a path whose parent folder exists
     here (``runs/typo``) is taken as local, and a missing one is one line, with no Hub wait.
     """
+    weights_path, json_path = checkpoint_paths(name_or_path)  # refuses "", "." and ".." first
     path = Path(name_or_path)
     if path.is_dir():  # a run folder (``runs/tiny``) stands for its best checkpoint, else its last
         return _run_folder_checkpoint(path)
-    weights_path, json_path = checkpoint_paths(name_or_path)
     repo = parse_repo_id(str(name_or_path))
     if weights_path.exists() or json_path.exists() or repo is None:
         return path
