@@ -74,8 +74,11 @@ def test_nan_on_one_rank_stops_every_rank_with_the_same_message(tmp_path):
     script.write_text(_NAN_ON_RANK_1)
     preset = write_tiny_preset(tmp_path / "tiny.yaml", train={"epochs": 1, "checkpoint_every": 100})
     logs = tmp_path / "logs"  # each rank's stderr in its own file (a shared pipe interleaves their lines)
+    # torchrun's agent terminates the other workers as soon as it sees one exit with an error; polling every
+    # 0.1 s (its default) it can kill a rank that is still exiting on a loaded machine. Every rank stops in the
+    # same step, so polling every 5 s lets each one end by itself, as the test means to check.
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                "--log-dir", str(logs), "--redirects", "2"]  # fmt: skip
+                "--log-dir", str(logs), "--redirects", "2", "--monitor-interval", "5"]  # fmt: skip
     run = subprocess.run([*torchrun, str(script), "train", "--preset", preset, "--out", str(tmp_path / "run")],
                          env=ENV, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert run.returncode != 0

@@ -171,3 +171,26 @@ def test_casme2_filename_out_of_the_release_is_a_bad_row_and_a_repeated_clip_get
     assert outside == ["CASME2-coding-20140508.xlsx line 7", "CASME2-coding-20140508.xlsx line 8"]
     images = [image for image in read_manifest(tmp_path / "out").images if image.startswith("images/sub02/")]
     assert sorted(images) == ["images/sub02/EP01_02f_apex12.jpg", "images/sub02/EP01_02f_apex12_2.jpg"]
+
+
+def test_train_and_evaluate_write_apart_from_the_data_they_read(tmp_path, capsys):
+    """A run folder inside (or holding) the dataset it reads is refused in one line, by --dry-run too."""
+    from auformer.cli import main
+    from auformer.data.synthetic import write_synthetic
+    from media import tiny_checkpoint
+    from test_train import write_tiny_preset
+
+    root = write_synthetic(tmp_path / "data", num_images=24, size=32, seed=0, num_subjects=6, num_folds=3)
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    checkpoint = str(tiny_checkpoint(tmp_path / "ckpt" / "tiny", [1, 2]))
+    preset = write_tiny_preset(tmp_path / "tiny.yaml", train={"epochs": 1, "batch_size": 8}, data={"dataset": "mine"})
+    for out in (root / "run", root, tmp_path):
+        for dry in ([], ["--dry-run"]):
+            capsys.readouterr()
+            assert main(["train", "--preset", preset, "--data", str(root), "--out", str(out), *dry]) == 2
+            printed = capsys.readouterr()
+            assert "output folder" in printed.err + printed.out and str(out) in printed.err + printed.out
+        assert main(["evaluate", checkpoint, "--preset", preset, "--data", str(root),
+                     "--out", str(out)]) == 2  # fmt: skip
+        assert "output folder" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before

@@ -4,6 +4,7 @@ file and label row reported, manifest.csv and subject-exclusive folds.json writt
 from __future__ import annotations
 
 import json
+import shutil
 
 import cv2
 import numpy as np
@@ -101,3 +102,34 @@ def test_prepare_folder_on_real_photos(photo_folder, tmp_path, capsys):
     assert set(folds[0]) | set(folds[1]) == {"eileen", "p0", "p1", "p2", "p3"}
     assert json.loads((out / "prepare_report.json").read_text())["subjects_in_no_fold"] == []
     assert "folder: 7 of 12 labelled frames written" in printed
+
+
+def _tree(folder) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_an_earlier_prepared_dataset_is_never_silently_replaced(photo_folder, tmp_path, capsys):
+    """A second `prepare` into the same OUT refuses in one line and changes nothing; --overwrite removes
+    exactly what prepare wrote (a link is removed, never followed) and keeps the user's other files."""
+    out = tmp_path / "prepared"
+    argv = ["prepare", "folder", str(photo_folder), str(photo_folder / "labels.csv"), str(out),
+            "--intensity-threshold", "2", "--size", "32", "--workers", "1", "--align", "none"]  # fmt: skip
+    assert main(argv) == 0
+    (out / "notes.txt").write_text("mine")
+    before = _tree(out)
+    capsys.readouterr()
+    assert main(argv) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "already holds a prepared dataset" in error[0] and "--overwrite" in error[0]
+    assert _tree(out) == before
+    # An earlier run's stale crop goes with --overwrite; images/ as a link to a folder outside is unlinked, not emptied.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.jpg").write_bytes(b"x")
+    (out / "images" / "stale.jpg").write_bytes(b"old")
+    assert main([*argv, "--overwrite"]) == 0
+    assert not (out / "images" / "stale.jpg").exists() and (out / "notes.txt").read_text() == "mine"
+    shutil.rmtree(out / "images")
+    (out / "images").symlink_to(outside, target_is_directory=True)
+    assert main([*argv, "--overwrite"]) == 0
+    assert (outside / "keep.jpg").read_bytes() == b"x" and not (out / "images").is_symlink()

@@ -8,7 +8,7 @@ from auformer.cli.flags import add_choice, add_face_detector, path_arg
 
 
 def _add_prepare_flags(parser: argparse.ArgumentParser) -> None:
-    """--align / --face-detector / --size / --workers, shared by every `prepare` source."""
+    """--align / --face-detector / --size / --workers / --overwrite, shared by every `prepare` source."""
     add_choice(
         parser,
         "--align",
@@ -22,6 +22,11 @@ def _add_prepare_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--workers", type=int, default=None, metavar="K", help="worker processes (default: the CPU count, at most 8)"
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the prepared dataset OUT_DIR already holds (its images/, manifest.csv, folds.json and report)",
     )
 
 
@@ -80,6 +85,7 @@ def run(args: argparse.Namespace) -> None:
         detector=args.face_detector,
         size=args.size,
         workers=default_workers() if args.workers is None else args.workers,
+        overwrite=args.overwrite,
     )
     if args.dataset == "folder":
         prepare_folder(

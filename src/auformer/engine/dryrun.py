@@ -24,6 +24,7 @@ import torch
 from auformer.aus import au_columns
 from auformer.config import Config
 from auformer.engine import distributed
+from auformer.engine.protocols import check_out_apart
 from auformer.engine.schedule import micro_batch_size, plan_run
 from auformer.model.backbone import backbone_geometry
 
@@ -127,6 +128,7 @@ def dry_run(config: Config, out_dir: str | Path, command: str) -> list[str]:
                 f"{info.device}, {info.world_size} process(es), micro-batch {micro_batch} x {config.train.grad_accum} "
                 f"accumulation = batch {config.train.batch_size}",
             )
+    check("output", lambda: check_out_apart(config, out_dir))
     source = check("data", lambda: load_source(config))
     target = check("target", lambda: load_source(config, config.data.target_root)) if config.data.target_root else None
     plans, au_problems, checked_tests, without_positives = [], 0, set(), set()

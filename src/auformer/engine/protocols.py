@@ -33,13 +33,19 @@ from auformer.engine.outputs import (
 )
 from auformer.engine.trainer import Trainer
 from auformer.errors import AUFormerError
-from auformer.files import atomic_write_text
+from auformer.files import atomic_write_text, check_apart
 from auformer.model.checkpoint import checkpoint_aus, load_checkpoint
 from auformer.model.heads import has_intensity
 
 
+def check_out_apart(config: Config, out_dir: str | Path) -> None:
+    """A run's folder lies apart from the datasets it reads (``auformer.files.check_apart``)."""
+    check_apart(out_dir, [root for root in (config.data.root, config.data.target_root) if root])
+
+
 def train(config: Config, out_dir: str | Path, resume: bool = False, verbose: bool = True) -> dict[str, Any]:
     """Train one split of ``config`` into ``out_dir``; returns the test ``metrics.json`` content."""
+    check_out_apart(config, out_dir)
     trainer = Trainer(config, out_dir, resume=resume, verbose=verbose)
     trainer.setup()
     return trainer.train()
@@ -87,6 +93,7 @@ def evaluate(
     reduced to the model's AUs. Writes the same result files as ``train``.
     """
     out_dir = Path(out_dir)
+    check_out_apart(config, out_dir)
     info = distributed.setup(config.train.device)
     model = load_checkpoint(checkpoint).to(info.device)
     if model.task != config.model.task:

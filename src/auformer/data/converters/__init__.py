@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import nullcontext
@@ -251,6 +252,27 @@ def _convert_all(
     return results
 
 
+PREPARED_NAMES = (IMAGES_DIR, "manifest.csv", "folds.json", REPORT_NAME)  # what run_prepare writes into OUT
+
+
+def _clear_earlier_dataset(out_dir: Path, overwrite: bool) -> None:
+    """Refuse an OUT that holds a prepared dataset, or with ``overwrite`` remove exactly what prepare wrote there."""
+    earlier = [name for name in PREPARED_NAMES if (out_dir / name).exists() or (out_dir / name).is_symlink()]
+    if not earlier:
+        return
+    if not overwrite:
+        raise AUFormerError(
+            f"{out_dir} already holds a prepared dataset ({', '.join(earlier)}): pass --overwrite to replace it, "
+            "or choose another output folder"
+        )
+    for name in earlier:
+        path = out_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:  # a file, or a link (removed, never followed)
+            path.unlink()
+
+
 def run_prepare(
     dataset: str,
     raw_dir: Path,
@@ -264,6 +286,7 @@ def run_prepare(
     workers: int = 1,
     bad_rows: Sequence[str] = (),
     inputs: Sequence[str | os.PathLike] = (),
+    overwrite: bool = False,
 ) -> PrepareReport:
     """Convert ``sources`` and write the prepared dataset: crops, manifest, folds, report.
 
@@ -276,6 +299,8 @@ def run_prepare(
     Two frames that would write one crop (``dup.png`` and ``dup.jpg``) get distinct names.
     ``folds``: a protocol's fixed folds, or a function dealing the subjects of the written
     frames into folds (your own data: a subject whose every frame failed is in no fold).
+    An ``out_dir`` that already holds a prepared dataset is refused unless ``overwrite``,
+    which first removes that dataset (its crops, manifest, folds and report; nothing else).
     """
     if align not in ALIGN_MODES:
         raise AUFormerError(f"align must be one of {', '.join(ALIGN_MODES)}, got {align!r}")
@@ -287,6 +312,7 @@ def run_prepare(
         detector = DEFAULT_DETECTOR
     out_dir = Path(out_dir)
     check_apart(out_dir, [raw_dir, *inputs])
+    _clear_earlier_dataset(out_dir, overwrite)
     names = UniqueNames()
     for frame in (frame for source in sources for frame in source.frames):
         frame.out_image = names.claim(frame.out_image)

@@ -108,7 +108,7 @@ def collect_bp4d(raw_dir: str | Path) -> tuple[list[Source], list[str]]:
 def prepare_bp4d(raw_dir: str | Path, out_dir: str | Path, **options: Any) -> PrepareReport:
     """Convert a raw BP4D release into a prepared dataset folder.
 
-    ``options``: ``align``, ``detector``, ``size``, ``workers``, as in :func:`run_prepare`.
+    ``options``: ``align``, ``detector``, ``size``, ``workers``, ``overwrite``, as in :func:`run_prepare`.
     """
     sources, skipped = collect_bp4d(raw_dir)
     return run_prepare("bp4d", Path(raw_dir), out_dir, sources, BP4D_AUS, BP4D_FOLDS, bad_rows=skipped, **options)

@@ -86,7 +86,7 @@ def collect_casme2(raw_dir: str | Path, aus: tuple[int, ...] = CASME2_AUS) -> tu
 def prepare_casme2(raw_dir: str | Path, out_dir: str | Path, **options: Any) -> PrepareReport:
     """Convert a raw CASME II release (apex frames) into a prepared dataset folder.
 
-    ``options``: ``align``, ``detector``, ``size``, ``workers``, as in :func:`run_prepare`.
+    ``options``: ``align``, ``detector``, ``size``, ``workers``, ``overwrite``, as in :func:`run_prepare`.
     """
     sources, bad_rows = collect_casme2(raw_dir)
     folds = casme2_folds([frame.subject for source in sources for frame in source.frames])

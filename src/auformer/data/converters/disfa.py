@@ -76,6 +76,6 @@ def collect_disfa(raw_dir: str | Path) -> list[Source]:
 def prepare_disfa(raw_dir: str | Path, out_dir: str | Path, **options: Any) -> PrepareReport:
     """Convert a raw DISFA release into a prepared dataset folder.
 
-    ``options``: ``align``, ``detector``, ``size``, ``workers``, as in :func:`run_prepare`.
+    ``options``: ``align``, ``detector``, ``size``, ``workers``, ``overwrite``, as in :func:`run_prepare`.
     """
     return run_prepare("disfa", Path(raw_dir), out_dir, collect_disfa(raw_dir), DISFA_CODED_AUS, DISFA_FOLDS, **options)

@@ -191,7 +191,7 @@ def prepare_folder(
 ) -> PrepareReport:
     """Convert INPUT + LABELS.csv into a prepared dataset folder with ``folds`` subject-exclusive folds.
 
-    ``options``: ``align``, ``detector``, ``size``, ``workers``, as in :func:`run_prepare`.
+    ``options``: ``align``, ``detector``, ``size``, ``workers``, ``overwrite``, as in :func:`run_prepare`.
     """
     input_dir = Path(input_dir)
     if not input_dir.is_dir():
