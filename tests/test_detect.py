@@ -37,8 +37,11 @@ def video(tmp_path_factory) -> Path:
 
 def test_detect_matches_model_on_aligned_crop(checkpoint):
     detector = Detector(checkpoint)
-    table = detector.detect(data.astronaut())
+    with pytest.warns(UserWarning, match="trained on synthetic faces") as said:
+        table = detector.detect(data.astronaut())
     assert len(table) == 1 and table.loc[0, "success"] == 1 and detector.synthetic
+    detector.detect(data.astronaut())  # once per Detector, as the CLI says it once
+    assert len(said) == 1
     crop = align_faces(data.astronaut(), get_detector())[0].crop  # the default detector, as Detector uses
     model = auformer.load_checkpoint(checkpoint).eval()
     transform = build_transform(False, 32, model.data_config["mean"], model.data_config["std"])
@@ -136,3 +139,16 @@ def test_cli_detect_folder_with_video_and_corrupt_file(checkpoint, video, tmp_pa
 def test_missing_input_fails_before_work(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing.png"):
         expand_inputs([tmp_path / "nothing.png"])
+
+
+def test_iter_results_takes_numpy_frames_as_one_stream(checkpoint):
+    """Arrays alone are frames 0, 1, ... of one "<array>" input; they give what Frame objects give."""
+    from auformer.detect.sources import Frame
+
+    image = data.astronaut()
+    detector = Detector(checkpoint, detect_every=1)
+    from_arrays = pd.concat([table for table, _ in detector.iter_results([image, image])], ignore_index=True)
+    frames = [Frame("<array>", index, index / 10, image) for index in range(2)]
+    from_frames = pd.concat([table for table, _ in detector.iter_results(frames)], ignore_index=True)
+    pd.testing.assert_frame_equal(from_arrays, from_frames)
+    assert from_arrays["frame"].tolist() == [0, 1] and (from_arrays["input"] == "<array>").all()

@@ -127,6 +127,35 @@ def test_local_checkpoint_wins_over_a_repo_of_the_same_name(tmp_path, hub_cache,
     assert load_checkpoint("user/name").aus == [1, 2, 4]
 
 
+def no_hub(*args):
+    raise AssertionError(f"asked the Hub for {args}")
+
+
+def test_run_folder_is_its_best_checkpoint_without_asking_the_hub(tmp_path, tiny_model_kwargs, monkeypatch):
+    monkeypatch.setattr("auformer.model.checkpoint.download_checkpoint", no_hub)
+    monkeypatch.chdir(tmp_path)
+    save_checkpoint(build_model(3, aus=[1, 2, 4], **tiny_model_kwargs), tmp_path / "runs" / "tiny" / "last")
+    assert load_checkpoint("runs/tiny").aus == [1, 2, 4]  # no best yet: the last one
+    save_checkpoint(build_model(2, aus=[1, 2], **tiny_model_kwargs), tmp_path / "runs" / "tiny" / "best")
+    assert load_checkpoint("runs/tiny").aus == [1, 2]
+
+
+@pytest.mark.parametrize(
+    "checkpoint, message",
+    [
+        ("runs/empty", "error: checkpoint runs/empty: a folder with no checkpoint in it (expected best.safetensors"),
+        ("runs/typo", "error: checkpoint runs/typo: no such file (typo.safetensors or typo.json) in runs"),
+    ],
+)
+def test_local_looking_non_checkpoint_is_one_line_without_the_hub(tmp_path, monkeypatch, capsys, checkpoint, message):
+    monkeypatch.setattr("auformer.model.checkpoint.download_checkpoint", no_hub)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "empty").mkdir(parents=True)
+    assert main(["export", checkpoint, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1
+
+
 @pytest.mark.parametrize(
     "checkpoint, message",
     [

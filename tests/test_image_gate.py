@@ -199,3 +199,18 @@ def test_prepare_workers_fit_in_memory(monkeypatch, capsys):
     assert "using 2 worker processes, not 8" in capsys.readouterr().out
     monkeypatch.setenv(MAX_PIXELS_ENV, str(10**6))
     assert memory_workers(8) == 8
+
+
+def test_read_images_are_writable_so_torchvision_does_not_warn(tmp_path):
+    """Pillow's buffers are read-only; torchvision warned "NumPy array is not writable" on every image of evaluate/explain."""
+    import warnings
+
+    from auformer.data.images import read_rgb
+    from auformer.data.transforms import build_transform
+
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "face.png")
+    image = read_rgb(tmp_path / "face.png")
+    assert image.flags.writeable
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build_transform(False, 32, [0.5] * 3, [0.5] * 3)(image)

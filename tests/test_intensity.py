@@ -227,8 +227,8 @@ def test_training_with_both_tasks_writes_both_metric_families(both_run, tmp_path
     assert set(saved["intensity"]) == {"mean_icc", "mean_pearson", "mean_mae", "per_au"}
     assert "| AU12 | Lip Corner Puller |" in (run_dir / "per_au_intensity.md").read_text()
     predictions = pd.read_csv(run_dir / "predictions.csv")
-    assert {"AU12_prob", "AU12", "AU12_int_pred", "AU12_int"} <= set(predictions.columns)
-    mae = np.abs(predictions["AU12_int_pred"] - predictions["AU12_int"]).mean()
+    assert {"AU12_prob", "AU12_label", "AU12_int_pred", "AU12_int_label"} <= set(predictions.columns)
+    mae = np.abs(predictions["AU12_int_pred"] - predictions["AU12_int_label"]).mean()
     assert mae == pytest.approx(saved["intensity"]["per_au"]["AU12"]["mae"], abs=1e-5)
     # evaluate with the run's own config gives the same numbers; another task is refused in one line
     config = load_config(str(run_dir / "config.yaml"))

@@ -125,3 +125,9 @@ def test_subject_from_path():
     assert subject_from_path("sub05/EP01_01/img3.jpg") == "sub05"
     assert subject_from_path("alice/frame1.png") == "alice"
     assert subject_from_path("frame1.png") == "unknown"
+
+
+def test_missing_aus_say_the_setting_that_fixes_them(tmp_path):
+    with pytest.raises(ValueError, match=r"AUs AU04, AU25 are not in this dataset \(it has AU01, AU02, AU12\); "
+                       r"keep the ones it has with --set data.aus=\[12,1\]; the run cannot start"):  # fmt: skip
+        _table(tmp_path).select_aus([12, 4, 1, 25])

@@ -104,7 +104,9 @@ def test_cross_domain_tests_on_the_whole_target(tmp_path):
     assert main(["evaluate", checkpoint, "--target", str(target), "--out", str(tmp_path / "ev")]) == 0
     aus = list(mean["per_au"])
     (tmp_path / "img.txt").write_text("\n".join(predictions["image"]) + "\n")
-    (tmp_path / "lbl.txt").write_text("\n".join(" ".join(map(str, row)) for row in predictions[aus].to_numpy()) + "\n")
+    (tmp_path / "lbl.txt").write_text(
+        "\n".join(" ".join(map(str, row)) for row in predictions[[f"{au}_label" for au in aus]].to_numpy()) + "\n"
+    )
     listed = ["--list", str(tmp_path / "img.txt"), str(tmp_path / "lbl.txt"), "--image-root", str(target)]
     assert main(["evaluate", checkpoint, *listed, "--out", str(tmp_path / "ev_list")]) == 0
     for folder in ("ev", "ev_list"):

@@ -100,6 +100,18 @@ def test_random_backbone_is_named_and_warned_about(capsys):
         build_model(2, "vit_tiny_patch16_224", None, img_size=32, backbone_kwargs=TINY_KWARGS)
 
 
+def test_python_api_message_names_the_keyword_and_no_setting_already_made(tmp_path, monkeypatch):
+    from auformer.model.weights import hub_weights
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(FileNotFoundError) as offline:
+        hub_weights(BP4D_TAG)  # what build_model(backbone_weights="hub") calls
+    message = str(offline.value)
+    assert "pass backbone_weights=PATH (CLI: --set model.backbone_weights=PATH)" in message
+    assert message.endswith("or fill the Hugging Face cache")  # HF_HUB_OFFLINE=1 is set already: not suggested
+
+
 def test_weights_download_offline_fails_in_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     assert main(["weights", "download", BP4D_TAG, "--out", str(tmp_path)]) == 2
@@ -207,6 +219,8 @@ def test_dry_run_lists_every_problem_then_fails_in_one_line(fake_bp4d, tmp_path,
     print(captured.out)
     assert captured.out.count("PROBLEM") == 1 + 3  # the weights, and AU24 in each test fold
     assert "no positive of AU24 in the test split" in captured.out
+    assert "the real run would go ahead, but the F1 of AU24 would say nothing: leave them out with " \
+        "--set data.aus=[1,2,4,6,7,10,12,14,15,17,23]" in captured.out  # fmt: skip
     assert "rate0.1%/fold2" in captured.out
     assert captured.err.startswith("error: dry run found 4 problem(s); first: weights: backbone weights for timm tag")
     assert json.loads((fake_bp4d / "folds.json").read_text())  # the source tree is untouched

@@ -327,3 +327,24 @@ def test_time_series_draws_one_line_per_face(openface):
     assert list(lines) == ["face 0", "face 3"]
     np.testing.assert_array_equal(lines["face 0"], [0.1, 0.2, 0.3, 0.4, np.nan])
     np.testing.assert_array_equal(lines["face 3"], [np.nan, 0.9, 0.8, np.nan, np.nan])
+
+
+@pytest.mark.parametrize("faceless", [[3, 4], [0, 2, 3], [1]])
+def test_each_faceless_frame_is_its_own_tenth_of_a_second(faceless):
+    """At 10 fps, K frames without a face are hatched over K / 10 s; the title names only what the table has."""
+    from auformer.viz import au_timeseries_figure
+
+    frames = np.arange(6)
+    table = pd.DataFrame(
+        {
+            "frame": frames,
+            "time_s": frames / 10,
+            "face": pd.array([None if f in faceless else 0 for f in frames], dtype="Int64"),
+            "AU12": [np.nan if f in faceless else 0.5 for f in frames],
+        }
+    )
+    figure = au_timeseries_figure(table, 0.5)
+    hatched = [patch for patch in figure.axes[0].patches if patch.get_hatch() == "//"]
+    assert sum(patch.get_width() for patch in hatched) == pytest.approx(len(faceless) / 10)
+    title = figure._suptitle.get_text()
+    assert "intensity" not in title and "\n" in title  # no intensity curve to speak of; two short lines, not cut off

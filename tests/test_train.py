@@ -76,7 +76,9 @@ def test_predictions_csv_rescores_to_metrics_json(tiny_run):
     run_dir, metrics = tiny_run
     frame = pd.read_csv(run_dir / "predictions.csv")
     aus = list(metrics["per_au"])
-    rescored = au_metrics(frame[[f"{au}_prob" for au in aus]].to_numpy(), frame[aus].to_numpy(), [int(a[2:]) for a in aus])
+    labels = frame[[f"{au}_label" for au in aus]].to_numpy()
+    rescored = au_metrics(frame[[f"{au}_prob" for au in aus]].to_numpy(), labels, [int(a[2:]) for a in aus])
+    assert not set(aus) & set(frame.columns)  # no bare AU01: a label here, a probability in a detect CSV
     assert rescored["mean_f1"] == pytest.approx(metrics["mean_f1"], abs=1e-6)
     assert frame["subject"].nunique() == 4  # fold 0 of 12 subjects dealt into 3 folds
 
@@ -90,10 +92,12 @@ def test_history_uses_the_validation_split_and_the_loss_goes_down(tiny_run):
     assert (history["images_per_s"] > 0).all()
 
 
-def test_evaluate_reproduces_the_run_from_the_best_checkpoint(tiny_run, tmp_path):
+def test_evaluate_reproduces_the_run_from_the_best_checkpoint(tiny_run, tmp_path, capsys):
     run_dir, metrics = tiny_run
     config = load_config(str(run_dir / "config.yaml"))
-    again = protocols.evaluate(run_dir / "best", config, tmp_path, verbose=False)
+    again = protocols.evaluate(run_dir / "best", config, tmp_path, verbose=True)
+    test_size = len(pd.read_csv(run_dir / "predictions.csv"))
+    assert f"scoring {run_dir / 'best'} on synthetic faces, test fold 0: {test_size} images, cpu" in capsys.readouterr().out
     assert again["mean_f1"] == pytest.approx(metrics["mean_f1"], abs=1e-6)
     a = pd.read_csv(run_dir / "predictions.csv").filter(like="_prob").to_numpy()
     b = pd.read_csv(tmp_path / "predictions.csv").filter(like="_prob").to_numpy()
@@ -112,17 +116,19 @@ def _easy_source(config, root=None) -> build.Source:
     return build.Source(table, [[f"S{j:02d}" for j in range(k, 12, 3)] for k in range(3)], images)
 
 
-def test_adapters_on_a_frozen_random_vit_learn_an_easy_task_far_above_chance(tmp_path, monkeypatch):
+def test_adapters_on_a_frozen_random_vit_learn_an_easy_task_far_above_chance(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(trainer, "load_source", _easy_source)
     torch.set_num_threads(1)
     config = load_config(write_tiny_preset(tmp_path / "tiny.yaml", train={"epochs": 3, "head_lr": 6e-3}))
-    recipe = trainer.Trainer(config, tmp_path / "run", verbose=False)
+    recipe = trainer.Trainer(config, tmp_path / "run", verbose=True)
     recipe.setup()
     heads = {id(p) for p in [*recipe.model.head.parameters(), *recipe.model.aux_head.parameters()]}
     groups = [({id(p) for p in group["params"]}, group["initial_lr"]) for group in recipe.optimizer.param_groups]
     assert groups == [(groups[0][0], 3e-3), (heads, 6e-3)]  # experts at train.lr, heads at train.head_lr
     metrics = recipe.train()
-    labels = pd.read_csv(tmp_path / "run" / "predictions.csv")[["AU01", "AU02"]].to_numpy()
+    printed = capsys.readouterr().out
+    assert "training on cpu: generated synthetic faces, test fold 0, 160 training / 80 test images" in printed
+    labels = pd.read_csv(tmp_path / "run" / "predictions.csv")[["AU01_label", "AU02_label"]].to_numpy()
     chance = au_metrics(np.ones_like(labels, dtype=float), labels, [1, 2])["mean_f1"]  # always "present": ~0.67
     assert metrics["mean_f1"] > max(0.8, chance + 0.1)
 
@@ -160,3 +166,18 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
     assert main(["train", "--preset", "bp4d", "--out", str(tmp_path)]) == 2
     assert main(["train", "--resume", str(tmp_path / "nothing")]) == 2
     assert "config.yaml does not exist" in capsys.readouterr().err
+
+
+def test_default_preset_is_said_and_refused_for_a_folder_of_real_faces(tmp_path, capsys):
+    from auformer.cli.flags import implied_preset
+
+    real = tmp_path / "my_faces"
+    real.mkdir()
+    assert main(["train", "--data", str(real), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --data {real} holds no synthetic.json") and "--preset bp4d" in err
+    assert not (tmp_path / "run").exists()
+    (real / "synthetic.json").write_text("{}")  # what `auformer synth` writes: the toy preset fits
+    assert implied_preset("synthetic", str(real)) == "synthetic"
+    assert implied_preset("bp4d-to-disfa", str(tmp_path)) == "bp4d-to-disfa"  # only the synthetic preset is refused
+    assert capsys.readouterr().out.count("preset: ") == 2

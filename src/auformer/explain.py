@@ -108,7 +108,13 @@ def run_explain(args: argparse.Namespace) -> None:
 
     out = Path(args.out)
     check_apart(out, args.images, inside_ok=True)
-    detector = Detector(args.checkpoint, face_detector="none", threshold=args.threshold, backbone_weights=args.backbone_weights)
+    detector = Detector(
+        args.checkpoint,
+        face_detector="none",
+        threshold=args.threshold,
+        backbone_weights=args.backbone_weights,
+        batch_size=args.batch_size,
+    )
     model, mean, std = detector.model, detector.model.data_config["mean"], detector.model.data_config["std"]
     paths, videos, ignored = expand_inputs(args.images, exclude=out)
     paths, images, skipped = _load(paths, detector)
@@ -133,7 +139,7 @@ def run_explain(args: argparse.Namespace) -> None:
     if len(titles) != len(checkpoints):
         raise AUFormerError(f"--titles names {len(titles)} panels but there are {len(checkpoints)} checkpoints")
     models = [model] + [load_checkpoint(path, backbone_weights=args.backbone_weights) for path in checkpoints[1:]]
-    tokens = [expert_tokens(each, images) for each in models]  # each (M, E, D)
+    tokens = [expert_tokens(each, images, args.batch_size) for each in models]  # each (M, E, D)
     count = tokens[0].shape[1]
     legend = names if count == len(names) else [f"expert {e}" for e in range(count)]
     panels = {title: tsne_points(each) for title, each in zip(titles, tokens)}

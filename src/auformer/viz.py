@@ -149,7 +149,8 @@ def au_timeseries_figure(df: pd.DataFrame, threshold: float | Mapping[str, float
         top = 1.0 if limit is not None else INTENSITY_MAX
         if limit is not None:
             axes.axhline(limit, color="black", linewidth=0.6, linestyle=":")
-        axes.fill_between(times, 0, top, where=no_face, color=ABSENT_COLOR, alpha=0.25, linewidth=0, step="mid", hatch="//")
+        for start, end in frame_spans(times, no_face):
+            axes.axvspan(start, end, color=ABSENT_COLOR, alpha=0.25, linewidth=0, hatch="//")
         for color, (face_id, rows) in zip(FACE_COLORS, lines.items()):
             values = rows[column].to_numpy(dtype=float)  # (T,)
             if limit is not None:
@@ -161,15 +162,34 @@ def au_timeseries_figure(df: pd.DataFrame, threshold: float | Mapping[str, float
         axes.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
         axes.spines[["top", "right"]].set_visible(False)
     axes_list[-1].set_xlabel("time (s)")
-    axes_list[-1].set_xlim(times.min(), max(times.max(), times.min() + 1e-3))
+    axes_list[-1].set_xlim(*frame_spans(times, np.ones(len(times), dtype=bool))[0])  # every frame's own time, ends included
     shown = f", the {len(lines)} of {len(frames_in_view)} faces longest in view" if len(lines) < len(frames_in_view) else ""
+    intensity = " and intensity 0-5" if intensity_columns else ""  # only what this checkpoint has
     figure.suptitle(
-        f"AU probability (shaded: present; dotted: threshold) and intensity 0-5, one colour per face{shown}; hatched: no face",
+        f"AU probability (shaded: present; dotted: threshold){intensity}\none colour per face{shown}; hatched: no face",
         fontsize=10,
     )
     if lines:
         figure.legend(*axes_list[0].get_legend_handles_labels(), loc="outside right upper", fontsize=8, frameon=False)
     return figure
+
+
+def frame_spans(times: np.ndarray, mask: np.ndarray) -> list[tuple[float, float]]:
+    """(start, end) in seconds of each run of frames where ``mask`` holds; each frame owns the time
+    to the midpoints with its neighbours (half the median spacing at the ends), so K such frames
+    of a 10 fps video span K / 10 s."""
+    if len(times) == 0:
+        return []
+    step = float(np.median(np.diff(times))) if len(times) > 1 else 0.1
+    edges = np.concatenate([[times[0] - step / 2], (times[1:] + times[:-1]) / 2, [times[-1] + step / 2]])  # (T + 1,)
+    spans, begin = [], None
+    for index, flagged in enumerate([*mask, False]):
+        if flagged and begin is None:
+            begin = index
+        elif not flagged and begin is not None:
+            spans.append((float(edges[begin]), float(edges[index])))
+            begin = None
+    return spans
 
 
 def plot_cost_bubbles(rows: list[dict], out_path: str | os.PathLike, title: str) -> Path:

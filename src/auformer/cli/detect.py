@@ -77,6 +77,22 @@ def add(sub: argparse._SubParsersAction) -> None:
         help="videos: run the face detector on every K-th analysed frame and track the faces in between; "
         "1 detects every frame (default: %(default)s)",
     )
+    parser.add_argument(
+        "--landmarks",
+        action="store_true",
+        help="add the 68 landmarks as x_0..x_67, y_0..y_67 (pixels, OpenFace's names; empty for --face-detector haar/none)",
+    )
+    parser.add_argument(
+        "--pose",
+        action="store_true",
+        help="add head pose pose_Rx/Ry/Rz (radians: pitch, yaw, roll; a PnP fit of a generic 3D face to the landmarks)",
+    )
+    parser.add_argument(
+        "--save-aligned",
+        action="store_true",
+        help="also write each face's aligned crop, as the model sees it, to OUT/aligned/<name>_frame<N>_face<K>.png "
+        "(OpenFace's -simalign)",
+    )
     add_choice(parser, "--amp", ("none", "bf16"), "none", "run the network under bfloat16 autocast on --device")
     add_detector_flags(parser)
     parser.set_defaults(func=run)
@@ -96,8 +112,9 @@ def run(args: argparse.Namespace) -> None:
     if args.list is None and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         run_detect(args)
         return
-    if args.plot:
-        raise AUFormerError("--plot is not available with --list or torchrun (one process over a few inputs has it)")
+    for flag, given in (("--plot", args.plot), ("--save-aligned", args.save_aligned)):
+        if given:
+            raise AUFormerError(f"{flag} is not available with --list or torchrun (one process over a few inputs has it)")
     detect_corpus(
         args.out,
         args.checkpoint,

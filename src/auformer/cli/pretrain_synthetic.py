@@ -19,8 +19,8 @@ def add(sub: argparse._SubParsersAction) -> None:
         "--out", required=True, metavar="DIR", type=path_arg, help="folder to write synthetic_vit.safetensors/.json to"
     )
     parser.add_argument("--seed", type=int, metavar="S", help="weight init and batch order seed (default: 0)")
-    parser.add_argument("--epochs", type=int, metavar="E", help="passes over the faces (default: 4)")
-    parser.add_argument("--num-images", type=int, metavar="K", help="pre-training faces (default: 8000)")
+    parser.add_argument("--epochs", type=int, metavar="E", help="passes over the faces (default: 16)")
+    parser.add_argument("--num-images", type=int, metavar="K", help="pre-training faces (default: 16000)")
     parser.add_argument("--batch-size", type=int, metavar="B", help="faces per step (default: 64)")
     parser.add_argument("--lr", type=float, help="AdamW peak learning rate (default: 0.002)")
     parser.add_argument("--max-steps", type=int, metavar="N", help="stop after N steps (quick checks; default: all epochs)")

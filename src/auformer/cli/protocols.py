@@ -28,7 +28,7 @@ PROTOCOLS = {
         DATA_HELP,
         "cross-validation on equidistant subsets of the training lists (10/1/0.5/0.1%%)",
         "For each rate of data.data_efficiency_rates, subsample every fold's training list "
-        "equidistantly, keep the test folds, run cross-validation into OUT/rate<r>%%/; then the F1 table per rate.",
+        "equidistantly, keep the test folds, run cross-validation into OUT/rate<r>%/; then the F1 table per rate.",
     ),
 }
 

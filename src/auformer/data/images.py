@@ -131,7 +131,8 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
                 grey = np.asarray(image, dtype=np.int64)  # (H, W)
                 grey = grey >> 8 if grey.max(initial=0) > 255 else grey
                 return np.repeat(grey.clip(0, 255).astype(np.uint8)[..., None], 3, axis=2)  # (H, W, 3)
-            return np.asarray(image.convert("RGB"))  # (H, W, 3)
+            # np.array, not np.asarray: Pillow's buffer is read-only, and torchvision warns on every such array
+            return np.array(image.convert("RGB"))  # (H, W, 3), writable
         except _DECODE_ERRORS as error:
             raise _refuse(path, error) from None
 

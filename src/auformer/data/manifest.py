@@ -84,8 +84,11 @@ class AUTable:
         wanted = [parse_au(au) for au in aus]
         missing = [au for au in wanted if au not in self.aus]
         if missing:
+            present = [au for au in wanted if au in self.aus]
+            fix = f"; keep the ones it has with --set data.aus=[{','.join(map(str, present))}]" if present else ""
             raise AUFormerError(
                 f"AUs {', '.join(au_columns(missing))} are not in this dataset (it has {', '.join(au_columns(self.aus))})"
+                f"{fix}; the run cannot start until they match"
             )
         columns = [self.aus.index(au) for au in wanted]
         intensity = None if self.intensity is None else self.intensity[:, columns]

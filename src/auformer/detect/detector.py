@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -28,12 +29,14 @@ from auformer.aus import au_column, au_columns
 from auformer.data.transforms import build_transform
 from auformer.detect.pipeline import FacePipeline
 from auformer.detect.runtime import RUNTIMES, OnnxRuntimeModel
-from auformer.detect.sources import Frame, FrameSource, in_background, read_image, video_frames
+from auformer.detect.sources import ARRAY_INPUT, Frame, FrameSource, as_frames, in_background, read_image, video_frames
 from auformer.errors import AUFormerError
 from auformer.faces import DEFAULT_DETECTOR, AlignedFace, Face, get_detector
+from auformer.faces.pose import POSE_COLUMNS, head_pose
 from auformer.model.checkpoint import checkpoint_paths, checkpoint_thresholds, open_checkpoint
 
 FACE_COLUMNS = ["input", "frame", "time_s", "face", "x", "y", "w", "h", "face_score", "success"]
+LANDMARK_COLUMNS = [f"x_{i}" for i in range(68)] + [f"y_{i}" for i in range(68)]  # OpenFace's 2D landmark names
 INTENSITY_SUFFIX = "_r"  # AU12_r: intensity 0-5, as OpenFace names it
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16}  # --amp: autocast dtype of the model's forward
 SYNTHETIC_WARNING = (
@@ -58,26 +61,6 @@ def parse_thresholds(values: Iterable[str] | None) -> float | dict[str, float] |
     if set(thresholds) == {"default"}:
         return thresholds["default"]
     return thresholds
-
-
-def frame_rows(frame: Frame, aligned: list[AlignedFace]) -> list[dict]:
-    """The face columns of one frame's rows: one per face, or one ``success=0`` row without a face."""
-    base = {"input": frame.input, "frame": frame.index, "time_s": round(frame.time_s, 4)}
-    if not aligned:
-        return [{**base, "success": 0}]
-    return [
-        {
-            **base,
-            "face": face.face.face_id,
-            "x": face.face.box[0],
-            "y": face.face.box[1],
-            "w": face.face.box[2],
-            "h": face.face.box[3],
-            "face_score": face.face.score,
-            "success": 1,
-        }
-        for face in aligned
-    ]
 
 
 class Detector:
@@ -106,7 +89,11 @@ class Detector:
         detect_every: int = 5,
         amp: str = "none",
         runtime: str = "torch",
+        landmarks: bool = False,
+        pose: bool = False,
     ) -> None:
+        """``landmarks``: add the 68 points as ``x_0..x_67``, ``y_0..y_67`` (OpenFace's names); ``pose``: add
+        ``pose_Rx/Ry/Rz`` (radians, `auformer.faces.pose`). Both stay empty for box-only detectors (haar, none)."""
         if batch_size < 1:
             raise AUFormerError(f"batch_size must be a positive integer, got {batch_size}")
         if detect_every < 1:
@@ -143,11 +130,14 @@ class Detector:
         self.occurrence = "probabilities" in outputs  # AU01 probabilities and AU01_c occurrences
         self.intensity = "intensity" in outputs  # AU01_r intensities, 0-5
         self.thresholds = self._resolve_thresholds(threshold, recorded)  # (N,)
+        self.landmarks, self.pose = landmarks, pose
+        self.face_columns = FACE_COLUMNS + LANDMARK_COLUMNS * landmarks + POSE_COLUMNS * pose
         self.face_detector = get_detector(face_detector)
         self.pipeline = FacePipeline(self.face_detector, detect_every)
         self.transform = build_transform(
             False, data_config["input_size"][-1], data_config["mean"], data_config["std"], resize_size
         )
+        self.synthetic_warned = not self.synthetic  # `auformer detect` prints the warning its own way and sets this
 
     def _resolve_thresholds(self, threshold: float | Mapping[str | int, float] | None, stored: float | list[float]) -> np.ndarray:
         """(N,) thresholds: the user's (a number, or per AU), falling back to ``stored`` (the checkpoint's)."""
@@ -212,9 +202,13 @@ class Detector:
             yield frame, aligned, self._inputs([face.crop for face in aligned])
 
     def iter_results(
-        self, frames: FrameSource, carried: Sequence[Face] = (), next_face_id: int = 0
+        self, frames: Iterable[Frame | np.ndarray], carried: Sequence[Face] = (), next_face_id: int = 0
     ) -> Iterator[tuple[pd.DataFrame, list[AlignedFace]]]:
         """Analyse ``frames``; yield ``(table, aligned faces)`` about every ``batch_size`` rows, in frame order.
+
+        A frame is a `auformer.detect.sources.Frame` (``input`` name, frame ``index``, ``time_s``
+        and a uint8 (H, W, 3) RGB ``image``), or such an image array alone (`as_frames`:
+        the frames of one ``"<array>"`` input, numbered from 0, 0.1 s apart).
 
         The table holds one row per face and one ``success=0`` row per frame without a
         face. ``face`` is the face's identity (`auformer.faces.track`): in a video a face
@@ -227,13 +221,17 @@ class Detector:
         the network runs on the previous batch (`auformer.detect.sources.in_background`). A stream that fails mid-way (:class:`AUFormerError`)
         first gets the frames before the failure analysed and yielded, then the error is raised.
         """
+        if not self.synthetic_warned:  # Python callers get the CLI's warning too, once per Detector
+            warnings.warn(SYNTHETIC_WARNING.removeprefix("warning: "), UserWarning, stacklevel=2)
+            self.synthetic_warned = True
         rows: list[dict] = []
         faces: list[AlignedFace] = []
         inputs: list[torch.Tensor] = []
         stopped = None
         try:
-            for frame, aligned, images in in_background(self._find_faces(in_background(frames), carried, next_face_id)):
-                rows += frame_rows(frame, aligned)
+            found = self._find_faces(in_background(as_frames(frames)), carried, next_face_id)
+            for frame, aligned, images in in_background(found):
+                rows += self.frame_rows(frame, aligned)
                 faces.extend(aligned)
                 inputs.append(images)
                 if len(rows) >= self.batch_size:  # rows, not faces: a long stretch without faces is written too
@@ -246,9 +244,40 @@ class Detector:
         if stopped is not None:
             raise stopped
 
+    def frame_rows(self, frame: Frame, aligned: list[AlignedFace]) -> list[dict]:
+        """The face columns of one frame's rows: one per face, or one ``success=0`` row without a face."""
+        base = {"input": frame.input, "frame": frame.index, "time_s": round(frame.time_s, 4)}
+        if not aligned:
+            return [{**base, "success": 0}]
+        return [
+            {
+                **base,
+                "face": face.face.face_id,
+                "x": face.face.box[0],
+                "y": face.face.box[1],
+                "w": face.face.box[2],
+                "h": face.face.box[3],
+                "face_score": face.face.score,
+                "success": 1,
+                **self._shape_values(face.face, frame.image.shape[:2]),
+            }
+            for face in aligned
+        ]
+
     def frame_table(self, frame: Frame, aligned: list[AlignedFace]) -> pd.DataFrame:
         """The result table of one frame and its aligned faces, at once (``auformer live``: no batching)."""
-        return self._table(frame_rows(frame, aligned), aligned, [self._inputs([face.crop for face in aligned])])
+        return self._table(self.frame_rows(frame, aligned), aligned, [self._inputs([face.crop for face in aligned])])
+
+    def _shape_values(self, face: Face, image_size: tuple[int, int]) -> dict[str, float]:
+        """The face's landmark and pose columns, as asked for (none without a 68-point shape)."""
+        if face.shape is None:
+            return {}
+        values = {}
+        if self.landmarks:
+            values.update(zip(LANDMARK_COLUMNS, np.concatenate([face.shape[:, 0], face.shape[:, 1]]).tolist()))
+        if self.pose:
+            values.update(zip(POSE_COLUMNS, head_pose(face.shape, image_size)))
+        return values
 
     def empty_table(self) -> pd.DataFrame:
         """A result table with no rows: the columns this checkpoint writes."""
@@ -257,7 +286,7 @@ class Detector:
     def _table(self, rows: list[dict], faces: list[AlignedFace], inputs: list[torch.Tensor]) -> pd.DataFrame:
         """Rows plus the model's probabilities (``AU01``), occurrences (``AU01_c``) and intensities (``AU01_r``)
         for the face rows, as the checkpoint has them."""
-        table = pd.DataFrame(rows).reindex(columns=FACE_COLUMNS)
+        table = pd.DataFrame(rows).reindex(columns=self.face_columns)
         table = table.astype({"frame": "int64", "face": "Int64", "success": "int64"})
         found = table["success"].to_numpy() == 1
         images = torch.cat([batch for batch in inputs if len(batch)]) if faces else torch.zeros(0)  # (F, 3, S, S)
@@ -295,7 +324,7 @@ class Detector:
     def detect(self, image: str | os.PathLike | np.ndarray) -> pd.DataFrame:
         """AUs of every face in one image (a path, or a uint8 (H, W, 3) RGB array)."""
         if isinstance(image, np.ndarray):
-            frame = Frame("<array>", 0, 0.0, image)
+            frame = Frame(ARRAY_INPUT, 0, 0.0, image)
         else:
             frame = Frame(str(image), 0, 0.0, read_image(image))
         return pd.concat([table for table, _ in self.iter_results([frame])], ignore_index=True)

@@ -16,11 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+from PIL import Image
 from tqdm import tqdm
 
 from auformer.detect.detector import SYNTHETIC_WARNING, Detector, parse_thresholds
 from auformer.detect.sources import Frame, count_video_frames, expand_inputs, image_frames, video_frames
 from auformer.detect.writers import (
+    ALIGNED_DIR,
     IMAGES_CSV,
     SUMMARY_NAME,
     CsvWriter,
@@ -30,8 +32,8 @@ from auformer.detect.writers import (
     written_faces,
 )
 from auformer.errors import AUFormerError
-from auformer.faces import Face
-from auformer.files import atomic_write_text, check_apart
+from auformer.faces import AlignedFace, Face
+from auformer.files import atomic_path, atomic_write_text, check_apart
 
 
 @dataclass
@@ -59,11 +61,13 @@ def write_results(
     counts: Counts,
     plot_prefix: Mapping[str, Path] | None,
     carried: tuple[list[Face], int] = ([], 0),
+    aligned_prefix: Mapping[str, Path] | None = None,
 ) -> None:
     """Feed ``frames`` through ``detector`` into ``writer``, updating the progress bar and counts.
 
     ``plot_prefix``: input -> path prefix of its face plots (``PREFIX_face0.png``), None for no plots.
-    ``carried``: a resumed video's `written_faces`.
+    ``carried``: a resumed video's `written_faces`. ``aligned_prefix``: input -> path prefix of its
+    aligned crops (``PREFIX_frame<N>_face<K>.png``, `--save-aligned`), None for none.
     """
     started, faces_before = time.perf_counter(), counts.faces
     note = " (synthetic checkpoint: not meaningful)" if detector.synthetic else ""  # plot titles
@@ -77,6 +81,8 @@ def write_results(
         progress.set_postfix(
             faces=counts.faces, faces_per_s=f"{(counts.faces - faces_before) / (time.perf_counter() - started):.1f}"
         )
+        if aligned_prefix is not None:
+            _save_aligned(table, faces, aligned_prefix)
         if plot_prefix is not None:
             detector.plot_faces(
                 table,
@@ -97,7 +103,17 @@ def detector_options(args: argparse.Namespace) -> dict:
         "detect_every": args.detect_every,
         "amp": args.amp,
         "runtime": args.runtime,
+        "landmarks": args.landmarks,
+        "pose": args.pose,
     }
+
+
+def _save_aligned(table: pd.DataFrame, faces: list[AlignedFace], prefix: Mapping[str, Path]) -> None:
+    """Each face's aligned crop (what the model saw, before its resize) as a PNG; ``faces`` in ``success=1`` row order."""
+    for (_, row), face in zip(table[table["success"] == 1].iterrows(), faces):
+        path = Path(f"{prefix[row['input']]}_frame{row['frame']}_face{row['face']}.png")
+        with atomic_path(path) as tmp:
+            Image.fromarray(face.crop).save(tmp)
 
 
 def run_detect(args: argparse.Namespace) -> None:
@@ -115,7 +131,7 @@ def run_detect(args: argparse.Namespace) -> None:
     images, videos, ignored = expand_inputs(args.inputs, exclude=out)
     if not images and not videos:
         raise AUFormerError(f"no images or videos found in {', '.join(map(str, args.inputs))}")
-    outputs = Outputs.plan(out, images, videos, args.plot)
+    outputs = Outputs.plan(out, images, videos, args.plot, args.save_aligned)
     previous = outputs.previous()
     if previous and not (args.resume or args.overwrite):
         raise AUFormerError(
@@ -126,6 +142,7 @@ def run_detect(args: argparse.Namespace) -> None:
     detector = Detector(args.checkpoint, **detector_options(args))
     if detector.synthetic:
         print(SYNTHETIC_WARNING)
+        detector.synthetic_warned = True  # said here and at the end, not again as a Python warning
     openface = args.format == "openface"
     identity = run_identity(detector, openface)
     if args.resume:
@@ -150,7 +167,7 @@ def run_detect(args: argparse.Namespace) -> None:
                 progress.update(1)
 
             frames = image_frames(todo, skip)
-            write_results(detector, frames, writer, progress, counts, outputs.plot_prefix)
+            write_results(detector, frames, writer, progress, counts, outputs.plot_prefix, aligned_prefix=outputs.aligned_prefix)
         written.append(writer.path)
     for video, csv_path in outputs.video_csv.items():
         writer = CsvWriter(csv_path, openface, args.resume)
@@ -163,7 +180,7 @@ def run_detect(args: argparse.Namespace) -> None:
         with tqdm(total=total, desc=video.name, unit="frame") as progress:
             try:
                 frames = video_frames(video, args.every, args.start, args.end, after)
-                write_results(detector, frames, writer, progress, counts, None, carried)
+                write_results(detector, frames, writer, progress, counts, None, carried, outputs.aligned_prefix)
             except (AUFormerError, FileNotFoundError) as error:
                 counts.skip(error, progress, args.skip_bad)
                 if not writer.path.is_file():
@@ -199,5 +216,7 @@ def run_detect(args: argparse.Namespace) -> None:
     print(f"wrote {out / SUMMARY_NAME} (checkpoint, counts and skipped inputs)")
     if plot_dir is not None:
         print(f"plots in {plot_dir}")
+    if outputs.aligned_prefix is not None:
+        print(f"aligned face crops in {out / ALIGNED_DIR}")
     if detector.synthetic:
         print(SYNTHETIC_WARNING)

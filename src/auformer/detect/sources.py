@@ -38,6 +38,14 @@ class Frame:
 
 
 FrameSource = Iterable[Frame]  # what every stage downstream takes
+ARRAY_INPUT = "<array>"  # the ``input`` of frames given as arrays
+
+
+def as_frames(items: Iterable[Frame | np.ndarray]) -> Iterator[Frame]:
+    """``Frame`` s as they are; uint8 (H, W, 3) RGB arrays as frames 0, 1, 2, ... of one ``"<array>"``
+    input, 0.1 s apart (a 10 fps stream, e.g. from a camera: pass `Frame` s for real times)."""
+    for index, item in enumerate(items):
+        yield item if isinstance(item, Frame) else Frame(ARRAY_INPUT, index, index / 10, item)
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:

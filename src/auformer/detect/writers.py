@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 OPENFACE_NAMES = {"face": "face_id", "time_s": "timestamp", "face_score": "confidence"}
 SUMMARY_NAME = "detect.json"  # in OUT: what wrote the CSVs (checkpoint hash, format, columns), counts, skipped inputs
 IMAGES_CSV = "images.csv"
+ALIGNED_DIR = "aligned"  # --save-aligned: OUT/aligned/STEM_frame<N>_face<K>.png, OpenFace's -simalign
 
 
 def to_openface(table: pd.DataFrame) -> pd.DataFrame:
@@ -137,13 +138,20 @@ class Outputs:
     out: Path
     video_csv: dict[Path, Path]  # video -> its CSV
     plot_prefix: dict[str, Path] | None  # photo (as the table names it) -> OUT/plots/STEM, None without --plot
+    # photo or video (as the table names it) -> OUT/aligned/STEM, None without --save-aligned
+    aligned_prefix: dict[str, Path] | None = None
 
     @classmethod
-    def plan(cls, out: Path, images: list[Path], videos: list[Path], plot: bool) -> Outputs:
+    def plan(cls, out: Path, images: list[Path], videos: list[Path], plot: bool, aligned: bool = False) -> Outputs:
         csv_names, plot_names = UniqueNames([IMAGES_CSV, SUMMARY_NAME]), UniqueNames()
         video_csv = {video: out / csv_names.claim(f"{video.stem}.csv") for video in videos}
         plot_prefix = {str(path): out / "plots" / plot_names.claim(path.stem) for path in images} if plot else None
-        return cls(out, video_csv, plot_prefix)
+        aligned_prefix = None
+        if aligned:  # a video's crops are named after its CSV, each photo's after its own distinct stem
+            aligned_names = UniqueNames([csv.stem for csv in video_csv.values()])
+            aligned_prefix = {str(video): out / ALIGNED_DIR / csv.stem for video, csv in video_csv.items()}
+            aligned_prefix.update({str(path): out / ALIGNED_DIR / aligned_names.claim(path.stem) for path in images})
+        return cls(out, video_csv, plot_prefix, aligned_prefix)
 
     @property
     def csv_files(self) -> list[Path]:
@@ -152,7 +160,7 @@ class Outputs:
     def previous(self) -> list[Path]:
         """Files of an earlier run in OUT: its ``detect.json``, the CSVs this run writes, its plots."""
         found = [path for path in (self.out / SUMMARY_NAME, *self.csv_files) if path.exists()]
-        return found + sorted((self.out / "plots").glob("*.png"))
+        return found + sorted((self.out / "plots").glob("*.png")) + sorted((self.out / ALIGNED_DIR).glob("*.png"))
 
     def remove_previous(self) -> None:
         """``--overwrite``: delete the earlier run's CSVs (those its ``detect.json`` lists and those this run writes)

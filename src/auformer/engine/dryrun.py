@@ -131,7 +131,7 @@ def dry_run(config: Config, out_dir: str | Path, command: str) -> list[str]:
     check("output", lambda: check_out_apart(config, out_dir))
     source = check("data", lambda: load_source(config))
     target = check("target", lambda: load_source(config, config.data.target_root)) if config.data.target_root else None
-    plans, au_problems, checked_tests = [], 0, set()
+    plans, au_problems, checked_tests, without_positives = [], 0, set(), set()
     if source is not None:
         table = source.table
         ok(
@@ -157,6 +157,7 @@ def dry_run(config: Config, out_dir: str | Path, command: str) -> list[str]:
                 empty = [c for c, n in zip(au_columns(part.aus), (part.labels == 1).sum(0)) if n == 0]
                 if empty and (split == "test" or run_config.data.train_fraction == 1):
                     au_problems += 1
+                    without_positives.update(empty)
                     problem(name, f"no positive of {', '.join(empty)} in the {split} split (F1/occurrence rate meaningless)")
                 elif empty:
                     lines.append(f"  {name:<8} note     the {split} subset has no positive of {', '.join(empty)}")
@@ -170,6 +171,12 @@ def dry_run(config: Config, out_dir: str | Path, command: str) -> list[str]:
                 )
         if plans and not au_problems:
             ok("AUs", f"every AU has positives in each test fold and each full training split ({len(plans)} run(s))")
+        kept = [au for au in table.aus if au_columns([au])[0] not in without_positives]
+        if without_positives and kept:
+            lines.append(
+                f"  {'AUs':<8} fix      the real run would go ahead, but the F1 of {', '.join(sorted(without_positives))} "
+                f"would say nothing: leave them out with --set data.aus=[{','.join(map(str, kept))}]"
+            )
     out = Path(out_dir)
     existing = _nearest_existing(out)
     if not existing.is_dir():

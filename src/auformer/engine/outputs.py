@@ -89,8 +89,10 @@ def write_results(
     """metrics.json, per_au.csv/.md (occurrence), per_au_intensity.csv/.md (intensity) and predictions.csv.
 
     predictions.csv holds the raw probabilities (``AU01_prob``) beside the labels
-    (``AU01``, -1 unknown) so results can be re-scored at other thresholds, and for
-    intensity models the predicted (``AU01_int_pred``) and annotated (``AU01_int``, -1 unknown) intensities.
+    (``AU01_label``, -1 unknown) so results can be re-scored at other thresholds, and for
+    intensity models the predicted (``AU01_int_pred``) and annotated (``AU01_int_label``, -1 unknown)
+    intensities. Every column says what it holds: a bare ``AU01`` is a label in manifest.csv
+    and a probability in a detect CSV, so predictions.csv, which has both, names neither so.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics_json(metrics, backbone_weights), indent=2) + "\n")
@@ -106,10 +108,10 @@ def write_results(
     frame = pd.DataFrame({"image": table.images, "subject": table.subjects})
     if "probs" in predictions:
         frame[[f"{c}_prob" for c in columns]] = predictions["probs"]
-    frame[columns] = table.labels.astype(int)
+    frame[[f"{c}_label" for c in columns]] = table.labels.astype(int)
     if "intensity" in predictions:
         frame[[f"{c}_int_pred" for c in columns]] = predictions["intensity"]
-        frame[[f"{c}_int" for c in columns]] = table.intensity if table.intensity is not None else -1.0
+        frame[[f"{c}_int_label" for c in columns]] = table.intensity if table.intensity is not None else -1.0
     with atomic_path(out_dir / "predictions.csv") as tmp:
         frame.to_csv(tmp, index=False, float_format="%.6f")
 

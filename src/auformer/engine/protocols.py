@@ -113,6 +113,10 @@ def evaluate(
     else:
         source = load_source(config)
         test = build_splits(config, source).test
+    if verbose and info.is_main:
+        what = "list files" if table is not None else config.data.target_root or config.data.root or "synthetic faces"
+        fold = "" if table is not None or config.data.target_root else f", test fold {config.data.fold}"
+        print(f"scoring {checkpoint} on {what}{fold}: {len(test)} images, {info.device}", flush=True)
     size = model.config["img_size"]
     transform = build_transform(False, size, model.data_config["mean"], model.data_config["std"], config.data.resize_size)
     dataset = make_dataset(source, test, transform, has_intensity(model.task))

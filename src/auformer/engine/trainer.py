@@ -202,6 +202,12 @@ class Trainer:
         """Run the remaining epochs, then score the test split; returns its metrics (main process writes them)."""
         schedule = self.schedule
         test_metrics = None
+        data, info = self.config.data, self.dist
+        self._print(
+            f"training on {info.device}" + (f" x {info.world_size} processes" if info.world_size > 1 else "")
+            + f": {data.root or 'generated synthetic faces'}, test fold {data.fold}, "
+            f"{len(self.splits.train)} training / {len(self.splits.test)} test images"
+        )  # fmt: skip
         while self.epoch < schedule.epochs:
             loss, images_per_s, seconds = self._train_epoch()
             evaluate_now = schedule.evaluates_after(self.epoch)

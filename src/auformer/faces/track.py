@@ -274,7 +274,8 @@ class FaceTracker:
         track.start()
         landmarks = track.landmarks + template_shift(image_rgb, track.landmarks, track.template)  # (5, 2) moved
         for _ in range(2):  # the second fit starts from a box centred on the re-fitted face
-            landmarks = self.fitter.fit(image_rgb, LandmarkFitter.box_around(landmarks))
+            shape = self.fitter.fit_shape(image_rgb, LandmarkFitter.box_around(landmarks))  # (68, 2)
+            landmarks = LandmarkFitter.five_points(shape)
         if track.similarity(face_patch(image_rgb, landmarks)) < self.min_similarity:
             return None
         track.landmarks, track.template = landmarks, face_template(image_rgb, landmarks)
@@ -284,4 +285,4 @@ class FaceTracker:
         scale = float(np.hypot(matrix[0, 0], matrix[1, 0]))
         centre = matrix @ np.array([x + w / 2, y + h / 2, 1.0])  # (2,)
         box = (float(centre[0] - scale * w / 2), float(centre[1] - scale * h / 2), scale * w, scale * h)
-        return dataclasses.replace(track.detected, box=box, landmarks=landmarks)
+        return dataclasses.replace(track.detected, box=box, landmarks=landmarks, shape=shape)

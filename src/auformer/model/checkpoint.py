@@ -60,13 +60,36 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
     """A local checkpoint path as given; a Hugging Face Hub repo id ``user/name[@revision]`` -> its cached files.
 
     A local checkpoint wins over a Hub repo of the same name (``runs/best`` is both a
-    path and a valid repo id), so the Hub is only asked when no local file exists.
+    path and a valid repo id), so the Hub is only asked when no local file exists. A run
+    folder means its ``best`` (else ``last``) checkpoint; a path whose parent folder exists
+    here (``runs/typo``) is taken as local, and a missing one is one line, with no Hub wait.
     """
-    weights_path, json_path = checkpoint_paths(name_or_path)
+    weights_path, json_path = checkpoint_paths(name_or_path)  # refuses "", "." and ".." first
+    path = Path(name_or_path)
+    if path.is_dir():  # a run folder (``runs/tiny``) stands for its best checkpoint, else its last
+        return _run_folder_checkpoint(path)
     repo = parse_repo_id(str(name_or_path))
     if weights_path.exists() or json_path.exists() or repo is None:
-        return Path(name_or_path)
+        return path
+    if path.parent.is_dir() and path.parent != Path("."):  # runs/typo: a local-looking path, not a repo id
+        raise FileNotFoundError(
+            f"checkpoint {name_or_path}: no such file ({weights_path.name} or {json_path.name}) in {path.parent}; "
+            "a Hub repo id user/name names no local folder"
+        )
     return download_checkpoint(*repo)
+
+
+RUN_CHECKPOINTS = ("best", "last")  # what a training run folder holds, preferred first
+
+
+def _run_folder_checkpoint(folder: Path) -> Path:
+    for stem in RUN_CHECKPOINTS:
+        if (folder / f"{stem}.safetensors").exists() or (folder / f"{stem}.json").exists():
+            return folder / stem
+    raise FileNotFoundError(
+        f"checkpoint {folder}: a folder with no checkpoint in it "
+        f"(expected {' or '.join(s + '.safetensors' for s in RUN_CHECKPOINTS)}, as a training run writes)"
+    )
 
 
 @functools.lru_cache(maxsize=8)

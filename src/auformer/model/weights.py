@@ -41,18 +41,23 @@ def hub_repo(tag: str) -> str:
         raise AUFormerError(f"timm has no pretrained weights for {tag!r}; list them with timm.list_pretrained('vit_*')")
     if not cfg.hf_hub_id:
         raise AUFormerError(
-            f"timm tag {tag!r} has no Hugging Face copy ({cfg.url or 'no url'}); "
-            "download it yourself and pass --set model.backbone_weights=PATH"
+            f"timm tag {tag!r} has no Hugging Face copy ({cfg.url or 'no url'}); download it yourself and {PASS_WEIGHTS}"
         )
     return cfg.hf_hub_id
 
 
+# Said to both audiences: the Python API takes the keyword, the CLI the --set.
+PASS_WEIGHTS = "pass backbone_weights=PATH (CLI: --set model.backbone_weights=PATH)"
+
+
 def _unavailable(tag: str, repo: str, why: str) -> FileNotFoundError:
+    from huggingface_hub import constants
+
+    cache = "fill the Hugging Face cache" + ("" if constants.HF_HUB_OFFLINE else " and set HF_HUB_OFFLINE=1")
     return FileNotFoundError(
         f"backbone weights for timm tag {tag} are not available ({why}): download {HUB_FILENAMES[0]} of the "
         f"Hugging Face repo {repo} "
-        f"(`auformer weights download {tag} --out DIR` on a machine with a network) and pass "
-        f"--set model.backbone_weights=PATH, or fill the Hugging Face cache and set HF_HUB_OFFLINE=1"
+        f"(`auformer weights download {tag} --out DIR` on a machine with a network) and {PASS_WEIGHTS}, or {cache}"
     )
 
 

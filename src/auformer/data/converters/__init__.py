@@ -16,7 +16,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -287,7 +287,7 @@ def run_prepare(
     out_dir: str | Path,
     sources: list[Source],
     aus: Sequence[int],
-    folds: list[list[str]],
+    folds: list[list[str]] | Callable[[list[str]], list[list[str]]],
     align: str = "auto",
     detector: str | FaceDetector | None = None,
     size: int = 256,
@@ -307,6 +307,8 @@ def run_prepare(
     most as many as memory allows for the largest allowed image (:func:`memory_workers`).
     ``out_dir`` must lie apart from ``raw_dir`` and the other ``inputs`` (a label file).
     Two frames that would write one crop (``dup.png`` and ``dup.jpg``) get distinct names.
+    ``folds``: a protocol's fixed folds, or a function dealing the subjects of the written
+    frames into folds (your own data: a subject whose every frame failed is in no fold).
     An ``out_dir`` that already holds a prepared dataset is refused unless ``overwrite``,
     which first removes that dataset (its crops, manifest, folds and report; nothing else).
     ``notes`` and ``fold_notes``: a converter's own keys for prepare_report.json and folds.json.
@@ -351,6 +353,8 @@ def run_prepare(
         intensity = np.stack([unknown if frame.intensity is None else frame.intensity for frame in written])  # (M, N)
         report.intensity_known = dict(zip(au_columns(aus), (intensity >= 0).sum(axis=0).tolist()))
     subjects = [frame.subject for frame in written]
+    if callable(folds):
+        folds = folds(subjects)
     report.subjects_in_no_fold = sorted(set(subjects) - {s for fold in folds for s in fold})
     table = AUTable(out_dir, [frame.out_image for frame in written], subjects, labels, list(aus), intensity)
     write_manifest(table, out_dir)

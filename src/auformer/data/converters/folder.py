@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -202,7 +203,19 @@ def prepare_folder(
     if rows.empty:
         raise AUFormerError(f"{labels_csv}: no usable label rows ({len(bad_rows)} bad; first: {bad_rows[:1]})")
     sources = collect_folder(input_dir, rows, Path(labels_csv).name, bad_rows)
-    subject_folds = subject_kfold(rows["subject"].tolist(), folds)
+    subject_kfold(rows["subject"].tolist(), folds)  # a bad --folds is refused before any conversion
+
+    def subject_folds(written_subjects: list[str]) -> list[list[str]]:
+        """Subjects with a written image dealt into ``folds`` folds; one subject a fold when fewer are left."""
+        present = sorted(set(written_subjects))
+        if len(present) < folds:
+            warnings.warn(
+                f"only {len(present)} subjects have a written image: {len(present)} folds instead of --folds {folds}",
+                stacklevel=2,
+            )
+            return [[subject] for subject in present]
+        return subject_kfold(written_subjects, folds)
+
     return run_prepare(
         "folder", input_dir, out_dir, sources, aus, subject_folds, bad_rows=bad_rows, inputs=[labels_csv], **options
     )
