@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ from auformer.detect.live import LatestSlot
 from auformer.detect.smoothing import SMOOTHERS, FaceSmoother
 from auformer.detect.sources import SourceLost
 from media import face_leaves_and_returns, serve_mjpeg, tiny_checkpoint, write_video
+from system_tools import require
 
 AUS = [1, 2, 4, 6, 12]
 FRAMES, AWAY = 30, range(12, 17)  # the astronaut is out of the picture for frames 12-16
@@ -155,8 +155,8 @@ def test_smoothed_values_stay_within_the_inputs(kind, steps):
         assert min(seen) - 1e-9 <= out <= max(seen) + 1e-9
 
 
-@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (the project's CI does not install it)")
 def test_terminal_view_updates_under_tmux(checkpoint, tmp_path):
+    require("tmux", why="the live terminal view's screen test: apt-get install tmux")
     clip = write_video(tmp_path / "clip.avi", face_leaves_and_returns(FRAMES, AWAY) * 3)  # 9 s at 10 fps
     session = f"auformer-live-{os.getpid()}"
     command = [sys.executable, "-m", "auformer", "live", "--source", str(clip), "--checkpoint", str(checkpoint)]

@@ -39,12 +39,10 @@ from selenium import webdriver  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
+from system_tools import require  # noqa: E402
+
+require("chromium", "chromedriver", why="the browser test: apt-get install chromium chromium-driver", module=True)
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-if CHROMIUM is None or CHROMEDRIVER is None:
-    pytest.skip(
-        "no Chromium browser and driver on PATH: run .ci/install-browser (apt-get install chromium chromium-driver)",
-        allow_module_level=True,
-    )
 
 pytestmark = pytest.mark.slow
 WINDOW = (1400, 1700)  # browser viewport in CSS pixels: the screenshot's size
