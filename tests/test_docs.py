@@ -68,10 +68,13 @@ def help_default_drift(commands: dict[str, argparse.ArgumentParser]) -> list[str
 
 
 def doc_command_lines() -> list[tuple[str, str]]:
-    """(file, line) for each `auformer ...` line inside a code block of README.md and docs/*.md."""
+    """(file, line) for each `auformer ...` line inside a code block of README.md and docs/*.md
+    (a ```text block is a program's output, not commands)."""
     found = []
     for path in DOCS:
-        for block in re.findall(r"```[a-z]*\n(.*?)```", path.read_text(), re.S):
+        for language, block in re.findall(r"```([a-z]*)\n(.*?)```", path.read_text(), re.S):
+            if language == "text":
+                continue
             for line in block.replace("\\\n", " ").splitlines():
                 line = line.strip().removeprefix("$ ")
                 if re.match(r"^(\w+=\S+ )*auformer ", line):
@@ -146,9 +149,10 @@ def test_the_aus_each_preset_outputs_are_the_presets_own():
     from auformer.config import load_config, preset_names
     from auformer.data.synthetic_appearance import SYNTHETIC_AUS
 
-    documented = dict(
-        re.findall(r"^\| `([\w-]+)` \| [^|]+ \| ((?:AU\d+, )*AU\d+) \|$", (ROOT / "docs" / "training.md").read_text(), re.M)
-    )
+    documented = dict(re.findall(r"^\| `([\w-]+)` \| [^|]+ \| ([^|]+) \|$", (ROOT / "docs" / "training.md").read_text(), re.M))
     for name in preset_names():
-        aus = load_config(name, data_dir="x").data.aus or SYNTHETIC_AUS
-        assert documented.get(name) == ", ".join(au_columns(aus)), name
+        config = load_config(name, data_dir="x")
+        if config.data.aus is None and name != "synthetic":  # the prepared folder's own AUs (ckplus)
+            assert documented.get(name, "").startswith("those `auformer prepare"), name
+            continue
+        assert documented.get(name) == ", ".join(au_columns(config.data.aus or SYNTHETIC_AUS)), name
