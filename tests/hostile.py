@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import io
 import os
+import signal
 from pathlib import Path
 
 from auformer.cli import main
@@ -29,13 +30,18 @@ def snapshot(root: Path, skip: Path | None = None) -> dict[str, str]:
     return files
 
 
+PROCESS_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def run_hostile(argv: list[str], root: Path, out: Path, allowed_codes: tuple[int, ...] = (0, 2)) -> tuple[int, str]:
-    """Run ``auformer ARGV`` in-process; assert the exit code, one error line, and that only ``out`` changed.
+    """Run ``auformer ARGV`` in-process; assert the exit code, one error line, that only ``out`` changed,
+    and that the process is left as it was (signal handlers: a command that sets its own puts them back).
 
     ``root`` holds every input of the run and ``out`` (which may lie inside it); nothing under ``root``
     apart from ``out`` may be created, changed or removed. Returns ``(exit code, stderr)``.
     """
     before = snapshot(root, skip=out)
+    handlers = {number: signal.getsignal(number) for number in PROCESS_SIGNALS}
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
         code = main([str(arg) for arg in argv])
@@ -46,4 +52,5 @@ def run_hostile(argv: list[str], root: Path, out: Path, allowed_codes: tuple[int
         assert len(errors) == 1, f"expected one 'error:' line for {argv}, got: {text[-2000:]}"
         assert "Traceback" not in text, text[-2000:]
     assert snapshot(root, skip=out) == before, f"{argv} changed files outside {out}"
+    assert {number: signal.getsignal(number) for number in PROCESS_SIGNALS} == handlers, f"{argv} left signal handlers set"
     return code, text

@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -22,6 +26,7 @@ from auformer.cli.live import SMOOTHERS as CLI_SMOOTHERS
 from auformer.detect.live import LatestSlot
 from auformer.detect.smoothing import SMOOTHERS, FaceSmoother
 from auformer.detect.sources import SourceLost
+from hostile import run_hostile
 from media import face_leaves_and_returns, serve_mjpeg, tiny_checkpoint, write_video
 from system_tools import require
 
@@ -45,7 +50,11 @@ def live(checkpoint: Path, source: str, out: Path, *extra: str) -> int:
 
 def test_clip_every_frame_keeps_ids_when_a_face_returns(checkpoint, frames, tmp_path):
     clip = write_video(tmp_path / "clip.avi", frames)
+    handlers = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGHUP)}
     assert live(checkpoint, str(clip), tmp_path / "out", "--no-realtime", "--smooth", "none") == 0
+    # SIGTERM/SIGHUP stop a run like Ctrl-C only while it runs: the caller's handlers come back (a leaked
+    # handler made a later serve test in the same process see default_int_handler instead of its own).
+    assert {number: signal.getsignal(number) for number in handlers} == handlers
     rows = pd.read_csv(tmp_path / "out" / "rows.csv")
     summary = json.loads((tmp_path / "out" / "live.json").read_text())
     assert summary["dropped_frames"] == 0 and summary["analysed_frames"] == summary["captured_frames"] == FRAMES
@@ -182,3 +191,41 @@ def test_terminal_view_updates_under_tmux(checkpoint, tmp_path):
         (tmp_path / "screen.txt").write_text(shown[-1])
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released): a source URL that fails without a network."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@settings(max_examples=16, deadline=None, derandomize=True)
+@given(
+    kind=st.sampled_from(["text", "file", "url", "clip"]),
+    keep=st.sampled_from([1.0, 0.6, 0.2]),
+    text=st.text(min_size=1, max_size=30).filter(lambda t: "\x00" not in t),
+    content=st.binary(max_size=200),
+    scheme=st.sampled_from(["rtsp", "http", "https", "rtmp", "ftp", "file", "javascript"]),
+)
+def test_hostile_sources_end_in_one_line_and_leave_the_process_as_it_was(checkpoint, frames, kind, keep, text, content, scheme):
+    """Any --source: exit 0 or 2 with one `error:` line, nothing outside OUT touched, signal handlers put back."""
+    root = Path(tempfile.mkdtemp())
+    try:
+        if kind == "file":  # bytes under a video name: not a video, or a truncated one
+            source = root / "clip.mp4"
+            source.write_bytes(content)
+        elif kind == "clip":  # a real clip, cut anywhere (a whole one when keep is 1)
+            source = write_video(root / "clip.avi", frames[:4])
+            data = source.read_bytes()
+            source.write_bytes(data[: max(1, round(len(data) * keep))])
+        elif kind == "url":
+            source = f"{scheme}://127.0.0.1:{_closed_port()}/{text.strip() or 'x'}"
+        else:
+            source = text
+        if kind == "text" and (text.strip().isdigit() or text.strip().startswith("/dev/")):
+            return  # a camera index or device: this machine has none, and a test must not wait on one
+        run_hostile(["live", "--source", str(source), "--checkpoint", checkpoint, "--out", root / "out", "--duration", "5",
+                     "--no-realtime"], root, root / "out")  # fmt: skip
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -15,6 +15,7 @@ only; nothing but the CSV rows and ``live.json`` is written.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import threading
@@ -172,6 +173,21 @@ def _outputs(args: argparse.Namespace) -> tuple[Path, Path | None]:
     return out, csv_path
 
 
+@contextlib.contextmanager
+def _stop_like_ctrl_c(*signals: signal.Signals) -> Iterator[None]:
+    """A terminal closed or `kill` stops the run as Ctrl-C does, for as long as it runs; the caller's handlers
+    are put back after (the CLI may run in a process that has its own, e.g. a test runner or a notebook)."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = {number: signal.signal(number, signal.default_int_handler) for number in signals}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
 def run_live(args: argparse.Namespace) -> None:
     """``auformer live``: see the module docstring; ``live.json`` in OUT records the counts and latencies."""
     from auformer.detect.live_view import LiveView
@@ -196,10 +212,7 @@ def run_live(args: argparse.Namespace) -> None:
     stats, stop = LiveStats(), threading.Event()
     ended, problem = "end of source", None
     frames = stream_frames(args.source, realtime=args.realtime)
-    if threading.current_thread() is threading.main_thread():  # a terminal closed or `kill`: stop as Ctrl-C does
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
-        signal.signal(signal.SIGHUP, signal.default_int_handler)
-    with LiveView(args.source, detector) as view:
+    with _stop_like_ctrl_c(signal.SIGTERM, signal.SIGHUP), LiveView(args.source, detector) as view:
         try:
             for frame, captured, aligned in live_results(detector, frames, stop, args.realtime, stats):
                 table = detector.frame_table(frame, aligned)
