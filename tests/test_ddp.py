@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,24 +18,45 @@ from test_train import write_tiny_preset
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-@pytest.mark.slow
-def test_two_gloo_processes_match_one_process(tmp_path):
-    # No augmentation and no dropout (TINY): the only difference left is where the batch is split.
-    # The batch-form WDI is a dice over each process's local batch (docs/losses.md), so this
-    # equivalence is checked with the per-sample form, whose batch mean does not depend on the split.
-    preset = write_tiny_preset(
-        tmp_path / "tiny.yaml", train={"epochs": 2, "checkpoint_every": 100}, loss={"wdi_reduction": "sample"}
-    )
-    single, ddp = tmp_path / "single", tmp_path / "ddp"
-    one = subprocess.Popen([sys.executable, "-m", "auformer", "train", "--preset", preset, "--out", str(single)],
-                           env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    two = subprocess.run([*torchrun, "-m", "auformer", "train", "--preset", preset, "--out", str(ddp)],
-                         env=ENV, capture_output=True, text=True)  # fmt: skip
-    assert two.returncode == 0, two.stderr[-3000:]
-    assert one.wait() == 0, one.stderr.read()[-3000:]
+def _launch(args: list[str], out: Path, torchrun: list[str] | None = None) -> subprocess.Popen:
+    """``auformer train ARGS --out OUT`` in one process, or under ``torchrun`` with its arguments."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", *torchrun] if torchrun is not None else [sys.executable]
+    return subprocess.Popen([*launcher, "-m", "auformer", "train", *args, "--out", str(out)],
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
 
-    assert two.stdout.count("outputs written to") == 1  # only rank 0 prints and writes
+
+@pytest.fixture(scope="module")
+def three_runs(tmp_path_factory) -> dict[str, tuple[Path, str]]:
+    """One tiny training run three ways, launched at once: one process; one node of 2 gloo processes;
+    two "nodes" on loopback (two torchrun launches joined by c10d rendezvous, 1 process each).
+
+    No augmentation and no dropout (TINY): the only difference left is where the batch is split. The
+    batch-form WDI is a dice over each process's local batch (docs/losses.md), so the equivalence is
+    checked with the per-sample form, whose batch mean does not depend on the split.
+    """
+    root = tmp_path_factory.mktemp("ddp")
+    preset = write_tiny_preset(root / "tiny.yaml", train={"epochs": 2, "checkpoint_every": 100}, loss={"wdi_reduction": "sample"})
+    args = ["--preset", preset]
+    rendezvous = ["--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-id", "two-nodes",
+                  "--rdzv-endpoint", f"127.0.0.1:{_free_port()}"]  # fmt: skip
+    launches = {
+        "single": [_launch(args, root / "single")],
+        "ddp": [_launch(args, root / "ddp", ["--standalone", "--nproc-per-node", "2"])],
+        "two_nodes": [_launch(args, root / "two_nodes", [*rendezvous, "--node-rank", str(node)]) for node in (0, 1)],
+    }
+    runs = {}
+    for name, processes in launches.items():
+        outputs = [process.communicate(timeout=400) for process in processes]
+        for process, (_, err) in zip(processes, outputs):
+            assert process.returncode == 0, f"{name}: {err[-3000:]}"
+        runs[name] = (root / name, outputs[0][0])
+    return runs
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_match_one_process(three_runs):
+    (single, _), (ddp, stdout) = three_runs["single"], three_runs["ddp"]
+    assert stdout.count("outputs written to") == 1  # only rank 0 prints and writes
     expected, got = (json.loads((run / "metrics.json").read_text()) for run in (single, ddp))
     assert got["mean_f1"] == pytest.approx(expected["mean_f1"], abs=0.02)
     a = pd.read_csv(single / "predictions.csv")
@@ -99,41 +121,8 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_two_nodes_match_one_node_with_two_processes(tmp_path):
-    # Two "nodes" on loopback: two torchrun launches joined by c10d rendezvous, 1 gloo process each,
-    # beside one torchrun launch of 2 processes (the test above ties that one to a single process).
-    preset = write_tiny_preset(
-        tmp_path / "tiny.yaml", train={"epochs": 2, "checkpoint_every": 100}, loss={"wdi_reduction": "sample"}
-    )
-    one_node, two_nodes = tmp_path / "one_node", tmp_path / "two_nodes"
-    train = ["-m", "auformer", "train", "--preset", preset]
-    single = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                               *train, "--out", str(one_node)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    rendezvous = ["--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-id", "two-nodes",
-                  "--rdzv-endpoint", f"127.0.0.1:{_free_port()}"]  # fmt: skip
-    nodes = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "torch.distributed.run",
-                *rendezvous,
-                "--node-rank",
-                str(node),
-                *train,
-                "--out",
-                str(two_nodes),
-            ],
-            env=ENV,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
-        for node in (0, 1)
-    ]
-    for process in (single, *nodes):
-        out, err = process.communicate(timeout=400)
-        assert process.returncode == 0, err[-3000:]
+def test_two_nodes_match_one_node_with_two_processes(three_runs):
+    one_node, two_nodes = three_runs["ddp"][0], three_runs["two_nodes"][0]
     expected, got = (json.loads((run / "metrics.json").read_text()) for run in (one_node, two_nodes))
     print(f"one node, 2 processes: mean_f1 {expected['mean_f1']:.4f}; two nodes, 1 process each: {got['mean_f1']:.4f}")
     assert got["mean_f1"] == pytest.approx(expected["mean_f1"], abs=1e-4)

@@ -146,7 +146,7 @@ def test_tuned_thresholds_come_from_validation_only_and_reach_evaluate_and_detec
     # metrics.json's tuned scores are the test predictions at the stored thresholds
     predictions = pd.read_csv(tmp_path / "run_data" / "predictions.csv")
     aus = list(stored["data"])
-    expected = au_metrics(predictions[[f"{au}_prob" for au in aus]].to_numpy(), predictions[aus].to_numpy(), aus,
+    expected = au_metrics(predictions[[f"{au}_prob" for au in aus]].to_numpy(), predictions[[f"{au}_label" for au in aus]].to_numpy(), aus,
                           threshold=[stored["data"][au] for au in aus])  # fmt: skip
     assert runs["data"]["tuned"]["mean_f1"] == pytest.approx(expected["mean_f1"])
 
