@@ -54,20 +54,24 @@ INPUT_NAME = "webcam"  # the CSV's ``input`` column
 CSV_NAME = "live-session.csv"
 LIVE_INTRO = (
     "### Live: your webcam, analysed as it streams\n"
-    "Press the camera's record button. Each face is boxed with its number, which it keeps while it stays in view; "
+    "Click the camera box to allow the webcam, then press Record. Each face is boxed with its number, which it keeps while it stays in view; "
     "its AU bars update with every analysed frame (smoothed over time, One-Euro). "
     "**Frames stay in memory and are never saved:** only the rows of the CSV are written, into the server's "
     "temporary folder, deleted when the server stops."
 )
-CAMERA_OFF = "Camera off: press the record button below and allow the camera when the browser asks."
+CAMERA_OFF = "Camera off: click the camera box to allow the webcam, then press Record."
+STALLED_S = 5  # s without a new result while streaming: the page says the stream stopped
 # The camera's state, written by the browser into #live-camera-status (the server cannot see it).
 CAMERA_MESSAGES = {
-    "on": "Camera on: frames go to the model as they come.",
-    "stopped": "Camera stopped. The last result stays below; press record to start again.",
+    "on": "Camera on: press Record to stream its frames to the model.",
+    "streaming": "Streaming: frames go to the model as they come.",
+    "stopped": "Camera stopped. The last result stays below; press Record to start again.",
+    "stalled": f"No new result for {STALLED_S} s: the stream stopped (the camera or the connection to the server was "
+    "lost). The last result stays below.",
     "lost": "Camera lost: it stopped sending frames (unplugged, or taken by another program). "
-    "The last result stays below; press record to start again.",
-    "denied": "Camera access denied: allow the camera for this page in the browser's site settings, then press "
-    "record again. The last result stays below.",
+    "The last result stays below; click the camera box and press Record to start again.",
+    "denied": "Camera access denied: allow the camera for this page in the browser's site settings, then reload "
+    "the page. The last result stays below.",
     "error": "The camera could not be opened (in use by another program, or none is connected). The last result stays below.",
     "unavailable": "This browser gives this page no camera: a page served over plain http from another machine "
     "cannot use one. Open it on this computer at http://127.0.0.1, or serve it over https.",
@@ -76,17 +80,35 @@ CAMERA_MESSAGES = {
 # events do (a rejected getUserMedia, a video track's "ended"), so the page listens for them.
 CAMERA_HEAD = """<script>
 (() => {
-  const messages = %s;
-  const say = (state) => {
+  const messages = %s, stalledMs = %d;
+  let state = "off", lastStats = null, lastChange = 0;
+  const say = (next) => {
+    state = next;
     const show = () => {
       const element = document.getElementById("live-camera-status");
       if (!element) return false;
-      element.textContent = messages[state];
-      element.dataset.state = state;
+      element.textContent = messages[next];
+      element.dataset.state = next;
       return true;
     };
     if (!show()) { const timer = setInterval(() => show() && clearInterval(timer), 200); }
   };
+  // Gradio's Record/Stop button: streaming starts or stops (the camera itself stays open).
+  document.addEventListener("click", (event) => {
+    const button = event.target.closest && event.target.closest("#live-camera button.capture-button");
+    if (!button) return;
+    const stopping = button.textContent.includes("Stop");
+    if (stopping && ["streaming", "stalled"].includes(state)) say("stopped");
+    if (!stopping && ["on", "stopped", "stalled"].includes(state)) { lastChange = Date.now(); say("streaming"); }
+  }, true);
+  // While streaming, results must keep coming: else say so (a camera that froze, a server gone).
+  setInterval(() => {
+    const stats = document.getElementById("live-stats");
+    const text = stats ? stats.textContent : null;
+    if (text !== lastStats) { lastStats = text; lastChange = Date.now(); }
+    if (state === "streaming" && Date.now() - lastChange > stalledMs) say("stalled");
+    if (state === "stalled" && Date.now() - lastChange < stalledMs) say("streaming");
+  }, 500);
   const media = navigator.mediaDevices;
   if (!media || !media.getUserMedia) { say("unavailable"); return; }
   const open = media.getUserMedia.bind(media);
@@ -100,11 +122,7 @@ CAMERA_HEAD = """<script>
       throw error;
     }
     say("on");
-    for (const track of stream.getVideoTracks()) {
-      track.addEventListener("ended", () => say("lost"));
-      const stop = track.stop.bind(track);
-      track.stop = () => { if (track.readyState === "live") say("stopped"); stop(); };
-    }
+    for (const track of stream.getVideoTracks()) track.addEventListener("ended", () => say("lost"));
     return stream;
   };
 })();
@@ -237,8 +255,10 @@ def build_live_tab(detector: Detector, work: Path) -> None:
 
     def on_download(session: LiveSession | None) -> gr.File:
         if session is None or not session.writer.path.is_file():
-            return gr.File(value=None, label="No frame analysed yet: start the camera first")
-        return gr.File(value=str(session.writer.path), label="The session's AU table (CSV): one row per face and frame")
+            return gr.File(value=None, visible=True, label="No frame analysed yet: start the camera first")
+        return gr.File(
+            value=str(session.writer.path), visible=True, label="The session's AU table (CSV): one row per face and frame"
+        )
 
     gr.Markdown(LIVE_INTRO)
     gr.HTML(f'<p id="live-camera-status" data-state="off">{html.escape(CAMERA_OFF)}</p>', js_on_load=None)
@@ -252,7 +272,7 @@ def build_live_tab(detector: Detector, work: Path) -> None:
     bars = gr.HTML(js_on_load=None, elem_id="live-bars")
     with gr.Row():
         download = gr.Button("Download the session's CSV", elem_id="live-download", scale=0)
-        csv = gr.File(label="The session's AU table (CSV)", interactive=False, elem_id="live-csv")
+        csv = gr.File(label="The session's AU table (CSV)", interactive=False, visible=False, elem_id="live-csv")
     camera.stream(
         on_frame,
         [camera, session],
@@ -269,4 +289,4 @@ def live_tab_head() -> str:
     """The page's ``<head>`` addition: the camera watcher (`CAMERA_HEAD`) with its messages."""
     import json
 
-    return CAMERA_HEAD % json.dumps(CAMERA_MESSAGES)
+    return CAMERA_HEAD % (json.dumps(CAMERA_MESSAGES), STALLED_S * 1000)
