@@ -6,6 +6,7 @@ browser test (test_serve_browser.py) drives the real page.
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import tempfile
@@ -19,10 +20,11 @@ import pytest
 from PIL import Image
 
 from auformer.cli import build_parser
-from auformer.detect import Detector
+from auformer.detect import Detector, Frame
 from auformer.serve import _stop_on_sigterm, analyse, demo_checkpoint, run_serve, tile_plots
+from auformer.serve_live import CSV_NAME, analyse_frame, bars_html, end_session, image_html, new_session, stats_text
 from auformer.viz import BOX_COLOR, draw_face_boxes
-from media import png_claiming, tiny_checkpoint, two_faces_photo, write_moving_face_video
+from media import crossing_faces, png_claiming, tiny_checkpoint, two_faces_photo, write_moving_face_video
 
 AUS = [1, 2, 4, 6, 12]
 FACE_FRAMES, BLANK_FRAMES = 6, 3
@@ -155,3 +157,42 @@ def test_temporary_folder_goes_when_stopped_during_start_up(tmp_path, monkeypatc
     assert "open http://" not in printed and "stopped" in printed  # really stopped during start-up
     assert not list(tmp_path.glob("auformer-serve-*")) and "deleted" in printed
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler is put back
+
+
+def test_live_frames_keep_ids_per_session_and_write_only_the_csv(detector, tmp_path):
+    """The Live tab's per-frame work (`auformer.serve_live`), without Gradio: two faces crossing, in two
+    sessions (two browser tabs) fed in turn; each keeps its own ids, rows and CSV, and nothing but the CSVs is written."""
+    frames, centres = crossing_faces(count=8)  # (frames, 2 people, x/y): the astronaut starts left
+    first, second = new_session(detector, tmp_path), new_session(detector, tmp_path)
+    ids_by_person = {0: set(), 1: set()}
+    for index, image in enumerate(frames):
+        boxed, table = analyse_frame(detector, first, image, time.perf_counter())
+        if index >= 3:  # the second tab opens later: its numbering starts afresh
+            analyse_frame(detector, second, frames[index - 3], time.perf_counter())
+        faces = table[table["success"] == 1]
+        assert len(faces) == 2 and boxed.shape == image.shape and not np.array_equal(boxed, image)
+        for _, row in faces.iterrows():
+            assert tuple(boxed[int(round(row["y"])), int(round(row["x"]))]) == BOX_COLOR  # boxed where the row says
+            box_centre = np.array([row["x"] + row["w"] / 2, row["y"] + row["h"] / 2])
+            person = int(np.argmin(np.linalg.norm(centres[index] - box_centre, axis=1)))
+            ids_by_person[person].add(int(row["face"]))
+    assert ids_by_person[0] != ids_by_person[1] and all(len(ids) == 1 for ids in ids_by_person.values())  # stable ids
+    rows, other = pd.read_csv(first.writer.path), pd.read_csv(second.writer.path)
+    assert first.writer.path != second.writer.path and len(rows) == 16 and len(other) == 10
+    assert rows["frame"].tolist() == [i for i in range(8) for _ in range(2)] and set(rows["input"]) == {"webcam"}
+    assert set(rows["face"]) == {0, 1} and set(other["face"]) == {0, 1}  # the second tab's ids start at 0 too
+    assert list(rows.columns) == list(detector.empty_table().columns)  # detect's columns
+    assert first.stats.analysed == 8 and first.last_ms > 0 and stats_text(first, 2).startswith("frame 7 · ")
+    # The page's pieces: the frame as a data URL (not a file), a bar per face and AU.
+    html = image_html(boxed)
+    decoded = cv2.imdecode(np.frombuffer(base64.b64decode(html.split("base64,")[1].split('"')[0]), np.uint8), cv2.IMREAD_COLOR)
+    assert decoded.shape == boxed.shape
+    bars = bars_html(detector, table)
+    assert bars.count('class="au-row"') == 2 * len(detector.au_columns) and 'data-face="0"' in bars and 'data-face="1"' in bars
+    assert "AU12 Lip Corner Puller" in bars and "No face" in bars_html(
+        detector, detector.frame_table(Frame("w", 0, 0, frames[0]), [])
+    )
+    written = sorted(path.name for path in tmp_path.rglob("*") if path.is_file())
+    assert written == [CSV_NAME, CSV_NAME]  # no frame on disk
+    end_session(second)
+    assert not second.writer.path.parent.exists() and first.writer.path.is_file()

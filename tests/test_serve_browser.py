@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from io import StringIO
 from pathlib import Path
@@ -73,7 +74,12 @@ def _next_line(server_lines: queue.Queue, timeout: float) -> str:
 
 @pytest.fixture(scope="module")
 def server() -> Server:
-    command = [sys.executable, "-m", "auformer", "serve", "--port", str(_free_port()), "--max-upload-mb", str(MAX_UPLOAD_MB)]
+    yield from serve_process("--max-upload-mb", str(MAX_UPLOAD_MB))
+
+
+def serve_process(*flags: str) -> Iterator[Server]:
+    """Start `auformer serve` with ``flags`` on a free loopback port, yield it once it serves, kill it if still running."""
+    command = [sys.executable, "-m", "auformer", "serve", "--port", str(_free_port()), *flags]
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
     )
@@ -99,8 +105,8 @@ def server() -> Server:
         process.kill()
 
 
-@pytest.fixture(scope="module")
-def browser():
+def start_chromium(*flags: str):
+    """Headless Chromium driven by Selenium, in a fresh profile, with extra command-line ``flags``; ``quit_chromium`` ends it."""
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     profile = tempfile.mkdtemp(prefix="auformer-chromium-")
@@ -116,12 +122,24 @@ def browser():
         "--disable-dev-shm-usage",
         f"--user-data-dir={profile}",
         f"--window-size={WINDOW[0]},{WINDOW[1]}",
+        *flags,
     ):
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
-    yield driver
+    driver.profile = profile
+    return driver
+
+
+def quit_chromium(driver) -> None:
     driver.quit()
-    shutil.rmtree(profile, ignore_errors=True)
+    shutil.rmtree(driver.profile, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    driver = start_chromium()
+    yield driver
+    quit_chromium(driver)
 
 
 def _upload(browser, server: Server, path: Path) -> None:

@@ -4,7 +4,8 @@ The page is a Gradio app (the framework ML users know; no hand-written HTTP) ove
 same `Detector` and plots that `auformer detect --plot` uses: each face boxed on the
 photo, one AU bar chart per face (FACS names, threshold tick), a video's AU time series,
 and the table as a CSV download. `analyse` does the work and knows nothing of Gradio,
-so it is tested without a browser; `build_app` only lays out the page.
+so it is tested without a browser; `build_app` only lays out the page. The Live tab (the
+browser's webcam, analysed as it streams, in memory) is `auformer.serve_live`.
 
 Uploads and results live in one temporary folder (Gradio's upload folder is pointed
 into it) that is deleted when the server stops, by Ctrl-C or SIGTERM, also while it is
@@ -19,6 +20,7 @@ import os
 import shutil
 import signal
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,6 +40,7 @@ from auformer.detect.detector import INTENSITY_SUFFIX, SYNTHETIC_WARNING
 from auformer.errors import AUFormerError, BadImageError
 from auformer.model.auformer import build_model
 from auformer.model.checkpoint import save_checkpoint
+from auformer.serve_live import build_live_tab, live_tab_head
 from auformer.viz import draw_face_boxes, plot_au_timeseries
 
 if TYPE_CHECKING:
@@ -202,7 +205,7 @@ def analyse(detector: Detector, path: str | os.PathLike, out: str | os.PathLike,
 
 
 def build_app(detector: Detector, work: Path, banner: str | None, every: int = 1) -> gr.Blocks:
-    """The page: upload on the left, status and boxed faces beside it, then bars, time series and CSV."""
+    """The page: a tab for photos and videos, and the Live tab (`auformer.serve_live`) for the webcam."""
     import gradio as gr
 
     def on_upload(upload: str | None, progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple:  # noqa: B008 (Gradio injects it)
@@ -223,24 +226,30 @@ def build_app(detector: Detector, work: Path, banner: str | None, every: int = 1
         gr.Markdown(INTRO)
         if banner:
             gr.Markdown(banner, elem_id="banner")
-        with gr.Row():
-            with gr.Column(scale=1):
-                upload = gr.File(
-                    label=f"Photo or video ({', '.join(extensions)})", file_types=extensions, type="filepath", elem_id="upload"
-                )
-                status = gr.Markdown(elem_id="status")
-                csv = gr.File(label="AU table (CSV): one row per face and frame", interactive=False, elem_id="csv")
-            boxed = gr.Image(label="Faces found", type="numpy", interactive=False, scale=1, elem_id="boxed")
-        # Headings rather than labels: Gradio draws an image's label over the plot's own title.
-        gr.Markdown("### AU bars per face\nRed: present (at or above the black threshold tick). Grey: absent.")
-        bars = gr.Image(label="AU bars per face", show_label=False, type="numpy", interactive=False, elem_id="bars")
-        with gr.Column(visible=False) as video_only:
-            gr.Markdown("### AU time series, one line per face")
-            timeseries = gr.Image(
-                label="AU time series", show_label=False, type="filepath", interactive=False, elem_id="timeseries"
-            )
-        upload.change(on_upload, upload, [status, boxed, bars, video_only, timeseries, csv])
+        with gr.Tab("Photo or video", elem_id="files-tab"):
+            _files_tab(gr, on_upload, extensions)
+        with gr.Tab("Live", elem_id="live-tab"):
+            build_live_tab(detector, work)
     return app
+
+
+def _files_tab(gr, on_upload: Callable, extensions: list[str]) -> None:
+    """The photo/video tab: upload on the left, status and boxed faces beside it, then bars, time series and CSV."""
+    with gr.Row():
+        with gr.Column(scale=1):
+            upload = gr.File(
+                label=f"Photo or video ({', '.join(extensions)})", file_types=extensions, type="filepath", elem_id="upload"
+            )
+            status = gr.Markdown(elem_id="status")
+            csv = gr.File(label="AU table (CSV): one row per face and frame", interactive=False, elem_id="csv")
+        boxed = gr.Image(label="Faces found", type="numpy", interactive=False, scale=1, elem_id="boxed")
+    # Headings rather than labels: Gradio draws an image's label over the plot's own title.
+    gr.Markdown("### AU bars per face\nRed: present (at or above the black threshold tick). Grey: absent.")
+    bars = gr.Image(label="AU bars per face", show_label=False, type="numpy", interactive=False, elem_id="bars")
+    with gr.Column(visible=False) as video_only:
+        gr.Markdown("### AU time series, one line per face")
+        timeseries = gr.Image(label="AU time series", show_label=False, type="filepath", interactive=False, elem_id="timeseries")
+    upload.change(on_upload, upload, [status, boxed, bars, video_only, timeseries, csv])
 
 
 def _stop_on_sigterm(signum: int, frame: object) -> None:
@@ -283,6 +292,7 @@ def run_serve(args: argparse.Namespace) -> None:
                 max_file_size=int(args.max_upload_mb * 2**20),
                 show_error=True,
                 quiet=True,
+                head=live_tab_head(),
                 prevent_thread_lock=True,
             )
         except OSError as error:
