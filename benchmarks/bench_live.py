@@ -7,7 +7,8 @@ The clip: 640x480 at 30 fps, the astronaut's head (scikit-image) drifting across
 and Grace Hopper's head still beside it (two faces), written to OUT. It is played in real
 time (``--realtime``, as a camera delivers frames), through the real command, once with
 tracking (``--detect-every 5``: detect every 5th analysed frame, follow faces between) and once
-without (``--detect-every 1``). The model is `bench_detect.py`'s small random-init ViT (speed
+without (``--detect-every 1``), each on PyTorch and on ONNX Runtime (the same weights exported
+with ``auformer export``; ``--no-onnx`` skips those). The model is `bench_detect.py`'s small random-init ViT (speed
 does not depend on the weights). Reported per run, from the run's ``live.json``: analysed
 frames per second, p50/p95 latency from capture to result, dropped frames, and the process's
 memory (RSS) after each run. Goal (issue 20): >= 15 analysed fps and p95 <= 150 ms on a 2-core CPU.
@@ -48,18 +49,19 @@ def write_clip(path: Path, seconds: float) -> Path:
     return path
 
 
-def run_one(clip: Path, checkpoint: Path, out: Path, detect_every: int) -> dict:
+def run_one(clip: Path, checkpoint: Path, out: Path, detect_every: int, runtime: str = "torch") -> dict:
     from auformer.cli import main
 
     status = main(
         ["live", "--source", str(clip), "--checkpoint", str(checkpoint), "--out", str(out), "--csv", "rows.csv"]
-        + ["--detect-every", str(detect_every)]
+        + ["--detect-every", str(detect_every), "--runtime", runtime]
     )
     if status != 0:
         raise SystemExit(f"auformer live failed ({status})")
     summary = json.loads((out / "live.json").read_text())
     return {
         "detect_every": detect_every,
+        "runtime": runtime,
         "analysed_fps": round(summary["analysed_frames"] / summary["seconds"], 1),
         "p50_ms": summary["latency_ms"]["p50"],
         "p95_ms": summary["latency_ms"]["p95"],
@@ -87,8 +89,9 @@ def to_markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(out: Path, seconds: float = 20.0, threads: int | None = None) -> dict:
-    """Write the clip and a small checkpoint to ``out``, time both runs, write ``bench_live.json`` and ``.md``."""
+def run(out: Path, seconds: float = 20.0, threads: int | None = None, onnx: bool = True) -> dict:
+    """Write the clip and a small checkpoint to ``out``, time the runs (PyTorch, and ONNX Runtime unless
+    ``onnx`` is false, each with and without tracking), write ``bench_live.json`` and ``.md``."""
     import torch
 
     from benchmarks.bench_detect import _random_checkpoint
@@ -104,8 +107,15 @@ def run(out: Path, seconds: float = 20.0, threads: int | None = None) -> dict:
         "load_before": round(os.getloadavg()[0], 2),
         "runs": {},
     }
-    for name, every in (("with tracking (detect every 5)", 5), ("without tracking (detect every frame)", 1)):
-        results["runs"][name] = run_one(clip, checkpoint, out / f"every{every}", every)
+    models = {"torch": checkpoint}
+    if onnx:  # the same weights on ONNX Runtime (`auformer export`, fp32): issue 24's CPU runtime
+        from auformer.export import export_model
+
+        models["onnxruntime"] = export_model(checkpoint, out / "onnx")
+    for runtime, model in models.items():
+        for tracking, every in (("with tracking (detect every 5)", 5), ("without tracking (detect every frame)", 1)):
+            name = f"{runtime}, {tracking}"
+            results["runs"][name] = run_one(clip, model, out / f"{runtime}-every{every}", every, runtime)
     results["load_after"] = round(os.getloadavg()[0], 2)
     (out / "bench_live.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "bench_live.md").write_text(to_markdown(results))
@@ -119,8 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for the clip, the runs and bench_live.json/.md")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of the replayed clip (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own, the core count)")
+    parser.add_argument("--no-onnx", action="store_true", help="PyTorch runs only (no `auformer export` to ONNX Runtime)")
     args = parser.parse_args(argv)
-    run(Path(args.out), args.seconds, args.threads)
+    run(Path(args.out), args.seconds, args.threads, onnx=not args.no_onnx)
     return 0
 
 

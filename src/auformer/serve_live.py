@@ -38,7 +38,7 @@ import pandas as pd
 from auformer.aus import au_label
 from auformer.detect.detector import INTENSITY_SUFFIX, Detector
 from auformer.detect.live import LiveStats
-from auformer.detect.smoothing import FaceSmoother
+from auformer.detect.smoothing import FaceSmoother, face_smoothers, smooth_results
 from auformer.detect.sources import Frame
 from auformer.detect.writers import CsvWriter
 from auformer.faces import TEMPLATE_SIZE, align_faces
@@ -146,7 +146,7 @@ def new_session(detector: Detector, work: Path, smooth: str = "one-euro") -> Liv
     folder = Path(tempfile.mkdtemp(dir=work, prefix="live-"))
     return LiveSession(
         FaceTracker(detector.face_detector, detector.detect_every),
-        {"probs": FaceSmoother(smooth), "intensity": FaceSmoother(smooth)},
+        face_smoothers(smooth),
         CsvWriter(folder / CSV_NAME, openface=False),
     )
 
@@ -155,15 +155,6 @@ def end_session(session: LiveSession | None) -> None:
     """Delete a closed session's CSV (Gradio calls this when the browser session ends)."""
     if session is not None:
         shutil.rmtree(session.writer.path.parent, ignore_errors=True)
-
-
-def smooth_results(detector: Detector, smoothers: dict[str, FaceSmoother], table: pd.DataFrame) -> pd.DataFrame:
-    """One frame's result table with its probabilities (occurrences recomputed) and intensities smoothed per face."""
-    if detector.occurrence:
-        table = smoothers["probs"].smooth_table(table, detector.au_columns, detector.thresholds)
-    if detector.intensity:
-        table = smoothers["intensity"].smooth_table(table, [c + INTENSITY_SUFFIX for c in detector.au_columns], None)
-    return table
 
 
 def analyse_frame(detector: Detector, session: LiveSession, image: np.ndarray, arrived: float) -> tuple[np.ndarray, pd.DataFrame]:

@@ -63,6 +63,20 @@ def parse_thresholds(values: Iterable[str] | None) -> float | dict[str, float] |
     return thresholds
 
 
+def occurrence_columns(
+    values: np.ndarray, thresholds: np.ndarray, columns: Sequence[str]
+) -> dict[str, pd.api.extensions.ExtensionArray]:
+    """``COLUMN_c`` for each of ``columns``: nullable Int64, 1 where ``values`` ``(rows, N)`` reach their
+    ``thresholds`` ``(N,)``, 0 below, <NA> where a value is NaN (a row without a face).
+
+    Built from (data, mask) arrays: setting NA through a boolean frame costs more than the model on a
+    live frame (pandas' ``where`` per column).
+    """
+    missing = np.isnan(values)  # (rows, N)
+    present = (values >= thresholds).astype(np.int64)  # (rows, N); NaN compares False, masked anyway
+    return {f"{column}_c": pd.arrays.IntegerArray(present[:, j], missing[:, j]) for j, column in enumerate(columns)}
+
+
 class Detector:
     """AU detection on photos and videos with an AUFormer checkpoint.
 
@@ -295,9 +309,10 @@ class Detector:
             full = np.full((len(table), len(self.au_columns)), np.nan)  # (rows, N), NaN on rows without a face
             full[found] = values
             if name == "probs":
-                occurrences = pd.DataFrame(full >= self.thresholds, columns=[c + "_c" for c in self.au_columns], dtype="Int64")
-                occurrences[np.isnan(full)] = pd.NA
-                parts += [pd.DataFrame(full, columns=self.au_columns), occurrences]
+                parts += [
+                    pd.DataFrame(full, columns=self.au_columns),
+                    pd.DataFrame(occurrence_columns(full, self.thresholds, self.au_columns)),
+                ]
             else:
                 parts.append(pd.DataFrame(full, columns=[c + INTENSITY_SUFFIX for c in self.au_columns]))
         return pd.concat(parts, axis=1)

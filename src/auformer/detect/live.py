@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from auformer.detect.detector import INTENSITY_SUFFIX, SYNTHETIC_WARNING, Detector, parse_thresholds
-from auformer.detect.smoothing import FaceSmoother
+from auformer.detect.detector import SYNTHETIC_WARNING, Detector, parse_thresholds
+from auformer.detect.smoothing import face_smoothers, smooth_results
 from auformer.detect.sources import LOST_AFTER_S, Frame, SourceLost, in_background, stream_frames
 from auformer.detect.writers import CsvWriter
 from auformer.errors import AUFormerError
@@ -207,7 +207,7 @@ def run_live(args: argparse.Namespace) -> None:
     # Warm up the network and the face detector now, so that the first frames' latency is not their loading.
     detector.predict([np.zeros((TEMPLATE_SIZE, TEMPLATE_SIZE, 3), dtype=np.uint8)])
     detector.face_detector.detect(np.zeros((480, 640, 3), dtype=np.uint8))
-    smoothers = {"probs": FaceSmoother(args.smooth), "intensity": FaceSmoother(args.smooth)}
+    smoothers = face_smoothers(args.smooth)
     writer = CsvWriter(csv_path, openface=False) if csv_path else None
     stats, stop = LiveStats(), threading.Event()
     ended, problem = "end of source", None
@@ -215,12 +215,7 @@ def run_live(args: argparse.Namespace) -> None:
     with _stop_like_ctrl_c(signal.SIGTERM, signal.SIGHUP), LiveView(args.source, detector) as view:
         try:
             for frame, captured, aligned in live_results(detector, frames, stop, args.realtime, stats):
-                table = detector.frame_table(frame, aligned)
-                if detector.occurrence:
-                    table = smoothers["probs"].smooth_table(table, detector.au_columns, detector.thresholds)
-                if detector.intensity:
-                    columns = [column + INTENSITY_SUFFIX for column in detector.au_columns]
-                    table = smoothers["intensity"].smooth_table(table, columns, None)
+                table = smooth_results(detector, smoothers, detector.frame_table(frame, aligned))
                 if writer is not None:
                     writer.write(table)  # appended and closed per frame: on disk as it comes
                 stats.add(captured, len(aligned))

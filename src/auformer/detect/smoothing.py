@@ -19,9 +19,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+
+from auformer.detect.detector import INTENSITY_SUFFIX, occurrence_columns
+
+if TYPE_CHECKING:
+    from auformer.detect.detector import Detector
 
 SMOOTHERS = ("one-euro", "ema", "none")  # --smooth choices
 FORGET_S = 30.0  # a face not seen for this long is forgotten (its id is not reused in a stream: memory stays flat)
@@ -77,16 +83,27 @@ class FaceSmoother:
         if self.kind == "none":
             return table
         rows = np.flatnonzero(table["success"].to_numpy() == 1)
-        values = table[columns].to_numpy(
-            dtype=np.float64, copy=True
-        )  # (rows, N); numpy, not per-cell pandas: this runs per frame
+        values = table[columns].to_numpy(dtype=np.float64, copy=True)  # (rows, N); numpy, not per-cell pandas
+        faces, times = table["face"].to_numpy(), table["time_s"].to_numpy()
         for row in rows:
-            values[row] = self.smooth(int(table["face"].iloc[row]), float(table["time_s"].iloc[row]), values[row])
-        table = table.copy()
-        table[columns] = values
+            values[row] = self.smooth(int(faces[row]), float(times[row]), values[row])
+        replaced = {column: values[:, j] for j, column in enumerate(columns)}
         if thresholds is not None:
-            occurrences = pd.DataFrame(values >= thresholds, columns=[column + "_c" for column in columns], dtype="Int64")
-            occurrences[np.isnan(values)] = pd.NA  # rows without a face
-            occurrences.index = table.index
-            table[occurrences.columns] = occurrences
-        return table
+            replaced.update(occurrence_columns(values, thresholds, columns))
+        # One new frame from columns: assigning a dozen columns into a copy costs several times more (per frame).
+        return pd.DataFrame({name: replaced.get(name, table[name].array) for name in table.columns}, index=table.index)
+
+
+def face_smoothers(kind: str) -> dict[str, FaceSmoother]:
+    """The smoothers of one stream: one for the probabilities, one for the intensities."""
+    return {"probs": FaceSmoother(kind), "intensity": FaceSmoother(kind)}
+
+
+def smooth_results(detector: Detector, smoothers: dict[str, FaceSmoother], table: pd.DataFrame) -> pd.DataFrame:
+    """One frame's result table with its probabilities (occurrences recomputed at the detector's thresholds)
+    and intensities smoothed per face (``auformer live`` and serve's Live tab)."""
+    if detector.occurrence:
+        table = smoothers["probs"].smooth_table(table, detector.au_columns, detector.thresholds)
+    if detector.intensity:
+        table = smoothers["intensity"].smooth_table(table, [c + INTENSITY_SUFFIX for c in detector.au_columns], None)
+    return table
