@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from auformer.cli import main
 from auformer.cli.live import SMOOTHERS as CLI_SMOOTHERS
+from auformer.detect.detector import occurrence_columns
 from auformer.detect.live import LatestSlot
 from auformer.detect.smoothing import SMOOTHERS, FaceSmoother
 from auformer.detect.sources import SourceLost
@@ -147,6 +148,20 @@ def test_smoothed_table_recomputes_occurrences():
     smoothed = FaceSmoother("ema", tau=0.2).smooth_table(table, ["AU12"], np.array([0.5]))
     assert smoothed["AU12"].iloc[1] == pytest.approx(1 - math.exp(-0.5)) and smoothed["AU12_c"].iloc[1] == 0  # 0.39 < 0.5
     assert pd.isna(smoothed["AU12"].iloc[2]) and table["AU12"].iloc[1] == 1.0  # the input table is unchanged
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    values=st.lists(st.lists(st.one_of(st.none(), st.floats(0.0, 1.0)), min_size=3, max_size=3), min_size=0, max_size=6),
+    thresholds=st.lists(st.floats(0.0, 1.0), min_size=3, max_size=3),
+)
+def test_occurrence_columns_match_pandas_masked_assignment(values, thresholds):
+    """The (data, mask) construction equals the plain pandas one it replaced: 1/0 at the threshold, <NA> on NaN."""
+    array = np.array([[np.nan if v is None else v for v in row] for row in values], dtype=np.float64).reshape(-1, 3)
+    columns = ["AU01", "AU02", "AU04"]
+    expected = pd.DataFrame(array >= np.array(thresholds), columns=[c + "_c" for c in columns], dtype="Int64")
+    expected[np.isnan(array)] = pd.NA
+    pd.testing.assert_frame_equal(pd.DataFrame(occurrence_columns(array, np.array(thresholds), columns)), expected)
 
 
 @settings(max_examples=60, deadline=None)
