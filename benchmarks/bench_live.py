@@ -1,14 +1,15 @@
 """`auformer live` on a recorded real-face clip replayed as a camera: analysed fps, latency, dropped frames.
 
     python benchmarks/bench_live.py --out /tmp/bench                 # small model, 20 s clip, with and without tracking
-    python benchmarks/bench_live.py --out /tmp/bench --seconds 600   # a 10-minute stream: does latency stay flat?
+    python benchmarks/bench_live.py --out /tmp/bench --seconds 600 --runtimes onnxruntime --detect-every 5  # 10 minutes: flat?
 
 The clip: 640x480 at 30 fps, the astronaut's head (scikit-image) drifting across the frame
 and Grace Hopper's head still beside it (two faces), written to OUT. It is played in real
 time (``--realtime``, as a camera delivers frames), through the real command, once with
 tracking (``--detect-every 5``: detect every 5th analysed frame, follow faces between) and once
 without (``--detect-every 1``), each on PyTorch and on ONNX Runtime (the same weights exported
-with ``auformer export``; ``--no-onnx`` skips those). The model is `bench_detect.py`'s small random-init ViT (speed
+with ``auformer export``); ``--runtimes`` and ``--detect-every`` pick some. A run of more than a
+minute also gets a table per minute (frames, p50/p95 latency, memory) from ``live.json``. The model is `bench_detect.py`'s small random-init ViT (speed
 does not depend on the weights). Reported per run, from the run's ``live.json``: analysed
 frames per second, p50/p95 latency from capture to result, dropped frames, and the process's
 memory (RSS) after each run. Goal (issue 20): >= 15 analysed fps and p95 <= 150 ms on a 2-core CPU.
@@ -70,6 +71,7 @@ def run_one(clip: Path, checkpoint: Path, out: Path, detect_every: int, runtime:
         "dropped": summary["dropped_frames"],
         "faces_per_frame": round(summary["faces"] / max(1, summary["analysed_frames"]), 2),
         "rss_mb": round(int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20),
+        "minutes": summary.get("minutes", []),
     }
 
 
@@ -86,12 +88,24 @@ def to_markdown(results: dict) -> str:
             f"| {name} | {row['analysed_fps']} | {row['p50_ms']} | {row['p95_ms']} | {row['captured']} | {row['analysed']} "
             f"| {row['dropped']} | {row['faces_per_frame']} | {row['rss_mb']} |"
         )
+    for name, row in results["runs"].items():
+        if len(row["minutes"]) > 1:  # a long stream: is latency (and memory) flat?
+            lines += ["", f"{name}, per minute:", "", "| minute | analysed | p50 ms | p95 ms | RSS MB |", "|---|---|---|---|---|"]
+            lines += [
+                f"| {m['minute']} | {m['analysed']} | {m['p50_ms']} | {m['p95_ms']} | {m['rss_mb']} |" for m in row["minutes"]
+            ]
     return "\n".join(lines) + "\n"
 
 
-def run(out: Path, seconds: float = 20.0, threads: int | None = None, onnx: bool = True) -> dict:
-    """Write the clip and a small checkpoint to ``out``, time the runs (PyTorch, and ONNX Runtime unless
-    ``onnx`` is false, each with and without tracking), write ``bench_live.json`` and ``.md``."""
+def run(
+    out: Path,
+    seconds: float = 20.0,
+    threads: int | None = None,
+    runtimes: tuple = ("torch", "onnxruntime"),
+    every: tuple = (5, 1),
+) -> dict:
+    """Write the clip and a small checkpoint to ``out``, time the runs (each runtime, each ``--detect-every``),
+    write ``bench_live.json`` and ``.md``."""
     import torch
 
     from benchmarks.bench_detect import _random_checkpoint
@@ -107,15 +121,15 @@ def run(out: Path, seconds: float = 20.0, threads: int | None = None, onnx: bool
         "load_before": round(os.getloadavg()[0], 2),
         "runs": {},
     }
-    models = {"torch": checkpoint}
-    if onnx:  # the same weights on ONNX Runtime (`auformer export`, fp32): issue 24's CPU runtime
-        from auformer.export import export_model
+    for runtime in runtimes:
+        model = checkpoint
+        if runtime == "onnxruntime":  # the same weights on ONNX Runtime (`auformer export`, fp32): issue 24's CPU runtime
+            from auformer.export import export_model
 
-        models["onnxruntime"] = export_model(checkpoint, out / "onnx")
-    for runtime, model in models.items():
-        for tracking, every in (("with tracking (detect every 5)", 5), ("without tracking (detect every frame)", 1)):
-            name = f"{runtime}, {tracking}"
-            results["runs"][name] = run_one(clip, model, out / f"{runtime}-every{every}", every, runtime)
+            model = export_model(checkpoint, out / "onnx")
+        for k in every:
+            name = f"{runtime}, " + (f"with tracking (detect every {k})" if k > 1 else "without tracking (detect every frame)")
+            results["runs"][name] = run_one(clip, model, out / f"{runtime}-every{k}", k, runtime)
     results["load_after"] = round(os.getloadavg()[0], 2)
     (out / "bench_live.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "bench_live.md").write_text(to_markdown(results))
@@ -129,9 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for the clip, the runs and bench_live.json/.md")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of the replayed clip (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own, the core count)")
-    parser.add_argument("--no-onnx", action="store_true", help="PyTorch runs only (no `auformer export` to ONNX Runtime)")
+    parser.add_argument("--runtimes", nargs="+", choices=["torch", "onnxruntime"], default=["torch", "onnxruntime"],
+                        help="inference runtimes to time (default: both)")  # fmt: skip
+    parser.add_argument("--detect-every", nargs="+", type=int, default=[5, 1], metavar="K", help="runs to time (default: 5 1)")
     args = parser.parse_args(argv)
-    run(Path(args.out), args.seconds, args.threads, onnx=not args.no_onnx)
+    run(Path(args.out), args.seconds, args.threads, tuple(args.runtimes), tuple(args.detect_every))
     return 0
 
 

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from auformer.cli import main
 from auformer.cli.live import SMOOTHERS as CLI_SMOOTHERS
 from auformer.detect.detector import occurrence_columns
-from auformer.detect.live import LatestSlot
+from auformer.detect.live import LatestSlot, LiveStats
 from auformer.detect.smoothing import SMOOTHERS, FaceSmoother
 from auformer.detect.sources import SourceLost
 from hostile import run_hostile
@@ -148,6 +148,20 @@ def test_smoothed_table_recomputes_occurrences():
     smoothed = FaceSmoother("ema", tau=0.2).smooth_table(table, ["AU12"], np.array([0.5]))
     assert smoothed["AU12"].iloc[1] == pytest.approx(1 - math.exp(-0.5)) and smoothed["AU12_c"].iloc[1] == 0  # 0.39 < 0.5
     assert pd.isna(smoothed["AU12"].iloc[2]) and table["AU12"].iloc[1] == 1.0  # the input table is unchanged
+
+
+def test_live_stats_record_each_minute():
+    """live.json's "minutes": frames, p50/p95 latency (hand-computed) and memory per minute, for flat-latency checks."""
+    stats = LiveStats()
+    for latency in (0.010, 0.020, 0.030):
+        stats.add(time.perf_counter() - latency, faces=1)
+    assert stats.minutes == []
+    stats.started -= 120.0  # two minutes later: the first closes with its 3 frames, the second empty
+    stats.add(time.perf_counter() - 0.010, faces=1)
+    first, second = stats.minutes
+    assert (first["minute"], first["analysed"], second["analysed"], second["p50_ms"]) == (1, 3, 0, None)
+    assert first["p50_ms"] == pytest.approx(20.0, abs=0.5) and first["p95_ms"] == pytest.approx(29.0, abs=0.5)  # 20 + 0.9 * 10
+    assert first["rss_mb"] is None or first["rss_mb"] > 10
 
 
 @settings(max_examples=60, deadline=None)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import signal
 import threading
 import time
@@ -81,6 +82,15 @@ class LatestSlot:
             return item
 
 
+def resident_mb() -> float | None:
+    """This process's resident memory now, in MiB (Linux's /proc; None where there is none, e.g. macOS)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+
+
 @dataclass
 class LiveStats:
     """Counts and timings of one live run: what the view shows and ``live.json`` records."""
@@ -92,13 +102,26 @@ class LiveStats:
     started: float = field(default_factory=time.perf_counter)
     latencies: deque = field(default_factory=lambda: deque(maxlen=LATENCIES_KEPT))  # seconds, capture to result
     recent: deque = field(default_factory=lambda: deque(maxlen=60))  # result times, for the current fps
+    # One record per minute of the run (frames analysed, p50/p95 latency, memory): does a long stream stay flat?
+    minutes: list = field(default_factory=list)
+    _minute: list = field(default_factory=list)  # latencies (s) of the minute in progress
 
     def add(self, captured: float, faces: int) -> None:
         now = time.perf_counter()
+        while now - self.started >= 60.0 * (len(self.minutes) + 1):
+            self._close_minute()
         self.analysed += 1
         self.faces += faces
         self.latencies.append(now - captured)
+        self._minute.append(now - captured)
         self.recent.append(now)
+
+    def _close_minute(self) -> None:
+        latencies = np.asarray(self._minute) * 1000  # (frames of the minute,) ms
+        p50, p95 = (round(float(np.quantile(latencies, q)), 1) if len(latencies) else None for q in (0.5, 0.95))
+        self.minutes.append({"minute": len(self.minutes) + 1, "analysed": len(latencies), "p50_ms": p50, "p95_ms": p95,
+                             "rss_mb": resident_mb()})  # fmt: skip
+        self._minute = []
 
     def fps(self) -> float:
         """Analysed frames per second over the last (up to 60) results."""
@@ -239,6 +262,7 @@ def run_live(args: argparse.Namespace) -> None:
         "faces": stats.faces,
         "seconds": round(time.perf_counter() - stats.started, 3),
         "latency_ms": {"p50": round(stats.latency_ms(0.5), 1), "p95": round(stats.latency_ms(0.95), 1)},
+        "minutes": stats.minutes,
         "smooth": args.smooth,
         "detect_every": args.detect_every,
         "realtime": args.realtime,
