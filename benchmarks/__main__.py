@@ -6,8 +6,8 @@ Runs the tables that docs/performance.md reports and writes them as Markdown
 - ``overhead``: AUFormer (fused experts, 12 AUs) forward vs the plain frozen ViT-B/16 and vs a
   Swin-B (timm ``swin_base_patch4_window7_224``, random init, standing in for ME-GraphAU's),
   interleaved, medians (`bench_overhead.py`);
-- ``first-run``: ``auformer train`` with no arguments, as a new user runs it (wall time, CPU
-  time, mean F1);
+- ``first-run``: ``auformer train`` with no arguments, as a new user runs it, beside the previous
+  default's settings (`PREVIOUS_DEFAULT`), one after the other (wall time, CPU time, mean F1);
 - ``runtime``: PyTorch against ONNX Runtime fp32 and int8 (``export --quantize int8``) on the
   synthetic model and ViT-B/16, batch 1 and 4, interleaved (`bench_runtime.py`);
 - ``loader``: data-loader images/s over generated JPEG face crops (`bench_loader.py`);
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -58,26 +59,42 @@ def run_runtime(args: argparse.Namespace) -> dict:
     return {"iters": iters, "threads": torch.get_num_threads(), "models": {m: compare(m, [1, 4], iters) for m in models}}
 
 
-def run_first_run(args: argparse.Namespace, out: Path) -> dict:
-    """``auformer train`` with no arguments in a fresh process (outputs under ``out/first_run``)."""
-    command = [sys.executable, "-m", "auformer", "train", "--out", str(out / "first_run")]
-    if args.quick:
-        command += ["--set", "train.epochs=1"]
+# The default run's settings before issue 24 ("fewer, better steps"), timed beside today's default.
+PREVIOUS_DEFAULT = ["train.epochs=5", "train.lr=5.0e-3", "train.warmup_epochs=0.5"]
+
+
+def _train_once(out: Path, settings: list[str]) -> dict:
+    """``auformer train [--set S ...]`` in a fresh process, as a new user runs it: wall, CPU, mean F1."""
+    command = [sys.executable, "-m", "auformer", "train", "--out", str(out)] + [a for s in settings for a in ("--set", s)]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     log = subprocess.run(command, capture_output=True, text=True)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    shown = "auformer train" + "".join(f" --set {s}" for s in settings)
     if log.returncode:
-        return {"command": " ".join(command[1:]), "error": log.stderr.strip().splitlines()[-1:]}
-    metrics = json.loads((out / "first_run" / "metrics.json").read_text())
+        return {"command": shown, "error": log.stderr.strip().splitlines()[-1:]}
+    metrics = json.loads((out / "metrics.json").read_text())
     return {
-        "command": "auformer " + " ".join(command[3:]),
+        "command": shown,
         "wall_s": wall,
         "cpu_s": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
         "mean_f1": metrics["mean_f1"],
         "output_lines": len(log.stdout.splitlines()) + len(log.stderr.splitlines()),
     }
+
+
+def run_first_run(args: argparse.Namespace, out: Path) -> dict:
+    """The no-argument ``auformer train`` beside the previous default's settings, one after the other
+    (outputs under ``out/first_run``); ``--quick`` runs one epoch of today's default only."""
+    if args.quick:
+        return {"runs": {"default": _train_once(out / "first_run" / "default", ["train.epochs=1"])}}
+    load = round(os.getloadavg()[0], 2)
+    runs = {
+        "previous default": _train_once(out / "first_run" / "previous", PREVIOUS_DEFAULT),
+        "default": _train_once(out / "first_run" / "default", []),
+    }
+    return {"runs": runs, "load_before": load, "load_after": round(os.getloadavg()[0], 2)}
 
 
 def run_loader(args: argparse.Namespace) -> dict:
@@ -143,17 +160,16 @@ def markdown(results: dict) -> str:
         ] + [""]
     if "first-run" in results:
         r = results["first-run"]
-        lines += [
-            "## First run",
-            "",
-            f"`{r.get('command')}`: "
-            + (
-                f"{r['wall_s']:.0f} s wall, {r['cpu_s']:.0f} s CPU, mean F1 {r['mean_f1']:.3f}, {r['output_lines']} output lines"
-                if "wall_s" in r
-                else f"failed: {r['error']}"
-            ),
-            "",
-        ]
+        load = f", load average {r['load_before']} before, {r['load_after']} after" if "load_before" in r else ""
+        lines += [f"## First run (one after the other{load})", ""]
+        for name, run in r["runs"].items():
+            summary = (
+                f"{run['wall_s']:.0f} s wall, {run['cpu_s']:.0f} s CPU, mean F1 {run['mean_f1']:.3f}, {run['output_lines']} output lines"
+                if "wall_s" in run
+                else f"failed: {run['error']}"
+            )
+            lines += [f"- {name}: `{run['command']}`: {summary}"]
+        lines += [""]
     if "loader" in results:
         r = results["loader"]
         lines += [f"## Loader ({r['images']} JPEGs, 224 px, batch 32)", "", "| transform, workers | images/s |", "|---|---|"]
