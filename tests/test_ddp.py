@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,8 @@ import pandas as pd
 import pytest
 import torch
 
+from auformer.engine import distributed
+from auformer.errors import AUFormerError
 from test_train import write_tiny_preset
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -28,12 +31,12 @@ def _launch(args: list[str], torchrun: list[str] | None = None) -> subprocess.Po
                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
 
 
-def _two_nodes(port: int, node: int, *options: str) -> list[str]:
+def _two_nodes(port: int, node: int) -> list[str]:
     """torchrun's arguments for node ``node`` of two on loopback, one process each; node 0 hosts the
     c10d rendezvous store (``is_host``), as the node named by ``--rdzv-endpoint`` does on a cluster."""
     return ["--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-id", "two-nodes",
             "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-conf", f"is_host={int(node == 0)}",
-            "--node-rank", str(node), *options]  # fmt: skip
+            "--node-rank", str(node)]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -174,51 +177,74 @@ def _wait_for_state(nodes: list[subprocess.Popen], state_file: Path, timeout: fl
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("relaunch", ["resume", "elastic"])
-def test_two_nodes_resume_after_one_node_is_killed(three_runs, ddp_preset, tmp_path, relaunch):
+def test_two_nodes_resume_after_one_node_is_killed(three_runs, ddp_preset, tmp_path):
     """Node 1 dies mid-epoch: node 0 fails within seconds (its next collective finds the peer gone) and the
-    folder keeps a loadable resume point; relaunched, the run ends with the uninterrupted two-node metrics.
-
-    ``resume``: both nodes are launched again with ``--resume OUT``. ``elastic``: ``--max-restarts 1``; node 0's
-    agent restarts its worker and waits in the rendezvous, node 1 is launched again with the first command,
-    and the restarted workers continue from train_state.pt by themselves.
-    """
+    folder keeps a loadable resume point; both nodes launched again with ``--resume OUT`` end the run with
+    the uninterrupted two-node run's metrics, losses and probabilities (the `three_runs` fixture's)."""
     out, port, started = tmp_path / "run", _free_port(), time.monotonic()
-    first = ["--preset", ddp_preset, "--out", str(out)]
-    restarts = ["--max-restarts", "1", "--monitor-interval", "0.5"] if relaunch == "elastic" else []
-    nodes = [_launch(first, _two_nodes(port, node, *restarts)) for node in (0, 1)]
+    nodes = [_launch(["--preset", ddp_preset, "--out", str(out)], _two_nodes(port, node)) for node in (0, 1)]
     _wait_for_state(nodes, out / "train_state.pt")
     _kill_node(nodes[1])
     killed = time.monotonic()
-    if relaunch == "resume":
-        _, err = nodes[0].communicate(timeout=120)
-        assert nodes[0].returncode != 0, "node 0 went on without its peer"
-        assert "Connection reset by peer" in err or "Connection closed by peer" in err, err[-3000:]
-        failed_after = time.monotonic() - killed
+    _, err = nodes[0].communicate(timeout=120)
+    assert nodes[0].returncode != 0, "node 0 went on without its peer"
+    assert "Connection reset by peer" in err or "Connection closed by peer" in err, err[-3000:]
+    failed_after = time.monotonic() - killed
     state = torch.load(out / "train_state.pt", weights_only=True)  # rank 0 wrote it atomically: whole, loadable
     assert state["epoch"] == 1 and 0 < state["micro_done"] < 10 and state["world_size"] == 2
     assert not (out / "metrics.json").exists() and not list(out.glob(".*.tmp*"))  # no result, no half-written file
-    print(f"\n{relaunch}: killed node 1 at step {state['global_step']} (epoch 2, batch {state['micro_done']}), "
-          f"{killed - started:.0f} s after the launch" + (f"; node 0 failed {failed_after:.1f} s later" if relaunch == "resume" else ""))  # fmt: skip
+    print(f"\nkilled node 1 at step {state['global_step']} (epoch 2, batch {state['micro_done']}), "
+          f"{killed - started:.0f} s after the launch; node 0 failed {failed_after:.1f} s later")  # fmt: skip
 
-    if relaunch == "resume":
-        port = _free_port()
-        nodes = [_launch(["--resume", str(out)], _two_nodes(port, node)) for node in (0, 1)]
-    else:
-        nodes = [nodes[0], _launch(first, _two_nodes(port, 1, *restarts))]
+    port = _free_port()
+    nodes = [_launch(["--resume", str(out)], _two_nodes(port, node)) for node in (0, 1)]
     outputs = [node.communicate(timeout=400) for node in nodes]
     for node, (_, err) in zip(nodes, outputs):
         assert node.returncode == 0, err[-3000:]
     stdout = "".join(text for text, _ in outputs)
     assert f"at epoch 2, batch {state['micro_done']} (step {state['global_step']})" in stdout  # resumed where it stopped
-    if relaunch == "elastic":
-        assert "torchrun restarted the workers: continuing" in stdout
     expected, got = (json.loads((run / "metrics.json").read_text()) for run in (three_runs["two_nodes"][0], out))
     history_a, history_b = pd.read_csv(three_runs["two_nodes"][0] / "metrics.csv"), pd.read_csv(out / "metrics.csv")
-    print(f"{relaunch}: mean_f1 {got['mean_f1']:.6f}, last train_loss {history_b['train_loss'].iloc[-1]:.6f}; uninterrupted: "
+    print(f"resumed: mean_f1 {got['mean_f1']:.6f}, last train_loss {history_b['train_loss'].iloc[-1]:.6f}; uninterrupted: "
           f"{expected['mean_f1']:.6f}, {history_a['train_loss'].iloc[-1]:.6f}; {time.monotonic() - started:.0f} s in all")  # fmt: skip
     assert got["mean_f1"] == pytest.approx(expected["mean_f1"], abs=1e-6)
     assert history_b["epoch"].tolist() == [1, 2]
     np.testing.assert_allclose(history_b["train_loss"], history_a["train_loss"], rtol=1e-6)
     a, b = (pd.read_csv(run / "predictions.csv").filter(like="_prob").to_numpy() for run in (three_runs["two_nodes"][0], out))
     np.testing.assert_allclose(b, a, atol=1e-6)
+
+
+def test_collective_timeout_is_a_setting(monkeypatch):
+    monkeypatch.delenv(distributed.TIMEOUT_ENV, raising=False)
+    assert distributed.collective_timeout() is None  # torch's default
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, "90")
+    assert distributed.collective_timeout() == timedelta(seconds=90)
+    for bad in ("0", "-5", "ten", "inf", "nan"):
+        monkeypatch.setenv(distributed.TIMEOUT_ENV, bad)
+        with pytest.raises(AUFormerError, match=f"AUFORMER_DIST_TIMEOUT={bad!r}: expected a positive number of seconds"):
+            distributed.collective_timeout()
+
+
+# Run by torchrun in each of 2 processes: rank 1 hangs (as a node cut off the network would) while rank 0 waits
+# for it in a collective.
+_HANG_ON_RANK_1 = """
+import os, time
+from auformer.engine import distributed
+
+info = distributed.setup("cpu")
+if info.rank == 1:
+    time.sleep(600)
+distributed.barrier(info)
+"""
+
+
+@pytest.mark.slow
+def test_a_hung_peer_fails_the_others_after_the_timeout(tmp_path):
+    script = tmp_path / "hang_on_rank_1.py"
+    script.write_text(_HANG_ON_RANK_1)
+    started = time.monotonic()
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script)],
+                         env={**ENV, distributed.TIMEOUT_ENV: "5"}, capture_output=True, text=True, timeout=300)  # fmt: skip
+    seconds = time.monotonic() - started
+    assert run.returncode != 0 and "Timed out" in run.stderr, run.stderr[-3000:]
+    assert seconds < 120, f"rank 0 waited {seconds:.0f} s for a 5 s timeout"  # not 30 minutes, torch's default

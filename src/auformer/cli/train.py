@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 from auformer.cli.flags import add_dry_run, add_run_flags, dry_run, path_arg, run_config
 from auformer.errors import AUFormerError
@@ -17,8 +16,7 @@ def add(sub: argparse._SubParsersAction) -> None:
         "config.yaml, last/best checkpoints, train_state.pt (resume), metrics.json, per_au.csv/.md "
         "(and per_au_intensity.csv/.md when model.task is intensity or both), "
         "predictions.csv, metrics.csv/.jsonl, tensorboard/ and curves.png. Several processes: "
-        "torchrun --nproc-per-node K -m auformer train ...; when torchrun restarts the workers (--max-restarts) "
-        "of a run that has saved train_state.pt, they continue it (docs/training.md)",
+        "torchrun --nproc-per-node K -m auformer train ...",
     )
     add_run_flags(parser, "synthetic")
     parser.add_argument(
@@ -44,23 +42,4 @@ def run(args: argparse.Namespace) -> None:
         return
     config, out = run_config(args)
     if not dry_run(args, config, out):
-        protocols.train(config, out, resume=_restarted_with_state(config.train.device, out))
-
-
-def _restarted_with_state(device: str, out: str) -> bool:
-    """Whether torchrun restarted this command's workers (``--max-restarts``, after a rank or node died)
-    and ``out`` holds the run's resume point: then they continue it as ``--resume`` would, and
-    `check_train_state` still refuses another run's state. A first launch, or a restart before the
-    first resume point, starts afresh; without torchrun nothing changes."""
-    from pathlib import Path
-
-    from auformer.engine import checkpointing, distributed
-
-    if "TORCHELASTIC_RESTART_COUNT" not in os.environ:
-        return False
-    info = distributed.setup(device)  # the group the trainer reuses
-    if not (distributed.restarted(info) and (Path(out) / checkpointing.TRAIN_STATE).is_file()):
-        return False
-    if info.is_main:
-        print(f"torchrun restarted the workers: continuing {out} from its {checkpointing.TRAIN_STATE}", flush=True)
-    return True
+        protocols.train(config, out)

@@ -81,17 +81,6 @@ def collective_timeout() -> timedelta | None:
     return timedelta(seconds=seconds)
 
 
-def restarted(info: DistInfo) -> bool:
-    """Whether torchrun's agent on any node has restarted this run's workers (``--max-restarts``).
-
-    Each agent counts its own restarts (``TORCHELASTIC_RESTART_COUNT``): after one node died and
-    was started again, the survivor's workers say 1 and the new node's say 0, so every rank takes the
-    largest (one all-reduce) and all decide alike.
-    """
-    count = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
-    return max(values_across(float(count), info)) > 0
-
-
 def teardown() -> None:
     """Leave the process group (no-op in a single process or when already left)."""
     if dist.is_initialized():
