@@ -4,29 +4,50 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
+from auformer.engine import distributed
+from auformer.errors import AUFormerError
 from test_train import write_tiny_preset
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def _launch(args: list[str], out: Path, torchrun: list[str] | None = None) -> subprocess.Popen:
-    """``auformer train ARGS --out OUT`` in one process, or under ``torchrun`` with its arguments."""
+def _launch(args: list[str], torchrun: list[str] | None = None) -> subprocess.Popen:
+    """``auformer train ARGS`` in one process, or under ``torchrun`` with its arguments."""
     launcher = [sys.executable, "-m", "torch.distributed.run", *torchrun] if torchrun is not None else [sys.executable]
-    return subprocess.Popen([*launcher, "-m", "auformer", "train", *args, "--out", str(out)],
+    return subprocess.Popen([*launcher, "-m", "auformer", "train", *args],
                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
 
 
+def _two_nodes(port: int, node: int) -> list[str]:
+    """torchrun's arguments for node ``node`` of two on loopback, one process each; node 0 hosts the
+    c10d rendezvous store (``is_host``), as the node named by ``--rdzv-endpoint`` does on a cluster."""
+    return ["--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-id", "two-nodes",
+            "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-conf", f"is_host={int(node == 0)}",
+            "--node-rank", str(node)]  # fmt: skip
+
+
 @pytest.fixture(scope="module")
-def three_runs(tmp_path_factory) -> dict[str, tuple[Path, str]]:
+def ddp_preset(tmp_path_factory) -> str:
+    """The tiny preset, 2 epochs of 10 steps, a resume point every 3 steps, per-sample WDI (see `three_runs`)."""
+    root = tmp_path_factory.mktemp("preset")
+    return write_tiny_preset(root / "tiny.yaml", train={"epochs": 2, "checkpoint_every": 3}, loss={"wdi_reduction": "sample"})
+
+
+@pytest.fixture(scope="module")
+def three_runs(tmp_path_factory, ddp_preset) -> dict[str, tuple[Path, str]]:
     """One tiny training run three ways, launched at once: one process; one node of 2 gloo processes;
     two "nodes" on loopback (two torchrun launches joined by c10d rendezvous, 1 process each).
 
@@ -34,15 +55,12 @@ def three_runs(tmp_path_factory) -> dict[str, tuple[Path, str]]:
     batch-form WDI is a dice over each process's local batch (docs/losses.md), so the equivalence is
     checked with the per-sample form, whose batch mean does not depend on the split.
     """
-    root = tmp_path_factory.mktemp("ddp")
-    preset = write_tiny_preset(root / "tiny.yaml", train={"epochs": 2, "checkpoint_every": 100}, loss={"wdi_reduction": "sample"})
-    args = ["--preset", preset]
-    rendezvous = ["--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-id", "two-nodes",
-                  "--rdzv-endpoint", f"127.0.0.1:{_free_port()}"]  # fmt: skip
+    root, port = tmp_path_factory.mktemp("ddp"), _free_port()
+    args = ["--preset", ddp_preset, "--out"]
     launches = {
-        "single": [_launch(args, root / "single")],
-        "ddp": [_launch(args, root / "ddp", ["--standalone", "--nproc-per-node", "2"])],
-        "two_nodes": [_launch(args, root / "two_nodes", [*rendezvous, "--node-rank", str(node)]) for node in (0, 1)],
+        "single": [_launch([*args, str(root / "single")])],
+        "ddp": [_launch([*args, str(root / "ddp")], ["--standalone", "--nproc-per-node", "2"])],
+        "two_nodes": [_launch([*args, str(root / "two_nodes")], _two_nodes(port, node)) for node in (0, 1)],
     }
     runs = {}
     for name, processes in launches.items():
@@ -132,3 +150,101 @@ def test_two_nodes_match_one_node_with_two_processes(three_runs):
     a, b = pd.read_csv(one_node / "predictions.csv"), pd.read_csv(two_nodes / "predictions.csv")
     assert b["image"].tolist() == a["image"].tolist()
     np.testing.assert_allclose(b.filter(like="_prob").to_numpy(), a.filter(like="_prob").to_numpy(), atol=1e-4)
+
+
+def _kill_node(agent: subprocess.Popen) -> None:
+    """SIGKILL a torchrun agent and its workers at once, as a node that loses power (torchrun starts each
+    worker in its own session, so killing the agent's process group would leave the workers running)."""
+    pids = [agent.pid]
+    for pid in pids:  # grows as it goes: each process's children, depth first
+        pids += [int(child) for task in Path(f"/proc/{pid}/task").iterdir() for child in (task / "children").read_text().split()]
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    agent.wait()
+
+
+def _wait_for_state(nodes: list[subprocess.Popen], state_file: Path, timeout: float = 300) -> None:
+    """Poll train_state.pt until it records a point inside the second epoch."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert all(node.poll() is None for node in nodes), f"a node ended before the kill: {nodes[0].communicate()[1][-3000:]}"
+        if state_file.is_file():
+            state = torch.load(state_file, weights_only=True)
+            if state["epoch"] == 1 and state["micro_done"] > 0:
+                return
+        time.sleep(0.02)
+    raise AssertionError("no resume point inside the second epoch appeared")
+
+
+@pytest.mark.slow
+def test_two_nodes_resume_after_one_node_is_killed(three_runs, ddp_preset, tmp_path):
+    """Node 1 dies mid-epoch: node 0 fails within seconds (its next collective finds the peer gone) and the
+    folder keeps a loadable resume point; both nodes launched again with ``--resume OUT`` end the run with
+    the uninterrupted two-node run's metrics, losses and probabilities (the `three_runs` fixture's)."""
+    out, port, started = tmp_path / "run", _free_port(), time.monotonic()
+    nodes = [_launch(["--preset", ddp_preset, "--out", str(out)], _two_nodes(port, node)) for node in (0, 1)]
+    _wait_for_state(nodes, out / "train_state.pt")
+    _kill_node(nodes[1])
+    killed = time.monotonic()
+    _, err = nodes[0].communicate(timeout=120)
+    assert nodes[0].returncode != 0, "node 0 went on without its peer"
+    assert "Connection reset by peer" in err or "Connection closed by peer" in err, err[-3000:]
+    failed_after = time.monotonic() - killed
+    state = torch.load(out / "train_state.pt", weights_only=True)  # rank 0 wrote it atomically: whole, loadable
+    assert state["epoch"] == 1 and 0 < state["micro_done"] < 10 and state["world_size"] == 2
+    assert not (out / "metrics.json").exists() and not list(out.glob(".*.tmp*"))  # no result, no half-written file
+    print(f"\nkilled node 1 at step {state['global_step']} (epoch 2, batch {state['micro_done']}), "
+          f"{killed - started:.0f} s after the launch; node 0 failed {failed_after:.1f} s later")  # fmt: skip
+
+    port = _free_port()
+    nodes = [_launch(["--resume", str(out)], _two_nodes(port, node)) for node in (0, 1)]
+    outputs = [node.communicate(timeout=400) for node in nodes]
+    for node, (_, err) in zip(nodes, outputs):
+        assert node.returncode == 0, err[-3000:]
+    stdout = "".join(text for text, _ in outputs)
+    assert f"at epoch 2, batch {state['micro_done']} (step {state['global_step']})" in stdout  # resumed where it stopped
+    expected, got = (json.loads((run / "metrics.json").read_text()) for run in (three_runs["two_nodes"][0], out))
+    history_a, history_b = pd.read_csv(three_runs["two_nodes"][0] / "metrics.csv"), pd.read_csv(out / "metrics.csv")
+    print(f"resumed: mean_f1 {got['mean_f1']:.6f}, last train_loss {history_b['train_loss'].iloc[-1]:.6f}; uninterrupted: "
+          f"{expected['mean_f1']:.6f}, {history_a['train_loss'].iloc[-1]:.6f}; {time.monotonic() - started:.0f} s in all")  # fmt: skip
+    assert got["mean_f1"] == pytest.approx(expected["mean_f1"], abs=1e-6)
+    assert history_b["epoch"].tolist() == [1, 2]
+    np.testing.assert_allclose(history_b["train_loss"], history_a["train_loss"], rtol=1e-6)
+    a, b = (pd.read_csv(run / "predictions.csv").filter(like="_prob").to_numpy() for run in (three_runs["two_nodes"][0], out))
+    np.testing.assert_allclose(b, a, atol=1e-6)
+
+
+def test_collective_timeout_is_a_setting(monkeypatch):
+    monkeypatch.delenv(distributed.TIMEOUT_ENV, raising=False)
+    assert distributed.collective_timeout() is None  # torch's default
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, "90")
+    assert distributed.collective_timeout() == timedelta(seconds=90)
+    for bad in ("0", "-5", "ten", "inf", "nan"):
+        monkeypatch.setenv(distributed.TIMEOUT_ENV, bad)
+        with pytest.raises(AUFormerError, match=f"AUFORMER_DIST_TIMEOUT={bad!r}: expected a positive number of seconds"):
+            distributed.collective_timeout()
+
+
+# Run by torchrun in each of 2 processes: rank 1 hangs (as a node cut off the network would) while rank 0 waits
+# for it in a collective.
+_HANG_ON_RANK_1 = """
+import os, time
+from auformer.engine import distributed
+
+info = distributed.setup("cpu")
+if info.rank == 1:
+    time.sleep(600)
+distributed.barrier(info)
+"""
+
+
+@pytest.mark.slow
+def test_a_hung_peer_fails_the_others_after_the_timeout(tmp_path):
+    script = tmp_path / "hang_on_rank_1.py"
+    script.write_text(_HANG_ON_RANK_1)
+    started = time.monotonic()
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script)],
+                         env={**ENV, distributed.TIMEOUT_ENV: "5"}, capture_output=True, text=True, timeout=300)  # fmt: skip
+    seconds = time.monotonic() - started
+    assert run.returncode != 0 and "Timed out" in run.stderr, run.stderr[-3000:]
+    assert seconds < 120, f"rank 0 waited {seconds:.0f} s for a 5 s timeout"  # not 30 minutes, torch's default

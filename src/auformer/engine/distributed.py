@@ -37,13 +37,18 @@ class DistInfo:
         return self.world_size > 1
 
 
+TIMEOUT_ENV = "AUFORMER_DIST_TIMEOUT"
+
+
 def setup(device: str = "auto", timeout: timedelta | None = None) -> DistInfo:
     """Join the torchrun process group if launched by torchrun, and pick this process's device.
 
     ``device``: ``auto`` (CUDA when available), ``cpu`` or ``cuda``. Backend: NCCL on
     CUDA, gloo on CPU. Calling it again in the same process reuses the group. ``timeout``: how long
-    a collective waits for the slowest rank (torch's default when None; `auformer detect` waits
-    for the last rank to finish its share).
+    a collective waits for the slowest rank before it fails (`auformer detect` waits for the last rank
+    to finish its share); when None, `collective_timeout`. A peer that dies with its sockets closed
+    fails the others' next collective at once; one that hangs, or a node cut off the network, fails
+    them only after this timeout, which is what ends the run instead of a hang.
     """
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if device == "cuda" and not torch.cuda.is_available():
@@ -55,9 +60,25 @@ def setup(device: str = "auto", timeout: timedelta | None = None) -> DistInfo:
     if use_cuda:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=timeout)
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=timeout or collective_timeout())
         atexit.register(teardown)  # leave the group cleanly when the command ends
     return DistInfo(dist.get_rank(), world_size, torch.device("cuda", local_rank) if use_cuda else torch.device("cpu"))
+
+
+def collective_timeout() -> timedelta | None:
+    """``AUFORMER_DIST_TIMEOUT`` seconds when set (a positive number), else None: torch's default
+    (30 minutes for gloo, 10 for NCCL in torch 2.x). A setting of the cluster, not of the run: it
+    changes no result, so it is no config field and a resumed run may use another."""
+    text = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < 10**9:
+        raise AUFormerError(f"{TIMEOUT_ENV}={text!r}: expected a positive number of seconds, e.g. 600")
+    return timedelta(seconds=seconds)
 
 
 def teardown() -> None:

@@ -167,8 +167,10 @@ class Trainer:
     def _save_state(self) -> None:
         """Resume point after the current optimiser step: written atomically by rank 0."""
         rngs = distributed.gather_objects(checkpointing.rng_state(), self.dist)
+        # each rank's running loss sum is its own, and the epoch's loss is their mean: a resumed rank starts from it
+        loss_sum = distributed.mean_across(self.loss_sum, self.dist)
         if self.dist.is_main:
-            checkpointing.save_train_state(self.run_dir, self._state(rngs))
+            checkpointing.save_train_state(self.run_dir, {**self._state(rngs), "loss_sum": loss_sum})
             save_checkpoint(self.model, self.run_dir / "last", extra=self._extra())
         distributed.barrier(self.dist)
 
