@@ -283,6 +283,7 @@ def run_serve(args: argparse.Namespace) -> None:
             backbone_weights=args.backbone_weights,
             runtime=args.runtime,
         )
+        detector.warm_up()  # the Live tab's first frame is not the one that loads the network and face detector
         banner = DEMO_BANNER if args.checkpoint is None else (SYNTHETIC_WARNING if detector.synthetic else None)
         app = build_app(detector, work, banner, args.every)
         try:

@@ -13,7 +13,9 @@ def add(sub: argparse._SubParsersAction) -> None:
         help="a local web page: drop a photo or video, see each face's AUs, download the CSV",
         description="Start a local web page (Gradio; needs `pip install auformer[web]`) where a photo or video is "
         "dropped and each face is shown boxed with its AU bars, a video with its AU time series, and the table is a "
-        "CSV download. Uploads and results go to a temporary folder deleted when the server stops. See docs/serve.md.",
+        "CSV download. Its Live tab analyses the browser's webcam as it streams (faces boxed with their ids, AU bars, "
+        "fps and latency, the session's CSV); frames stay in memory and are never saved. Uploads and results go to a "
+        "temporary folder deleted when the server stops. See docs/serve.md.",
     )
     parser.add_argument(
         "--checkpoint",

@@ -31,7 +31,7 @@ from auformer.detect.pipeline import FacePipeline
 from auformer.detect.runtime import RUNTIMES, OnnxRuntimeModel
 from auformer.detect.sources import ARRAY_INPUT, Frame, FrameSource, as_frames, in_background, read_image, video_frames
 from auformer.errors import AUFormerError
-from auformer.faces import DEFAULT_DETECTOR, AlignedFace, Face, get_detector
+from auformer.faces import DEFAULT_DETECTOR, TEMPLATE_SIZE, AlignedFace, Face, get_detector
 from auformer.faces.pose import POSE_COLUMNS, head_pose
 from auformer.model.checkpoint import checkpoint_paths, checkpoint_thresholds, open_checkpoint
 
@@ -197,6 +197,12 @@ class Detector:
             if self.intensity:
                 parts["intensity"].append(output.intensity.float().cpu().numpy())  # (B, N)
         return {name: np.concatenate(values) for name, values in parts.items()}
+
+    def warm_up(self, frame_size: tuple[int, int] = (480, 640)) -> None:
+        """Run the network and the face detector once on blank input, so that the first frame of a stream
+        (``auformer live``, serve's Live tab) is not the one that pays for their loading."""
+        self.predict([np.zeros((TEMPLATE_SIZE, TEMPLATE_SIZE, 3), dtype=np.uint8)])
+        self.face_detector.detect(np.zeros((*frame_size, 3), dtype=np.uint8))
 
     def predict(self, crops: list[np.ndarray]) -> dict[str, np.ndarray]:
         """Outputs for aligned uint8 (H, W, 3) RGB face crops (see `_predict`)."""

@@ -33,7 +33,6 @@ from auformer.detect.smoothing import face_smoothers, smooth_results
 from auformer.detect.sources import LOST_AFTER_S, Frame, SourceLost, in_background, stream_frames
 from auformer.detect.writers import CsvWriter
 from auformer.errors import AUFormerError
-from auformer.faces import TEMPLATE_SIZE
 from auformer.files import atomic_write_text, resolve_inside
 
 SUMMARY_NAME = "live.json"
@@ -227,9 +226,7 @@ def run_live(args: argparse.Namespace) -> None:
     )
     if detector.synthetic:
         print(SYNTHETIC_WARNING)
-    # Warm up the network and the face detector now, so that the first frames' latency is not their loading.
-    detector.predict([np.zeros((TEMPLATE_SIZE, TEMPLATE_SIZE, 3), dtype=np.uint8)])
-    detector.face_detector.detect(np.zeros((480, 640, 3), dtype=np.uint8))
+    detector.warm_up()  # the first frames' latency is not the loading of the network and the face detector
     smoothers = face_smoothers(args.smooth)
     writer = CsvWriter(csv_path, openface=False) if csv_path else None
     stats, stop = LiveStats(), threading.Event()
