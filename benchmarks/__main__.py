@@ -7,7 +7,8 @@ Runs the tables that docs/performance.md reports and writes them as Markdown
   Swin-B (timm ``swin_base_patch4_window7_224``, random init, standing in for ME-GraphAU's),
   interleaved, medians (`bench_overhead.py`);
 - ``first-run``: ``auformer train`` with no arguments, as a new user runs it (wall time, CPU
-  time, mean F1);
+  time, mean F1), then the fp32 and int8 agreement of its model with PyTorch on the test set
+  (`bench_runtime.agreement`);
 - ``runtime``: PyTorch against ONNX Runtime fp32 and int8 (``export --quantize int8``) on the
   synthetic model and ViT-B/16, batch 1 and 4, interleaved (`bench_runtime.py`);
 - ``loader``: data-loader images/s over generated JPEG face crops (`bench_loader.py`);
@@ -71,7 +72,10 @@ def run_first_run(args: argparse.Namespace, out: Path) -> dict:
     if log.returncode:
         return {"command": " ".join(command[1:]), "error": log.stderr.strip().splitlines()[-1:]}
     metrics = json.loads((out / "first_run" / "metrics.json").read_text())
+    from benchmarks.bench_runtime import agreement
+
     return {
+        "agreement": agreement(out / "first_run" / "last"),
         "command": "auformer " + " ".join(command[3:]),
         "wall_s": wall,
         "cpu_s": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
@@ -154,6 +158,17 @@ def markdown(results: dict) -> str:
             ),
             "",
         ]
+        if "agreement" in r:
+            lines += [
+                "Agreement of its model with PyTorch, synthetic test set (int8 row: int8 agreement on the trained default model):",
+                "",
+                "| runtime | max abs p diff | mean abs p diff | max per-AU F1 diff |",
+                "|---|---|---|---|",
+            ]
+            lines += [
+                f"| {name} | {a['max_abs']:.2e} | {a['mean_abs']:.2e} | {a['max_f1_diff']:.3f} |"
+                for name, a in r["agreement"].items()
+            ] + [""]
     if "loader" in results:
         r = results["loader"]
         lines += [f"## Loader ({r['images']} JPEGs, 224 px, batch 32)", "", "| transform, workers | images/s |", "|---|---|"]
