@@ -107,21 +107,24 @@ def run_detect(args: argparse.Namespace, out: Path) -> dict:
     return run(out / "detect")
 
 
+def _table(heading: str, columns: list[str], rows: list[str]) -> list[str]:
+    """Markdown lines: ``heading``, a table of ``columns`` over the ready-made ``rows`` ("| a | b |")."""
+    return [heading, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns), *rows]
+
+
 def markdown(results: dict) -> str:
     """The results as Markdown tables (JSON blocks for what has no fixed shape)."""
     lines = [f"# Benchmarks ({results['date']}, {results['machine']})", ""]
     if "overhead" in results:
         o = results["overhead"]
-        lines += [
+        lines += _table(
             f"## Forward time, batch {o['batch']}, {o['dtype']}, {o['threads']} threads, medians of {o['iters']}",
-            "",
-            "| model | wall ms | vs ViT | CPU ms | vs ViT |",
-            "|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {name} | {r['wall_s'] * 1e3:.0f} | {r['wall_vs_vit']:.3f}x | {r['cpu_s'] * 1e3:.0f} | {r['cpu_vs_vit']:.3f}x |"
-            for name, r in o["models"].items()
-        ]
+            ["model", "wall ms", "vs ViT", "CPU ms", "vs ViT"],
+            [
+                f"| {name} | {r['wall_s'] * 1e3:.0f} | {r['wall_vs_vit']:.3f}x | {r['cpu_s'] * 1e3:.0f} | {r['cpu_vs_vit']:.3f}x |"
+                for name, r in o["models"].items()
+            ],
+        )
         models = o["models"]
         if "swin_b" in models:
             lines += [
@@ -159,16 +162,14 @@ def markdown(results: dict) -> str:
             "",
         ]
         if "agreement" in r:
-            lines += [
+            lines += _table(
                 "Agreement of its model with PyTorch, synthetic test set (int8 row: int8 agreement on the trained default model):",
-                "",
-                "| runtime | max abs p diff | mean abs p diff | max per-AU F1 diff |",
-                "|---|---|---|---|",
-            ]
-            lines += [
-                f"| {name} | {a['max_abs']:.2e} | {a['mean_abs']:.2e} | {a['max_f1_diff']:.3f} |"
-                for name, a in r["agreement"].items()
-            ] + [""]
+                ["runtime", "max abs p diff", "mean abs p diff", "max per-AU F1 diff"],
+                [
+                    f"| {name} | {a['max_abs']:.2e} | {a['mean_abs']:.2e} | {a['max_f1_diff']:.3f} |"
+                    for name, a in r["agreement"].items()
+                ],
+            ) + [""]
     if "loader" in results:
         r = results["loader"]
         lines += [f"## Loader ({r['images']} JPEGs, 224 px, batch 32)", "", "| transform, workers | images/s |", "|---|---|"]
