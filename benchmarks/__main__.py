@@ -7,7 +7,9 @@ Runs the tables that docs/performance.md reports and writes them as Markdown
   Swin-B (timm ``swin_base_patch4_window7_224``, random init, standing in for ME-GraphAU's),
   interleaved, medians (`bench_overhead.py`);
 - ``first-run``: ``auformer train`` with no arguments, as a new user runs it, beside the previous
-  default's settings (`PREVIOUS_DEFAULT`), one after the other (wall time, CPU time, mean F1);
+  default's settings (`PREVIOUS_DEFAULT`), one after the other (wall time, CPU time, mean F1), then
+  the fp32 and int8 agreement of the default's model with PyTorch on the test set
+  (`bench_runtime.agreement`);
 - ``runtime``: PyTorch against ONNX Runtime fp32 and int8 (``export --quantize int8``) on the
   synthetic model and ViT-B/16, batch 1 and 4, interleaved (`bench_runtime.py`);
 - ``loader``: data-loader images/s over generated JPEG face crops (`bench_loader.py`);
@@ -94,7 +96,12 @@ def run_first_run(args: argparse.Namespace, out: Path) -> dict:
         "previous default": _train_once(out / "first_run" / "previous", PREVIOUS_DEFAULT),
         "default": _train_once(out / "first_run" / "default", []),
     }
-    return {"runs": runs, "load_before": load, "load_after": round(os.getloadavg()[0], 2)}
+    result = {"runs": runs, "load_before": load, "load_after": round(os.getloadavg()[0], 2)}
+    if "wall_s" in runs["default"]:
+        from benchmarks.bench_runtime import agreement
+
+        result["agreement"] = agreement(out / "first_run" / "default" / "last")
+    return result
 
 
 def run_loader(args: argparse.Namespace) -> dict:
@@ -120,21 +127,24 @@ def run_detect(args: argparse.Namespace, out: Path) -> dict:
     return run(out / "detect")
 
 
+def _table(heading: str, columns: list[str], rows: list[str]) -> list[str]:
+    """Markdown lines: ``heading``, a table of ``columns`` over the ready-made ``rows`` ("| a | b |")."""
+    return [heading, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns), *rows]
+
+
 def markdown(results: dict) -> str:
     """The results as Markdown tables (JSON blocks for what has no fixed shape)."""
     lines = [f"# Benchmarks ({results['date']}, {results['machine']})", ""]
     if "overhead" in results:
         o = results["overhead"]
-        lines += [
+        lines += _table(
             f"## Forward time, batch {o['batch']}, {o['dtype']}, {o['threads']} threads, medians of {o['iters']}",
-            "",
-            "| model | wall ms | vs ViT | CPU ms | vs ViT |",
-            "|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {name} | {r['wall_s'] * 1e3:.0f} | {r['wall_vs_vit']:.3f}x | {r['cpu_s'] * 1e3:.0f} | {r['cpu_vs_vit']:.3f}x |"
-            for name, r in o["models"].items()
-        ]
+            ["model", "wall ms", "vs ViT", "CPU ms", "vs ViT"],
+            [
+                f"| {name} | {r['wall_s'] * 1e3:.0f} | {r['wall_vs_vit']:.3f}x | {r['cpu_s'] * 1e3:.0f} | {r['cpu_vs_vit']:.3f}x |"
+                for name, r in o["models"].items()
+            ],
+        )
         models = o["models"]
         if "swin_b" in models:
             lines += [
@@ -170,6 +180,15 @@ def markdown(results: dict) -> str:
             )
             lines += [f"- {name}: `{run['command']}`: {summary}"]
         lines += [""]
+        if "agreement" in r:
+            lines += _table(
+                "Agreement of the default's model with PyTorch, synthetic test set (int8 row: int8 agreement on the trained default model):",
+                ["runtime", "max abs p diff", "mean abs p diff", "max per-AU F1 diff"],
+                [
+                    f"| {name} | {a['max_abs']:.2e} | {a['mean_abs']:.2e} | {a['max_f1_diff']:.3f} |"
+                    for name, a in r["agreement"].items()
+                ],
+            ) + [""]
     if "loader" in results:
         r = results["loader"]
         lines += [f"## Loader ({r['images']} JPEGs, 224 px, batch 32)", "", "| transform, workers | images/s |", "|---|---|"]

@@ -8,7 +8,11 @@ so load on a shared machine hits them alike. ONNX Runtime gets torch's thread co
 - ``synthetic``: the default preset's model (packaged synthetic ViT, 64 px, 12 AUs);
 - ``vit_b``: AUFormer on ViT-B/16, 224 px, 12 AUs, random init (speed only).
 
+``agreement`` compares the probabilities of a trained synthetic checkpoint (``auformer train``'s
+``last``) on its preset's test set (1000 faces): PyTorch against ONNX Runtime fp32 and int8.
+
     python benchmarks/bench_runtime.py --batch 1 4
+    python benchmarks/bench_runtime.py --agreement runs/synthetic-.../last
 """
 
 from __future__ import annotations
@@ -17,14 +21,17 @@ import argparse
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import auformer
 from auformer.config.presets import load_config
 from auformer.data.synthetic import SYNTHETIC_AUS
+from auformer.detect import Detector
 from auformer.detect.runtime import OnnxRuntimeModel
-from auformer.engine.build import model_from_config
+from auformer.engine.build import build_splits, load_source, model_from_config
 from auformer.export import export_model
+from auformer.metrics import au_metrics
 from benchmarks.bench_overhead import forward_times, print_times
 
 
@@ -52,12 +59,44 @@ def compare(name: str, batches: list[int], iters: int) -> dict:
         return {batch: forward_times(runners, batch, size, iters, reference="torch") for batch in batches}
 
 
+def agreement(checkpoint: str | Path) -> dict:
+    """``{runtime: {"max_abs", "mean_abs", "max_f1_diff"}}``: ONNX Runtime fp32 and int8 against PyTorch, the
+    probabilities of the synthetic preset's test split (fold 0) and the per-AU F1 at 0.5."""
+    config = load_config("synthetic")
+    source = load_source(config)
+    test = build_splits(config, source).test
+    crops = list(source.pixels[[int(Path(name).stem) for name in test.images]])  # (64, 64, 3) uint8 each
+    reference = Detector(checkpoint, face_detector="none", batch_size=100).predict_crops(crops)  # (M, N)
+
+    def per_au_f1(probabilities: np.ndarray) -> np.ndarray:
+        return np.array([row["f1"] for row in au_metrics(probabilities, test.labels, test.aus)["per_au"].values()])
+
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for quantize in ("none", "int8"):
+            path = export_model(checkpoint, tmp, quantize=quantize)
+            detector = Detector(path, face_detector="none", batch_size=100, runtime="onnxruntime")
+            probabilities = detector.predict_crops(crops)
+            difference = np.abs(probabilities - reference)
+            results["onnx_fp32" if quantize == "none" else "onnx_int8"] = {
+                "max_abs": float(difference.max()),
+                "mean_abs": float(difference.mean()),
+                "max_f1_diff": float(np.abs(per_au_f1(probabilities) - per_au_f1(reference)).max()),
+            }
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["synthetic", "vit_b"], choices=["synthetic", "vit_b"])
     parser.add_argument("--batch", nargs="+", type=int, default=[1, 4])
     parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--agreement", metavar="CKPT", help="a trained synthetic checkpoint: print its agreement only")
     args = parser.parse_args()
+    if args.agreement:
+        for name, row in agreement(args.agreement).items():
+            print(name, " ".join(f"{key} {value:.2e}" for key, value in row.items()))
+        return
     for name in args.models:
         for batch, times in compare(name, args.batch, args.iters).items():
             print_times(times, f"{name} batch {batch} ", reference="torch")

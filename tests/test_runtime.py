@@ -65,7 +65,9 @@ def test_onnxruntime_detector_agrees_with_pytorch(synthetic, faces, which, toler
 
 def test_int8_file_is_smaller(synthetic):
     assert synthetic[2].name == "model.int8.onnx"
-    assert synthetic[2].stat().st_size < 0.7 * synthetic[1].stat().st_size  # 0.63 measured: convs, embeddings stay fp32
+    assert (
+        synthetic[2].stat().st_size < 0.8 * synthetic[1].stat().st_size
+    )  # 0.74 measured: first block, convs, embeddings stay fp32
 
 
 def _without(path: Path, key: str | None, out: Path) -> Path:
