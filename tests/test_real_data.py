@@ -126,7 +126,7 @@ def test_weights_download_offline_fails_in_one_line(tmp_path, monkeypatch, capsy
 
 
 def test_schedule_in_epochs_and_in_steps():
-    train = load_config("synthetic").train  # 5 epochs, warm-up 0.5 epoch
+    train = load_config("synthetic", ["train.epochs=5", "train.warmup_epochs=0.5"]).train
     epochs = plan_schedule(train, micro_per_epoch=32)
     assert (epochs.total_steps, epochs.warmup_steps, epochs.epochs) == (160, 16, 5)
     assert epochs.eval_points() == [32, 64, 96, 128, 160]
