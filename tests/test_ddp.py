@@ -164,16 +164,15 @@ def _kill_node(agent: subprocess.Popen) -> None:
 
 
 def _wait_for_state(nodes: list[subprocess.Popen], state_file: Path, timeout: float = 300) -> None:
-    """Poll train_state.pt until it records a point inside the second epoch."""
+    """Poll until train_state.pt appears (the first resume point, step 3 of 20): the kill then lands with most
+    of the run still to go, however loaded the machine (waiting for a later point raced the run's end)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert all(node.poll() is None for node in nodes), f"a node ended before the kill: {nodes[0].communicate()[1][-3000:]}"
         if state_file.is_file():
-            state = torch.load(state_file, weights_only=True)
-            if state["epoch"] == 1 and state["micro_done"] > 0:
-                return
+            return
         time.sleep(0.02)
-    raise AssertionError("no resume point inside the second epoch appeared")
+    raise AssertionError("no resume point appeared")
 
 
 @pytest.mark.slow
@@ -191,10 +190,10 @@ def test_two_nodes_resume_after_one_node_is_killed(three_runs, ddp_preset, tmp_p
     assert "Connection reset by peer" in err or "Connection closed by peer" in err, err[-3000:]
     failed_after = time.monotonic() - killed
     state = torch.load(out / "train_state.pt", weights_only=True)  # rank 0 wrote it atomically: whole, loadable
-    assert state["epoch"] == 1 and 0 < state["micro_done"] < 10 and state["world_size"] == 2
+    assert 0 < state["global_step"] < 20 and state["world_size"] == 2  # a point inside the run
     assert not (out / "metrics.json").exists() and not list(out.glob(".*.tmp*"))  # no result, no half-written file
-    print(f"\nkilled node 1 at step {state['global_step']} (epoch 2, batch {state['micro_done']}), "
-          f"{killed - started:.0f} s after the launch; node 0 failed {failed_after:.1f} s later")  # fmt: skip
+    where = f"epoch {state['epoch'] + 1}, batch {state['micro_done']} (step {state['global_step']})"
+    print(f"\nkilled node 1 at {where}, {killed - started:.0f} s after the launch; node 0 failed {failed_after:.1f} s later")
 
     port = _free_port()
     nodes = [_launch(["--resume", str(out)], _two_nodes(port, node)) for node in (0, 1)]
@@ -202,7 +201,7 @@ def test_two_nodes_resume_after_one_node_is_killed(three_runs, ddp_preset, tmp_p
     for node, (_, err) in zip(nodes, outputs):
         assert node.returncode == 0, err[-3000:]
     stdout = "".join(text for text, _ in outputs)
-    assert f"at epoch 2, batch {state['micro_done']} (step {state['global_step']})" in stdout  # resumed where it stopped
+    assert f"at {where}" in stdout  # resumed where it stopped
     expected, got = (json.loads((run / "metrics.json").read_text()) for run in (three_runs["two_nodes"][0], out))
     history_a, history_b = pd.read_csv(three_runs["two_nodes"][0] / "metrics.csv"), pd.read_csv(out / "metrics.csv")
     print(f"resumed: mean_f1 {got['mean_f1']:.6f}, last train_loss {history_b['train_loss'].iloc[-1]:.6f}; uninterrupted: "
