@@ -152,7 +152,7 @@ def test_every_field_of_every_section_has_a_rule():
         ("train.grad_clip=0", r"config train.grad_clip: 0.0 must be in \(0, 1e\+06\]"),
         ("train.betas=[0.9]", r"config train.betas: \[0.9\] has 1 values; exactly 2 allowed"),
         ("train.seed=-1", r"config train.seed: -1 must be in \[0, 2147483647\]"),
-        ("train.min_lr=0.1", r"config train.min_lr: 0.1 must be <= train.lr \(0.005\)"),
+        ("train.min_lr=0.1", r"config train.min_lr: 0.1 must be <= train.lr \(0.01\)"),
         ("data.aus=[1, 1]", r"config data.aus: \[1, 1\]: the values must differ"),
         ("data.aus=[3]", r"config data.aus: \[3\]: 3 is not a FACS action unit"),
         ("data.resize_size=16", r"config data.resize_size: 16 must be >= data.img_size \(64\)"),
