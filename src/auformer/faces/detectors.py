@@ -309,7 +309,7 @@ class YuNetDetector:
         bgr = np.ascontiguousarray(image_rgb[..., ::-1])  # (H, W, 3): the library reads BGR (detectRGB converts too)
         with self.lock:
             found = self.facedetect_cnn(self.result.ctypes.data, bgr.ctypes.data, width, height, width * 3)
-            count = min(int(found[0]), (RESULT_BYTES - 4) // 32) if found else 0
+            count = min(max(int(found[0]), 0), (RESULT_BYTES - 4) // 32) if found else 0  # within the buffer
             rows = np.frombuffer(self.result, dtype=np.int16, count=16 * count, offset=4).reshape(count, 16)
             return [(x, y, w, h, score) for score, x, y, w, h in rows[:, :5].tolist()]
 
