@@ -52,6 +52,7 @@ def write_clip(path: Path, seconds: float) -> Path:
 
 def run_one(clip: Path, checkpoint: Path, out: Path, detect_every: int, runtime: str = "torch") -> dict:
     from auformer.cli import main
+    from auformer.detect.live import resident_mb
 
     status = main(
         ["live", "--source", str(clip), "--checkpoint", str(checkpoint), "--out", str(out), "--csv", "rows.csv"]
@@ -70,7 +71,7 @@ def run_one(clip: Path, checkpoint: Path, out: Path, detect_every: int, runtime:
         "analysed": summary["analysed_frames"],
         "dropped": summary["dropped_frames"],
         "faces_per_frame": round(summary["faces"] / max(1, summary["analysed_frames"]), 2),
-        "rss_mb": round(int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20),
+        "rss_mb": resident_mb(),
         "minutes": summary.get("minutes", []),
     }
 
