@@ -13,7 +13,7 @@ Runs the tables that docs/performance.md reports and writes them as Markdown
 - ``runtime``: PyTorch against ONNX Runtime fp32 and int8 (``export --quantize int8``) on the
   synthetic model and ViT-B/16, batch 1 and 4, interleaved (`bench_runtime.py`);
 - ``loader``: data-loader images/s over generated JPEG face crops (`bench_loader.py`);
-- ``detect``: `bench_detect.py`'s face-detector and ``auformer detect`` throughput tables
+- ``detect``: `bench_detect.py`'s face-detector, ``auformer detect`` throughput and command (start-up included) tables
   (its own files under ``out/detect``).
 
     python -m benchmarks                                  # everything, into runs/benchmarks-<UTC time>
@@ -122,9 +122,10 @@ def run_detect(args: argparse.Namespace, out: Path) -> dict:
     """`bench_detect.run`'s results (its tables belong to it; it also writes them to ``out/detect``)."""
     from benchmarks.bench_detect import run
 
-    if args.quick:  # no dlib CNN, 4 + 2 portraits a size, a 20-frame video, one timed run each
-        return run(out / "detect", repeats=1, skip_slow=True, lfw_count=2, video_frames=20)
-    return run(out / "detect")
+    parts = ("detectors", "throughput", "cli")
+    if args.quick:  # no dlib CNN, 4 + 2 portraits a size, a 20-frame video, 12 photos for the command, one run each
+        return run(out / "detect", repeats=1, parts=parts, skip_slow=True, lfw_count=2, video_frames=20, cli_photos=12)
+    return run(out / "detect", parts=parts)
 
 
 def _table(heading: str, columns: list[str], rows: list[str]) -> list[str]:

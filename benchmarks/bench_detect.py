@@ -3,6 +3,7 @@
     python benchmarks/bench_detect.py --out /tmp/bench                         # all tables, small model
     python benchmarks/bench_detect.py --out /tmp/bench --before-src /work/main/src   # also the code in that tree
     python benchmarks/bench_detect.py --out /tmp/bench --model vit-b --parts throughput
+    python benchmarks/bench_detect.py --out /tmp/bench --parts cli --before-src /work/main/src   # the command, start-up included
 
 ``run(out_dir, ...)`` is the entry point for a benchmark runner: it writes
 ``OUT/bench_detect.json`` and ``OUT/bench_detect.md`` and returns the results.
@@ -19,6 +20,10 @@ Parts:
   does not depend on the weights). With ``--before-src`` the same timings run on the
   code of another tree (e.g. main) with its default face detector, alternating with
   this tree, so that both see the same machine load.
+- ``cli``: ``auformer detect FOLDER`` as a user runs it, start-up included (Python,
+  imports, checkpoint, face detector), on ``--cli-photos`` 640x490 portraits (default 283:
+  the portraits above with 100 LFW faces, cycled), torch's default threads; images/s is
+  photos / wall seconds of the whole command. Before and after alternate, run by run.
 
 Each timing is the best of ``--repeats`` runs, per wall-clock second and per CPU
 second of the process (all threads): the CPU may be shared with other jobs.
@@ -185,15 +190,17 @@ def worker(job: dict) -> dict:
 
     from auformer.detect import Detector, Frame, read_image
 
+    checkpoint = Path(job["checkpoint"])  # one per tree, written by the first of its jobs
+    if not any(checkpoint.parent.glob(f"{checkpoint.name}.*")):
+        _random_checkpoint(checkpoint, job["model"])
+    if job["kind"] == "cli":
+        return _cli_run(job, checkpoint)
     torch.set_num_threads(job["threads"])
     options = {"batch_size": job["batch_size"]}
     if job.get("detect_every") is not None:
         options["detect_every"] = job["detect_every"]
     if job.get("amp"):
         options["amp"] = job["amp"]
-    checkpoint = Path(job["checkpoint"])  # one per tree, written by the first of its jobs
-    if not any(checkpoint.parent.glob(f"{checkpoint.name}.*")):
-        _random_checkpoint(checkpoint, job["model"])
     detector = Detector(checkpoint, **options)
     default = inspect.signature(Detector).parameters["face_detector"].default
     faces = []  # faces found per timed run
@@ -216,6 +223,45 @@ def worker(job: dict) -> dict:
         timing["faces_found"] = f"{faces[-1]}/{len(job['paths'])}"
     timing["face_detector"] = default
     return timing
+
+
+def _cli_run(job: dict, checkpoint: Path) -> dict:
+    """``auformer detect FOLDER`` once, as a user runs it (torch's default threads): photos per wall second."""
+    env = {key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"}
+    out = Path(job["out"])
+    started = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "auformer", "detect", job["paths"][0], "--checkpoint", str(checkpoint), "--out", str(out)],
+        env=env, check=True, capture_output=True,
+    )  # fmt: skip
+    wall = time.perf_counter() - started
+    rows = len((out / "images.csv").read_text().splitlines()) - 1
+    return {"seconds": round(wall, 2), "per_s": round(rows / wall, 2), "photos": rows}
+
+
+def cli_table(model: str, repeats: int, before_src: Path | None, photos: int = 283) -> dict:
+    """``auformer detect`` on ``photos`` portraits, start-up included: this tree and ``before_src`` alternating,
+    best of ``repeats`` each."""
+    trees = {"after": ROOT / "src"} | ({"before": before_src} if before_src else {})
+    results: dict = {tree: [] for tree in trees}
+    with tempfile.TemporaryDirectory() as folder:
+        images = portraits(100)["640x490"]
+        (Path(folder) / "photos").mkdir()
+        for number in range(photos):
+            path = Path(folder) / "photos" / f"{number:03d}.jpg"
+            cv2.imwrite(str(path), cv2.cvtColor(images[number % len(images)], cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
+        for run_number in range(repeats):
+            for tree, src in trees.items():
+                job = {
+                    "kind": "cli", "model": model, "threads": 1, "paths": [str(Path(folder) / "photos")],
+                    "checkpoint": str(Path(folder) / f"model-{tree}"), "out": str(Path(folder) / f"out-{tree}-{run_number}"),
+                }  # fmt: skip
+                results[tree].append(_in_subprocess(job, src))
+                print("cli", tree, json.dumps(results[tree][-1]), flush=True)
+    return {
+        tree: {**max(runs, key=lambda run: run["per_s"]), "runs_s": [run["seconds"] for run in runs]}
+        for tree, runs in results.items()
+    }
 
 
 def _in_subprocess(job: dict, src: Path) -> dict:
@@ -301,6 +347,19 @@ def to_markdown(results: dict) -> str:
                     f"| {name} | {tree} | {row['face_detector']} | {row['per_s']} | {row['per_cpu_s']} "
                     f"| {row.get('faces_found', '-')} |"
                 )
+    if "cli" in results:
+        lines += [
+            "",
+            f"`auformer detect FOLDER` on {next(iter(results['cli'].values()))['photos']} portraits, start-up included, "
+            f"model {results['model']}, best of the runs",
+            "",
+            "| code | photos/s | seconds | every run (s) |",
+            "| --- | --- | --- | --- |",
+        ]
+        lines += [
+            f"| {tree} | {row['per_s']} | {row['seconds']} | {', '.join(map(str, row['runs_s']))} |"
+            for tree, row in results["cli"].items()
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -316,6 +375,7 @@ def run(
     amp: str = "none",
     lfw_count: int = 20,
     video_frames: int = 100,
+    cli_photos: int = 283,
 ) -> dict:
     """Run the ``parts``, write ``OUT/bench_detect.json`` and ``OUT/bench_detect.md``, return the results."""
     out = Path(out_dir)
@@ -333,6 +393,8 @@ def run(
         results["throughput"] = throughput_table(
             model, batch_size, repeats, threads, Path(before_src) if before_src else None, amp, lfw_count, video_frames
         )
+    if "cli" in parts:
+        results["cli"] = cli_table(model, repeats, Path(before_src) if before_src else None, cli_photos)
     results["load_average_after"] = os.getloadavg()
     (out / "bench_detect.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "bench_detect.md").write_text(to_markdown(results))
@@ -357,8 +419,8 @@ def main(argv: list[str] | None = None) -> int:
         "--parts",
         nargs="+",
         default=["detectors", "throughput"],
-        choices=("detectors", "throughput"),
-        help="what to measure (default: both)",
+        choices=("detectors", "throughput", "cli"),
+        help="what to measure (default: detectors throughput)",
     )
     parser.add_argument(
         "--before-src",
@@ -377,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
         help="LFW faces among the portraits of each size, after the 4 sharp ones (default: %(default)s)",
     )
     parser.add_argument("--video-frames", type=int, default=100, help="frames of the timed video (default: %(default)s)")
+    parser.add_argument("--cli-photos", type=int, default=283, help="portraits for the cli part (default: %(default)s)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # one timing as JSON, for a subprocess
     args = parser.parse_args(argv)
     if args.worker:
@@ -396,6 +459,7 @@ def main(argv: list[str] | None = None) -> int:
         args.amp,
         args.lfw_portraits,
         args.video_frames,
+        args.cli_photos,
     )
     return 0
 

