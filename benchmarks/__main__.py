@@ -5,13 +5,14 @@ Runs the tables that docs/performance.md reports and writes them as Markdown
 
 - ``overhead``: AUFormer (fused experts, 12 AUs) forward vs the plain frozen ViT-B/16 and vs a
   Swin-B (timm ``swin_base_patch4_window7_224``, random init, standing in for ME-GraphAU's),
-  interleaved, medians (`bench_overhead.py`);
+  at batch 1, 4 and 16 (``--batch``), interleaved, medians (`bench_overhead.py`);
 - ``first-run``: ``auformer train`` with no arguments, as a new user runs it, beside the previous
   default's settings (`PREVIOUS_DEFAULT`), one after the other (wall time, CPU time, mean F1), then
   the fp32 and int8 agreement of the default's model with PyTorch on the test set
   (`bench_runtime.agreement`);
 - ``runtime``: PyTorch against ONNX Runtime fp32 and int8 (``export --quantize int8``) on the
-  synthetic model and ViT-B/16, batch 1 and 4, interleaved (`bench_runtime.py`);
+  synthetic model and ViT-B/16, batch 1 and 4, interleaved (`bench_runtime.py`), and the faces/s
+  this CPU's matrix products allow ViT-B at most (`bench_runtime.ceiling`);
 - ``loader``: data-loader images/s over generated JPEG face crops (`bench_loader.py`);
 - ``detect``: `bench_detect.py`'s face-detector, ``auformer detect`` throughput and command (start-up included) tables
   (its own files under ``out/detect``).
@@ -45,20 +46,24 @@ def run_overhead(args: argparse.Namespace) -> dict:
     models = build_models(12, "vit_base_patch16_224", swin=True)
     iters = 2 if args.quick else args.iters
     return {
-        "batch": args.batch,
         "dtype": "fp32",
         "iters": iters,
         "threads": torch.get_num_threads(),
-        "models": forward_times(models, args.batch, 224, iters),
+        "batches": {batch: forward_times(models, batch, 224, iters) for batch in args.batch},
     }
 
 
 def run_runtime(args: argparse.Namespace) -> dict:
-    from benchmarks.bench_runtime import compare
+    from benchmarks.bench_runtime import ceiling, compare
 
     iters = 2 if args.quick else args.iters
     models = ["synthetic"] if args.quick else ["synthetic", "vit_b"]
-    return {"iters": iters, "threads": torch.get_num_threads(), "models": {m: compare(m, [1, 4], iters) for m in models}}
+    return {
+        "iters": iters,
+        "threads": torch.get_num_threads(),
+        "models": {m: compare(m, [1, 4], iters) for m in models},
+        "ceiling": ceiling(iters=iters),
+    }
 
 
 # The default run's settings before issue 24 ("fewer, better steps"), timed beside today's default.
@@ -139,21 +144,15 @@ def markdown(results: dict) -> str:
     if "overhead" in results:
         o = results["overhead"]
         lines += _table(
-            f"## Forward time, batch {o['batch']}, {o['dtype']}, {o['threads']} threads, medians of {o['iters']}",
-            ["model", "wall ms", "vs ViT", "CPU ms", "vs ViT"],
+            f"## Forward time, {o['dtype']}, {o['threads']} threads, medians of {o['iters']} (interleaved)",
+            ["batch", "model", "wall ms", "vs ViT", "CPU ms", "vs ViT"],
             [
-                f"| {name} | {r['wall_s'] * 1e3:.0f} | {r['wall_vs_vit']:.3f}x | {r['cpu_s'] * 1e3:.0f} | {r['cpu_vs_vit']:.3f}x |"
-                for name, r in o["models"].items()
+                f"| {batch} | {name} | {r['wall_s'] * 1e3:.0f} | {r['wall_vs_vit']:.3f}x | {r['cpu_s'] * 1e3:.0f} "
+                f"| {r['cpu_vs_vit']:.3f}x |"
+                for batch, models in o["batches"].items()
+                for name, r in models.items()
             ],
-        )
-        models = o["models"]
-        if "swin_b" in models:
-            lines += [
-                "",
-                f"AUFormer vs Swin-B: {models['auformer']['wall_s'] / models['swin_b']['wall_s']:.3f}x wall, "
-                f"{models['auformer']['cpu_s'] / models['swin_b']['cpu_s']:.3f}x CPU",
-                "",
-            ]
+        ) + [""]
     if "runtime" in results:
         r = results["runtime"]
         lines += [
@@ -169,6 +168,16 @@ def markdown(results: dict) -> str:
             for batch, times in batches.items()
             for name, t in times.items()
         ] + [""]
+        c = r["ceiling"]
+        lines += _table(
+            f"What this CPU's matrix products allow a ViT-B/16 AUFormer ({c['face_gflops']:.1f} GFLOPs a face):",
+            ["runtime", "GFLOP/s, (788 x 768) x (768 x 3072)", "faces/s at most"],
+            [
+                f"| {name} | {row['gflops_per_s']:.1f} | {row['faces_per_s_at_most']:.1f} |"
+                for name, row in c.items()
+                if name != "face_gflops"
+            ],
+        ) + [""]
     if "first-run" in results:
         r = results["first-run"]
         load = f", load average {r['load_before']} before, {r['load_after']} after" if "load_before" in r else ""
@@ -207,7 +216,9 @@ def main(argv: list[str] | None = None) -> None:
         "--out", default=None, metavar="DIR", help="folder for results.md and results.json (default: runs/benchmarks-<UTC time>)"
     )
     parser.add_argument("--tables", nargs="+", default=list(TABLES), choices=TABLES, help="tables to run (default: all)")
-    parser.add_argument("--batch", type=int, default=4, help="batch size of the forward comparison (default: %(default)s)")
+    parser.add_argument(
+        "--batch", type=int, nargs="+", default=[1, 4, 16], help="batch sizes of the forward comparison (default: 1 4 16)"
+    )
     parser.add_argument("--iters", type=int, default=5, help="timed forwards per model (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--quick", action="store_true", help="fewer iterations, one training epoch: a smoke run, not figures")

@@ -8,17 +8,25 @@ so load on a shared machine hits them alike. ONNX Runtime gets torch's thread co
 - ``synthetic``: the default preset's model (packaged synthetic ViT, 64 px, 12 AUs);
 - ``vit_b``: AUFormer on ViT-B/16, 224 px, 12 AUs, random init (speed only).
 
+``ceiling`` measures what this CPU's matrix products can do at best (one ViT-B MLP product,
+(batch x 197, 768) x (768, 3072), in torch fp32 and in ONNX Runtime fp32 and int8, the way the
+int8 export runs it) and the faces/s that bounds a ViT-B/16 AUFormer to (its FLOPs from
+`auformer.model.profile.count_flops` over that rate): no runtime goes past it.
+
 ``agreement`` compares the probabilities of a trained synthetic checkpoint (``auformer train``'s
 ``last``) on its preset's test set (1000 faces): PyTorch against ONNX Runtime fp32 and int8.
 
     python benchmarks/bench_runtime.py --batch 1 4
     python benchmarks/bench_runtime.py --agreement runs/synthetic-.../last
+    python benchmarks/bench_runtime.py --ceiling
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -92,13 +100,63 @@ def agreement(checkpoint: str | Path) -> dict:
     return results
 
 
+def ceiling(batch: int = 4, iters: int = 10) -> dict:
+    """GFLOP/s of one ViT-B MLP matrix product on this CPU (torch fp32, ONNX Runtime fp32 and int8) and the
+    ViT-B/16 AUFormer faces/s each rate allows (its forward FLOPs / rate: an upper bound, all else free)."""
+    import onnxruntime
+
+    from auformer.model.profile import count_flops
+
+    layer = torch.nn.Linear(768, 3072).eval()  # fc1 of a ViT-B block: the model's largest products
+    tokens = torch.randn(batch * 197, 768)
+    with torch.device("meta"):
+        model = auformer.build_model(12, "vit_base_patch16_224", "random")
+    face_flops = count_flops(model.eval(), torch.empty(1, 3, 224, 224, device="meta"))
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32, int8 = Path(tmp) / "fc1.onnx", Path(tmp) / "fc1.int8.onnx"
+        torch.onnx.export(layer, (tokens,), fp32, input_names=["x"], dynamo=False)
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8, per_channel=True, reduce_range=True)  # as export
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        sessions = {
+            name: onnxruntime.InferenceSession(str(path), options) for name, path in (("onnx_fp32", fp32), ("onnx_int8", int8))
+        }
+        feed = {"x": tokens.numpy()}
+        runners = {"torch": lambda: layer(tokens), **{name: (lambda s=s: s.run(None, feed)) for name, s in sessions.items()}}
+        seconds = {name: [] for name in runners}
+        with torch.no_grad():
+            for step in range(iters + 1):
+                for name, run in runners.items():
+                    started = time.perf_counter()
+                    run()
+                    if step:
+                        seconds[name].append(time.perf_counter() - started)
+    flops = 2 * tokens.shape[0] * 768 * 3072
+    rates = {name: flops / statistics.median(times) / 1e9 for name, times in seconds.items()}
+    return {
+        "face_gflops": face_flops / 1e9,
+        **{name: {"gflops_per_s": rate, "faces_per_s_at_most": rate * 1e9 / face_flops} for name, rate in rates.items()},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["synthetic", "vit_b"], choices=["synthetic", "vit_b"])
     parser.add_argument("--batch", nargs="+", type=int, default=[1, 4])
     parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--ceiling", action="store_true", help="print this CPU's matrix-product rate and ViT-B's bound only")
     parser.add_argument("--agreement", metavar="CKPT", help="a trained synthetic checkpoint: print its agreement only")
     args = parser.parse_args()
+    if args.ceiling:
+        result = ceiling()
+        print(f"ViT-B/16 AUFormer: {result.pop('face_gflops'):.1f} GFLOPs a face")
+        for name, row in result.items():
+            print(
+                f"{name}: {row['gflops_per_s']:.1f} GFLOP/s on (788 x 768) x (768 x 3072): at most {row['faces_per_s_at_most']:.1f} faces/s"
+            )
+        return
     if args.agreement:
         for name, row in agreement(args.agreement).items():
             print(name, row.get("refused") or " ".join(f"{key} {value:.2e}" for key, value in row.items()))
