@@ -46,7 +46,6 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from auformer.errors import AUFormerError
 from auformer.faces.align import TEMPLATE_5PT, TEMPLATE_SIZE, similarity_matrix, warp
@@ -258,6 +257,8 @@ class FaceTracker:
             similarity = np.array([[track.similarity(look) for look in looks] for track in tracks])
         allowed = np.where(np.isnan(similarity), iou >= OVERLAP_IOU, similarity >= self.min_similarity)
         cost = np.where(allowed, (1 - iou) + (1 - np.nan_to_num(similarity)), UNMATCHED)
+        from scipy.optimize import linear_sum_assignment  # lazy: 0.5 s to import, and a photo never matches
+
         rows, columns = linear_sum_assignment(cost)
         return [(column, row) for row, column in zip(rows, columns) if allowed[row, column]]
 
