@@ -254,6 +254,28 @@ def test_a_tensor_reshaped_out_of_its_run_is_rebuilt_not_reused(cached, monkeypa
         assert group.fused_weights() is rebuilt
 
 
+def _same_weights(got, expected) -> bool:
+    """Whether two `FusedWeights` (or fields of them: tensors, tuples of tensors, None) hold equal values."""
+    if isinstance(got, tuple):
+        return len(got) == len(expected) and all(map(_same_weights, got, expected))
+    return got is expected is None or torch.equal(got, expected)
+
+
+def test_a_copy_sharing_the_groups_dict_checks_its_own_submodules(cached):
+    """A shallow copy (as DataParallel's replicas are made) shares the group's cache and walk record; with
+    other experts of its own it must derive its own weights, not serve the group's."""
+    _, fused, _ = cached
+    group = fused.mlp_groups[0]
+    replica = copy.copy(group)
+    experts = copy.deepcopy(group.experts)
+    with torch.no_grad():
+        for p in experts.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(3)))
+        replica._modules = {**group._modules, "experts": experts}
+        assert _same_weights(replica.fused_weights(), replica._build_fused_weights())
+        assert _same_weights(group.fused_weights(), group._build_fused_weights())
+
+
 def test_recompute_off_gives_the_reference_gradients(tiny_model_kwargs):
     """``recompute=False`` keeps the d-space activations instead of recomputing them: same numbers."""
     torch.manual_seed(0)

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import weakref
 from itertools import chain
 from operator import attrgetter, itemgetter
 from typing import NamedTuple
@@ -119,14 +118,13 @@ class _Walk(NamedTuple):
     """A group's ``modules()`` as it was recorded, and what that result depends on: every module's submodules.
 
     Checked per call with C-level maps over the recorded modules, no Python loop per module: the walk
-    itself cost almost half of the old reuse check. The group is held weakly and apart from its descendants
-    (which hold no reference back), so a dropped model is freed at once, not at the next full GC.
+    itself cost almost half of the old reuse check. The group itself is not recorded (no reference
+    cycle, so a dropped model is freed at once; a copy sharing its ``__dict__`` is still checked right:
+    the walk depends only on the submodules, and the group's own are compared).
     """
 
-    root: weakref.ref  # the group
-    children: tuple[torch.nn.Module | None, ...]  # its submodules
-    descendants: tuple[torch.nn.Module, ...]  # the rest of root.modules()
-    branches: tuple[torch.nn.Module, ...]  # the descendants that had submodules, and theirs, in order
+    children: tuple[torch.nn.Module | None, ...]  # the group's submodules
+    branches: tuple[torch.nn.Module, ...]  # the rest of ``modules()`` that had submodules, and theirs, in order
     branch_children: list[tuple[torch.nn.Module | None, ...]]
     leaves: tuple[torch.nn.Module, ...]  # the descendants that had none
     with_parameters: tuple[torch.nn.Module, ...]  # the descendants that had parameters, and those that had none
@@ -139,8 +137,7 @@ class _Walk(NamedTuple):
         descendants = tuple(root.modules())[1:]
         branches = tuple(m for m in descendants if m._modules)
         return cls(
-            weakref.ref(root), tuple(root._modules.values()), descendants,
-            branches, list(map(tuple, map(dict.values, map(_submodules, branches)))),
+            tuple(root._modules.values()), branches, list(map(tuple, map(dict.values, map(_submodules, branches)))),
             tuple(m for m in descendants if not m._modules),
             tuple(m for m in descendants if m._parameters), tuple(m for m in descendants if not m._parameters),
             tuple(m for m in descendants if m._buffers), tuple(m for m in descendants if not m._buffers),
@@ -151,8 +148,7 @@ class _Walk(NamedTuple):
         parameter or buffer: no submodule anywhere added, removed or replaced, by any route (``setattr``,
         writes to ``_modules`` such as ``ModuleList.insert`` or ``swap_submodule``, a module's dicts replaced)."""
         return (
-            self.root() is root  # not a copy of the group sharing its __dict__ (DataParallel replicas)
-            and tuple(root._modules.values()) == self.children
+            tuple(root._modules.values()) == self.children
             and list(map(tuple, map(dict.values, map(_submodules, self.branches)))) == self.branch_children
             and not any(map(_submodules, self.leaves))
             and not any(map(_parameters, self.without_parameters))
