@@ -244,8 +244,9 @@ class FusedMoKEGroup(MoKEGroup):
         values, dtype, device and the output scale are those they were built from (``equal``: a NaN
         never equals, so NaN weights are rebuilt every call).
 
-        How the check is kept cheap (ViT-B/16 at batch 1: about 270 against 480 us a group for the old
-        walk-flatten-compare, a rebuild 1.5 ms; docs/performance.md), with nothing cached but where to look:
+        How the check is kept cheap (a ViT-B/16 group, 1 thread: about 260 against 470 us for the old
+        walk-flatten-compare when called alone, a rebuild 1.5 ms; inside the forward, where caches are
+        cold, 550 against 710 us; docs/performance.md), with nothing cached but where to look:
         the ``self.modules()`` walk is recorded once and per call only checked, each module's submodules
         against the record (`_Walk.holds`: any route of change, hooks or none, makes a re-walk); the tensors
         are read afresh from the modules' own dicts; they are joined by one ``cat`` per run of like-shaped
