@@ -8,6 +8,8 @@ state dict.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -165,11 +167,37 @@ def test_cache_built_under_bf16_autocast_serves_fp32(tiny_model_kwargs):
     _assert_fused_equals_reference(fused, reference, images)
 
 
-OPERATIONS = ["adamw", "fused_adamw", "fused_sgd", "data_write", "no_grad_copy", "load", "load_assign",
-              "functional_call", "bf16_forward", "inference_forward", "dtype"]  # fmt: skip
+def _replace_submodule(model: torch.nn.Module, seed: int) -> None:
+    """A perturbed copy of one expert's submodule put in its place: by ``setattr`` (seen by torch's registration
+    hooks) or, for odd seeds, by a write to ``_modules`` that bypasses them (as ``swap_submodule`` does)."""
+    groups = [*model.attn_groups, *model.mlp_groups]
+    expert = groups[seed % len(groups)].experts[seed // len(groups) % len(groups[0].experts)]
+    parent, name = [(expert, "down"), (expert, "conv"), (expert, "up"), (expert.ca, "q"), (expert.mrf.branches, "1")][seed % 5]
+    new = copy.deepcopy(getattr(parent, name))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in new.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=generator, dtype=p.dtype))
+    if seed % 2:
+        parent._modules[name] = new
+    else:
+        setattr(parent, name, new)
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def _reregister(model: torch.nn.Module, seed: int) -> None:
+    """``del`` one expert's CA key weight, then register a new one: the name leaves its dict and comes back last."""
+    module = model.mlp_groups[seed % len(model.mlp_groups)].experts[0].ca.k
+    weight = module.weight.detach()
+    del module.weight
+    noise = 0.3 * torch.randn(weight.shape, generator=torch.Generator().manual_seed(seed), dtype=weight.dtype)
+    module.weight = torch.nn.Parameter(weight + noise)
+
+
+OPERATIONS = ["adamw", "fused_adamw", "fused_sgd", "data_write", "data_assign", "no_grad_copy", "load", "load_assign",
+              "functional_call", "bf16_forward", "inference_forward", "dtype", "replace_submodule", "reregister"]  # fmt: skip
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(operations=st.lists(st.tuples(st.sampled_from(OPERATIONS), st.integers(0, 2**16)), min_size=1, max_size=6))
 def test_any_sequence_of_weight_changes_is_seen(tiny_model_kwargs, operations):
     """Fused no-grad forward == reference forward after every operation of a random sequence."""
@@ -188,6 +216,8 @@ def test_any_sequence_of_weight_changes_is_seen(tiny_model_kwargs, operations):
             _fused_step(fused, torch.optim.AdamW if name == "fused_adamw" else torch.optim.SGD, seed)
         elif name == "data_write":
             target.data.add_(noise)
+        elif name == "data_assign":  # a new storage behind the same Parameter object
+            target.data = target.data + noise
         elif name == "no_grad_copy":
             with torch.no_grad():
                 target.copy_(noise)
@@ -201,10 +231,49 @@ def test_any_sequence_of_weight_changes_is_seen(tiny_model_kwargs, operations):
         elif name == "inference_forward":  # a cache of inference tensors, then used outside inference mode
             with torch.inference_mode():
                 fused(_images(seed, dtype))
-        else:  # "dtype"
+        elif name == "dtype":
             dtype = torch.float64 if dtype == torch.float32 else torch.float32
-            fused.to(dtype)
+            fused.double() if dtype == torch.float64 else fused.float()
+        elif name == "replace_submodule":
+            _replace_submodule(fused, seed)
+        else:  # "reregister"
+            _reregister(fused, seed)
         _assert_fused_equals_reference(fused, reference, _images(seed, dtype), params)
+
+
+def test_a_tensor_reshaped_out_of_its_run_is_rebuilt_not_reused(cached, monkeypatch):
+    """The reuse check joins like-shaped tensors with one ``cat`` per run; a tensor that no longer fits its
+    run makes that ``cat`` raise, which must count as a change: a rebuild, neither an error nor reuse."""
+    _, fused, _ = cached
+    group = fused.mlp_groups[0]
+    bias = group.experts[1].conv.bias
+    bias.data = bias.data.view(-1, 1)  # (d,) -> (d, 1): the same values, a shape no 1-d run takes
+    rebuilt = object()  # the real rebuild would fail on the odd shape: stand in for it
+    monkeypatch.setattr(group, "_build_fused_weights", lambda: rebuilt)
+    with torch.no_grad():
+        assert group.fused_weights() is rebuilt
+
+
+def _same_weights(got, expected) -> bool:
+    """Whether two `FusedWeights` (or fields of them: tensors, tuples of tensors, None) hold equal values."""
+    if isinstance(got, tuple):
+        return len(got) == len(expected) and all(map(_same_weights, got, expected))
+    return got is expected is None or torch.equal(got, expected)
+
+
+def test_a_copy_sharing_the_groups_dict_checks_its_own_submodules(cached):
+    """A shallow copy (as DataParallel's replicas are made) shares the group's cache and walk record; with
+    other experts of its own it must derive its own weights, not serve the group's."""
+    _, fused, _ = cached
+    group = fused.mlp_groups[0]
+    replica = copy.copy(group)
+    experts = copy.deepcopy(group.experts)
+    with torch.no_grad():
+        for p in experts.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(3)))
+        replica._modules = {**group._modules, "experts": experts}
+        assert _same_weights(replica.fused_weights(), replica._build_fused_weights())
+        assert _same_weights(group.fused_weights(), group._build_fused_weights())
 
 
 def test_recompute_off_gives_the_reference_gradients(tiny_model_kwargs):

@@ -26,7 +26,7 @@ channels (E experts of width d side by side):
 - all these fused weights are derived from the per-expert parameters in one place,
   `fused_weights`; without autograd (inference, evaluation) they are cached and reused while
   every parameter and buffer of the group holds the same values (see `fused_weights` for why
-  the values themselves are compared);
+  the values themselves are compared, and how that check is kept to a sixth of a rebuild);
 - in training the d-space ops are recomputed in backward (activation checkpointing), so
   activation memory does not grow with the 9x-wide CA neighbourhood tensors.
 """
@@ -35,12 +35,12 @@ from __future__ import annotations
 
 import contextlib
 import math
-from operator import attrgetter
+from itertools import chain
+from operator import attrgetter, itemgetter
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch._utils import _flatten_dense_tensors
 from torch.utils.checkpoint import checkpoint
 
 from auformer.model.moke import MoKEGroup, quick_gelu
@@ -103,8 +103,89 @@ class _Cached(NamedTuple):
     """A group's fused weights and what they were derived from (see `FusedMoKEGroup.fused_weights`)."""
 
     key: tuple[torch.dtype, torch.device, float]  # dtype and device of the values, the output scale
-    values: torch.Tensor  # (P,) every parameter and buffer of the group, flattened and concatenated
+    order: tuple[int, ...]  # the group's tensors (`_Walk.tensors`' order) sorted into concatenable runs
+    runs: tuple[tuple[int, int, bool], ...]  # each run's (start, stop) in ``order``; True: 0-d tensors, stacked
+    values: torch.Tensor  # (P,) every parameter and buffer of the group, concatenated run by run
     weights: FusedWeights
+
+
+_submodules = attrgetter("_modules")
+_parameters = attrgetter("_parameters")
+_buffers = attrgetter("_buffers")
+
+
+class _Walk(NamedTuple):
+    """A group's ``modules()`` as it was recorded, and what that result depends on: every module's submodules.
+
+    Checked per call with C-level maps over the recorded modules, no Python loop per module: the walk
+    itself cost almost half of the old reuse check. The group itself is not recorded (no reference
+    cycle, so a dropped model is freed at once; a copy sharing its ``__dict__`` is still checked right:
+    the walk depends only on the submodules, and the group's own are compared).
+    """
+
+    children: tuple[torch.nn.Module | None, ...]  # the group's submodules
+    branches: tuple[torch.nn.Module, ...]  # the rest of ``modules()`` that had submodules, and theirs, in order
+    branch_children: list[tuple[torch.nn.Module | None, ...]]
+    leaves: tuple[torch.nn.Module, ...]  # the descendants that had none
+    with_parameters: tuple[torch.nn.Module, ...]  # the descendants that had parameters, and those that had none
+    without_parameters: tuple[torch.nn.Module, ...]
+    with_buffers: tuple[torch.nn.Module, ...]  # the same for buffers
+    without_buffers: tuple[torch.nn.Module, ...]
+
+    @classmethod
+    def of(cls, root: torch.nn.Module) -> _Walk:
+        descendants = tuple(root.modules())[1:]
+        branches = tuple(m for m in descendants if m._modules)
+        return cls(
+            tuple(root._modules.values()), branches, list(map(tuple, map(dict.values, map(_submodules, branches)))),
+            tuple(m for m in descendants if not m._modules),
+            tuple(m for m in descendants if m._parameters), tuple(m for m in descendants if not m._parameters),
+            tuple(m for m in descendants if m._buffers), tuple(m for m in descendants if not m._buffers),
+        )  # fmt: skip
+
+    def holds(self, root: torch.nn.Module) -> bool:
+        """Whether ``root.modules()`` would still give the recorded modules, none of which has gained a first
+        parameter or buffer: no submodule anywhere added, removed or replaced, by any route (``setattr``,
+        writes to ``_modules`` such as ``ModuleList.insert`` or ``swap_submodule``, a module's dicts replaced)."""
+        return (
+            tuple(root._modules.values()) == self.children
+            and list(map(tuple, map(dict.values, map(_submodules, self.branches)))) == self.branch_children
+            and not any(map(_submodules, self.leaves))
+            and not any(map(_parameters, self.without_parameters))
+            and not any(map(_buffers, self.without_buffers))
+        )
+
+    def tensors(self, root: torch.nn.Module) -> list[torch.Tensor]:
+        """Every parameter and buffer of ``root.modules()`` (given `holds`), read now from the modules' own
+        dicts, where ``functional_call``, ``load_state_dict(assign=True)`` and ``.data =`` leave theirs."""
+        found = chain(
+            root._parameters.values(),
+            root._buffers.values(),
+            chain.from_iterable(map(dict.values, map(_parameters, self.with_parameters))),
+            chain.from_iterable(map(dict.values, map(_buffers, self.with_buffers))),
+        )
+        return [t for t in found if t is not None]
+
+
+def _runs(tensors: list[torch.Tensor]) -> tuple[tuple[int, ...], tuple[tuple[int, int, bool], ...]]:
+    """An order of ``tensors`` and its runs that one ``cat`` each joins: same trailing shape, dtype, device
+    (0-d tensors, which ``cat`` refuses, are stacked). One ``cat`` of many tensors costs a fraction of
+    flattening each tensor first, which is what a single ``cat`` of all of them would need."""
+    kinds: dict[tuple, list[int]] = {}
+    for i, t in enumerate(tensors):
+        kinds.setdefault((tuple(t.shape[1:]) if t.dim() else None, t.dtype, t.device), []).append(i)
+    order, runs = [], []
+    for (trailing, _, _), indices in kinds.items():
+        runs.append((len(order), len(order) + len(indices), trailing is None))
+        order += indices
+    return tuple(order), tuple(runs)
+
+
+def _concatenated(tensors: list[torch.Tensor], order: tuple[int, ...], runs: tuple[tuple[int, int, bool], ...]) -> torch.Tensor:
+    """``(P,)``: the values of ``tensors`` run by run (raises if a tensor no longer fits its run's shape)."""
+    ordered = itemgetter(*order)(tensors) if len(order) > 1 else tuple(tensors)
+    joined = [(torch.stack if zero_d else torch.cat)(ordered[start:stop]) for start, stop, zero_d in runs]
+    return torch.cat([t.view(-1) for t in joined]) if len(joined) > 1 else joined[0].view(-1)
 
 
 def _may_cache() -> bool:
@@ -132,6 +213,7 @@ class FusedMoKEGroup(MoKEGroup):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._cache: _Cached | None = None  # the fused weights of the last call without autograd
+        self._walk: _Walk | None = None  # self.modules(), recorded for that cache's check
         # (the previous group's up_weight, this group's cached weights, their carry map and bias)
         self._carry_cache: tuple[torch.Tensor, FusedWeights, tuple[torch.Tensor, torch.Tensor]] | None = None
         # Depends on the grid and S only: built once, moved and cast with the module (not saved).
@@ -158,22 +240,35 @@ class FusedMoKEGroup(MoKEGroup):
         Why the values themselves are compared: a parameter can change with neither a new storage
         nor a version-counter bump (fused optimiser kernels, ``.data`` writes, collectives such as
         ``dist.broadcast``), and ``functional_call`` swaps in other tensors for one call. So every
-        call reads the group's current parameters and buffers, concatenates them, and reuses the
-        weights only when the values, dtype, device and output scale are those they were built
-        from: one ``cat`` and one ``equal``, a third to a half of a rebuild (docs/performance.md). On
-        a GPU the ``equal`` waits for the device, once per group.
+        call reads the group's current parameters and buffers and reuses the weights only when their
+        values, dtype, device and the output scale are those they were built from (``equal``: a NaN
+        never equals, so NaN weights are rebuilt every call).
+
+        How the check is kept cheap (a ViT-B/16 group, 1 thread: about 260 against 470 us for the old
+        walk-flatten-compare when called alone, a rebuild 1.5 ms; inside the forward, where caches are
+        cold, 550 against 710 us; docs/performance.md), with nothing cached but where to look:
+        the ``self.modules()`` walk is recorded once and per call only checked, each module's submodules
+        against the record (`_Walk.holds`: any route of change, hooks or none, makes a re-walk); the tensors
+        are read afresh from the modules' own dicts; they are joined by one ``cat`` per run of like-shaped
+        tensors (`_runs`), not flattened one by one; a tensor no longer fitting its run makes that ``cat``
+        raise, which counts as a change. On a GPU the ``equal`` waits for the device, once per group.
         """
         if not _may_cache():
             return self._build_fused_weights()
-        # One walk over the modules for parameters and buffers alike (parameters() + buffers() walk twice),
-        # flattened in C++ (~240 tensors a group: a Python reshape each cost a fifth of the small model's forward).
-        tensors = [t for module in self.modules() for t in (*module._parameters.values(), *module._buffers.values())]
-        values = _flatten_dense_tensors([t for t in tensors if t is not None])  # (P,)
-        key = (values.dtype, values.device, self.scale)
-        if self._cache is not None and self._cache.key == key and torch.equal(self._cache.values, values):  # NaN: never
-            return self._cache.weights
+        walk = self._walk
+        if walk is None or not walk.holds(self):
+            walk = self._walk = _Walk.of(self)
+        tensors = walk.tensors(self)
+        cache = self._cache
+        if cache is not None and len(tensors) == len(cache.order):
+            with contextlib.suppress(RuntimeError):  # a tensor reshaped out of its run (see the docstring)
+                values = _concatenated(tensors, cache.order, cache.runs)  # (P,)
+                if cache.key == (values.dtype, values.device, self.scale) and torch.equal(cache.values, values):
+                    return cache.weights
+        order, runs = _runs(tensors)
+        values = _concatenated(tensors, order, runs)
         weights = self._build_fused_weights()
-        self._cache = _Cached(key, values, weights)
+        self._cache = _Cached((values.dtype, values.device, self.scale), order, runs, values, weights)
         return weights
 
     def _build_fused_weights(self) -> FusedWeights:
