@@ -36,7 +36,7 @@ import auformer
 from auformer.config.presets import load_config
 from auformer.data.synthetic import SYNTHETIC_AUS
 from auformer.detect import Detector
-from auformer.detect.runtime import OnnxRuntimeModel
+from auformer.detect.runtime import OnnxRuntimeModel, cpu_session
 from auformer.engine.build import build_splits, load_source, model_from_config
 from auformer.errors import AUFormerError
 from auformer.export import export_model
@@ -103,8 +103,6 @@ def agreement(checkpoint: str | Path) -> dict:
 def ceiling(batch: int = 4, iters: int = 10) -> dict:
     """GFLOP/s of one ViT-B MLP matrix product on this CPU (torch fp32, ONNX Runtime fp32 and int8) and the
     ViT-B/16 AUFormer faces/s each rate allows (its forward FLOPs / rate: an upper bound, all else free)."""
-    import onnxruntime
-
     from auformer.model.profile import count_flops
 
     layer = torch.nn.Linear(768, 3072).eval()  # fc1 of a ViT-B block: the model's largest products
@@ -118,11 +116,7 @@ def ceiling(batch: int = 4, iters: int = 10) -> dict:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8, per_channel=True, reduce_range=True)  # as export
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        sessions = {
-            name: onnxruntime.InferenceSession(str(path), options) for name, path in (("onnx_fp32", fp32), ("onnx_int8", int8))
-        }
+        sessions = {name: cpu_session(path) for name, path in (("onnx_fp32", fp32), ("onnx_int8", int8))}
         feed = {"x": tokens.numpy()}
         runners = {"torch": lambda: layer(tokens), **{name: (lambda s=s: s.run(None, feed)) for name, s in sessions.items()}}
         seconds = {name: [] for name in runners}

@@ -4,6 +4,7 @@ an ONNX file without the AU list and thresholds it needs is refused."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +96,12 @@ def test_not_an_onnx_file_is_refused(synthetic, tmp_path):
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
     with pytest.raises(AUFormerError, match="not a readable ONNX model"):
         OnnxRuntimeModel(tmp_path / "junk.onnx")
+
+
+def test_onnxruntime_missing_is_one_clear_line(synthetic, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
+    with pytest.raises(AUFormerError, match=r"needs ONNX Runtime: pip install 'auformer\[export\]'"):
+        OnnxRuntimeModel(synthetic[1])
 
 
 def test_cli_detect_with_onnxruntime(synthetic, faces, tmp_path, capsys):

@@ -9,6 +9,7 @@ files of any backbone.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -44,6 +45,22 @@ def read_metadata(path: Path, metadata: dict[str, str]) -> dict:
     return meta
 
 
+def cpu_session(path: str | os.PathLike, threads: int | None = None):
+    """An ONNX Runtime CPU session on ``threads`` threads (default: torch's count, so both runtimes use the
+    same cores) whose threads do not spin between calls.
+
+    ONNX Runtime's threads spin after each call by default, waiting for the next: in detect and live the
+    decoding and face-finding threads need those cores (283 portraits on 2 cores: 10.4-10.8 s with spinning,
+    9.8-10.0 s without), and a benchmark timing it beside torch would see torch slowed by them.
+    """
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 class OnnxRuntimeModel:
     """An exported ``.onnx`` file on ONNX Runtime's CPU provider, with the description `Detector` needs.
 
@@ -51,21 +68,13 @@ class OnnxRuntimeModel:
     """
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
-        try:
-            import onnxruntime
-        except ImportError:
-            raise AUFormerError("--runtime onnxruntime needs ONNX Runtime: pip install 'auformer[export]'") from None
+        if importlib.util.find_spec("onnxruntime") is None:
+            raise AUFormerError("--runtime onnxruntime needs ONNX Runtime: pip install 'auformer[export]'")
         self.path = Path(path)
         if self.path.suffix != ".onnx" or not self.path.is_file():
             raise AUFormerError(f"{self.path}: --runtime onnxruntime needs an .onnx file written by `auformer export`")
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        # ONNX Runtime's threads spin after each call by default, waiting for the next: in detect and live the
-        # decoding and face-finding threads need those cores (283 portraits on 2 cores: 10.4-10.8 s with
-        # spinning, 9.8-10.0 s without).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self.session = onnxruntime.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+            self.session = cpu_session(self.path, threads)
         except Exception as error:  # ONNX Runtime's own exception types (Fail, InvalidGraph, ...)
             raise AUFormerError(f"{self.path}: not a readable ONNX model ({str(error).splitlines()[0]})") from None
         meta = read_metadata(self.path, self.session.get_modelmeta().custom_metadata_map)
