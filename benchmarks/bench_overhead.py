@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
+from functools import partial
 
 import timm
 import torch
@@ -36,6 +38,20 @@ def build_models(num_aus: int, backbone: str, swin: bool) -> dict[str, torch.nn.
     return models
 
 
+def interleaved_times(calls: dict[str, Callable[[], object]], iters: int, warmup: int = 1) -> dict[str, dict[str, float]]:
+    """Median wall and CPU seconds of each call, run in turn (one of each, repeated), so that load changes on
+    a shared machine hit them alike; the first ``warmup`` rounds are not counted."""
+    times = {name: ([], []) for name in calls}
+    for step in range(warmup + iters):
+        for name, call in calls.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            call()
+            if step >= warmup:
+                times[name][0].append(time.perf_counter() - wall)
+                times[name][1].append(time.process_time() - cpu)
+    return {name: {"wall_s": statistics.median(w), "cpu_s": statistics.median(c)} for name, (w, c) in times.items()}
+
+
 def forward_times(
     models: dict[str, torch.nn.Module],
     batch: int,
@@ -48,16 +64,8 @@ def forward_times(
     """Median wall and CPU seconds per no-grad forward of each model, interleaved; ratios to ``reference``
     (``wall_vs_vit`` / ``cpu_vs_vit`` keep their names, the overhead table's)."""
     images = torch.randn(batch, 3, img_size, img_size)
-    times = {name: ([], []) for name in models}
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
-        for step in range(warmup + iters):
-            for name, model in models.items():
-                wall, cpu = time.perf_counter(), time.process_time()
-                model(images)
-                if step >= warmup:
-                    times[name][0].append(time.perf_counter() - wall)
-                    times[name][1].append(time.process_time() - cpu)
-    results = {name: {"wall_s": statistics.median(w), "cpu_s": statistics.median(c)} for name, (w, c) in times.items()}
+        results = interleaved_times({name: partial(model, images) for name, model in models.items()}, iters, warmup)
     for result in results.values():
         result["wall_vs_vit"] = result["wall_s"] / results[reference]["wall_s"]
         result["cpu_vs_vit"] = result["cpu_s"] / results[reference]["cpu_s"]

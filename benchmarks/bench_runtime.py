@@ -24,9 +24,8 @@ int8 export runs it) and the faces/s that bounds a ViT-B/16 AUFormer to (its FLO
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +40,7 @@ from auformer.engine.build import build_splits, load_source, model_from_config
 from auformer.errors import AUFormerError
 from auformer.export import export_model
 from auformer.metrics import au_metrics
-from benchmarks.bench_overhead import forward_times, print_times
+from benchmarks.bench_overhead import forward_times, interleaved_times, print_times
 
 
 def _models(name: str) -> tuple[torch.nn.Module, int]:
@@ -118,17 +117,11 @@ def ceiling(batch: int = 4, iters: int = 10) -> dict:
         quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8, per_channel=True, reduce_range=True)  # as export
         sessions = {name: cpu_session(path) for name, path in (("onnx_fp32", fp32), ("onnx_int8", int8))}
         feed = {"x": tokens.numpy()}
-        runners = {"torch": lambda: layer(tokens), **{name: (lambda s=s: s.run(None, feed)) for name, s in sessions.items()}}
-        seconds = {name: [] for name in runners}
+        calls = {"torch": partial(layer, tokens), **{name: partial(s.run, None, feed) for name, s in sessions.items()}}
         with torch.no_grad():
-            for step in range(iters + 1):
-                for name, run in runners.items():
-                    started = time.perf_counter()
-                    run()
-                    if step:
-                        seconds[name].append(time.perf_counter() - started)
+            times = interleaved_times(calls, iters)
     flops = 2 * tokens.shape[0] * 768 * 3072
-    rates = {name: flops / statistics.median(times) / 1e9 for name, times in seconds.items()}
+    rates = {name: flops / t["wall_s"] / 1e9 for name, t in times.items()}
     return {
         "face_gflops": face_flops / 1e9,
         **{name: {"gflops_per_s": rate, "faces_per_s_at_most": rate * 1e9 / face_flops} for name, rate in rates.items()},

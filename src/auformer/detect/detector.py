@@ -39,7 +39,7 @@ FACE_COLUMNS = ["input", "frame", "time_s", "face", "x", "y", "w", "h", "face_sc
 LANDMARK_COLUMNS = [f"x_{i}" for i in range(68)] + [f"y_{i}" for i in range(68)]  # OpenFace's 2D landmark names
 INTENSITY_SUFFIX = "_r"  # AU12_r: intensity 0-5, as OpenFace names it
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16}  # --amp: autocast dtype of the model's forward
-FACE_WORKERS = min(4, os.cpu_count() or 1)  # threads finding faces in photos at once (`FacePipeline`)
+FACE_WORKERS = min(4, os.cpu_count() or 1)  # threads finding faces in photos at once (`FacePipeline`: 1 unless thread_safe)
 SYNTHETIC_WARNING = (
     "warning: this checkpoint was trained on synthetic faces: its AU predictions on real "
     "photos are not meaningful (it only shows that the pipeline runs)"
@@ -148,8 +148,7 @@ class Detector:
         self.landmarks, self.pose = landmarks, pose
         self.face_columns = FACE_COLUMNS + LANDMARK_COLUMNS * landmarks + POSE_COLUMNS * pose
         self.face_detector = get_detector(face_detector)
-        workers = FACE_WORKERS if getattr(self.face_detector, "thread_safe", False) else 1  # a user's own detector: 1
-        self.pipeline = FacePipeline(self.face_detector, detect_every, workers)
+        self.pipeline = FacePipeline(self.face_detector, detect_every, FACE_WORKERS)
         self.transform = build_transform(
             False, data_config["input_size"][-1], data_config["mean"], data_config["std"], resize_size
         )

@@ -28,13 +28,15 @@ class FacePipeline:
     apart from the others, so a folder of photos is spread over the workers; the later frames of a
     video run one after the other (each frame's tracking needs the frame before it), without a
     look-ahead, so `auformer live` takes each frame when it is ready for it. The face detectors that
-    say they are ``thread_safe`` release the GIL (YuNet through ctypes), so two workers use two cores.
+    say they are ``thread_safe`` release the GIL (YuNet through ctypes), so two workers use two cores;
+    others get one worker.
     """
 
     def __init__(self, face_detector: FaceDetector, detect_every: int = 5, workers: int = 1) -> None:
         self.face_detector = face_detector
         self.detect_every = detect_every
-        self.workers = workers
+        # One worker for a detector that does not say it may be shared between threads (a user's own: 1).
+        self.workers = workers if getattr(face_detector, "thread_safe", False) else 1
 
     def faces(
         self, frames: FrameSource, carried: Sequence[Face] = (), next_face_id: int = 0
