@@ -15,7 +15,9 @@ Runs the tables that docs/performance.md reports and writes them as Markdown
   this CPU's matrix products allow ViT-B at most (`bench_runtime.ceiling`);
 - ``loader``: data-loader images/s over generated JPEG face crops (`bench_loader.py`);
 - ``detect``: `bench_detect.py`'s face-detector, ``auformer detect`` throughput and command (start-up included) tables
-  (its own files under ``out/detect``).
+  (its own files under ``out/detect``);
+- ``gpu``: ViT-B/16 training and inference images/s (bf16) on a CUDA device, the loader beside them and
+  the BP4D 3-fold CV time they imply (`bench_gpu.py`); "not measured" where there is no CUDA device.
 
     python -m benchmarks                                  # everything, into runs/benchmarks-<UTC time>
     python -m benchmarks --tables overhead --quick --out /tmp/bench
@@ -37,7 +39,7 @@ import torch
 
 from auformer.files import atomic_write_text
 
-TABLES = ("overhead", "runtime", "first-run", "loader", "detect")
+TABLES = ("overhead", "runtime", "first-run", "loader", "detect", "gpu")
 
 
 def run_overhead(args: argparse.Namespace) -> dict:
@@ -133,6 +135,15 @@ def run_detect(args: argparse.Namespace, out: Path) -> dict:
     return run(out / "detect", parts=parts)
 
 
+def run_gpu(args: argparse.Namespace, out: Path) -> dict:
+    """`bench_gpu.run`'s figures with its defaults (``--quick``: its smoke run), or why there are none."""
+    from benchmarks.bench_gpu import NO_CUDA, build_parser, run
+
+    if not torch.cuda.is_available():
+        return {"not_measured": NO_CUDA}
+    return run(build_parser().parse_args(["--out", str(out / "gpu"), *(["--quick"] if args.quick else [])]))
+
+
 def _table(heading: str, columns: list[str], rows: list[str]) -> list[str]:
     """Markdown lines: ``heading``, a table of ``columns`` over the ready-made ``rows`` ("| a | b |")."""
     return [heading, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns), *rows]
@@ -207,6 +218,11 @@ def markdown(results: dict) -> str:
         lines += [f"| {name} | {rate:.0f} |" for name, rate in r["images_per_s"].items()] + [""]
     if "detect" in results:
         lines += ["## Detection (benchmarks/bench_detect.py)", "", "```json", json.dumps(results["detect"], indent=2), "```", ""]
+    if "gpu" in results:
+        from benchmarks.bench_gpu import markdown as gpu_markdown
+
+        gpu = results["gpu"]
+        lines += ["## GPU (benchmarks/bench_gpu.py)", "", gpu.get("not_measured") or gpu_markdown(gpu), ""]
     return "\n".join(lines)
 
 
@@ -238,6 +254,7 @@ def main(argv: list[str] | None = None) -> None:
         "first-run": lambda: run_first_run(args, out),
         "loader": lambda: run_loader(args),
         "detect": lambda: run_detect(args, out),
+        "gpu": lambda: run_gpu(args, out),
     }
     for table in args.tables:
         print(f"running {table} ...", flush=True)
