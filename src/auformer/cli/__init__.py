@@ -61,8 +61,8 @@ COMMANDS = (
 )
 
 
-# Python's cyclic collector runs a pass every 700 new objects (its default), and the older generations every 10
-# passes of the younger one. Importing torch, torchvision (which pulls in torch._dynamo) and timm creates about
+# Python's cyclic collector runs a pass every 700 new objects (2,000 from Python 3.13), and the older generations
+# every 10 passes of the younger one. Importing torch, torchvision (which pulls in torch._dynamo) and timm creates about
 # 430,000 objects that live until exit, so start-up paid ~0.5 s of passes that free nothing, and exit another
 # ~0.7 s for the final collection (measured on `auformer detect`: docs/performance.md). A larger first
 # threshold keeps the collector for real garbage (cycles still go every 50,000 new objects).
