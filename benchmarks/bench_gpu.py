@@ -22,6 +22,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -50,6 +51,18 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _images_per_s(step: Callable[[], object], batch: int, steps: int, warmup: int, device: torch.device) -> float:
+    """Images/s of ``step`` (``batch`` images a call) over ``steps`` calls, after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        step()
+    _synchronize(device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _synchronize(device)
+    return batch * steps / (time.perf_counter() - started)
+
+
 def train_rate(
     model, network, loss_fn, batch: int, steps: int, warmup: int, dtype: torch.dtype | None, device: torch.device
 ) -> float:
@@ -61,10 +74,8 @@ def train_rate(
     images = torch.randn(batch, 3, size, size, device=device)  # (B, 3, S, S)
     targets = torch.randint(0, 2, (batch, len(model.aus)), device=device).float()  # (B, N)
     rate = targets.mean(0).clamp(0.05, 0.95)  # (N,) occurrence rates, as the trainer takes from its labels
-    for step in range(warmup + steps):
-        if step == warmup:
-            _synchronize(device)
-            started = time.perf_counter()
+
+    def step() -> None:
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             output = network(images)
         loss = loss_fn(output, targets, rate)["total"]
@@ -72,8 +83,8 @@ def train_rate(
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    _synchronize(device)
-    return batch * steps / (time.perf_counter() - started)
+
+    return _images_per_s(step, batch, steps, warmup, device)
 
 
 @torch.inference_mode()
@@ -82,14 +93,12 @@ def inference_rate(model, network, batch: int, iters: int, warmup: int, dtype: t
     network.eval()
     size = model.data_config["input_size"][-1]
     images = torch.randn(batch, 3, size, size, device=device)  # (B, 3, S, S)
-    for step in range(warmup + iters):
-        if step == warmup:
-            _synchronize(device)
-            started = time.perf_counter()
+
+    def step() -> None:
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             network(images)
-    _synchronize(device)
-    return batch * iters / (time.perf_counter() - started)
+
+    return _images_per_s(step, batch, iters, warmup, device)
 
 
 def cv_seconds(
