@@ -229,7 +229,7 @@ def worker(job: dict) -> dict:
 
 def _cli_run(job: dict, checkpoint: Path) -> dict:
     """``auformer detect FOLDER`` once, as a user runs it (torch's default threads): photos per wall second, and
-    the command's CPU seconds (user + system, steadier than wall time on a shared machine)."""
+    the command's CPU seconds (user + system; on a shared machine both move with the machine's own speed)."""
     env = {key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"}
     out = Path(job["out"])
     started, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)

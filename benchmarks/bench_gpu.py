@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import tempfile
@@ -33,6 +32,7 @@ if str(ROOT) not in sys.path:  # `python benchmarks/bench_gpu.py` from the repos
 
 from auformer.config.presets import load_config  # noqa: E402
 from auformer.engine.build import build_loss, model_from_config  # noqa: E402
+from auformer.engine.schedule import micro_batch_size, plan_run  # noqa: E402
 from auformer.files import atomic_write_text  # noqa: E402
 from benchmarks.bench_loader import images_per_second, make_jpegs  # noqa: E402
 
@@ -148,12 +148,16 @@ def run(args: argparse.Namespace) -> dict:
     }
     if device.type == "cuda":
         result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
-    evaluations = math.ceil(config.train.epochs / config.train.eval_every)
+    folds = 3
+    train_frames = args.bp4d_frames * (folds - 1) // folds
+    # The trainer's own schedule of a fold: its epochs and the epochs after which it scores the test split.
+    schedule = plan_run(config.train, train_frames, train_frames, micro_batch_size(config.train, 1))
+    evaluations = len(schedule.eval_points())
     seconds = cv_seconds(
-        args.bp4d_frames, 3, config.train.epochs, evaluations,
+        args.bp4d_frames, folds, schedule.epochs, evaluations,
         result["train_images_per_s"], result["inference_images_per_s"], result["loader_images_per_s"],
     )  # fmt: skip
-    result.update(bp4d_frames=args.bp4d_frames, epochs=config.train.epochs, evaluations=evaluations)
+    result.update(bp4d_frames=args.bp4d_frames, epochs=schedule.epochs, evaluations=evaluations)
     result["cv_hours_estimate"] = round(seconds / 3600, 2)
     return result
 
