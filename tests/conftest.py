@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# pytest-xdist (`-n auto` in pyproject.toml) runs one worker per core. Each worker, and every process a test
+# starts (they inherit the variable), then computes on one thread: with the default of one thread per core
+# in every worker, OpenMP threads outnumber the cores and spin at barriers waiting for descheduled peers
+# (a YuNet test took 85 s instead of 3 on the 2-core machine under load). Read before torch is imported.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 TINY_BACKBONE = "vit_tiny_patch16_224"
 TINY_IMG_SIZE = 32  # 4x4 patch grid with patch_size 8

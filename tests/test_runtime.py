@@ -4,6 +4,7 @@ an ONNX file without the AU list and thresholds it needs is refused."""
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 import auformer
+import auformer.export
 from auformer.aus import au_columns
 from auformer.cli import main
 from auformer.config.presets import load_config
@@ -69,6 +71,16 @@ def test_int8_file_is_smaller(synthetic):
     assert (
         synthetic[2].stat().st_size < 0.8 * synthetic[1].stat().st_size
     )  # 0.74 measured: first block, convs, embeddings stay fp32
+
+
+def test_int8_export_past_its_bound_is_refused_with_advice(synthetic, tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(auformer.export, "INT8_TOLERANCE", 1e-9)  # as for a model that int8 rounds too far
+    filters = list(logging.getLogger().filters)
+    with pytest.raises(AUFormerError, match=r"model\.int8\.onnx: exported model differs .* without --quantize \(fp32\)$"):
+        export_model(synthetic[0], tmp_path, quantize="int8")
+    assert list(tmp_path.iterdir()) == []  # nothing written
+    assert not [r for r in caplog.records if "pre-processing" in r.getMessage()]  # the quantiser's advice is dropped
+    assert logging.getLogger().filters == filters  # and only while it runs
 
 
 def _without(path: Path, key: str | None, out: Path) -> Path:
