@@ -228,3 +228,14 @@ def test_a_graph_unlike_its_metadata_is_refused(synthetic, faces, tmp_path, grap
     path = _with_metadata(synthetic[1], _metadata(synthetic[1]), tmp_path / "graph.onnx", graph)
     with pytest.raises(AUFormerError, match=f"^{path}: ONNX {message}"):
         Detector(path, face_detector="none", runtime="onnxruntime").predict_crops(faces[0][:2])
+
+
+@pytest.mark.parametrize(
+    ("options", "flags"),
+    [({"device": "cuda"}, "--device cuda"), ({"amp": "bf16"}, "--amp bf16"),
+     ({"backbone_weights": "vit.safetensors", "device": "cuda:0"}, "--device cuda:0, --backbone-weights")],
+)  # fmt: skip
+def test_torch_only_options_are_refused_not_ignored(synthetic, options, flags):
+    """They were silently ignored (bf16, another backbone file) or failed late (a CUDA batch pinned for a CPU session)."""
+    with pytest.raises(AUFormerError, match=f"^{synthetic[1]}: --runtime onnxruntime .*; {flags} apply to --runtime torch only$"):
+        Detector(synthetic[1], face_detector="none", runtime="onnxruntime", **options)
