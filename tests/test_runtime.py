@@ -239,3 +239,30 @@ def test_torch_only_options_are_refused_not_ignored(synthetic, options, flags):
     """They were silently ignored (bf16, another backbone file) or failed late (a CUDA batch pinned for a CPU session)."""
     with pytest.raises(AUFormerError, match=f"^{synthetic[1]}: --runtime onnxruntime .*; {flags} apply to --runtime torch only$"):
         Detector(synthetic[1], face_detector="none", runtime="onnxruntime", **options)
+
+
+def _tensors(graph: onnx.ModelProto) -> list[onnx.TensorProto]:
+    """The exported graph's initializers and its Constant nodes' tensors."""
+    constants = [a.t for node in graph.graph.node if node.op_type == "Constant" for a in node.attribute if a.name == "value"]
+    return [*graph.graph.initializer, *constants]
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.data(), st.sampled_from(["../secret.bin", "/tmp/secret.bin", "data.bin", "link.bin", "hard.bin"]))
+def test_a_tensor_in_another_file_is_refused_before_anything_is_read(synthetic, tmp_path_factory, data, location):
+    """Such a file named a path ONNX Runtime read: on 1.18 (this project's lowest) one outside the folder
+    (``../secret.bin``, a link out); on 1.32 still a hard link to a file elsewhere."""
+    folder = tmp_path_factory.mktemp("external")
+    (folder / "models").mkdir()
+    secret = folder / "secret.bin"
+    secret.write_bytes(b"\0" * (1 << 20))
+    (folder / "models" / "link.bin").symlink_to(secret)
+    (folder / "models" / "hard.bin").hardlink_to(secret)
+    (folder / "models" / "data.bin").write_bytes(b"\0" * (1 << 20))
+    graph = onnx.load(str(synthetic[1]))
+    tensor = data.draw(st.sampled_from(_tensors(graph)))
+    onnx.external_data_helper.set_external_data(tensor, location, length=len(tensor.raw_data))
+    tensor.ClearField("raw_data")
+    path = _with_metadata(synthetic[1], _metadata(synthetic[1]), folder / "models" / "model.onnx", graph)
+    with pytest.raises(AUFormerError, match=f"^{path}: tensor '.*' keeps its data in another file"):
+        Detector(path, face_detector="none", runtime="onnxruntime")

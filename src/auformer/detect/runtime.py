@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import torch
 
 from auformer.aus import INTENSITY_MAX
 from auformer.config import FIELD_RULES, Rule, value_problem
+from auformer.config.rules import show
 from auformer.errors import AUFormerError
 
 RUNTIMES = ("torch", "onnxruntime")
@@ -87,6 +89,26 @@ def _fits(shape: list, expected: list) -> bool:
     return len(shape) == len(expected) and not isinstance(shape[0], int) and list(shape[1:]) == expected[1:]
 
 
+def _external_tensors(message: Any) -> Iterator[str]:
+    """Names of the tensors anywhere in an ONNX proto whose data lies in another file.
+
+    Such a tensor names a path: ONNX Runtime 1.18 (the oldest `auformer[export]` allows) reads ``../x``
+    and links out of the model's folder, 1.32 still a hard link to a file elsewhere (both checked). An
+    export never has one, so no file with one is opened. Written by hand: onnx's own walk
+    (``external_data_helper._get_all_tensors``) is private and skips sparse tensors; this one visits
+    every message (initializers, constants, subgraphs).
+    """
+    from google.protobuf.message import Message
+    from onnx import TensorProto
+
+    if isinstance(message, TensorProto) and (message.data_location == TensorProto.EXTERNAL or message.external_data):
+        yield message.name
+    for field, value in message.ListFields():
+        if field.type == field.TYPE_MESSAGE:
+            for item in [value] if isinstance(value, Message) else value:
+                yield from _external_tensors(item)
+
+
 def cpu_session(path: str | os.PathLike, threads: int | None = None):
     """An ONNX Runtime CPU session on ``threads`` threads (default: torch's count, so both runtimes use the
     same cores) whose threads do not spin between calls.
@@ -110,15 +132,23 @@ class OnnxRuntimeModel:
     """
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
-        if importlib.util.find_spec("onnxruntime") is None:
+        if any(importlib.util.find_spec(name) is None for name in ("onnxruntime", "onnx")):
             raise AUFormerError("--runtime onnxruntime needs ONNX Runtime: pip install 'auformer[export]'")
+        import onnx
+
         self.path = Path(path)
         if self.path.suffix != ".onnx" or not self.path.is_file():
             raise AUFormerError(f"{self.path}: --runtime onnxruntime needs an .onnx file written by `auformer export`")
-        try:
-            self.session = cpu_session(self.path, threads)
-        except Exception as error:  # ONNX Runtime's own exception types (Fail, InvalidGraph, ...)
+        try:  # ONNX's and ONNX Runtime's own exception types (DecodeError, Fail, InvalidGraph, ...)
+            external = next(_external_tensors(onnx.load(str(self.path), load_external_data=False)), None)
+            self.session = None if external is not None else cpu_session(self.path, threads)
+        except Exception as error:
             raise AUFormerError(f"{self.path}: not a readable ONNX model ({str(error).splitlines()[0]})") from None
+        if external is not None:
+            raise AUFormerError(
+                f"{self.path}: tensor {show(external)} keeps its data in another file; only self-contained files "
+                f"are opened, as `auformer export` writes them"
+            )
         meta = read_metadata(self.path, self.session.get_modelmeta().custom_metadata_map)
         check_graph(self.path, self.session, meta)
         self.aus: list[int] = meta["aus"]
