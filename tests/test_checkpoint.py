@@ -8,10 +8,13 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from auformer import __version__, load_checkpoint, save_checkpoint
+from auformer.errors import AUFormerError
 from auformer.model import build_model
 from auformer.model.auformer import AUFormer
 from auformer.model.checkpoint import load_adapter_weights
@@ -361,3 +364,43 @@ def test_a_checkpoint_description_is_read_once_per_load(tmp_path, tiny_model_kwa
     }
     loaders[load]()
     assert len(opened) == 1
+
+
+def test_a_random_backbone_stripped_from_the_file_is_refused(tmp_path, tiny_model_kwargs):
+    """It loaded: the model then ran on a freshly initialised backbone (probabilities off by 0.43), as the
+    description says the backbone is in the file (``included``) but only present tensors were checked."""
+    tensors, metadata = _saved_tensors(tmp_path, tiny_model_kwargs)
+    save_file({k: v for k, v in tensors.items() if not k.startswith("backbone.")}, str(tmp_path / "ckpt.safetensors"), metadata)
+    with pytest.raises(AUFormerError, match=r"ckpt\.safetensors does not fit the model: missing: blocks\.0\.attn"):
+        load_checkpoint(tmp_path / "ckpt")
+
+
+def _saved_tensors(folder: Path, tiny_model_kwargs: dict) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and header metadata of a freshly saved tiny checkpoint ``folder/ckpt`` (random backbone, stored)."""
+    save_checkpoint(_trained_like(build_model(3, aus=[1, 2, 4], **tiny_model_kwargs)), folder / "ckpt")
+    with safe_open(str(folder / "ckpt.safetensors"), framework="pt") as file:
+        return {name: file.get_tensor(name) for name in file.keys()}, file.metadata()
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.data())
+def test_edited_tensors_are_refused_in_one_line_or_load_exactly(tmp_path_factory, tiny_model_kwargs, data):
+    """Whatever tensors the safetensors file holds (some or all of a part dropped, one added or reshaped), loading
+    refuses it naming the file, or gives back exactly the model that was saved."""
+    folder = tmp_path_factory.mktemp("edited")
+    tensors, metadata = _saved_tensors(folder, tiny_model_kwargs)
+    original = {name: value.clone() for name, value in tensors.items()}
+    names = sorted(tensors)
+    parts = [{n for n in names if n.startswith("backbone.")}, {n for n in names if not n.startswith("backbone.")}]
+    for name in data.draw(st.one_of(st.sets(st.sampled_from(names), max_size=3), st.sampled_from(parts))):
+        del tensors[name]
+    if data.draw(st.booleans()):
+        tensors[data.draw(st.sampled_from(["backbone.extra", "head.extra", names[0]]))] = torch.zeros(2)
+    save_file(tensors, str(folder / "ckpt.safetensors"), metadata)
+    try:
+        loaded = load_checkpoint(folder / "ckpt")
+    except AUFormerError as error:
+        assert str(error).startswith(f"{folder / 'ckpt.safetensors'}") and "\n" not in str(error)
+        return
+    state = {**loaded.learnable_state_dict(), **{f"backbone.{k}": v for k, v in loaded.backbone.state_dict().items()}}
+    assert sorted(state) == sorted(original) and all(torch.equal(state[k], original[k]) for k in original)

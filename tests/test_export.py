@@ -9,9 +9,12 @@ import numpy as np
 import onnxruntime
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import auformer
 from auformer.cli import main
+from auformer.errors import AUFormerError
 from auformer.export import export_model
 
 
@@ -61,3 +64,40 @@ def test_torchscript_export_matches_pytorch(checkpoint, tmp_path):
 def test_unknown_format_is_rejected(checkpoint, tmp_path):
     with pytest.raises(ValueError, match="onnx, torchscript"):
         export_model(checkpoint, tmp_path, "tflite")
+
+
+def test_an_earlier_export_is_never_replaced(checkpoint, tmp_path, capsys):
+    """It was: a second export rewrote tiny.onnx, and a checkpoint named tiny.onnx lost its tiny.onnx.json."""
+    first = export_model(checkpoint, tmp_path / "a")
+    before = first.read_bytes()
+    assert main(["export", str(checkpoint), "--out", str(tmp_path / "a")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == f"error: {first} already exists: remove it or choose another --out (it is never replaced)"
+    assert first.read_bytes() == before
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "tiny.onnx.json").write_text("another checkpoint's description\n")  # checkpoint b/tiny.onnx
+    with pytest.raises(AUFormerError, match=r"tiny\.onnx\.json already exists"):
+        export_model(checkpoint, tmp_path / "b")
+    assert sorted(path.name for path in (tmp_path / "b").iterdir()) == ["tiny.onnx.json"]
+
+
+OUTPUT_NAMES = ["tiny.onnx", "tiny.onnx.json", "tiny.int8.onnx", "tiny.int8.onnx.json", "tiny.pt", "tiny.pt.json"]
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.sets(st.sampled_from(OUTPUT_NAMES)), st.sampled_from([("onnx", "none"), ("onnx", "int8"), ("torchscript", "none")]))
+def test_export_changes_no_file_already_in_out(checkpoint, tmp_path_factory, present, kind):
+    """Whatever OUT already holds, an export writes only files that were not there."""
+    out = tmp_path_factory.mktemp("out")
+    for name in present:
+        (out / name).write_text(f"earlier {name}\n")
+    try:
+        written = export_model(checkpoint, out, kind[0], quantize=kind[1])
+    except AUFormerError as error:
+        assert "already exists" in str(error) or "int8 rounds" in str(error)
+        written = None
+    for name in present:
+        assert (out / name).read_text() == f"earlier {name}\n"
+    new = {path.name for path in out.iterdir()} - present
+    assert new == ({written.name, written.name + ".json"} if written else set())

@@ -12,6 +12,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import auformer
 import auformer.export
@@ -20,7 +22,7 @@ from auformer.cli import main
 from auformer.config.presets import load_config
 from auformer.data.synthetic import SYNTHETIC_AUS, generate_synthetic
 from auformer.detect import Detector
-from auformer.detect.runtime import METADATA_KEY, OnnxRuntimeModel
+from auformer.detect.runtime import METADATA_KEY, REQUIRED, OnnxRuntimeModel
 from auformer.engine.build import model_from_config
 from auformer.errors import AUFormerError
 from auformer.export import export_model
@@ -83,15 +85,24 @@ def test_int8_export_past_its_bound_is_refused_with_advice(synthetic, tmp_path, 
     assert logging.getLogger().filters == filters  # and only while it runs
 
 
-def _without(path: Path, key: str | None, out: Path) -> Path:
-    """A copy of the exported ``path`` with ``key`` dropped from its metadata (None: no metadata at all)."""
-    graph = onnx.load(str(path))
-    meta = json.loads(graph.metadata_props[0].value)
+def _metadata(path: Path) -> dict:
+    return json.loads(onnx.load(str(path)).metadata_props[0].value)
+
+
+def _with_metadata(path: Path, meta: dict | None, out: Path, graph: onnx.ModelProto | None = None) -> Path:
+    """A copy of the exported ``path`` (or ``graph``) with ``meta`` as its metadata (None: no metadata at all)."""
+    graph = graph or onnx.load(str(path))
     del graph.metadata_props[:]
-    if key is not None:
-        onnx.helper.set_model_props(graph, {METADATA_KEY: json.dumps({k: v for k, v in meta.items() if k != key})})
+    if meta is not None:
+        onnx.helper.set_model_props(graph, {METADATA_KEY: json.dumps(meta)})
     onnx.save(graph, str(out))
     return out
+
+
+def _without(path: Path, key: str | None, out: Path) -> Path:
+    """A copy of the exported ``path`` with ``key`` dropped from its metadata (None: no metadata at all)."""
+    meta = None if key is None else {k: v for k, v in _metadata(path).items() if k != key}
+    return _with_metadata(path, meta, out)
 
 
 @pytest.mark.parametrize(
@@ -129,3 +140,129 @@ def test_cli_detect_with_onnxruntime(synthetic, faces, tmp_path, capsys):
     assert main([*args, "--out", str(tmp_path / "out"), "--resume"]) == 0  # the .onnx file's hash is the identity
     table = (tmp_path / "out" / "images.csv").read_text().splitlines()
     assert len(table) == 5 and "AU12_c" in table[0]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"thresholds": 5}, "'thresholds': 5 is not a valid list"),
+        ({"thresholds": [True] * 12}, "'thresholds': .* is not a valid list"),
+        ({"aus": [1, 1, *SYNTHETIC_AUS[2:]]}, "'aus': .* the values must differ"),
+        ({"outputs": 3}, "'outputs': 3 is not a valid list"),
+        ({"outputs": ["probabilities"] * 2}, "'outputs': .* the values must differ"),
+        ({"input_size": "64"}, "'input_size': '64' is not a valid int"),
+        ({"input_size": 64.5}, "'input_size': 64.5 is not a valid int"),
+        ({"mean": [0.5, 0.5]}, "'mean': .* has 2 values; exactly 3 allowed"),
+        ({"std": [0, 0, 0]}, r"'std': \[0, 0, 0\]: 0 must be in \(0, 1\]"),
+        ({"resize_size": "x"}, "'resize_size': 'x' is not a valid int"),
+        ({"resize_size": 10**7}, "'resize_size': 10000000 must be in"),
+        ({"aus": list(SYNTHETIC_AUS[:-1]), "thresholds": [0.5] * (len(SYNTHETIC_AUS) - 1)}, "graph 'probabilities' is"),
+        ({"outputs": ["probabilities", "intensity"]}, "graph 'intensity' is nothing"),
+        ({"input_size": 32}, "graph 'images' is tensor"),
+    ],
+)
+def test_hostile_metadata_is_one_line_naming_the_file(synthetic, tmp_path, change, message):
+    """Each was a traceback or a silently accepted file (duplicate AUs or outputs, True/False as thresholds)."""
+    path = _with_metadata(synthetic[1], {**_metadata(synthetic[1]), **change}, tmp_path / "hostile.onnx")
+    with pytest.raises(AUFormerError, match=f"^{path}: ONNX .*{message}"):
+        Detector(path, face_detector="none", runtime="onnxruntime")
+
+
+HOSTILE_VALUES = st.sampled_from(
+    [None, True, 0, -1, 1, 3, 32, 64, 10**9, 0.5, 1.5, float("nan"), float("inf"), "", "64", "probabilities", [], [0.5],
+     [0.5] * 3, [0.5] * 12, [0.0] * 3, [1, 1], [99], list(SYNTHETIC_AUS), list(SYNTHETIC_AUS)[:-1], ["intensity"],
+     ["probabilities", "intensity"], {}, {"a": 1}, [[1]], "é" * 500, list(range(1000))]
+)  # fmt: skip
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.dictionaries(st.sampled_from([*REQUIRED, "dataset", "quantize"]), HOSTILE_VALUES, min_size=1, max_size=3))
+def test_mutated_metadata_is_refused_in_one_line_or_runs_right(synthetic, faces, tmp_path_factory, change):
+    """Whatever the metadata says, the file is refused naming itself, or every AU gets a probability and a threshold."""
+    path = _with_metadata(synthetic[1], {**_metadata(synthetic[1]), **change}, tmp_path_factory.mktemp("m") / "m.onnx")
+    try:
+        detector = Detector(path, face_detector="none", runtime="onnxruntime")
+        probabilities = detector.predict_crops(faces[0][:2])
+    except AUFormerError as error:
+        assert str(error).startswith(f"{path}: ") and "\n" not in str(error)
+        return
+    assert probabilities.shape == (2, len(detector.au_columns)) and ((0 <= probabilities) & (probabilities <= 1)).all()
+    assert (
+        detector.thresholds.shape == (len(detector.au_columns),)
+        and ((0 <= detector.thresholds) & (detector.thresholds <= 1)).all()
+    )
+
+
+def _graph(body: list, width: int, batch: str | int = "batch") -> onnx.ModelProto:
+    """A stand-in exported graph: ``images`` (B, 3, 64, 64) -> ``probabilities`` declared (B, ``width``), computed by ``body``."""
+    images = onnx.helper.make_tensor_value_info("images", onnx.TensorProto.FLOAT, [batch, 3, 64, 64])
+    output = onnx.helper.make_tensor_value_info("probabilities", onnx.TensorProto.FLOAT, [batch, width])
+    graph = onnx.helper.make_graph(body, "stand-in", [images], [output])
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)])
+
+
+def _first(count: int) -> list:
+    """Nodes: the first ``count`` pixels of each image (normalised: outside [0, 1]) as ``probabilities``."""
+    constant = onnx.helper.make_tensor("ends", onnx.TensorProto.INT64, [1], [count])
+    return [
+        onnx.helper.make_node("Flatten", ["images"], ["flat"]),
+        onnx.helper.make_node("Constant", [], ["starts"], value=onnx.helper.make_tensor("s", onnx.TensorProto.INT64, [1], [0])),
+        onnx.helper.make_node("Constant", [], ["ends"], value=constant),
+        onnx.helper.make_node("Constant", [], ["axes"], value=onnx.helper.make_tensor("a", onnx.TensorProto.INT64, [1], [1])),
+        onnx.helper.make_node("Slice", ["flat", "starts", "ends", "axes"], ["probabilities"]),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("graph", "message"),
+    [
+        (_graph(_first(12), 12, batch=2), r"graph 'images' is tensor\(float\) \[2, 3, 64, 64\]"),  # fixed batch
+        (_graph(_first(5), 12), r"graph 'probabilities' is tensor\(float\) \['batch', None\]"),  # computes (B, 5)
+        (_graph([*_first(12)[:-1], onnx.helper.make_node("Slice", ["flat", "starts", "ends", "axes"], ["raw"]),
+                 onnx.helper.make_node("Abs", ["raw"], ["big"]), onnx.helper.make_node("Add", ["big", "big"], ["probabilities"])], 12),
+         r"output 'probabilities' is not 2 x 12 values in \[0, 1\]"),
+    ],
+)  # fmt: skip
+def test_a_graph_unlike_its_metadata_is_refused(synthetic, faces, tmp_path, graph, message):
+    """The graph's declared shapes are checked when it is opened, the values it computes when it runs."""
+    path = _with_metadata(synthetic[1], _metadata(synthetic[1]), tmp_path / "graph.onnx", graph)
+    with pytest.raises(AUFormerError, match=f"^{path}: ONNX {message}"):
+        Detector(path, face_detector="none", runtime="onnxruntime").predict_crops(faces[0][:2])
+
+
+@pytest.mark.parametrize(
+    ("options", "flags"),
+    [({"device": "cuda"}, "--device cuda"), ({"amp": "bf16"}, "--amp bf16"),
+     ({"backbone_weights": "vit.safetensors", "device": "cuda:0"}, "--device cuda:0, --backbone-weights")],
+)  # fmt: skip
+def test_torch_only_options_are_refused_not_ignored(synthetic, options, flags):
+    """They were silently ignored (bf16, another backbone file) or failed late (a CUDA batch pinned for a CPU session)."""
+    with pytest.raises(AUFormerError, match=f"^{synthetic[1]}: --runtime onnxruntime .*; {flags} apply to --runtime torch only$"):
+        Detector(synthetic[1], face_detector="none", runtime="onnxruntime", **options)
+
+
+def _tensors(graph: onnx.ModelProto) -> list[onnx.TensorProto]:
+    """The exported graph's initializers and its Constant nodes' tensors."""
+    constants = [a.t for node in graph.graph.node if node.op_type == "Constant" for a in node.attribute if a.name == "value"]
+    return [*graph.graph.initializer, *constants]
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.data(), st.sampled_from(["../secret.bin", "/tmp/secret.bin", "data.bin", "link.bin", "hard.bin"]))
+def test_a_tensor_in_another_file_is_refused_before_anything_is_read(synthetic, tmp_path_factory, data, location):
+    """Such a file named a path ONNX Runtime read: on 1.18 (this project's lowest) one outside the folder
+    (``../secret.bin``, a link out); on 1.32 still a hard link to a file elsewhere."""
+    folder = tmp_path_factory.mktemp("external")
+    (folder / "models").mkdir()
+    secret = folder / "secret.bin"
+    secret.write_bytes(b"\0" * (1 << 20))
+    (folder / "models" / "link.bin").symlink_to(secret)
+    (folder / "models" / "hard.bin").hardlink_to(secret)
+    (folder / "models" / "data.bin").write_bytes(b"\0" * (1 << 20))
+    graph = onnx.load(str(synthetic[1]))
+    tensor = data.draw(st.sampled_from(_tensors(graph)))
+    onnx.external_data_helper.set_external_data(tensor, location, length=len(tensor.raw_data))
+    tensor.ClearField("raw_data")
+    path = _with_metadata(synthetic[1], _metadata(synthetic[1]), folder / "models" / "model.onnx", graph)
+    with pytest.raises(AUFormerError, match=f"^{path}: tensor '.*' keeps its data in another file"):
+        Detector(path, face_detector="none", runtime="onnxruntime")

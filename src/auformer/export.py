@@ -28,7 +28,7 @@ from torch import nn
 from auformer.aus import INTENSITY_MAX, au_columns
 from auformer.data.transforms import default_resize_size
 from auformer.errors import AUFormerError
-from auformer.files import atomic_path
+from auformer.files import atomic_path, atomic_write_text
 from auformer.model.checkpoint import checkpoint_aus, checkpoint_paths, checkpoint_thresholds, open_checkpoint
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -167,7 +167,7 @@ def export_model(
     quantize: str = "none",
 ) -> Path:
     """Write ``OUT_DIR/NAME.onnx`` (``NAME.int8.onnx`` quantised, ``NAME.pt``) and its description ``<file>.json``;
-    returns the model path.
+    returns the model path. Either file already there is refused (`AUFormerError`), never replaced.
 
     The model is exported with a batch of 2 and run on a batch of 3 random images,
     which must match PyTorch within ``TOLERANCE`` (``INT8_TOLERANCE`` quantised) (probabilities;
@@ -188,9 +188,13 @@ def export_model(
         expected = _arrays(module(images))  # each (B, N)
     scales = [1.0 if name == "probabilities" else INTENSITY_MAX for name in module.names]
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     name = checkpoint_paths(checkpoint)[0].stem + ("" if quantize == "none" else f".{quantize}")
     path = out_dir / f"{name}{FORMATS[format]}"
+    description_path = path.with_name(path.name + ".json")
+    for earlier in (path, description_path):  # an earlier export, or another checkpoint's NAME.onnx.json
+        if earlier.exists() or earlier.is_symlink():
+            raise AUFormerError(f"{earlier} already exists: remove it or choose another --out (it is never replaced)")
+    out_dir.mkdir(parents=True, exist_ok=True)
     data_config = model.data_config
     extra = opened.meta.get("extra", {})
     resize_size = extra.get("resize_size") or default_resize_size(size)
@@ -238,7 +242,7 @@ def export_model(
         "outputs": outputs,
         "max_abs_difference_vs_pytorch": difference,  # over outputs, each divided by its range (1 or 5)
     }
-    path.with_name(path.name + ".json").write_text(json.dumps(description, indent=2) + "\n")
+    atomic_write_text(description_path, json.dumps(description, indent=2) + "\n")
     return path
 
 

@@ -122,6 +122,13 @@ class Detector:
         self.detect_every = detect_every
         self.amp_dtype = AMP_DTYPES[amp]
         if runtime == "onnxruntime":  # an exported file: its metadata describes it (auformer.detect.runtime)
+            torch_only = {f"--device {device}": self.device.type != "cpu", f"--amp {amp}": amp != "none",
+                          "--backbone-weights": backbone_weights is not None}  # fmt: skip
+            if any(torch_only.values()):
+                raise AUFormerError(
+                    f"{checkpoint}: --runtime onnxruntime runs the whole exported model on ONNX Runtime's CPU provider; "
+                    f"{', '.join(flag for flag, given in torch_only.items() if given)} apply to --runtime torch only"
+                )
             self.model = self.onnx = OnnxRuntimeModel(checkpoint)
             self.checkpoint = self.onnx.path
             self.files: tuple[Path, ...] = (self.onnx.path,)

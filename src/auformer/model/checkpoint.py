@@ -298,7 +298,7 @@ def _load_weights(model: AUFormer, weights_path: Path, meta: dict) -> None:
     # full-finetune: the learnable backbone travels with the backbone tensors, checked below
     learnable = {k: v for k, v in model.learnable_state_dict().items() if not k.startswith(BACKBONE_PREFIX)}
     mismatch = describe_mismatch(learnable, adapter_part)
-    if backbone_part:
+    if backbone_part or meta["backbone"].get("included"):  # included: without it the model keeps a backbone never trained
         mismatch = mismatch or describe_mismatch(model.backbone.state_dict(), backbone_part)
     if mismatch:
         raise AUFormerError(f"{weights_path} does not fit the model: {mismatch}")
