@@ -9,8 +9,9 @@ in the results or in the skipped list, and every label row is written or reporte
 The images: a PNG header claiming 5000-100000 pixels a side (a decompression bomb), tiny (1-12 px),
 1xN strips, truncated and bit-flipped files of every format, animated GIF/APNG/WebP, CMYK, 16-bit,
 palette (with transparency), LA, zero bytes, and bytes that are no image, under matching or wrong
-suffixes. The paths: ``..`` out of the root, absolute paths, links out of the root, two spellings of
-one file, two files with one stem (``x.png``, ``x.jpg``), the root itself, missing files.
+suffixes. The paths: ``..`` out of the root, absolute paths, links out of the root, a link to itself,
+a newline in a name, two spellings of one file, two files with one stem (``x.png``, ``x.jpg``), the
+root itself, missing files.
 
 Settings are small (25 examples a test) so that the file runs in about a minute on two busy cores;
 ``AUFORMER_FUZZ_EXAMPLES=200`` searches deeper. ``pytest --hypothesis-show-statistics`` prints how
@@ -28,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, Phase, event, given, settings
+from hypothesis import HealthCheck, Phase, assume, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from skimage import data
@@ -153,13 +154,17 @@ def _outside(root: Path) -> Path:
 
 # Label/manifest paths that must never reach outside the input folder, or two that name one output.
 HOSTILE_PATHS = st.sampled_from(["../outside.png", "{abs}", "link_out.png", "sub/../good.png", "good.png", "x.png", "x.jpg",
-                                 "sub/x.png", "X.png", ".", "sub/", "gone.png", "sub/../../outside.png", "good.png/.."])  # fmt: skip
+                                 "sub/x.png", "X.png", ".", "sub/", "gone.png", "sub/../../outside.png", "good.png/..", "loop.png",
+                                 "new\nline.png"])  # fmt: skip
 
 
 def _hostile_tree(input_dir: Path, outside: Path) -> None:
-    """Files the hostile paths name: a link out of the folder, two photos with one stem, one in a sub-folder."""
+    """Files the hostile paths name: a link out of the folder, a link to itself, two photos with one stem, one in
+    a sub-folder, one with a newline in its name."""
     (input_dir / "sub").mkdir(parents=True, exist_ok=True)
     (input_dir / "link_out.png").symlink_to(outside)
+    (input_dir / "loop.png").symlink_to("loop.png")  # before: a RuntimeError traceback wherever it was resolved
+    GOOD.save(input_dir / "new\nline.png")
     for name, shift in (("x.png", 30), ("x.jpg", 60), ("sub/x.png", 90), ("X.png", 120)):
         Image.fromarray(np.roll(np.asarray(GOOD), shift, axis=1)).save(input_dir / name)
 
@@ -190,6 +195,34 @@ def test_detect_on_pathological_images(checkpoint, images, face_detector, skip_b
         skipped = {line.split(": ")[0] for line in summary["skipped"]}
         assert str(root / "in" / "good.png") in analysed
         assert analysed | skipped == {str(path) for path in paths} and not analysed & skipped  # every input, once
+
+
+@FUZZ
+@given(paths=st.lists(HOSTILE_PATHS, min_size=1, max_size=5), as_csv=st.booleans(), skip_bad=st.booleans())
+def test_detect_list_on_hostile_paths(checkpoint, paths, as_csv, skip_bad):
+    """A `--list` of hostile entries: one line naming the entry, or every listed input analysed; then a
+    `--resume` of a finished run changes nothing (a newline in a name is one quoted CSV cell)."""
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        input_dir = root / "in"
+        _write_images(input_dir, [])
+        _hostile_tree(input_dir, _outside(root))
+        entries = [path.replace("{abs}", str(root / "outside.png")) for path in paths]
+        if as_csv:
+            pd.DataFrame({"path": entries}).to_csv(input_dir / "list.csv", index=False)
+        else:
+            assume(not any("\n" in entry for entry in entries))  # one path a line: a newline cannot be listed
+            (input_dir / "list.csv").write_text("".join(f"{entry}\n" for entry in entries))
+        list_file = input_dir / ("list.csv" if as_csv else "list.txt")
+        (input_dir / "list.csv").rename(list_file)
+        argv = ["detect", "--list", list_file, "--checkpoint", checkpoint, "--out", root / "out", "--face-detector", "none"]
+        argv += ["--skip-bad"] if skip_bad else []
+        code, _ = run_hostile(argv, root, root / "out")
+        event(f"detect --list exit {code}")
+        if code == 0:
+            csvs = {path: path.read_bytes() for path in (root / "out" / "csv").iterdir()}
+            assert run_hostile([*argv, "--resume"], root, root / "out")[0] == 0
+            assert {path: path.read_bytes() for path in (root / "out" / "csv").iterdir()} == csvs
 
 
 @FUZZ

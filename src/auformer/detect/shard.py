@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from auformer.detect.sources import check_name
 from auformer.errors import AUFormerError
 from auformer.files import resolve_inside
 
@@ -73,7 +74,7 @@ class Corpus:
         if self.root is None:
             return Path(text)
         resolve_inside(self.root, text, f"{self.source} entry {index + 1}")  # absolute, '..' out, a link out: refused
-        return self.root / text
+        return check_name(self.root / text)
 
     def name(self, index: int) -> str:
         """The stem of input ``index``'s output files: the user's id, else its position and file stem (unique)."""
