@@ -12,6 +12,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -25,7 +26,7 @@ from auformer.detect.sources import check_name
 from auformer.detect.writers import CsvWriter, completed_frames
 from auformer.errors import AUFormerError
 from hostile import run_hostile, snapshot
-from media import tiny_checkpoint
+from media import tiny_checkpoint, write_video
 
 
 @pytest.fixture(scope="module")
@@ -197,3 +198,26 @@ def _first_row_end(full: bytes, start: int) -> int:
         elif full[end] == ord("\n") and not quoted:
             return end + 1
     return len(full) + 1
+
+
+def test_an_empty_video_is_a_bad_input_and_every_csv_a_run_names_exists(setup):
+    """Before: a video without a frame wrote nothing, yet `detect` printed ``wrote OUT/zero.csv`` and listed it in
+    detect.json (so did a run whose photos were all skipped, for images.csv), and in a corpus run it got a done
+    marker without a CSV, which made ``detect --merge`` fail for the whole corpus."""
+    root, _, checkpoint, _ = setup
+    videos = root / "videos"
+    videos.mkdir()
+    write_video(videos / "ok.avi", [data.astronaut()[:128, :128]] * 4)
+    cv2.VideoWriter(str(videos / "zero.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (128, 128)).release()
+    (videos / "list.txt").write_text("ok.avi\nzero.avi\n")
+    out = root / "out-videos"
+    code, stderr = run_hostile(_detect(videos, checkpoint, out), root, out)
+    assert code == 2 and "zero.avi: no frames (an empty video)" in stderr, stderr
+    for argv in (_detect(videos, checkpoint, out, "--skip-bad", "--start", "5", "--overwrite"),  # ok.avi lasts 0.4 s
+                 ["detect", "--list", videos / "list.txt", *_detect("", checkpoint, out)[2:], "--skip-bad", "--overwrite"]):  # fmt: skip
+        assert run_hostile([arg for arg in argv if arg != ""], root, out)[0] == 0
+        summary = json.loads((out / "detect.json").read_text())
+        assert [line.split(": ")[1] for line in summary["skipped"]] == ["no frames (an empty video)"]
+    assert sorted(path.name for path in (out / "csv").iterdir()) == ["0000000_ok.csv"]
+    assert run_hostile(["detect", "--merge", out], root, out)[0] == 0
+    assert pd.read_parquet(out / "detect.parquet")["frame"].tolist() == [0, 1, 2, 3]

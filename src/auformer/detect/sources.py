@@ -75,7 +75,7 @@ def video_frames(
 
     ``after`` (a resumed run) skips the frames up to and including that frame number,
     keeping the ``every`` grid. A stream that stops before the container's frame count
-    raises an :class:`AUFormerError` after the frames it did decode.
+    raises an :class:`AUFormerError` after the frames it did decode; so does a video without a frame.
     """
     if every < 1:
         raise AUFormerError(f"every must be a positive integer, got {every}")
@@ -102,6 +102,8 @@ def video_frames(
     expected = total if last is None else min(total, last)
     if index < expected:
         raise AUFormerError(f"{path}: decoding stopped at frame {index} of {expected} (truncated or corrupt video)")
+    if total <= 0 and index == first and (last is None or last > first):  # not one frame where one was asked for
+        raise AUFormerError(f"{path}: no frames (an empty video)")  # a bad input, not a CSV with no rows
 
 
 def count_video_frames(
