@@ -37,7 +37,7 @@ from PIL import Image
 from skimage import data
 
 from auformer.data.manifest import read_manifest, write_folds
-from hostile import run_hostile
+from hostile import run_hostile, snapshot
 from media import png_claiming, tiny_checkpoint, write_video
 
 EXAMPLES = int(os.environ.get("AUFORMER_FUZZ_EXAMPLES", "25"))  # per test (evaluate: half); more for a deeper search
@@ -234,16 +234,27 @@ def test_detect_on_pathological_images(checkpoint, images, videos, face_detector
 
 
 @FUZZ
-@given(paths=st.lists(HOSTILE_PATHS, min_size=1, max_size=5), as_csv=st.booleans(), skip_bad=st.booleans())
-def test_detect_list_on_hostile_paths(checkpoint, paths, as_csv, skip_bad):
-    """A `--list` of hostile entries: one line naming the entry, or every listed input analysed; then a
-    `--resume` of a finished run changes nothing (a newline in a name is one quoted CSV cell)."""
+@given(
+    paths=st.lists(HOSTILE_PATHS, min_size=1, max_size=5),
+    as_csv=st.booleans(),
+    skip_bad=st.booleans(),
+    out_at=st.sampled_from(["out", "in", "in/sub", "in/new"]),  # apart; the list's folder; one holding entries; inside
+    overwrite=st.booleans(),
+)
+def test_detect_list_on_hostile_paths(checkpoint, paths, as_csv, skip_bad, out_at, overwrite):
+    """A `--list` of hostile entries: one line naming the entry, or every listed input analysed; no file of the
+    list's folder changed or removed, whatever OUT is (``--overwrite`` clears OUT's ``csv/``); then a ``--resume``
+    of a finished run changes nothing (a newline in a name is one quoted CSV cell)."""
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
-        input_dir = root / "in"
+        input_dir, out = root / "in", root / out_at
         _write_images(input_dir, [])
         _hostile_tree(input_dir, _outside(root))
         entries = [path.replace("{abs}", str(root / "outside.png")) for path in paths]
+        if out_at == "in/sub":
+            (out / "csv").mkdir()  # as if an earlier run had written there
+            (out / "csv" / "x.png").write_bytes((out / "x.png").read_bytes())
+            entries.append("sub/csv/x.png")
         if as_csv:
             pd.DataFrame({"path": entries}).to_csv(input_dir / "list.csv", index=False)
         else:
@@ -251,14 +262,16 @@ def test_detect_list_on_hostile_paths(checkpoint, paths, as_csv, skip_bad):
             (input_dir / "list.csv").write_text("".join(f"{entry}\n" for entry in entries))
         list_file = input_dir / ("list.csv" if as_csv else "list.txt")
         (input_dir / "list.csv").rename(list_file)
-        argv = ["detect", "--list", list_file, "--checkpoint", checkpoint, "--out", root / "out", "--face-detector", "none"]
+        inputs = snapshot(input_dir)
+        argv = ["detect", "--list", list_file, "--checkpoint", checkpoint, "--out", out, "--face-detector", "none"]
         argv += ["--skip-bad"] if skip_bad else []
-        code, _ = run_hostile(argv, root, root / "out")
-        event(f"detect --list exit {code}")
+        code, _ = run_hostile([*argv, *(["--overwrite"] if overwrite else [])], root, out)
+        event(f"detect --list, out {out_at}: exit {code}")
+        assert inputs.items() <= snapshot(input_dir).items()  # OUT's writes and clearing reach no input
         if code == 0:
-            csvs = {path: path.read_bytes() for path in (root / "out" / "csv").iterdir()}
-            assert run_hostile([*argv, "--resume"], root, root / "out")[0] == 0
-            assert {path: path.read_bytes() for path in (root / "out" / "csv").iterdir()} == csvs
+            csvs = {path: path.read_bytes() for path in (out / "csv").iterdir()}
+            assert run_hostile([*argv, "--resume"], root, out)[0] == 0
+            assert {path: path.read_bytes() for path in (out / "csv").iterdir()} == csvs
 
 
 @FUZZ

@@ -39,7 +39,7 @@ def _corpus(inputs: Iterable[str], list_file: str | None, out: Path) -> Corpus:
     if list_file is not None:
         if inputs:
             raise AUFormerError("give INPUTs or --list FILE, not both")
-        return read_list(list_file)
+        return read_list(list_file, out)
     check_apart(out, inputs, inside_ok=True)
     images, videos, _ = expand_inputs(inputs, exclude=out)
     return from_paths([*images, *videos], ", ".join(map(str, inputs)))
