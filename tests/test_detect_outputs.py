@@ -72,6 +72,9 @@ def test_results_are_never_silently_replaced(setup, tmp_path):
     ("change", "match"),
     [
         (["--format", "openface"], "--resume with --format openface, but the run there wrote --format auformer"),
+        # settings that change the rows' values (before: accepted, and AU01_c of one run's rows above the other's)
+        (["--threshold", "0.9"], "--resume with another threshold than the run there"),
+        (["--every", "2", "--detect-every", "1"], "--resume with another detect_every, every than the run there"),
         ("other", "--resume with checkpoint"),  # another AU list
         ("retrained", "other sha256)"),  # same AUs, other weights
         ("header", "images.csv: its header is not the one this run writes"),
@@ -80,7 +83,7 @@ def test_results_are_never_silently_replaced(setup, tmp_path):
 )
 def test_resume_refuses_a_run_it_cannot_continue(setup, tmp_path, change, match):
     root, photos, checkpoint, other = setup
-    out = root / f"out-{change if isinstance(change, str) else 'format'}"
+    out = root / f"out-{change if isinstance(change, str) else change[0].strip('-')}"
     assert run_hostile(_detect(photos, checkpoint, out), root, out)[0] == 0
     if change == "header":
         text = (out / "images.csv").read_text()

@@ -131,7 +131,7 @@ def detect_corpus(
     if detector.synthetic and info.is_main:
         print(SYNTHETIC_WARNING)
     identity = {
-        **run_identity(detector, format == "openface"),
+        **run_identity(detector, format == "openface", every, start, end),
         "corpus": {"inputs": len(corpus.paths), "sha256": corpus.paths.digest()},
     }
     mine = (assign(corpus.sizes(), info.world_size) == info.rank).nonzero()[0]  # this rank's inputs, in corpus order

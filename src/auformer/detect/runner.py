@@ -144,7 +144,7 @@ def run_detect(args: argparse.Namespace) -> None:
         print(SYNTHETIC_WARNING)
         detector.synthetic_warned = True  # said here and at the end, not again as a Python warning
     openface = args.format == "openface"
-    identity = run_identity(detector, openface)
+    identity = run_identity(detector, openface, args.every, args.start, args.end)
     if args.resume:
         check_resume(outputs, identity)
     elif args.overwrite:

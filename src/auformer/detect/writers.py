@@ -197,14 +197,25 @@ class Outputs:
                 path.unlink()
 
 
-def run_identity(detector: Detector, openface: bool) -> dict:
-    """What a ``--resume`` must share with the run it continues: the checkpoint's files (sha256), format and columns."""
+def run_identity(
+    detector: Detector, openface: bool, every: int = 1, start: float | None = None, end: float | None = None
+) -> dict:
+    """What a ``--resume`` must share with the run it continues: the checkpoint's files (sha256), format and columns,
+    and the settings that change the values in the rows (thresholds, face detector, which frames)."""
     empty = detector.empty_table()  # the columns this checkpoint writes
     return {
         "checkpoint": str(detector.checkpoint),
         "checkpoint_sha256": {path.name: file_sha256(path) for path in detector.files},
         "format": "openface" if openface else "auformer",
         "columns": list((to_openface(empty) if openface else empty).columns),
+        "settings": {
+            "threshold": dict(zip(detector.au_columns, map(float, detector.thresholds))),
+            "face_detector": detector.face_detector.name,
+            "detect_every": detector.detect_every,
+            "every": every,
+            "start": start,
+            "end": end,
+        },
     }
 
 
@@ -244,6 +255,15 @@ def check_resume(outputs: Outputs, identity: dict) -> None:
         raise AUFormerError(
             f"{out}: --resume with --format {identity['format']}, but the run there wrote --format {previous.get('format')}; "
             f"pass --format {previous.get('format')}, or {advice}"
+        )
+    settings = previous.get("settings", identity["settings"])  # an older detect.json does not record them
+    changed = [
+        key for key in identity["settings"] if not isinstance(settings, dict) or settings.get(key) != identity["settings"][key]
+    ]
+    if changed:
+        raise AUFormerError(
+            f"{out}: --resume with another {', '.join(changed)} than the run there (its detect.json, 'settings'): rows "
+            f"of both would not mean the same; pass that run's options, or {advice}"
         )
     expected = ",".join(identity["columns"])
     for path in outputs.csv_files:
