@@ -186,6 +186,18 @@ def test_a_list_entry_in_the_output_folder_is_refused_before_anything_is_cleared
     assert code == 2 and "list.txt entry 1: path 'csv/a.png' lies in the output folder" in stderr, stderr
 
 
+@pytest.mark.parametrize("name, text", [("list.csv", "id,path\r\nA,a.png\r\n"), ("list.txt", "a.png\r\n")])
+def test_a_list_saved_with_a_byte_order_mark_reads_as_without(tmp_path, name, text):
+    """Excel's "CSV UTF-8" starts the file with a BOM: before, a CSV list's first column was '\ufeffid' (its ids
+    were ignored; '\ufeffpath': no 'path' column) and the first entry of a text list '\ufeffa.png', not found."""
+    listing = tmp_path / name
+    listing.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    (tmp_path / "a.png").write_bytes(b"")
+    corpus = read_list(listing)
+    assert corpus.path(0) == tmp_path / "a.png" and corpus.sizes().tolist() == [0]
+    assert corpus.name(0) == ("A" if name == "list.csv" else "0000000_a")
+
+
 def test_list_is_held_compactly(tmp_path):
     listing = tmp_path / "list.txt"
     listing.write_text("".join(f"videos/clip_{index:06d}.mp4\n" for index in range(1000)))

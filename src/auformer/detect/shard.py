@@ -118,7 +118,7 @@ def read_list(list_file: str | os.PathLike, out: str | os.PathLike | None = None
     if not list_file.is_file():
         raise FileNotFoundError(f"--list: no such file: {list_file}")
     paths, ids = Strings(), None
-    with open(list_file, newline="", encoding="utf-8") as file:
+    with open(list_file, newline="", encoding="utf-8-sig") as file:  # a BOM: Excel's "CSV UTF-8"
         try:
             if list_file.suffix.lower() == ".csv":
                 rows = csv.reader(file)
