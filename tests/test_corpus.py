@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ from auformer.cli import main
 from auformer.detect.shard import assign, read_list
 from auformer.errors import AUFormerError
 from face_photos import grace_hopper
+from hostile import run_hostile
 from media import tiny_checkpoint, write_moving_face_video
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -168,6 +170,32 @@ def test_hostile_lists_are_refused_in_one_line(corpus, tmp_path, capsys, text, m
     assert main(["detect", "--list", str(listing), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "out")]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out" / "csv").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("out", [".", "csv", ".."])  # the list's folder, the folder of the entry, one holding both
+def test_a_list_entry_in_the_output_folder_is_refused_before_anything_is_cleared(corpus, tmp_path, out):
+    """Before: ``--list D/list.txt --out D --overwrite`` cleared ``D/csv/`` (the corpus's own folder) and then reported
+    the listed ``csv/a.png`` it had just deleted as ``image file not found``; the plain mode refuses such an OUT."""
+    checkpoint, folder = corpus
+    data = tmp_path / "data"
+    (data / "csv").mkdir(parents=True)
+    shutil.copy(folder / "astronaut.png", data / "csv" / "a.png")
+    (data / "list.txt").write_text("csv/a.png\n")
+    argv = ["detect", "--list", data / "list.txt", "--checkpoint", checkpoint, "--out", data / out, "--overwrite"]
+    code, stderr = run_hostile(argv, tmp_path, tmp_path / "elsewhere")  # nothing under tmp_path may change
+    assert code == 2 and "list.txt entry 1: path 'csv/a.png' lies in the output folder" in stderr, stderr
+
+
+@pytest.mark.parametrize("name, text", [("list.csv", "id,path\r\nA,a.png\r\n"), ("list.txt", "a.png\r\n")])
+def test_a_list_saved_with_a_byte_order_mark_reads_as_without(tmp_path, name, text):
+    """Excel's "CSV UTF-8" starts the file with a BOM: before, a CSV list's first column was '\ufeffid' (its ids
+    were ignored; '\ufeffpath': no 'path' column) and the first entry of a text list '\ufeffa.png', not found."""
+    listing = tmp_path / name
+    listing.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    (tmp_path / "a.png").write_bytes(b"")
+    corpus = read_list(listing)
+    assert corpus.path(0) == tmp_path / "a.png" and corpus.sizes().tolist() == [0]
+    assert corpus.name(0) == ("A" if name == "list.csv" else "0000000_a")
 
 
 def test_list_is_held_compactly(tmp_path):

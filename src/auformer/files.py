@@ -94,6 +94,18 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
+def resolve(path: str | os.PathLike) -> Path:
+    """``Path(path).resolve()``, with a link loop raised as the ``OSError`` (ELOOP) naming ``path`` that it is.
+
+    Python before 3.13 raises ``RuntimeError("Symlink loop ...")`` there, which the CLI takes for a bug
+    (a traceback); an ``OSError`` is the one line of `auformer.errors.environment_problem`, or a bad row.
+    """
+    try:
+        return Path(path).resolve()
+    except RuntimeError:
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(path)) from None
+
+
 def resolve_inside(root: str | os.PathLike, relative: str, source: str) -> Path:
     """The absolute path of ``relative`` under ``root``, links followed; a bad row when it leads out of ``root``.
 
@@ -103,11 +115,11 @@ def resolve_inside(root: str | os.PathLike, relative: str, source: str) -> Path:
     file: each raises an :class:`AUFormerError` naming ``source``, as does a path naming ``root``
     itself (``.``), which is no file. ``root`` itself may be a link.
     """
-    base = Path(root).resolve()
+    base = resolve(root)
     try:
         if not relative or Path(relative).is_absolute():
             raise ValueError
-        path = (base / relative).resolve()
+        path = resolve(base / relative)
     except (ValueError, OSError):  # absolute, empty, a NUL byte, a link loop
         path = None
     if path is None or path == base or not path.is_relative_to(base):
@@ -146,9 +158,9 @@ def check_apart(out: str | os.PathLike, inputs: Iterable[str | os.PathLike], ins
     the next run. ``inside_ok``: OUT may lie inside an input folder (the caller then
     leaves OUT out of its search, as ``detect`` does for ``detect . --out results``).
     """
-    target = Path(out).resolve()
+    target = resolve(out)
     for item in inputs:
-        source = Path(item).resolve()
+        source = resolve(item)
         if target == source or source.is_relative_to(target):
             raise AUFormerError(
                 f"output folder {out} is or holds the input {item}: choose an output folder apart from the inputs"

@@ -39,7 +39,7 @@ def _corpus(inputs: Iterable[str], list_file: str | None, out: Path) -> Corpus:
     if list_file is not None:
         if inputs:
             raise AUFormerError("give INPUTs or --list FILE, not both")
-        return read_list(list_file)
+        return read_list(list_file, out)
     check_apart(out, inputs, inside_ok=True)
     images, videos, _ = expand_inputs(inputs, exclude=out)
     return from_paths([*images, *videos], ", ".join(map(str, inputs)))
@@ -131,7 +131,7 @@ def detect_corpus(
     if detector.synthetic and info.is_main:
         print(SYNTHETIC_WARNING)
     identity = {
-        **run_identity(detector, format == "openface"),
+        **run_identity(detector, format == "openface", every, start, end),
         "corpus": {"inputs": len(corpus.paths), "sha256": corpus.paths.digest()},
     }
     mine = (assign(corpus.sizes(), info.world_size) == info.rank).nonzero()[0]  # this rank's inputs, in corpus order

@@ -90,6 +90,8 @@ def write_results(
                 lambda row: Path(f"{plot_prefix[row['input']]}_face{row['face']}.png"),
                 lambda row: f"{row['input']}, face {row['face']}{note}",
             )
+    if not writer.path.is_file():  # no row (every photo skipped, no frame from --start on): the header alone,
+        writer.write(detector.empty_table())  # so that every CSV a run lists exists (and `merge` finds it)
 
 
 def detector_options(args: argparse.Namespace) -> dict:
@@ -142,7 +144,7 @@ def run_detect(args: argparse.Namespace) -> None:
         print(SYNTHETIC_WARNING)
         detector.synthetic_warned = True  # said here and at the end, not again as a Python warning
     openface = args.format == "openface"
-    identity = run_identity(detector, openface)
+    identity = run_identity(detector, openface, args.every, args.start, args.end)
     if args.resume:
         check_resume(outputs, identity)
     elif args.overwrite:

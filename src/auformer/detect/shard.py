@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from auformer.detect.sources import check_name
 from auformer.errors import AUFormerError
-from auformer.files import resolve_inside
+from auformer.files import resolve, resolve_inside
 
 SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")  # an id becomes a file name: no '/', no leading '.'
 
@@ -66,14 +67,18 @@ class Corpus:
     root: Path | None  # a list file's folder: its paths are resolved inside it; None for INPUTs named on the command line
     ids: Strings | None  # one id per path (a CSV list with an `id` column), else None
     source: str  # where the paths came from, for messages
+    out: Path | None = None  # the run's output folder, resolved: a list's entries may not lie in it
 
     def path(self, index: int) -> Path:
-        """Input ``index`` as a path; a list's entries must stay inside the list's folder."""
-        text = self.paths[index]
+        """Input ``index`` as a path; a list's entries must stay inside the list's folder and out of the output folder
+        (whose ``csv/`` and ``done/`` an ``--overwrite`` clears before any input is read)."""
+        text, where = self.paths[index], f"{self.source} entry {index + 1}"
         if self.root is None:
             return Path(text)
-        resolve_inside(self.root, text, f"{self.source} entry {index + 1}")  # absolute, '..' out, a link out: refused
-        return self.root / text
+        target = resolve_inside(self.root, text, where)  # absolute, '..' out, a link out: refused
+        if self.out is not None and target.is_relative_to(self.out):
+            raise AUFormerError(f"{where}: path {text!r} lies in the output folder {self.out}: choose one apart from the inputs")
+        return check_name(self.root / text)
 
     def name(self, index: int) -> str:
         """The stem of input ``index``'s output files: the user's id, else its position and file stem (unique)."""
@@ -101,10 +106,11 @@ def from_paths(paths: Iterable[Path], source: str) -> Corpus:
     return Corpus(strings.freeze(), None, None, source)
 
 
-def read_list(list_file: str | os.PathLike) -> Corpus:
+def read_list(list_file: str | os.PathLike, out: str | os.PathLike | None = None) -> Corpus:
     """``--list FILE``: one path per line, or a ``.csv`` with a ``path`` column and an optional ``id`` column.
 
-    Paths are relative to the list's folder and must stay inside it (`auformer.files.resolve_inside`).
+    Paths are relative to the list's folder and must stay inside it (`auformer.files.resolve_inside`),
+    and out of the output folder ``out``.
     Ids name the output files, so each must be a plain file name (letters, digits, ``.``, ``_``, ``-``)
     and unique. Streamed: the list is never held as per-row Python objects.
     """
@@ -112,7 +118,7 @@ def read_list(list_file: str | os.PathLike) -> Corpus:
     if not list_file.is_file():
         raise FileNotFoundError(f"--list: no such file: {list_file}")
     paths, ids = Strings(), None
-    with open(list_file, newline="", encoding="utf-8") as file:
+    with open(list_file, newline="", encoding="utf-8-sig") as file:  # a BOM: Excel's "CSV UTF-8"
         try:
             if list_file.suffix.lower() == ".csv":
                 rows = csv.reader(file)
@@ -143,7 +149,7 @@ def read_list(list_file: str | os.PathLike) -> Corpus:
         raise AUFormerError(f"{list_file}: lists no inputs")
     if ids is not None:
         _check_unique(ids.freeze(), list_file)
-    return Corpus(paths.freeze(), list_file.parent, ids, str(list_file))
+    return Corpus(paths.freeze(), list_file.parent, ids, str(list_file), resolve(out) if out is not None else None)
 
 
 def _check_unique(ids: Strings, source: Path) -> None:

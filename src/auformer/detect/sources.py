@@ -23,6 +23,7 @@ import numpy as np
 
 from auformer.data.images import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, check_size, open_video, read_rgb
 from auformer.errors import AUFormerError
+from auformer.files import resolve
 
 PREFETCH = 16  # frames each pipeline stage may run ahead of the next (16 decoded 1080p frames: 100 MB)
 
@@ -74,7 +75,7 @@ def video_frames(
 
     ``after`` (a resumed run) skips the frames up to and including that frame number,
     keeping the ``every`` grid. A stream that stops before the container's frame count
-    raises an :class:`AUFormerError` after the frames it did decode.
+    raises an :class:`AUFormerError` after the frames it did decode; so does a video without a frame.
     """
     if every < 1:
         raise AUFormerError(f"every must be a positive integer, got {every}")
@@ -101,6 +102,8 @@ def video_frames(
     expected = total if last is None else min(total, last)
     if index < expected:
         raise AUFormerError(f"{path}: decoding stopped at frame {index} of {expected} (truncated or corrupt video)")
+    if total <= 0 and index == first and (last is None or last > first):  # not one frame where one was asked for
+        raise AUFormerError(f"{path}: no frames (an empty video)")  # a bad input, not a CSV with no rows
 
 
 def count_video_frames(
@@ -117,6 +120,23 @@ def count_video_frames(
     return max(0, -(-(last - first) // every))  # ceil((last - first) / every)
 
 
+def check_name(path: Path) -> Path:
+    """``path``, or one line refusing a name the result tables cannot hold as their ``input`` cell.
+
+    A name that is not UTF-8 (bytes from another system's encoding; Python holds them as lone
+    surrogates) cannot be written to a UTF-8 CSV, and a carriage return is written unquoted by
+    pandas, so every CSV reader would split the row there.
+    """
+    text = str(path)
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise AUFormerError(f"{text.encode(errors='backslashreplace').decode()}: file name is not UTF-8; rename it") from None
+    if "\r" in text:
+        raise AUFormerError(f"{text!r}: file name holds a carriage return (\\r); rename it")
+    return path
+
+
 def expand_inputs(
     inputs: Iterable[str | os.PathLike], exclude: str | os.PathLike | None = None
 ) -> tuple[list[Path], list[Path], int]:
@@ -126,24 +146,25 @@ def expand_inputs(
     folders with other extensions are counted as ignored; an explicitly named file
     with an unknown extension is treated as an image (reading it reports it if it is not).
     A file named twice (``photos/ photos/a.jpg``) is analysed once; the folder ``exclude``
-    (the output folder, when it lies inside an input folder) is not searched.
+    (the output folder, when it lies inside an input folder) is not searched. A file name the
+    tables cannot hold (`check_name`) stops the run before any work, like a missing input.
     """
     images: list[Path] = []
     videos: list[Path] = []
     ignored = 0
-    skip = Path(exclude).resolve() if exclude is not None else None
+    skip = resolve(exclude) if exclude is not None else None
     seen: set[Path] = set()
     for item in map(Path, inputs):
         if item.is_dir():
-            files = sorted(p for p in item.rglob("*") if p.is_file() and not (skip and p.parent.resolve().is_relative_to(skip)))
+            files = sorted(p for p in item.rglob("*") if p.is_file() and not (skip and resolve(p.parent).is_relative_to(skip)))
         elif item.is_file():
             files = [item]
         else:
             raise FileNotFoundError(f"input not found: {item}")
-        for file in files:
-            if file.resolve() in seen:
+        for file in map(check_name, files):
+            if resolve(file) in seen:
                 continue
-            seen.add(file.resolve())
+            seen.add(resolve(file))
             suffix = file.suffix.lower()
             if suffix in VIDEO_EXTENSIONS:
                 videos.append(file)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,7 +21,7 @@ import pandas as pd
 from auformer.detect.detector import INTENSITY_SUFFIX
 from auformer.errors import AUFormerError
 from auformer.faces import Face
-from auformer.files import UniqueNames, resolve_inside
+from auformer.files import UniqueNames, resolve, resolve_inside
 from auformer.model.checkpoint import file_sha256
 
 if TYPE_CHECKING:
@@ -77,31 +78,51 @@ class CsvWriter:
 def completed_frames(path: Path, openface: bool = False) -> dict[str, int]:
     """Input -> last frame number written in full in a detection CSV; truncates what is not.
 
-    A killed run can leave half a line, and the rows of its last frame may be
+    A killed run can leave half a row, and the rows of its last frame may be
     incomplete (one row per face); both are cut, so a resumed run redoes that frame
-    and the CSV holds every frame exactly once. Streams the file: memory is one entry
-    per input, not per row.
+    and the CSV holds every frame exactly once. Rows are read by the csv module, not
+    line by line: a file name holding a newline is one quoted cell over two lines.
+    Streams the file: memory is one entry per input, not per row.
     """
     done: dict[str, int] = {}
     keep, last_key = 0, None  # bytes to keep; (input, frame) of the rows since `keep`
-    with open(path, "rb") as file:
-        header = next(csv.reader([file.readline().decode()]), [])
-        if "input" not in header or "frame" not in header:
-            return {}
-        column_input, column_frame = header.index("input"), header.index("frame")
-        keep = file.tell()
-        for number, line in enumerate(iter(file.readline, b""), start=2):
+    read = {"end": 0, "all": False}  # byte offset after the lines the csv reader has taken; whether they ran out
+
+    def not_ours(line: int) -> AUFormerError:
+        return AUFormerError(f"{path}: line {line} is not a row this command wrote; pass --overwrite")
+
+    def whole_lines(file) -> Iterator[str]:
+        for number, line in enumerate(iter(file.readline, b""), start=1):
             if not line.endswith(b"\n"):
                 break  # half a line: the write was killed
             try:
-                cells = next(csv.reader([line.decode()]))
+                text = line.decode()
+            except UnicodeDecodeError:
+                raise not_ours(number) from None
+            read["end"] = file.tell()
+            yield text
+        read["all"] = True
+
+    with open(path, "rb") as file:
+        rows = csv.reader(whole_lines(file), strict=True)
+        try:
+            header = next(rows, [])
+            if "input" not in header or "frame" not in header:
+                return {}
+            column_input, column_frame = header.index("input"), header.index("frame")
+            keep = start = read["end"]
+            for cells in rows:
                 key = (cells[column_input], int(cells[column_frame]) - (1 if openface else 0))
-            except (UnicodeDecodeError, ValueError, IndexError, StopIteration):
-                raise AUFormerError(f"{path}: line {number} is not a row this command wrote; pass --overwrite") from None
-            if key != last_key:
-                if last_key is not None:
-                    done[last_key[0]] = last_key[1]
-                keep, last_key = file.tell() - len(line), key
+                if key != last_key:
+                    if last_key is not None:
+                        done[last_key[0]] = last_key[1]
+                    keep, last_key = start, key
+                start = read["end"]
+        except csv.Error:
+            if not read["all"]:  # a quoted cell the kill cut off ends the file; anywhere else it is no row of ours
+                raise not_ours(rows.line_num) from None
+        except (ValueError, IndexError):
+            raise not_ours(rows.line_num) from None
     with open(path, "r+b") as file:
         file.truncate(keep)
     return done
@@ -171,19 +192,30 @@ class Outputs:
             listed = []
         listed = listed if isinstance(listed, list) else []
         doomed = {resolve_inside(self.out, str(name), str(self.out / SUMMARY_NAME)) for name in listed}
-        for path in {path for path in doomed if path.suffix == ".csv"} | {path.resolve() for path in self.previous()}:
+        for path in {path for path in doomed if path.suffix == ".csv"} | {resolve(path) for path in self.previous()}:
             if path.is_file():
                 path.unlink()
 
 
-def run_identity(detector: Detector, openface: bool) -> dict:
-    """What a ``--resume`` must share with the run it continues: the checkpoint's files (sha256), format and columns."""
+def run_identity(
+    detector: Detector, openface: bool, every: int = 1, start: float | None = None, end: float | None = None
+) -> dict:
+    """What a ``--resume`` must share with the run it continues: the checkpoint's files (sha256), format and columns,
+    and the settings that change the values in the rows (thresholds, face detector, which frames)."""
     empty = detector.empty_table()  # the columns this checkpoint writes
     return {
         "checkpoint": str(detector.checkpoint),
         "checkpoint_sha256": {path.name: file_sha256(path) for path in detector.files},
         "format": "openface" if openface else "auformer",
         "columns": list((to_openface(empty) if openface else empty).columns),
+        "settings": {
+            "threshold": dict(zip(detector.au_columns, map(float, detector.thresholds))),
+            "face_detector": detector.face_detector.name,
+            "detect_every": detector.detect_every,
+            "every": every,
+            "start": start,
+            "end": end,
+        },
     }
 
 
@@ -223,6 +255,15 @@ def check_resume(outputs: Outputs, identity: dict) -> None:
         raise AUFormerError(
             f"{out}: --resume with --format {identity['format']}, but the run there wrote --format {previous.get('format')}; "
             f"pass --format {previous.get('format')}, or {advice}"
+        )
+    settings = previous.get("settings", identity["settings"])  # an older detect.json does not record them
+    changed = [
+        key for key in identity["settings"] if not isinstance(settings, dict) or settings.get(key) != identity["settings"][key]
+    ]
+    if changed:
+        raise AUFormerError(
+            f"{out}: --resume with another {', '.join(changed)} than the run there (its detect.json, 'settings'): rows "
+            f"of both would not mean the same; pass that run's options, or {advice}"
         )
     expected = ",".join(identity["columns"])
     for path in outputs.csv_files:
