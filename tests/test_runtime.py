@@ -175,7 +175,7 @@ HOSTILE_VALUES = st.sampled_from(
 )  # fmt: skip
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.dictionaries(st.sampled_from([*REQUIRED, "dataset", "quantize"]), HOSTILE_VALUES, min_size=1, max_size=3))
 def test_mutated_metadata_is_refused_in_one_line_or_runs_right(synthetic, faces, tmp_path_factory, change):
     """Whatever the metadata says, the file is refused naming itself, or every AU gets a probability and a threshold."""
