@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 from skimage import data
 
+import auformer
 from auformer.data import read_list_files, read_manifest
 from auformer.data.converters.casme2 import prepare_casme2
 from auformer.data.images import drop_unreadable
@@ -194,3 +195,23 @@ def test_train_and_evaluate_write_apart_from_the_data_they_read(tmp_path, capsys
                      "--out", str(out)]) == 2  # fmt: skip
         assert "output folder" in capsys.readouterr().err
     assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+
+
+def test_a_link_loop_is_an_os_error_wherever_a_path_is_resolved(tmp_path):
+    """Before Python 3.13 ``Path.resolve`` raises RuntimeError on a link loop, a traceback in the CLI; every
+    resolution in the package goes through `auformer.files.resolve`, which makes it the OSError it is."""
+    from auformer.data.manifest import AUTable, write_manifest
+    from auformer.files import resolve
+    from auformer.model.backbone import weights_source
+
+    (tmp_path / "a").symlink_to("b")
+    (tmp_path / "b").symlink_to("a")
+    loop = tmp_path / "a" / "x"
+    table = AUTable(tmp_path, ["x.png"], ["s"], np.ones((1, 1)), [12])
+    for call in (lambda: resolve(loop), lambda: weights_source(str(loop)), lambda: write_manifest(table, loop)):
+        with pytest.raises(OSError, match="symbolic links"):
+            call()
+    package = Path(auformer.__file__).parent
+    raw = [f"{p.relative_to(package)}:{n}" for p in package.rglob("*.py") if p.name != "files.py"
+           for n, line in enumerate(p.read_text().splitlines(), 1) if ".resolve()" in line and "__file__" not in line]  # fmt: skip
+    assert raw == [], f"Path.resolve() outside auformer.files.resolve: {raw}"

@@ -28,7 +28,7 @@ import numpy as np
 
 from auformer.aus import INTENSITY_MAX, au_columns, parse_au
 from auformer.errors import AUFormerError
-from auformer.files import atomic_write_text, resolve_inside
+from auformer.files import atomic_write_text, resolve, resolve_inside
 
 MANIFEST_NAME = "manifest.csv"
 FOLDS_NAME = "folds.json"
@@ -275,7 +275,7 @@ def write_manifest(table: AUTable, out_dir: str | Path) -> Path:
     :class:`AUFormerError`, and nothing is written.
     """
     out_dir = Path(out_dir)
-    if table.root.resolve() == out_dir.resolve():
+    if resolve(table.root) == resolve(out_dir):
         images = table.images
     else:
         images = [os.path.relpath(table.root / image, out_dir) for image in table.images]

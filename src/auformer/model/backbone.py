@@ -18,6 +18,7 @@ from timm.models.vision_transformer import VisionTransformer, _load_weights, che
 
 from auformer.config.rules import WEIGHT_SOURCES, WEIGHT_SUFFIXES, timm_kwargs_problem
 from auformer.errors import AUFormerError
+from auformer.files import resolve
 
 SYNTHETIC_WEIGHTS = Path(__file__).resolve().parent.parent / "assets" / "synthetic_vit.safetensors"
 # Classifier keys of a weight file that the headless (num_classes=0) backbone does not have.
@@ -194,4 +195,4 @@ def weights_source(weights: str) -> str:
         )
     if weights in WEIGHT_SOURCES:
         return weights
-    return str(Path(weights).expanduser().resolve())
+    return str(resolve(Path(weights).expanduser()))  # a link loop: an OSError's one line, not a RuntimeError

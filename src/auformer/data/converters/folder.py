@@ -38,7 +38,7 @@ from auformer.data.converters import Frame, PrepareReport, Source, run_prepare
 from auformer.data.folds import subject_kfold
 from auformer.data.images import VIDEO_EXTENSIONS
 from auformer.errors import AUFormerError
-from auformer.files import resolve_inside
+from auformer.files import resolve, resolve_inside
 
 UNKNOWN = ("", "-1", "9", "nan")  # label values that mean "not coded"
 _AU_HEADER = re.compile(r"^(?P<au>.+?)(?:_(?P<kind>c|r|int))?$", re.IGNORECASE)
@@ -147,7 +147,7 @@ def collect_folder(input_dir: str | Path, labels: pd.DataFrame, labels_name: str
     inside = {}
     for file, group in labels.groupby("file", sort=True):
         try:
-            inside[file] = resolve_inside(input_dir, file, labels_name).relative_to(input_dir.resolve()).as_posix()
+            inside[file] = resolve_inside(input_dir, file, labels_name).relative_to(resolve(input_dir)).as_posix()
         except AUFormerError:
             reject(group, file, "not inside INPUT (an absolute path, '..' out of it, or a link out of it)")
     labels = labels[labels["file"].isin(list(inside))].assign(file=lambda rows: rows["file"].map(inside))
