@@ -104,6 +104,10 @@ def test_bad_sources_and_outputs_are_one_line_errors(checkpoint, tmp_path, capsy
     (tmp_path / "c" / "live.json").write_text("{}")
     assert live(checkpoint, str(tmp_path / "missing.mp4"), tmp_path / "c") == 2
     assert "earlier run" in capsys.readouterr().err and (tmp_path / "c" / "live.json").read_text() == "{}"
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "live.json").symlink_to(tmp_path / "elsewhere.json")  # a dangling link: refused too, as in export
+    assert live(checkpoint, str(tmp_path / "missing.mp4"), tmp_path / "d") == 2
+    assert "earlier run" in capsys.readouterr().err and not (tmp_path / "elsewhere.json").exists()
 
 
 def test_latest_slot_newest_wins_and_counts_drops():

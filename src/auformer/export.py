@@ -28,7 +28,7 @@ from torch import nn
 from auformer.aus import INTENSITY_MAX, au_columns
 from auformer.data.transforms import default_resize_size
 from auformer.errors import AUFormerError
-from auformer.files import atomic_path, atomic_write_text
+from auformer.files import atomic_path, atomic_write_text, earlier_outputs
 from auformer.model.checkpoint import checkpoint_aus, checkpoint_paths, checkpoint_thresholds, open_checkpoint
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -191,9 +191,8 @@ def export_model(
     name = checkpoint_paths(checkpoint)[0].stem + ("" if quantize == "none" else f".{quantize}")
     path = out_dir / f"{name}{FORMATS[format]}"
     description_path = path.with_name(path.name + ".json")
-    for earlier in (path, description_path):  # an earlier export, or another checkpoint's NAME.onnx.json
-        if earlier.exists() or earlier.is_symlink():
-            raise AUFormerError(f"{earlier} already exists: remove it or choose another --out (it is never replaced)")
+    if earlier := earlier_outputs([path, description_path]):  # an earlier export, or another checkpoint's NAME.onnx.json
+        raise AUFormerError(f"{earlier[0]} already exists: remove it or choose another --out (it is never replaced)")
     out_dir.mkdir(parents=True, exist_ok=True)
     data_config = model.data_config
     extra = opened.meta.get("extra", {})

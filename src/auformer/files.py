@@ -94,6 +94,12 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
+def earlier_outputs(paths: Iterable[Path | None]) -> list[Path]:
+    """The paths among ``paths`` (None skipped) that already exist, a link counted even when it dangles:
+    what a command that never silently replaces earlier results must refuse (or, asked to, remove)."""
+    return [path for path in paths if path is not None and (path.exists() or path.is_symlink())]
+
+
 def resolve(path: str | os.PathLike) -> Path:
     """``Path(path).resolve()``, with a link loop raised as the ``OSError`` (ELOOP) naming ``path`` that it is.
 

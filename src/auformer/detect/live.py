@@ -33,7 +33,7 @@ from auformer.detect.smoothing import face_smoothers, smooth_results
 from auformer.detect.sources import LOST_AFTER_S, Frame, SourceLost, in_background, stream_frames
 from auformer.detect.writers import CsvWriter
 from auformer.errors import AUFormerError
-from auformer.files import atomic_write_text, resolve_inside
+from auformer.files import atomic_write_text, earlier_outputs, resolve_inside
 
 SUMMARY_NAME = "live.json"
 LATENCIES_KEPT = 100_000  # latencies kept for the percentiles (about 2 hours at 15 fps): memory stays flat
@@ -188,9 +188,8 @@ def _outputs(args: argparse.Namespace) -> tuple[Path, Path | None]:
     """OUT and the CSV path inside it; an OUT holding an earlier live run is refused (never replaced)."""
     out = Path(args.out or f"runs/live-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}")
     csv_path = resolve_inside(out, args.csv, "--csv") if args.csv else None
-    for path in (out / SUMMARY_NAME, csv_path):
-        if path is not None and path.exists():
-            raise AUFormerError(f"{path} already exists (an earlier run): choose another --out")
+    if earlier := earlier_outputs([out / SUMMARY_NAME, csv_path]):
+        raise AUFormerError(f"{earlier[0]} already exists (an earlier run): choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     return out, csv_path
 

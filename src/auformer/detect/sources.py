@@ -162,9 +162,9 @@ def expand_inputs(
         else:
             raise FileNotFoundError(f"input not found: {item}")
         for file in map(check_name, files):
-            if resolve(file) in seen:
+            if (real := resolve(file)) in seen:
                 continue
-            seen.add(resolve(file))
+            seen.add(real)
             suffix = file.suffix.lower()
             if suffix in VIDEO_EXTENSIONS:
                 videos.append(file)

@@ -32,7 +32,7 @@ from auformer.aus import au_columns
 from auformer.data.images import max_pixels, open_video, read_rgb
 from auformer.data.manifest import AUTable, write_folds, write_manifest
 from auformer.errors import AUFormerError, BadImageError
-from auformer.files import UniqueNames, atomic_write_text, check_apart, resolve_inside
+from auformer.files import UniqueNames, atomic_write_text, check_apart, earlier_outputs, resolve_inside
 
 if TYPE_CHECKING:
     from auformer.faces.detectors import FaceDetector
@@ -265,7 +265,7 @@ PREPARED_NAMES = (IMAGES_DIR, "manifest.csv", "folds.json", REPORT_NAME)  # what
 
 def _clear_earlier_dataset(out_dir: Path, overwrite: bool) -> None:
     """Refuse an OUT that holds a prepared dataset, or with ``overwrite`` remove exactly what prepare wrote there."""
-    earlier = [name for name in PREPARED_NAMES if (out_dir / name).exists() or (out_dir / name).is_symlink()]
+    earlier = [path.name for path in earlier_outputs(out_dir / name for name in PREPARED_NAMES)]
     if not earlier:
         return
     if not overwrite:
